@@ -1,0 +1,60 @@
+# moet — build, test, demo.  `make` builds ./moet; `make test` builds and runs every test.
+CC      ?= gcc
+BUILD   ?= build
+ARCH    ?= -march=native
+OPT     ?= -O3
+SAN     ?=
+CFLAGS  += -std=c11 $(OPT) $(ARCH) -fopenmp -g -Wall -Wextra -Wno-unused-parameter \
+           -D_GNU_SOURCE -I. $(SAN) \
+           $(shell pkg-config --cflags hdf5 yaml-0.1 libcjson openblas)
+# Link the OpenMP build of OpenBLAS so its threads and ours are one pool (no oversubscription).
+# RUNPATH, so LD_LIBRARY_PATH=.../openblas-pthread still swaps it in for measurements.
+BLASDIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+LDFLAGS += -fopenmp $(SAN) -Wl,--enable-new-dtags -Wl,-rpath,$(BLASDIR)
+LDLIBS  += $(shell pkg-config --libs hdf5 yaml-0.1 libcjson openblas) -lm -lpthread
+
+LIB_SRC  := $(wildcard common/*.c model/*.c optim/*.c data/*.c checkpoints/*.c) \
+            $(filter-out train/main.c,$(wildcard train/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+
+.PHONY: all test test-c test-scripts asan deps demo bench clean
+all: moet
+
+moet: $(BUILD)/moet
+	@ln -sf $(BUILD)/moet moet
+
+$(BUILD)/moet: $(BUILD)/train/main.o $(BUILD)/libmoet.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/libmoet.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libmoet.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libmoet.a $(LDLIBS) -lcmocka
+
+-include $(LIB_OBJ:.o=.d) $(BUILD)/train/main.d
+
+# Every C test binary, then every script test (tests/t_*.sh), against ./moet.
+test: moet $(TEST_BIN)
+	@MOET_BUILD=$(BUILD) tests/run.sh $(TEST_BIN)
+
+# The same C tests under AddressSanitizer + UBSan in their own build dir.
+asan:
+	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" \
+	        build-asan/moet $(TEST_SRC:tests/%.c=build-asan/tests/%)
+	@MOET_BIN=build-asan/moet MOET_BUILD=build-asan ASAN_OPTIONS=detect_leaks=0 \
+	  tests/run.sh --asan $(TEST_SRC:tests/%.c=build-asan/tests/%)
+
+deps:
+	tools/deps.sh
+
+clean:
+	rm -rf build build-asan moet

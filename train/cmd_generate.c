@@ -1,0 +1,12 @@
+/* moet generate: placeholder until its issue lands; says so rather than pretending. */
+#include "train/cmd.h"
+
+#include <stdio.h>
+
+int cmd_generate(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "moet generate: not implemented yet\n");
+    return 1;
+}

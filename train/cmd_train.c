@@ -1,0 +1,12 @@
+/* moet train: placeholder until its issue lands; says so rather than pretending. */
+#include "train/cmd.h"
+
+#include <stdio.h>
+
+int cmd_train(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "moet train: not implemented yet\n");
+    return 1;
+}
