@@ -31,6 +31,7 @@ struct model_acts {
     float *cos_t, *sin_t;        /* (T, hd/2) */
     /* scratch */
     float *dx, *dxn, *dqkv, *datt, *attn_scr, *xs, *act, *dys, *dh13, *dtopw, *drl, *head;
+    double *row_ce;              /* (HEAD_ROWS) */
     double f[64], P[64];         /* aux-loss statistics of the last forward (E <= 64) */
     size_t bytes;
     char *mem;
@@ -89,6 +90,7 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->dtopw = carve(&p, Nk * f);
     a->drl = carve(&p, N * E * f);
     a->head = carve(&p, (size_t)HEAD_ROWS * V * f);
+    a->row_ce = carve(&p, HEAD_ROWS * sizeof(double));
     return (size_t)(p - p0);
 }
 
@@ -267,14 +269,16 @@ static void head(model *m, model_acts *a, const model_batch *b, float *logits_ou
     double ce_sum = 0;
     long count = 0;
     float *dW = train ? gv(m, m->lm_head) : NULL;
+    double *row_ce = a->row_ce; /* per-row losses, summed in order below: reproducible */
     for (int n0 = 0; n0 < N; n0 += HEAD_ROWS) {
         int rows = N - n0 < HEAD_ROWS ? N - n0 : HEAD_ROWS;
         float *lg = logits_out ? logits_out + (size_t)n0 * V : a->head;
         model_gemm(0, 1, rows, V, D, 1, a->xnf + (size_t)n0 * D, D, m->lm_head, D, 0, lg, V);
-#pragma omp parallel for schedule(static) reduction(+ : ce_sum, count)
+#pragma omp parallel for schedule(static)
         for (int i = 0; i < rows; i++) {
             int y = target_of(b, n0 + i);
             float *z = lg + (size_t)i * V;
+            row_ce[i] = -1;
             if (y < 0) {
                 if (train) memset(z, 0, (size_t)V * sizeof(float));
                 continue;
@@ -284,14 +288,15 @@ static void head(model *m, model_acts *a, const model_batch *b, float *logits_ou
             double s = 0;
             for (int v = 0; v < V; v++) s += expf(z[v] - mx);
             double lse = mx + log(s);
-            ce_sum += lse - z[y];
-            count++;
+            row_ce[i] = lse - z[y];
             if (train) {
                 float sc = (float)ce_scale, l = (float)lse;
                 for (int v = 0; v < V; v++) z[v] = sc * expf(z[v] - l);
                 z[y] -= sc;
             }
         }
+        for (int i = 0; i < rows; i++)
+            if (row_ce[i] != -1.0) ce_sum += row_ce[i], count++; /* -1 marks "no target" */
         if (train) {
             if (dW) model_gemm(1, 0, V, D, rows, 1, lg, V, a->xnf + (size_t)n0 * D, D, 1, dW, D);
             model_gemm(0, 0, rows, D, V, 1, lg, V, m->lm_head, D, 0, a->dxn + (size_t)n0 * D, D);

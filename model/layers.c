@@ -3,7 +3,6 @@
 
 #include <cblas.h>
 #include <math.h>
-#include <omp.h>
 #include <string.h>
 
 void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
@@ -33,28 +32,30 @@ void model_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w
     }
 }
 
-/* With u = x*r: dx = r * (w*dy - u * mean(w*dy*u)); dw = sum_n dy*u. */
+/* With u = x*r: dx = r * (w*dy - u * mean(w*dy*u)); dw = sum_n dy*u.
+ * dw is summed over n in a fixed order (parallel over columns), so results are bitwise
+ * reproducible whatever the thread timing: resumed runs must match uninterrupted ones. */
 void model_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
                             const float *rstd, int N, int D)
 {
-#pragma omp parallel
-    {
-        float part[D];
-        if (dw) memset(part, 0, sizeof part);
-#pragma omp for schedule(static)
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *xn = x + (size_t)n * D, *dyn = dy + (size_t)n * D;
+        float *dxn = dx + (size_t)n * D;
+        float r = rstd[n], dot = 0;
+        for (int d = 0; d < D; d++) dot += w[d] * dyn[d] * xn[d];
+        dot *= r / D;
+        for (int d = 0; d < D; d++) dxn[d] += r * (w[d] * dyn[d] - xn[d] * r * dot);
+    }
+    if (!dw) return;
+    enum { COLS = 64 };
+#pragma omp parallel for schedule(static)
+    for (int d0 = 0; d0 < D; d0 += COLS) {
+        int d1 = d0 + COLS < D ? d0 + COLS : D;
         for (int n = 0; n < N; n++) {
             const float *xn = x + (size_t)n * D, *dyn = dy + (size_t)n * D;
-            float *dxn = dx + (size_t)n * D;
-            float r = rstd[n], dot = 0;
-            for (int d = 0; d < D; d++) dot += w[d] * dyn[d] * xn[d];
-            dot *= r / D;
-            for (int d = 0; d < D; d++) dxn[d] += r * (w[d] * dyn[d] - xn[d] * r * dot);
-            if (dw)
-                for (int d = 0; d < D; d++) part[d] += dyn[d] * xn[d] * r;
-        }
-        if (dw) {
-#pragma omp critical
-            for (int d = 0; d < D; d++) dw[d] += part[d];
+            float r = rstd[n];
+            for (int d = d0; d < d1; d++) dw[d] += dyn[d] * xn[d] * r;
         }
     }
 }

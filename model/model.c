@@ -131,3 +131,16 @@ void model_param_counts(const model_config *c, size_t *total, size_t *active)
     *total = head + c->n_layers * (attn + c->n_experts * expert);
     *active = head + c->n_layers * (attn + c->top_k * expert);
 }
+
+double model_flops_per_token(const model_config *c, int T)
+{
+    size_t total, active;
+    model_param_counts(c, &total, &active);
+    /* matmul FLOPs: 2 per active weight, minus the embedding lookup (not a product) and the
+     * norms; attention: QK^T and PV over an average causal context of (T+1)/2 keys. */
+    double matmul = 2.0 * (double)(active - (size_t)c->vocab * c->dim * (c->tie_embeddings ? 0 : 1));
+    double ctx = (T + 1) / 2.0;
+    if (c->sliding_window > 0 && c->sliding_window < ctx) ctx = c->sliding_window;
+    double attn = 2.0 * 2.0 * c->n_layers * ctx * c->n_heads * c->head_dim;
+    return matmul + attn;
+}

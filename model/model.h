@@ -56,6 +56,9 @@ const model_tensor *model_find(const model *m, const char *name);
 
 /* Parameter counts: total, and active per token (non-expert + top_k experts). */
 void model_param_counts(const model_config *c, size_t *total, size_t *active);
+/* Forward FLOPs per token at sequence length T (matmuls incl. lm_head, causal attention);
+ * a training step costs 3x this. The same formula is used by the benchmark's MFU. */
+double model_flops_per_token(const model_config *c, int T);
 
 /* ------------------------------------------------------------------------- passes */
 
