@@ -12,7 +12,7 @@
 #define HEAD_ROWS 256 /* rows of logits alive at once in the fused lm_head + cross-entropy */
 
 struct model_acts {
-    int B, T, N, L, k, nthreads;
+    int B, T, N, L, k, E, nthreads;
     /* kept per layer l (stride N rows): */
     float *x;                    /* (L+1, N, D) residual stream entering layer l; x[L] leaves the last */
     float *xn1, *rstd1;          /* (L, N, D), (L, N) */
@@ -111,6 +111,7 @@ int model_acts_create(model_acts **out, const model *m, int B, int T, char *err)
     a->N = B * T;
     a->L = c->n_layers;
     a->k = c->top_k;
+    a->E = c->n_experts;
     a->nthreads = omp_get_max_threads();
     a->bytes = layout(a, c, B, T, a->nthreads, NULL);
     if (posix_memalign((void **)&a->mem, 64, a->bytes)) {
@@ -139,6 +140,11 @@ void model_acts_free(model_acts *a)
 }
 
 const int *model_expert_counts(const model_acts *a) { return a->counts; }
+
+const float *model_router_logits(const model_acts *a, int l)
+{
+    return a->rlogits + (size_t)l * a->N * a->E;
+}
 
 const int *model_routing(const model_acts *a, int l, const float **weights)
 {

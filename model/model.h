@@ -105,5 +105,7 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
 const int *model_expert_counts(const model_acts *a);
 /* Routing of the last forward in layer l: top-k expert ids (N, k) and weights (N, k). */
 const int *model_routing(const model_acts *a, int l, const float **weights);
+/* Router logits (N, E) of layer l from the last forward. */
+const float *model_router_logits(const model_acts *a, int l);
 
 #endif
