@@ -353,8 +353,8 @@ static int shard_load(shard *s, const char *path, char *err)
     return rc;
 }
 
-/* Adopt the shards' tensors (all, or the listed ones) as f's visible set. */
-static int file_finish(st_file *f, const char *path, char *err)
+/* Sort f's visible tensors by name; names must be unique. */
+static int sort_unique(st_file *f, const char *path, char *err)
 {
     qsort(f->t, (size_t)f->n, sizeof *f->t, by_name);
     for (int i = 1; i < f->n; i++)
@@ -412,9 +412,10 @@ static int index_load(st_file *f, const char *path, char *err)
     nu = k;
     f->sh = calloc((size_t)nu + 1, sizeof *f->sh);
     if (!f->sh) { rc = err_set(err, "%s: out of memory", path); goto done; }
-    char dir[PATH_MAX], sp[PATH_MAX];
+    char dir[PATH_MAX], sp[PATH_MAX];                /* shards live beside the index */
     const char *slash = strrchr(path, '/');
-    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
     for (int i = 0; i < nu; i++) {
         if (fs_path_join(sp, sizeof sp, dir, names[i]) != 0) {
             rc = err_set(err, "%s: shard path too long", path);
@@ -438,7 +439,7 @@ static int index_load(st_file *f, const char *path, char *err)
         }
         f->t[f->n++] = s->t[j];
     }
-    rc = file_finish(f, path, err);
+    rc = sort_unique(f, path, err);
 done:
     free(names);
     cJSON_Delete(root);

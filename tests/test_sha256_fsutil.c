@@ -9,12 +9,15 @@
 #include "common/fsutil.h"
 #include "common/sha256.h"
 
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char tmpdir[256];
@@ -47,7 +50,7 @@ static void write_plain(const char *path, const char *text)
 /* Count directory entries whose name contains needle. */
 static int count_matching(const char *dir, const char *needle)
 {
-    char cmd[512], line[64];
+    char cmd[1200], line[64];
     snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -c -F -- '%s'", dir, needle);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
@@ -187,6 +190,37 @@ static void test_write_atomic_failure_keeps_old_content(void **state)
     assert_int_equal(count_matching(tmpdir, ".tmp."), 0);
 }
 
+/* The real thing: a 256 KiB tmpfs filled by a 1 MiB write (ENOSPC).  Needs a private
+ * mount namespace (root / CAP_SYS_ADMIN); skipped where that is not allowed. */
+static void test_write_atomic_on_full_disk_keeps_old_content(void **state)
+{
+    char mnt[512];
+    tmp_path(mnt, sizeof mnt, "tiny");
+    assert_int_equal(mkdir(mnt, 0755), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {                       /* child: 0 pass, 1 fail, 77 cannot mount */
+        if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+            mount("none", mnt, "tmpfs", 0, "size=256k") != 0)
+            _exit(77);
+        char path[600], err[ERR_MAX] = "", *buf;
+        size_t len;
+        snprintf(path, sizeof path, "%s/f.txt", mnt);
+        if (fs_write_atomic(path, "old content", 11, err) != 0) _exit(1);
+        char *big = calloc(1 << 20, 1);
+        int rc = fs_write_atomic(path, big, 1 << 20, err);
+        int ok = rc == -1 && strstr(err, "No space left on device") &&
+                 fs_read_file(path, &buf, &len, err) == 0 && !strcmp(buf, "old content") &&
+                 count_matching(mnt, ".tmp.") == 0;
+        _exit(ok ? 0 : 1);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77) skip();
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 static void test_write_atomic_bad_targets_fail_cleanly(void **state)
 {
     char path[512], sub[512], err[ERR_MAX] = "";
@@ -307,6 +341,7 @@ int main(void)
         cmocka_unit_test(test_read_file_is_nul_terminated_and_exact),
         cmocka_unit_test(test_write_atomic_creates_then_replaces_leaving_no_temp),
         cmocka_unit_test(test_write_atomic_failure_keeps_old_content),
+        cmocka_unit_test(test_write_atomic_on_full_disk_keeps_old_content),
         cmocka_unit_test(test_write_atomic_bad_targets_fail_cleanly),
         cmocka_unit_test(test_mkdir_p_nested_existing_and_blocked),
         cmocka_unit_test(test_rm_rf_removes_tree_but_not_symlink_targets),
