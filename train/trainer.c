@@ -433,9 +433,8 @@ static void log_step(trainer *tr, const step_result *r, double elapsed, double a
 
 static int log_eval(trainer *tr, char *err)
 {
-    double vl;
-    long n;
-    double t0 = now();
+    double vl = 0, t0 = now();
+    long n = 0;
     if (evaluate(tr, &vl, &n, err)) return -1;
     if (!tr->o->quiet) printf("eval step %d | val_loss %.4f | val_ppl %.3f | %ld targets, %.1fs\n", tr->step, vl, exp(vl), n,
                               now() - t0);
