@@ -62,6 +62,7 @@ typedef struct {
     FILE *metrics;
     char run_dir[4096], ckpt_root[4096], last_ckpt[4096];
     long *load;            /* (L, E) expert picks of the current step */
+    double last_loss, last_val_loss; /* for trainer_state.json and the model card */
 } trainer;
 
 /* ------------------------------------------------------------------ setup */
@@ -211,6 +212,9 @@ static int save_checkpoint(trainer *tr, char *err)
         cJSON_AddItemToArray(r, cJSON_CreateString(rng_hex[i]));
     }
     cJSON_AddNumberToObject(st, "tokens_seen", (double)tr->tokens_seen);
+    cJSON *last = cJSON_AddObjectToObject(st, "last");
+    if (isfinite(tr->last_loss)) cJSON_AddNumberToObject(last, "loss", tr->last_loss);
+    if (isfinite(tr->last_val_loss)) cJSON_AddNumberToObject(last, "val_loss", tr->last_val_loss);
     cJSON_AddItemToObject(st, "config", cJSON_Parse(cfg_json));
     char *state = cJSON_Print(st);
     cJSON_Delete(st);
@@ -436,6 +440,7 @@ static int log_eval(trainer *tr, char *err)
     double vl = 0, t0 = now();
     long n = 0;
     if (evaluate(tr, &vl, &n, err)) return -1;
+    tr->last_val_loss = vl;
     if (!tr->o->quiet) printf("eval step %d | val_loss %.4f | val_ppl %.3f | %ld targets, %.1fs\n", tr->step, vl, exp(vl), n,
                               now() - t0);
     if (tr->metrics) {
@@ -475,7 +480,7 @@ static void trainer_free(trainer *tr)
 
 int trainer_run(const cfg *c, const trainer_opts *o, char *err)
 {
-    trainer tr = {.c = c, .o = o};
+    trainer tr = {.c = c, .o = o, .last_loss = NAN, .last_val_loss = NAN};
     int rc = -1;
     char resume[4096] = "", p[4096];
     snprintf(tr.run_dir, sizeof tr.run_dir, "%s", c->run.dir);
@@ -536,6 +541,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     while (tr.step < c->train.max_steps && !stop_signal) {
         step_result r = {0};
         if (train_step(&tr, &r, err)) goto out;
+        tr.last_loss = r.loss;
         avg = tr.step - first == 1 ? r.seconds : 0.9 * avg + 0.1 * r.seconds;
         if (tr.step % c->train.log_every == 0 || tr.step == c->train.max_steps)
             log_step(&tr, &r, now() - t_start, avg);
