@@ -2,6 +2,7 @@
  * backward plus the scratch of one layer, sized from the config before the first step. */
 #include "common/err.h"
 #include "model/layers.h"
+#include "model/lora.h"
 #include "model/model.h"
 
 #include <math.h>
@@ -32,6 +33,8 @@ struct model_acts {
     /* scratch */
     float *dx, *dxn, *dqkv, *datt, *attn_scr, *xs, *act, *dys, *dh13, *dtopw, *drl, *head;
     double *row_ce;              /* (HEAD_ROWS) */
+    float *lxa;                  /* LoRA: (L, 4*N + 3*Nk, r) inputs times A, kept for backward */
+    int lora_r;
     double f[64], P[64];         /* aux-loss statistics of the last forward (E <= 64) */
     size_t bytes;
     char *mem;
@@ -45,7 +48,8 @@ static void *carve(char **p, size_t bytes)
 }
 
 /* Assign every pointer of a from base (NULL base: just count bytes). */
-static size_t layout(struct model_acts *a, const model_config *c, int B, int T, int nthreads, char *base)
+static size_t layout(struct model_acts *a, const model_config *c, int B, int T, int nthreads, int lora_r,
+                     char *base)
 {
     size_t N = (size_t)B * T, L = c->n_layers, D = c->dim, E = c->n_experts, k = c->top_k, F = c->ffn;
     size_t hd = c->head_dim, Hd = c->n_heads * hd, QKV = (c->n_heads + 2 * c->n_kv_heads) * hd, Nk = N * k;
@@ -91,13 +95,23 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->drl = carve(&p, N * E * f);
     a->head = carve(&p, (size_t)HEAD_ROWS * V * f);
     a->row_ce = carve(&p, HEAD_ROWS * sizeof(double));
+    a->lxa = lora_r ? carve(&p, L * (4 * N + 3 * Nk) * (size_t)lora_r * f) : NULL;
+    a->lora_r = lora_r;
     return (size_t)(p - p0);
 }
 
-size_t model_acts_bytes(const model_config *c, int B, int T)
+size_t model_acts_bytes(const model_config *c, int B, int T, int lora_r)
 {
     struct model_acts a;
-    return layout(&a, c, B, T, omp_get_max_threads(), NULL);
+    return layout(&a, c, B, T, omp_get_max_threads(), lora_r, NULL);
+}
+
+/* Saved LoRA input projection of layer l, target t. */
+static float *lora_xa(const model_acts *a, int l, int t)
+{
+    size_t N = a->N, Nk = N * a->k, r = a->lora_r;
+    size_t base = (size_t)l * (4 * N + 3 * Nk) * r;
+    return a->lxa + base + (t < LORA_W1 ? t * N * r : 4 * N * r + (t - LORA_W1) * Nk * r);
 }
 
 int model_acts_create(model_acts **out, const model *m, int B, int T, char *err)
@@ -113,13 +127,23 @@ int model_acts_create(model_acts **out, const model *m, int B, int T, char *err)
     a->k = c->top_k;
     a->E = c->n_experts;
     a->nthreads = omp_get_max_threads();
-    a->bytes = layout(a, c, B, T, a->nthreads, NULL);
+    int lr = m->lora ? m->lora->lc.r : 0;
+    a->bytes = layout(a, c, B, T, a->nthreads, lr, NULL);
     if (posix_memalign((void **)&a->mem, 64, a->bytes)) {
         double gib = a->bytes / 1073741824.0;
         free(a);
         return err_set(err, "out of memory allocating %.2f GiB of activations for batch %dx%d", gib, B, T);
     }
-    layout(a, c, B, T, a->nthreads, a->mem);
+    layout(a, c, B, T, a->nthreads, lr, a->mem);
+    if (m->lora) {
+        size_t rows = (size_t)a->N * c->top_k, cols = c->dim;
+        if ((size_t)c->n_heads * c->head_dim > cols) cols = (size_t)c->n_heads * c->head_dim;
+        if ((size_t)c->ffn > cols) cols = c->ffn;
+        if (lora_reserve(m->lora, rows, cols, err)) {
+            model_acts_free(a);
+            return -1;
+        }
+    }
     /* RoPE tables in double, like the float64 reference: inv_freq[i] = theta^(-2i/hd). */
     int half = c->head_dim / 2;
     for (int t = 0; t < T; t++)
@@ -152,9 +176,6 @@ const int *model_routing(const model_acts *a, int l, const float **weights)
     if (weights) *weights = a->topw + nk * a->k;
     return a->topi + nk * a->k;
 }
-
-/* Gradient view of a parameter pointer (NULL when the base has no gradients). */
-static inline float *gv(const model *m, const float *w) { return m->g ? m->g + (w - m->w) : NULL; }
 
 /* Positions and the first visible key of every token: documents restart both when
  * doc_mask is on; the sliding window bounds how far back a token looks. */
@@ -197,6 +218,20 @@ static inline int target_of(const model_batch *b, int n)
     return b->labels ? b->labels[n + 1] : b->tokens[n + 1];
 }
 
+/* The experts' adapters of layer l, or NULL when it has none. */
+static moe_lora *moe_lora_of(const model *m, const model_acts *a, int l, moe_lora *ml)
+{
+    ml->lo = m->lora;
+    ml->w1 = lora_site_at(m->lora, l, LORA_W1);
+    ml->w2 = lora_site_at(m->lora, l, LORA_W2);
+    ml->w3 = lora_site_at(m->lora, l, LORA_W3);
+    if (!ml->w1 && !ml->w2 && !ml->w3) return NULL;
+    ml->xa1 = lora_xa(a, l, LORA_W1);
+    ml->xa2 = lora_xa(a, l, LORA_W2);
+    ml->xa3 = lora_xa(a, l, LORA_W3);
+    return ml;
+}
+
 static void forward_layers(model *m, model_acts *a, const model_batch *b)
 {
     const model_config *c = &m->c;
@@ -215,10 +250,17 @@ static void forward_layers(model *m, model_acts *a, const model_batch *b)
         size_t nk = (size_t)l * Na * k;
         model_rmsnorm_forward(xn1, a->rstd1 + (size_t)l * Na, x, W->attn_norm, N, D, c->norm_eps);
         model_gemm(0, 1, N, QKV, D, 1, xn1, D, W->wqkv, D, 0, qkv, QKV);
+        for (int t = LORA_Q; t <= LORA_V; t++) { /* adapters act on q/k/v before RoPE */
+            const lora_site *s = lora_site_at(m->lora, l, t);
+            int col = t == LORA_Q ? 0 : t == LORA_K ? H * hd : (H + KV) * hd;
+            if (s) lora_forward(m->lora, s, 0, qkv + col, QKV, xn1, D, N, lora_xa(a, l, t));
+        }
         attn_rope(qkv, a->pos, a->cos_t, a->sin_t, N, H, KV, hd, 0);
         attn_forward(att, a->lse + (size_t)l * Na * H, qkv, a->kv_start, b->B, b->T, H, KV, hd, a->attn_scr);
         memcpy(xmid, x, (size_t)N * D * sizeof(float));
         model_gemm(0, 1, N, D, Hd, 1, att, Hd, W->wo, Hd, 1, xmid, D);
+        const lora_site *so = lora_site_at(m->lora, l, LORA_O);
+        if (so) lora_forward(m->lora, so, 0, xmid, D, att, Hd, N, lora_xa(a, l, LORA_O));
         model_rmsnorm_forward(xn2, a->rstd2 + (size_t)l * Na, xmid, W->ffn_norm, N, D, c->norm_eps);
         moe_route(a->rlogits + (size_t)l * Na * E, a->probs + (size_t)l * Na * E, a->topi + nk, a->topw + nk,
                   a->counts + (size_t)l * E, xn2, W->gate, N, D, E, k);
@@ -226,8 +268,9 @@ static void forward_layers(model *m, model_acts *a, const model_batch *b)
         moe_sort(off, a->row_tok + nk, a->slot_row + nk, a->topi + nk, N, E, k);
         float *xout = a->x + (size_t)(l + 1) * Na * D;
         memcpy(xout, xmid, (size_t)N * D * sizeof(float));
+        moe_lora ml, *mlp = moe_lora_of(m, a, l, &ml);
         moe_experts_forward(xout, a->h13 + nk * 2 * F, a->ye + nk * D, a->xs, a->act, xn2, W->w13, W->w2, off,
-                            a->row_tok + nk, a->slot_row + nk, a->topw + nk, N, D, F, E, k);
+                            a->row_tok + nk, a->slot_row + nk, a->topw + nk, N, D, F, E, k, mlp);
     }
     model_rmsnorm_forward(a->xnf, a->rstdf, a->x + (size_t)c->n_layers * Na * D, m->final_norm, N, D,
                           c->norm_eps);
@@ -274,7 +317,7 @@ static void head(model *m, model_acts *a, const model_batch *b, float *logits_ou
     int N = b->B * b->T, D = m->c.dim, V = m->c.vocab;
     double ce_sum = 0;
     long count = 0;
-    float *dW = train ? gv(m, m->lm_head) : NULL;
+    float *dW = train ? m->glm_head : NULL;
     double *row_ce = a->row_ce; /* per-row losses, summed in order below: reproducible */
     for (int n0 = 0; n0 < N; n0 += HEAD_ROWS) {
         int rows = N - n0 < HEAD_ROWS ? N - n0 : HEAD_ROWS;
@@ -317,6 +360,7 @@ int model_forward(model *m, model_acts *a, const model_batch *b, float aux_coef,
                   model_stats *st, char *err)
 {
     if (check_batch(m, a, b, err)) return -1;
+    if (m->lora) m->lora->training = 0;
     forward_layers(m, a, b);
     router_losses(m, a, b->B * b->T, st);
     head(m, a, b, logits, 0, 0, st);
@@ -331,6 +375,7 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
     const model_config *c = &m->c;
     int N = b->B * b->T, Na = a->N, D = c->dim, E = c->n_experts, k = c->top_k, F = c->ffn;
     int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, Hd = H * hd, QKV = (H + 2 * KV) * hd;
+    if (m->lora) m->lora->training = 1; /* dropout on */
     forward_layers(m, a, b);
     router_losses(m, a, N, st);
     head(m, a, b, NULL, 1, ce_scale, st); /* leaves dL/dxnf in a->dxn */
@@ -338,7 +383,7 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
     double aux_scale = aux_coef / n_micro, z_scale = z_coef / n_micro;
 
     memset(a->dx, 0, (size_t)N * D * sizeof(float));
-    model_rmsnorm_backward(a->dx, gv(m, m->final_norm), a->dxn, a->x + (size_t)c->n_layers * Na * D,
+    model_rmsnorm_backward(a->dx, m->gfinal_norm, a->dxn, a->x + (size_t)c->n_layers * Na * D,
                            m->final_norm, a->rstdf, N, D);
     double rows = (double)c->n_layers * N;
     float aux_dp[E];
@@ -346,39 +391,53 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
     float z_w = (float)(z_scale / rows);
 
     for (int l = c->n_layers - 1; l >= 0; l--) {
-        const model_layer *W = &m->layers[l];
+        const model_layer *W = &m->layers[l], *G = &m->glayers[l];
         float *x = a->x + (size_t)l * Na * D, *xn1 = a->xn1 + (size_t)l * Na * D;
         float *qkv = a->qkv + (size_t)l * Na * QKV, *att = a->att + (size_t)l * Na * Hd;
         float *xmid = a->xmid + (size_t)l * Na * D, *xn2 = a->xn2 + (size_t)l * Na * D;
         size_t nk = (size_t)l * Na * k;
         /* a->dx holds dL/dx[l+1]: through the MoE block (residual passes it on unchanged) */
         memset(a->dxn, 0, (size_t)N * D * sizeof(float));
-        moe_experts_backward(a->dxn, gv(m, W->w13), gv(m, W->w2), a->dtopw, a->dx, a->h13 + nk * 2 * F,
+        moe_lora ml, *mlp = moe_lora_of(m, a, l, &ml);
+        moe_experts_backward(a->dxn, G->w13, G->w2, a->dtopw, a->dx, a->h13 + nk * 2 * F,
                              a->ye + nk * D, xn2, W->w13, W->w2, a->off + (size_t)l * (E + 1), a->row_tok + nk,
-                             a->slot_row + nk, a->topw + nk, a->xs, a->act, a->dys, a->dh13, N, D, F, E, k);
-        moe_router_backward(a->dxn, gv(m, W->gate), a->drl, a->dtopw, a->rlogits + (size_t)l * Na * E,
+                             a->slot_row + nk, a->topw + nk, a->xs, a->act, a->dys, a->dh13, N, D, F, E, k, mlp);
+        moe_router_backward(a->dxn, G->gate, a->drl, a->dtopw, a->rlogits + (size_t)l * Na * E,
                             a->probs + (size_t)l * Na * E, a->topi + nk, a->topw + nk, aux_dp, z_w, xn2, W->gate,
                             N, D, E, k);
-        model_rmsnorm_backward(a->dx, gv(m, W->ffn_norm), a->dxn, xmid, W->ffn_norm, a->rstd2 + (size_t)l * Na, N,
+        model_rmsnorm_backward(a->dx, G->ffn_norm, a->dxn, xmid, W->ffn_norm, a->rstd2 + (size_t)l * Na, N,
                                D);
         /* attention block: xmid = x + att Wo^T */
-        float *dWo = gv(m, W->wo), *dWqkv = gv(m, W->wqkv);
+        float *dWo = G->wo, *dWqkv = G->wqkv;
         if (dWo) model_gemm(1, 0, D, Hd, N, 1, a->dx, D, att, Hd, 1, dWo, Hd);
         model_gemm(0, 0, N, Hd, D, 1, a->dx, D, W->wo, Hd, 0, a->datt, Hd);
+        const lora_site *so = lora_site_at(m->lora, l, LORA_O);
+        if (so) {
+            lora_backward_w(m->lora, so, 0, a->dx, D, att, Hd, N, lora_xa(a, l, LORA_O));
+            lora_backward_x(m->lora, so, 0, a->datt, Hd, N);
+        }
         attn_backward(a->dqkv, a->datt, att, qkv, a->lse + (size_t)l * Na * H, a->kv_start, b->B, b->T, H, KV, hd,
                       a->attn_scr);
         attn_rope(a->dqkv, a->pos, a->cos_t, a->sin_t, N, H, KV, hd, 1);
         if (dWqkv) model_gemm(1, 0, QKV, D, N, 1, a->dqkv, QKV, xn1, D, 1, dWqkv, D);
         model_gemm(0, 0, N, D, QKV, 1, a->dqkv, QKV, W->wqkv, D, 0, a->dxn, D);
-        model_rmsnorm_backward(a->dx, gv(m, W->attn_norm), a->dxn, x, W->attn_norm, a->rstd1 + (size_t)l * Na, N,
+        for (int t = LORA_Q; t <= LORA_V; t++) {
+            const lora_site *s = lora_site_at(m->lora, l, t);
+            int col = t == LORA_Q ? 0 : t == LORA_K ? H * hd : (H + KV) * hd;
+            if (!s) continue;
+            lora_backward_w(m->lora, s, 0, a->dqkv + col, QKV, xn1, D, N, lora_xa(a, l, t));
+            lora_backward_x(m->lora, s, 0, a->dxn, D, N);
+        }
+        model_rmsnorm_backward(a->dx, G->attn_norm, a->dxn, x, W->attn_norm, a->rstd1 + (size_t)l * Na, N,
                                D);
     }
-    float *dE = gv(m, m->embed);
+    float *dE = m->gembed;
     if (dE)
         for (int n = 0; n < N; n++) {
             float *g = dE + (size_t)b->tokens[n] * D;
             const float *d = a->dx + (size_t)n * D;
             for (int i = 0; i < D; i++) g[i] += d[i];
         }
+    if (m->lora) m->lora->training = 0;
     return 0;
 }

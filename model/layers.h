@@ -41,6 +41,13 @@ void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const 
 #endif
 
 /* ---- Mixture of experts. k = top_k, Nk = N*k routed rows. */
+struct lora;
+/* LoRA adapters on the experts of one layer (NULL sites: none); xa* (Nk, r) saved. */
+typedef struct {
+    struct lora *lo;
+    const void *w1, *w2, *w3; /* const lora_site * */
+    float *xa1, *xa2, *xa3;
+} moe_lora;
 /* Router: logits (N,E) = xn (N,D) Wg^T; probs (N,E) = softmax; topi/topw (N,k) the top-k
  * experts and their probabilities renormalised to sum 1; counts (E) += picks. */
 void moe_route(float *logits, float *probs, int *topi, float *topw, int *counts, const float *xn, const float *Wg,
@@ -53,14 +60,15 @@ void moe_sort(int *off, int *row_tok, int *slot_row, const int *topi, int N, int
  * (saved); out (N,D) += sum_j topw[n,j] * ye[slot_row[n,j]]. */
 void moe_experts_forward(float *out, float *h13, float *ye, float *xs, float *act, const float *xn,
                          const float *w13, const float *w2, const int *off, const int *row_tok,
-                         const int *slot_row, const float *topw, int N, int D, int F, int E, int k);
+                         const int *slot_row, const float *topw, int N, int D, int F, int E, int k,
+                         const moe_lora *ml);
 /* Backward of the experts and of the weighted combine. dtopw (N,k) = dL/dtopw;
  * dxn (N,D) += input gradient; dw13/dw2 += weight gradients (NULL: frozen).
  * Scratch: xs (Nk,D), act (Nk,F), dys (Nk,D), dh13 (Nk,2F). */
 void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout, const float *h13,
                           const float *ye, const float *xn, const float *w13, const float *w2, const int *off,
                           const int *row_tok, const int *slot_row, const float *topw, float *xs, float *act,
-                          float *dys, float *dh13, int N, int D, int F, int E, int k);
+                          float *dys, float *dh13, int N, int D, int F, int E, int k, const moe_lora *ml);
 /* Router backward: from dtopw through the renormalisation and softmax, plus the aux loss
  * (dL/dprobs[n,e] += aux_dp[e] for every row) and z-loss (z_w * 2 * lse * p per row).
  * dlogits (N,E) scratch; dWg (E,D) += (NULL: frozen); dxn (N,D) += dlogits Wg. */

@@ -15,7 +15,7 @@ static void add(model_table *t, size_t *cap, size_t *off, const char *name, int 
     }
     model_tensor *x = &t->t[t->n++];
     memset(x, 0, sizeof *x);
-    snprintf(x->name, sizeof x->name, "%s", name);
+    snprintf(x->name, sizeof x->name, "%.127s", name);
     x->ndim = ndim;
     x->shape[0] = d0;
     x->shape[1] = d1;
@@ -70,7 +70,8 @@ int model_create(model *m, const model_config *c, int with_grads, char *err)
     m->w = calloc(m->tab.total, sizeof(float));
     m->g = with_grads ? calloc(m->tab.total, sizeof(float)) : NULL;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    if (!m->w || (with_grads && !m->g) || !m->layers) {
+    m->glayers = calloc((size_t)c->n_layers, sizeof *m->glayers);
+    if (!m->w || (with_grads && !m->g) || !m->layers || !m->glayers) {
         model_free(m);
         return err_set(err, "out of memory allocating %.2f GiB of parameters", bytes / 1073741824.0);
     }
@@ -93,6 +94,18 @@ int model_create(model *m, const model_config *c, int with_grads, char *err)
     }
     m->final_norm = m->w + t[i++].offset;
     m->lm_head = c->tie_embeddings ? m->embed : m->w + t[i++].offset;
+    if (m->g) { /* the same views into the gradient buffer */
+#define G(p) ((p) ? m->g + ((p) - m->w) : NULL)
+        m->gembed = G(m->embed);
+        m->gfinal_norm = G(m->final_norm);
+        m->glm_head = G(m->lm_head);
+        for (int l = 0; l < c->n_layers; l++) {
+            const model_layer *L = &m->layers[l];
+            m->glayers[l] = (model_layer){G(L->attn_norm), G(L->wqkv), G(L->wo), G(L->ffn_norm),
+                                          G(L->gate), G(L->w13), G(L->w2)};
+        }
+#undef G
+    }
     return 0;
 }
 
@@ -101,6 +114,7 @@ void model_free(model *m)
     free(m->w);
     free(m->g);
     free(m->layers);
+    free(m->glayers);
     free(m->tab.t);
     memset(m, 0, sizeof *m);
 }

@@ -15,7 +15,7 @@
 #include "model/config.h"
 
 typedef struct {
-    char name[112];    /* HF name, e.g. model.layers.0.self_attn.q_proj.weight */
+    char name[128];    /* HF name, e.g. model.layers.0.self_attn.q_proj.weight */
     int ndim;
     int64_t shape[3];
     size_t offset;     /* in floats, into the owning buffer */
@@ -41,6 +41,10 @@ typedef struct model {
     float *g;          /* gradients, same layout; NULL when the base is frozen */
     float *embed, *final_norm, *lm_head;   /* views into w (lm_head == embed when tied) */
     model_layer *layers;
+    /* Gradient views, the same shapes; NULL where nothing is trained (frozen base: all NULL;
+     * LoRA with train_router: only glayers[l].gate, pointing into the adapter's buffer). */
+    float *gembed, *gfinal_norm, *glm_head;
+    model_layer *glayers;
     struct lora *lora; /* adapters (model/lora.h), NULL for full training */
 } model;
 
@@ -87,8 +91,9 @@ typedef struct model_acts model_acts;
 /* Activation arena for batches up to B x T: sized once, no allocation in a step. */
 int model_acts_create(model_acts **a, const model *m, int B, int T, char *err);
 void model_acts_free(model_acts *a);
-/* Bytes the arena for (B, T) takes, without allocating it. */
-size_t model_acts_bytes(const model_config *c, int B, int T);
+/* Bytes the arena for (B, T) takes (with LoRA adapters of rank lora_r, 0 = none),
+ * without allocating it. */
+size_t model_acts_bytes(const model_config *c, int B, int T, int lora_r);
 
 /* Forward only; logits [B,T,V] written when non-NULL. z_coef for the reported loss. */
 int model_forward(model *m, model_acts *a, const model_batch *b, float aux_coef, float z_coef,

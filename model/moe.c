@@ -1,6 +1,7 @@
 /* moe: router (softmax, top-k, renormalised weights), dropless experts run as one GEMM per
  * expert on the rows routed to it (sorted by expert), and their backward passes. */
 #include "model/layers.h"
+#include "model/lora.h"
 
 #include <math.h>
 #include <string.h>
@@ -70,20 +71,24 @@ static void swiglu(float *act, const float *h13, int rows, int F)
 
 void moe_experts_forward(float *out, float *h13, float *ye, float *xs, float *act, const float *xn,
                          const float *w13, const float *w2, const int *off, const int *row_tok,
-                         const int *slot_row, const float *topw, int N, int D, int F, int E, int k)
+                         const int *slot_row, const float *topw, int N, int D, int F, int E, int k,
+                         const moe_lora *ml)
 {
-    int Nk = N * k;
+    int Nk = N * k, r = ml ? ml->lo->lc.r : 0;
     gather_rows(xs, xn, row_tok, Nk, D);
     for (int e = 0; e < E; e++) {
         int r0 = off[e], ne = off[e + 1] - r0;
-        model_gemm(0, 1, ne, 2 * F, D, 1, xs + (size_t)r0 * D, D, w13 + (size_t)e * 2 * F * D, D, 0,
-                   h13 + (size_t)r0 * 2 * F, 2 * F);
+        float *h = h13 + (size_t)r0 * 2 * F, *x = xs + (size_t)r0 * D;
+        model_gemm(0, 1, ne, 2 * F, D, 1, x, D, w13 + (size_t)e * 2 * F * D, D, 0, h, 2 * F);
+        if (ml && ml->w1) lora_forward(ml->lo, ml->w1, e, h, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
+        if (ml && ml->w3) lora_forward(ml->lo, ml->w3, e, h + F, 2 * F, x, D, ne, ml->xa3 + (size_t)r0 * r);
     }
     swiglu(act, h13, Nk, F);
     for (int e = 0; e < E; e++) {
         int r0 = off[e], ne = off[e + 1] - r0;
-        model_gemm(0, 1, ne, D, F, 1, act + (size_t)r0 * F, F, w2 + (size_t)e * D * F, F, 0, ye + (size_t)r0 * D,
-                   D);
+        float *y = ye + (size_t)r0 * D, *a = act + (size_t)r0 * F;
+        model_gemm(0, 1, ne, D, F, 1, a, F, w2 + (size_t)e * D * F, F, 0, y, D);
+        if (ml && ml->w2) lora_forward(ml->lo, ml->w2, e, y, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
     }
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -99,9 +104,9 @@ void moe_experts_forward(float *out, float *h13, float *ye, float *xs, float *ac
 void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout, const float *h13,
                           const float *ye, const float *xn, const float *w13, const float *w2, const int *off,
                           const int *row_tok, const int *slot_row, const float *topw, float *xs, float *act,
-                          float *dys, float *dh13, int N, int D, int F, int E, int k)
+                          float *dys, float *dh13, int N, int D, int F, int E, int k, const moe_lora *ml)
 {
-    int Nk = N * k;
+    int Nk = N * k, r = ml ? ml->lo->lc.r : 0;
     /* combine: out[n] = sum_j w[n,j] ye[r]  ->  dye[r] = w dout[n], dw[n,j] = <dout[n], ye[r]> */
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -124,7 +129,9 @@ void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, con
         if (!ne) continue;
         float *dy = dys + (size_t)r0 * D, *a = act + (size_t)r0 * F;
         if (dw2) model_gemm(1, 0, D, F, ne, 1, dy, D, a, F, 1, dw2 + (size_t)e * D * F, F);
+        if (ml && ml->w2) lora_backward_w(ml->lo, ml->w2, e, dy, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
         model_gemm(0, 0, ne, F, D, 1, dy, D, w2 + (size_t)e * D * F, F, 0, a, F); /* act := dact */
+        if (ml && ml->w2) lora_backward_x(ml->lo, ml->w2, e, a, F, ne);
     }
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < Nk; r++) {
@@ -139,10 +146,18 @@ void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, con
     for (int e = 0; e < E; e++) {
         int r0 = off[e], ne = off[e + 1] - r0;
         if (!ne) continue;
-        float *dh = dh13 + (size_t)r0 * 2 * F;
-        if (dw13) model_gemm(1, 0, 2 * F, D, ne, 1, dh, 2 * F, xs + (size_t)r0 * D, D, 1, dw13 + (size_t)e * 2 * F * D, D);
+        float *dh = dh13 + (size_t)r0 * 2 * F, *x = xs + (size_t)r0 * D, *dx = dys + (size_t)r0 * D;
+        if (dw13) model_gemm(1, 0, 2 * F, D, ne, 1, dh, 2 * F, x, D, 1, dw13 + (size_t)e * 2 * F * D, D);
         /* dxs overwrites dys (this expert's slice of dys is no longer needed) */
-        model_gemm(0, 0, ne, D, 2 * F, 1, dh, 2 * F, w13 + (size_t)e * 2 * F * D, D, 0, dys + (size_t)r0 * D, D);
+        model_gemm(0, 0, ne, D, 2 * F, 1, dh, 2 * F, w13 + (size_t)e * 2 * F * D, D, 0, dx, D);
+        if (ml && ml->w1) {
+            lora_backward_w(ml->lo, ml->w1, e, dh, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
+            lora_backward_x(ml->lo, ml->w1, e, dx, D, ne);
+        }
+        if (ml && ml->w3) {
+            lora_backward_w(ml->lo, ml->w3, e, dh + F, 2 * F, x, D, ne, ml->xa3 + (size_t)r0 * r);
+            lora_backward_x(ml->lo, ml->w3, e, dx, D, ne);
+        }
     }
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {

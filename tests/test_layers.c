@@ -231,7 +231,7 @@ static double moe_loss(moe_case *c, const float *xn, const float *Rr, const doub
     double l = -1e300;
     if (c->topi_ref && memcmp(ti, c->topi_ref, Nk * sizeof(int))) goto out;
     moe_sort(off, rt, sr, ti, N, E, k);
-    moe_experts_forward(out, h13, ye, xs, act, xn, c->w13, c->w2, off, rt, sr, tw, N, D, F, E, k);
+    moe_experts_forward(out, h13, ye, xs, act, xn, c->w13, c->w2, off, rt, sr, tw, N, D, F, E, k, NULL);
     l = loss_dot(out, Rr, (size_t)N * D);
     for (int e = 0; e < E; e++) {
         double P = 0;
@@ -263,7 +263,7 @@ static void test_router_and_experts_backward_match_finite_differences(void **sta
     float *h13 = malloc(Nk * 2 * F * 4), *ye = malloc(Nk * D * 4), *xs = malloc(Nk * D * 4), *act = malloc(Nk * F * 4);
     moe_route(lg, pr, ti, tw, cnt, xn, c.Wg, N, D, E, k);
     moe_sort(off, rt, sr, ti, N, E, k);
-    moe_experts_forward(out, h13, ye, xs, act, xn, c.w13, c.w2, off, rt, sr, tw, N, D, F, E, k);
+    moe_experts_forward(out, h13, ye, xs, act, xn, c.w13, c.w2, off, rt, sr, tw, N, D, F, E, k, NULL);
     /* topw sum to 1, counts add up, sorted rows are grouped by expert */
     for (int n = 0; n < N; n++) assert_float_equal(tw[n * k] + tw[n * k + 1], 1.0, 1e-6);
     for (int e = 0; e < E; e++) assert_int_equal(off[e + 1] - off[e], cnt[e]);
@@ -274,7 +274,7 @@ static void test_router_and_experts_backward_match_finite_differences(void **sta
           *dWg = calloc(E * D, 4), *dtw = malloc(Nk * 4), *dys = malloc(Nk * D * 4), *dh = malloc(Nk * 2 * F * 4),
           *drl = malloc(N * E * 4);
     moe_experts_backward(dxn, dw13, dw2, dtw, Rr, h13, ye, xn, c.w13, c.w2, off, rt, sr, tw, xs, act, dys, dh, N, D,
-                         F, E, k);
+                         F, E, k, NULL);
     moe_router_backward(dxn, dWg, drl, dtw, lg, pr, ti, tw, aux_dp, c.z_c / N, xn, c.Wg, N, D, E, k);
     c.topi_ref = ti;
     struct { const char *name; float *p; float *g; size_t n; } ps[] = {

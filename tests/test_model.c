@@ -118,13 +118,13 @@ static void test_activation_memory_grows_linearly_in_sequence_length(void **stat
     char err[ERR_MAX];
     assert_int_equal(model_config_from_json(&c, TINY, err), 0);
     /* bytes(2T) - 2 bytes(T) is a constant (the fixed-size loss chunk), not a T^2 term */
-    double d1 = (double)model_acts_bytes(&c, 1, 2048) - 2.0 * model_acts_bytes(&c, 1, 1024);
-    double d2 = (double)model_acts_bytes(&c, 1, 4096) - 2.0 * model_acts_bytes(&c, 1, 2048);
-    double per_token = model_acts_bytes(&c, 1, 4096) / 4096.0;
+    double d1 = (double)model_acts_bytes(&c, 1, 2048, 0) - 2.0 * model_acts_bytes(&c, 1, 1024, 0);
+    double d2 = (double)model_acts_bytes(&c, 1, 4096, 0) - 2.0 * model_acts_bytes(&c, 1, 2048, 0);
+    double per_token = model_acts_bytes(&c, 1, 4096, 0) / 4096.0;
     printf("  bytes/token at 4096: %.0f; bytes(2T)-2bytes(T): %.0f then %.0f\n", per_token, d1, d2);
     assert_true(d2 <= 0 && d1 <= 0);                        /* sub-additive: no quadratic term */
-    assert_true(model_acts_bytes(&c, 1, 4096) <= 2.0 * model_acts_bytes(&c, 1, 2048));
-    assert_true(model_acts_bytes(&c, 4, 1024) <= 4.0 * model_acts_bytes(&c, 1, 1024));
+    assert_true(model_acts_bytes(&c, 1, 4096, 0) <= 2.0 * model_acts_bytes(&c, 1, 2048, 0));
+    assert_true(model_acts_bytes(&c, 4, 1024, 0) <= 4.0 * model_acts_bytes(&c, 1, 1024, 0));
 }
 
 /* A model dir in /tmp with the tiny config, random weights; returns the model. */

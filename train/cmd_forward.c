@@ -2,6 +2,7 @@
  * model and writes logits, losses, router logits and (with --grads) every gradient under
  * its HF name, for comparison with transformers. */
 #include "checkpoints/hf.h"
+#include "checkpoints/peft.h"
 #include "checkpoints/st.h"
 #include "common/err.h"
 #include "train/cmd.h"
@@ -13,13 +14,15 @@
 
 static const char usage[] =
     "usage: moet forward MODEL_DIR --batch BATCH.safetensors --out OUT.safetensors [--grads]\n"
-    "                    [--clip-grad-norm C] [--z-loss C]\n"
+    "                    [--lora ADAPTER_DIR] [--clip-grad-norm C] [--z-loss C]\n"
     "  BATCH holds input_ids [B,T] (int64/int32) and optional labels [B,T] (-100 = ignore;\n"
     "  default input_ids). OUT gets logits [B,T,V], loss, ce_loss, aux_loss, z_loss ([1] F32),\n"
     "  router_logits.layerL [B*T,E], and with --grads grad.<HF name> for every parameter\n"
     "  (d loss / d w, as loss.backward() gives in transformers) and grad_norm (their global L2\n"
     "  norm). --clip-grad-norm C scales the written gradients as torch's clip_grad_norm_(C)\n"
-    "  does before an optimizer step (grad_norm stays the norm before clipping).\n";
+    "  does before an optimizer step (grad_norm stays the norm before clipping).\n"
+    "  --lora applies a PEFT adapter on the frozen base; --grads then gives the adapter's\n"
+    "  gradients as grad.<PEFT key>.\n";
 
 static int read_ids(const st_file *f, const char *name, int32_t **out, int *B, int *T, char *err)
 {
@@ -50,13 +53,14 @@ int cmd_forward(int argc, char **argv)
         fputs(usage, stdout);
         return 0;
     }
-    const char *dir = NULL, *batch_path = NULL, *out_path = NULL;
+    const char *dir = NULL, *batch_path = NULL, *out_path = NULL, *lora_dir = NULL;
     int grads = 0;
     double z_coef = 0, clip = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch_path = argv[++i];
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
         else if (!strcmp(argv[i], "--grads")) grads = 1;
+        else if (!strcmp(argv[i], "--lora") && i + 1 < argc) lora_dir = argv[++i];
         else if (!strcmp(argv[i], "--z-loss") && i + 1 < argc) z_coef = atof(argv[++i]);
         else if (!strcmp(argv[i], "--clip-grad-norm") && i + 1 < argc) clip = atof(argv[++i]);
         else if (argv[i][0] != '-' && !dir) dir = argv[i];
@@ -73,12 +77,23 @@ int cmd_forward(int argc, char **argv)
     model m;
     st_file *bf = NULL;
     model_acts *a = NULL;
+    lora *lo = NULL;
     int32_t *ids = NULL, *labels = NULL;
     float *logits = NULL;
     st_out *outs = NULL;
     int rc = 1, B = 0, T = 0, have_model = 0;
-    if (ckpt_load_model(&m, dir, grads, err)) goto fail;
+    if (ckpt_load_model(&m, dir, grads && !lora_dir, err)) goto fail;
     have_model = 1;
+    if (lora_dir) {
+        lora_config lc;
+        if (peft_read_config(lora_dir, &lc, NULL, 0, err) || lora_create(&lo, &m, &lc, 0, err) ||
+            peft_load_weights(lo, lora_dir, err))
+            goto fail;
+        lora_attach(&m, lo);
+    }
+    /* what --grads reports: the base parameters, or the adapter's */
+    const model_table *gt = lo ? &lo->tab : &m.tab;
+    float *gbuf = lo ? lo->g : m.g;
     if (st_open(&bf, batch_path, err)) goto fail;
     if (read_ids(bf, "input_ids", &ids, &B, &T, err)) goto fail;
     if (!ids) {
@@ -100,15 +115,15 @@ int cmd_forward(int argc, char **argv)
     if (grads) {
         double scale = st.n_targets ? 1.0 / st.n_targets : 0;
         if (model_forward_backward(&m, a, &b, scale, m.c.aux_coef, z_coef, 1, &st, err)) goto fail;
-        for (size_t i = 0; i < m.tab.total; i++) norm += (double)m.g[i] * m.g[i];
+        for (size_t i = 0; i < gt->total; i++) norm += (double)gbuf[i] * gbuf[i];
         norm = sqrt(norm);
         if (clip > 0 && norm > clip) { /* torch: coef = max_norm / (norm + 1e-6), clamped to 1 */
             float coef = (float)(clip / (norm + 1e-6));
-            for (size_t i = 0; i < m.tab.total; i++) m.g[i] *= coef;
+            for (size_t i = 0; i < gt->total; i++) gbuf[i] *= coef;
         }
     }
     int L = m.c.n_layers, E = m.c.n_experts, nout = 0;
-    outs = calloc((size_t)(6 + L + (grads ? m.tab.n : 0)), sizeof *outs);
+    outs = calloc((size_t)(6 + L + (grads ? gt->n : 0)), sizeof *outs);
     float sc[5] = {(float)st.loss, (float)st.ce, (float)st.aux, (float)st.z, (float)norm};
     outs[nout++] = (st_out){.name = "logits", .ndim = 3, .shape = {B, T, (int64_t)V}, .dtype = ST_F32, .f32 = logits};
     const char *names[4] = {"loss", "ce_loss", "aux_loss", "z_loss"};
@@ -120,11 +135,11 @@ int cmd_forward(int argc, char **argv)
                                 .f32 = model_router_logits(a, l)};
     }
     if (grads) outs[nout++] = (st_out){.name = "grad_norm", .ndim = 1, .shape = {1}, .dtype = ST_F32, .f32 = &sc[4]};
-    char (*gnames)[128] = grads ? calloc((size_t)m.tab.n, 128) : NULL;
-    for (int i = 0; grads && i < m.tab.n; i++) {
-        const model_tensor *t = &m.tab.t[i];
-        snprintf(gnames[i], 128, "grad.%s", t->name);
-        outs[nout] = (st_out){.name = gnames[i], .ndim = t->ndim, .dtype = ST_F32, .f32 = m.g + t->offset};
+    char (*gnames)[160] = grads ? calloc((size_t)gt->n, 160) : NULL;
+    for (int i = 0; grads && i < gt->n; i++) {
+        const model_tensor *t = &gt->t[i];
+        snprintf(gnames[i], 160, "grad.%s", t->name);
+        outs[nout] = (st_out){.name = gnames[i], .ndim = t->ndim, .dtype = ST_F32, .f32 = gbuf + t->offset};
         for (int d = 0; d < t->ndim; d++) outs[nout].shape[d] = t->shape[d];
         nout++;
     }
@@ -147,6 +162,7 @@ done:
     free(labels);
     model_acts_free(a);
     st_close(bf);
+    lora_free(lo);
     if (have_model) model_free(&m);
     return rc;
 }

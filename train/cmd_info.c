@@ -61,7 +61,7 @@ int cmd_info(int argc, char **argv)
     printf("parameters          %14zu  (%.3f B)\n", total, total / 1e9);
     printf("active per token    %14zu  (%.3f B, %.1f%%)\n", active, active / 1e9, 100.0 * active / total);
     printf("FLOPs per token     %14.4g  forward at T=%d; training step 3x = %.4g\n", fwd, T, 3 * fwd);
-    double p = (double)total * 4, acts = (double)model_acts_bytes(&c, B, T);
+    double p = (double)total * 4, acts = (double)model_acts_bytes(&c, B, T, 0);
     printf("\nfull fine-tune, fp32, batch %d x %d:\n", B, T);
     printf("  parameters        %9.3f GiB\n", gib(p));
     printf("  gradients         %9.3f GiB\n", gib(p));
@@ -71,7 +71,7 @@ int cmd_info(int argc, char **argv)
     printf("\nactivation memory vs sequence length (batch 1): grows linearly in T, no T^2 term\n");
     printf("  %8s %14s %14s\n", "T", "GiB", "bytes/token");
     for (int t = 512; t <= 8192; t *= 2) {
-        double a = (double)model_acts_bytes(&c, 1, t);
+        double a = (double)model_acts_bytes(&c, 1, t, 0);
         printf("  %8d %14.4f %14.0f\n", t, gib(a), a / t);
     }
     return 0;

@@ -2,11 +2,13 @@
 #include "train/trainer.h"
 #include "checkpoints/ckpt.h"
 #include "checkpoints/hf.h"
+#include "checkpoints/peft.h"
 #include "common/err.h"
 #include "common/fsutil.h"
 #include "common/rng.h"
 #include "common/sha256.h"
 #include "data/loader.h"
+#include "model/lora.h"
 #include "model/model.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
@@ -45,6 +47,7 @@ typedef struct {
     const trainer_opts *o;
     model m;
     int have_model;
+    lora *lo;              /* LoRA runs: the adapters (the base is frozen) */
     model_acts *acts;
     loader *train, *val;
     loader_batch *mb;      /* grad_accum micro-batches */
@@ -100,14 +103,44 @@ static int merged_config(const cfg *c, model_config *mc, char *err)
     return rc ? err_wrap(err, "model") : 0;
 }
 
+/* lora.* of the config as a lora_config. */
+static int cfg_lora(const cfg *c, lora_config *lc, char *err)
+{
+    memset(lc, 0, sizeof *lc);
+    lc->r = c->lora.r;
+    lc->alpha = c->lora.alpha;
+    lc->rslora = c->lora.rslora;
+    lc->dropout = c->lora.dropout;
+    lc->train_router = c->lora.train_router;
+    for (int i = 0; i < c->lora.n_targets; i++) {
+        int t = lora_target_parse(c->lora.targets[i]);
+        if (t < 0) return err_set(err, "lora.targets: unknown target '%s'", c->lora.targets[i]);
+        lc->targets |= 1u << t;
+    }
+    return 0;
+}
+
+/* An adapter loaded from disk must be the one the config describes. */
+static int same_lora(const lora_config *want, const lora_config *got, const char *dir, char *err)
+{
+    if (want->r != got->r || want->alpha != got->alpha || want->targets != got->targets ||
+        want->rslora != got->rslora || want->train_router != got->train_router)
+        return err_set(err, "%s: adapter (r %d, alpha %g, %s targets%s) differs from the config's lora section "
+                            "(r %d, alpha %g)", dir, got->r, got->alpha, got->targets == want->targets ? "same" : "other",
+                       got->train_router ? ", router" : "", want->r, want->alpha);
+    return 0;
+}
+
 static int build_model(trainer *tr, const char *resume_dir, char *err)
 {
     const cfg *c = tr->c;
+    int use_lora = c->lora.enabled;
     model_config mc;
-    if (resume_dir) {
+    if (resume_dir && !use_lora) {
         if (ckpt_load_model(&tr->m, resume_dir, 1, err)) return -1;
-    } else {
-        if (merged_config(c, &mc, err) || model_create(&tr->m, &mc, 1, err)) return -1;
+        tr->have_model = 1;
+    } else { /* fresh full run, or any LoRA run (its base never changes) */
+        if (merged_config(c, &mc, err) || model_create(&tr->m, &mc, !use_lora, err)) return -1;
         tr->have_model = 1;
         if (c->model.init_from) {
             if (ckpt_load_weights(&tr->m, c->model.init_from, err)) return -1;
@@ -115,10 +148,22 @@ static int build_model(trainer *tr, const char *resume_dir, char *err)
             model_init_random(&tr->m, c->run.seed);
         }
     }
-    tr->have_model = 1;
     tr->aux_coef = c->model.aux_coef_set ? c->model.aux_coef : tr->m.c.aux_coef;
     tr->z_coef = c->model.z_coef;
-    tr->tv = (tview){tr->m.tab.t, tr->m.tab.n, tr->m.w, tr->m.g, tr->m.tab.total};
+    if (!use_lora) {
+        tr->tv = (tview){tr->m.tab.t, tr->m.tab.n, tr->m.w, tr->m.g, tr->m.tab.total};
+        return 0;
+    }
+    lora_config lc, got;
+    const char *from = resume_dir ? resume_dir : c->lora.init_from;
+    if (cfg_lora(c, &lc, err) || lora_create(&tr->lo, &tr->m, &lc, c->run.seed, err)) return -1;
+    if (from) {
+        if (peft_read_config(from, &got, NULL, 0, err) || same_lora(&lc, &got, from, err) ||
+            peft_load_weights(tr->lo, from, err))
+            return -1;
+    }
+    lora_attach(&tr->m, tr->lo);
+    tr->tv = (tview){tr->lo->tab.t, tr->lo->tab.n, tr->lo->w, tr->lo->g, tr->lo->tab.total};
     return 0;
 }
 
@@ -177,14 +222,14 @@ static int setup_data(trainer *tr, char *err)
 
 /* ------------------------------------------------------------------ checkpoints */
 
-static st_out *moment_list(const trainer *tr, char (**names)[128])
+static st_out *moment_list(const trainer *tr, char (**names)[160])
 {
     int n = tr->tv.n;
     st_out *o = calloc(2 * (size_t)n, sizeof *o);
-    *names = calloc(2 * (size_t)n, 128);
+    *names = calloc(2 * (size_t)n, 160);
     for (int i = 0; i < 2 * n; i++) {
         const model_tensor *t = &tr->tv.t[i % n];
-        snprintf((*names)[i], 128, "%s.%s", i < n ? "exp_avg" : "exp_avg_sq", t->name);
+        snprintf((*names)[i], 160, "%s.%s", i < n ? "exp_avg" : "exp_avg_sq", t->name);
         o[i].name = (*names)[i];
         o[i].ndim = t->ndim;
         for (int d = 0; d < t->ndim; d++) o[i].shape[d] = t->shape[d];
@@ -202,7 +247,7 @@ static int save_checkpoint(trainer *tr, char *err)
     cJSON *st = cJSON_CreateObject();
     cJSON_AddStringToObject(st, "format", "moet-trainer-state-1");
     cJSON_AddNumberToObject(st, "step", tr->step);
-    cJSON_AddStringToObject(st, "kind", "full");
+    cJSON_AddStringToObject(st, "kind", tr->lo ? "lora" : "full");
     cJSON *d = cJSON_AddObjectToObject(st, "data");
     cJSON_AddNumberToObject(d, "epoch", (double)pos.epoch);
     cJSON_AddNumberToObject(d, "index", (double)pos.index);
@@ -220,15 +265,25 @@ static int save_checkpoint(trainer *tr, char *err)
     cJSON_Delete(st);
     free(cfg_json);
 
-    char *mcfg = model_config_to_json(&tr->m.c, "float32");
-    st_out *w = ckpt_weight_list(&tr->m, ST_F32);
-    char(*mnames)[128];
+    char(*mnames)[160];
     st_out *mv = moment_list(tr, &mnames);
-    ckpt_file files[] = {{"config.json", NULL, 0, mcfg},
-                         {"model.safetensors", w, tr->m.tab.n, NULL},
-                         {"optimizer.safetensors", mv, 2 * tr->tv.n, NULL}};
+    char *mcfg, *w_json = NULL;
+    st_out *w;
+    ckpt_file files[3];
+    if (tr->lo) { /* the adapter in PEFT format; the base is model.init_from, unchanged */
+        mcfg = peft_config_json(&tr->lo->lc, c->model.init_from);
+        w = peft_weight_list(tr->lo, ST_F32);
+        files[0] = (ckpt_file){"adapter_config.json", NULL, 0, mcfg};
+        files[1] = (ckpt_file){"adapter_model.safetensors", w, tr->lo->tab.n, NULL};
+    } else {
+        mcfg = model_config_to_json(&tr->m.c, "float32");
+        w = ckpt_weight_list(&tr->m, ST_F32);
+        files[0] = (ckpt_file){"config.json", NULL, 0, mcfg};
+        files[1] = (ckpt_file){"model.safetensors", w, tr->m.tab.n, NULL};
+    }
+    files[2] = (ckpt_file){"optimizer.safetensors", mv, 2 * tr->tv.n, NULL};
     int rc = ckpt_save(tr->ckpt_root, tr->step, files, 3, state, c->train.keep_checkpoints, tr->last_ckpt, err);
-    free(state), free(mcfg), free(w), free(mv), free(mnames);
+    free(state), free(mcfg), free(w), free(mv), free(mnames), free(w_json);
     return rc;
 }
 
@@ -259,7 +314,7 @@ static int restore_state(trainer *tr, const char *dir, char *err)
     if (st_open(&f, p, err)) goto out;
     for (int i = 0; i < 2 * tr->tv.n; i++) {
         const model_tensor *t = &tr->tv.t[i % tr->tv.n];
-        char name[140];
+        char name[160];
         snprintf(name, sizeof name, "%s.%s", i < tr->tv.n ? "exp_avg" : "exp_avg_sq", t->name);
         const st_tensor *s = st_find(f, name);
         if (!s || s->numel != (int64_t)t->numel) {
@@ -373,6 +428,7 @@ static int train_step(trainer *tr, step_result *res, char *err)
         batch_labels(tr->labels, b);
         model_batch mb = {b->batch_size, b->seq_len, b->tokens, tr->labels, b->doc_start, c->data.document_mask};
         model_stats st;
+        if (tr->lo) lora_set_dropout_key(tr->lo, c->run.seed, (uint64_t)tr->step, i);
         if (model_forward_backward(&tr->m, tr->acts, &mb, total ? 1.0 / total : 0, tr->aux_coef, tr->z_coef, k, &st,
                                    err))
             return -1;
@@ -455,11 +511,16 @@ static void print_summary(trainer *tr, const char *resumed)
     const cfg *c = tr->c;
     size_t total, active;
     model_param_counts(&tr->m.c, &total, &active);
-    double p = (double)tr->m.tab.total * 4;
-    printf("model: %zu parameters (%.1f M active per token), %zu trainable; fp32 params+grads+AdamW %.2f GiB, "
-           "activations %.2f GiB\n",
-           total, active / 1e6, tr->tv.total, (2 * p + 2.0 * tr->tv.total * 4) / 1073741824.0,
-           model_acts_bytes(&tr->m.c, c->train.batch_size, c->data.seq_len) / 1073741824.0);
+    double p = (double)tr->m.tab.total * 4, t4 = (double)tr->tv.total * 4, G = 1073741824.0;
+    int B = c->train.batch_size, T = c->data.seq_len;
+    double acts = (double)model_acts_bytes(&tr->m.c, B, T, tr->lo ? tr->lo->lc.r : 0);
+    double mine = p + (tr->lo ? t4 : 0) + 3 * t4 + acts; /* params (+adapters), grads, m, v, activations */
+    printf("model: %zu parameters (%.1f M active per token), %zu trainable%s\n", total, active / 1e6, tr->tv.total,
+           tr->lo ? " (LoRA; base frozen: no gradients or AdamW state for it)" : "");
+    printf("memory: %.3f GiB = weights %.3f + grads %.3f + AdamW %.3f + activations %.3f", mine / G,
+           (p + (tr->lo ? t4 : 0)) / G, t4 / G, 2 * t4 / G, acts / G);
+    if (tr->lo) printf("  (a full fine-tune of this model: %.3f GiB)", (4 * p + model_acts_bytes(&tr->m.c, B, T, 0)) / G);
+    printf("\n");
     printf("data: %lld rows in %d file(s), %lld batches of %dx%d per epoch, grad_accum %d\n",
            (long long)loader_rows(tr->train), loader_n_files(tr->train), (long long)loader_batches_per_epoch(tr->train),
            c->train.batch_size, c->data.seq_len, c->train.grad_accum);
@@ -476,6 +537,7 @@ static void trainer_free(trainer *tr)
     loader_close(tr->val);
     model_acts_free(tr->acts);
     if (tr->have_model) model_free(&tr->m);
+    lora_free(tr->lo);
 }
 
 int trainer_run(const cfg *c, const trainer_opts *o, char *err)

@@ -1,0 +1,80 @@
+/* lora: low-rank adapters as PEFT defines them, y = W x + s * B (A drop(x)) with
+ * s = alpha / r (rsLoRA: alpha / sqrt(r)), on any of q/k/v/o_proj and the experts' w1/w2/w3
+ * (one adapter per expert), plus an optional fully trained router (PEFT modules_to_save).
+ * The adapters live in their own flat buffer with PEFT tensor names; the base model stays
+ * frozen (no gradients, no optimizer state, its dW GEMMs skipped). */
+#ifndef MOET_LORA_H
+#define MOET_LORA_H
+
+#include <stdint.h>
+
+#include "model/model.h"
+
+enum { LORA_Q, LORA_K, LORA_V, LORA_O, LORA_W1, LORA_W2, LORA_W3, LORA_NT };
+
+/* "q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3" */
+const char *lora_target_name(int t);
+int lora_target_parse(const char *name); /* -1 if unknown */
+
+typedef struct {
+    int r;
+    double alpha;
+    int rslora;
+    double dropout;      /* training only */
+    unsigned targets;    /* bit t set: adapters on target t */
+    int train_router;    /* router gate trained fully (modules_to_save) */
+} lora_config;
+
+/* One adapter site (layer l, target t): A (r, in) and B (out, r); for expert targets E of
+ * each, expert e at A + e*r*in, B + e*out*r. */
+typedef struct {
+    float *A, *B, *dA, *dB;
+    int in, out, n; /* n: 1, or n_experts */
+    int layer, target;
+} lora_site;
+
+typedef struct lora {
+    lora_config lc;
+    float scale;
+    model_table tab;     /* PEFT names, e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight */
+    float *w, *g;        /* trainable buffer and its gradient */
+    lora_site *sites;    /* [L][LORA_NT]; A == NULL where there is no adapter */
+    int L;
+    uint64_t drop_key;   /* dropout stream of the current micro-batch (lora_set_dropout_key) */
+    int training;        /* dropout on (set by model_forward_backward) */
+    float *scr_x, *scr_t, *scr_a; /* scratch: dropped input, input-gradient term, dxa */
+    size_t scr_floats;
+} lora;
+
+/* Create adapters for m (not attached yet); A ~ kaiming-uniform(a=sqrt(5)) i.e.
+ * U(-1/sqrt(in), 1/sqrt(in)), B = 0, seeded; router copies start from m's gates. */
+int lora_create(lora **out, const model *m, const lora_config *lc, uint64_t seed, char *err);
+void lora_free(lora *lo);
+/* Attach to m (m->lora = lo): forward/backward use the adapters; with train_router the
+ * layers' gate pointers switch to the adapter's copies. */
+void lora_attach(model *m, lora *lo);
+/* Fold the adapters into m's base weights (W += s B A; router copies replace the gates)
+ * and detach. */
+void lora_merge(model *m);
+
+/* Site of layer l, target t, or NULL (no adapter / no LoRA). */
+const lora_site *lora_site_at(const struct lora *lo, int l, int t);
+
+/* The dropout stream of the next micro-batch: a pure function of (seed, step, micro) so
+ * a resumed run drops the same units. */
+void lora_set_dropout_key(lora *lo, uint64_t seed, uint64_t step, int micro);
+
+/* Scratch for up to rows x cols inputs (called by model_acts_create). */
+int lora_reserve(lora *lo, size_t rows, size_t cols, char *err);
+
+/* ---- the hooks used by model/forward.c and model/moe.c (e = expert, 0 for attention)
+ * forward: y (rows, ldy) += s * (drop(x) A^T) B^T, saving xa = drop(x) A^T (rows, r). */
+void lora_forward(const lora *lo, const lora_site *s, int e, float *y, int ldy, const float *x, int ldx, int rows,
+                  float *xa);
+/* backward, weight part: dB += s dy^T xa, dxa = s dy B (written to lo->scr_a), dA += dxa^T drop(x). */
+void lora_backward_w(const lora *lo, const lora_site *s, int e, const float *dy, int lddy, const float *x, int ldx,
+                     int rows, const float *xa);
+/* backward, input part (after lora_backward_w): dx (rows, lddx) += drop'(dxa A). */
+void lora_backward_x(const lora *lo, const lora_site *s, int e, float *dx, int lddx, int rows);
+
+#endif
