@@ -110,11 +110,13 @@ int shard_writer_create(shard_writer **out, const char *path, int seq_len, const
     /* The 1.8+ file format checksums all its metadata, so a corrupted header is
      * reported by libhdf5 instead of being parsed (the 1.6-compatible default
      * crashes on byte flips in the root object header).  h5py reads it. */
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), fcpl = H5Pcreate(H5P_FILE_CREATE);
     H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V110);
+    H5Pset_obj_track_times(fcpl, 0);  /* the root group's header would hold mtimes */
     errno = 0;
-    w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, fcpl, fapl);
     H5Pclose(fapl);
+    H5Pclose(fcpl);
     if (w->file < 0) {
         err_set(err, "%s: cannot create (%s)", w->tmp, errno ? strerror(errno) : "HDF5 error");
         writer_free(w);

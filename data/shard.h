@@ -9,7 +9,7 @@
  * Strings are fixed-length ASCII (h5py gives bytes: attrs["format"] ==
  * b"moet-shard-1"); the reader accepts variable-length ones too, as h5py writes.
  * The file uses the HDF5 1.8+ format (checksummed metadata: a flipped byte in a
- * header is an error, not a crash in libhdf5); datasets carry no timestamps, so
+ * header is an error, not a crash in libhdf5); objects carry no timestamps, so
  * the same rows give a byte-identical file.
  *
  * The writer streams rows into chunked, extendable datasets of a temporary file
