@@ -42,15 +42,18 @@ static int write_int_attr(hid_t file, const char *name, int64_t v)
     return rc < 0 ? -1 : 0;
 }
 
-/* Variable-length UTF-8: h5py hands these back as str, not bytes. */
+/* Fixed-length, NUL-terminated ASCII (h5py reads it as bytes: b"moet-shard-1").
+ * Not variable-length: those live in HDF5's global heap, which has no checksum
+ * and whose reader in libhdf5 1.10 crashes or hangs on corrupted bytes (3000
+ * byte-flipped files: 4 crashes with variable-length strings, 0 with these). */
 static int write_str_attr(hid_t file, const char *name, const char *v)
 {
     hid_t ty = H5Tcopy(H5T_C_S1);
-    H5Tset_size(ty, H5T_VARIABLE);
-    H5Tset_cset(ty, H5T_CSET_UTF8);
+    H5Tset_size(ty, strlen(v) + 1);
+    H5Tset_strpad(ty, H5T_STR_NULLTERM);
     hid_t sp = H5Screate(H5S_SCALAR);
     hid_t a = H5Acreate2(file, name, ty, sp, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t rc = a < 0 ? -1 : H5Awrite(a, ty, &v);
+    herr_t rc = a < 0 ? -1 : H5Awrite(a, ty, v);
     if (a >= 0) H5Aclose(a);
     H5Sclose(sp);
     H5Tclose(ty);
@@ -104,8 +107,16 @@ int shard_writer_create(shard_writer **out, const char *path, int seq_len, const
         if (w->with[d] && !(w->buf[d] = malloc(w->chunk_rows * seq_len * elem_bytes(d, w->token_bytes))))
             goto oom;
 
+    /* The 1.8+ file format checksums all its metadata, so a corrupted header is
+     * reported by libhdf5 instead of being parsed (the 1.6-compatible default
+     * crashes on byte flips in the root object header).  h5py reads it. */
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), fcpl = H5Pcreate(H5P_FILE_CREATE);
+    H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V110);
+    H5Pset_obj_track_times(fcpl, 0);  /* the root group's header would hold mtimes */
     errno = 0;
-    w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, fcpl, fapl);
+    H5Pclose(fapl);
+    H5Pclose(fcpl);
     if (w->file < 0) {
         err_set(err, "%s: cannot create (%s)", w->tmp, errno ? strerror(errno) : "HDF5 error");
         writer_free(w);
@@ -117,6 +128,7 @@ int shard_writer_create(shard_writer **out, const char *path, int seq_len, const
         if (!w->with[d]) continue;
         hid_t sp = H5Screate_simple(2, dims, maxd), pl = H5Pcreate(H5P_DATASET_CREATE);
         H5Pset_chunk(pl, 2, chunk);
+        H5Pset_obj_track_times(pl, 0);  /* no mtimes: same rows, byte-identical file */
         w->dset[d] = H5Dcreate2(w->file, DSET[d], file_type(d, w->token_bytes), sp, H5P_DEFAULT, pl,
                                 H5P_DEFAULT);
         H5Pclose(pl);
@@ -352,6 +364,8 @@ int shard_open(shard **out, const char *path, int seq_len, int vocab_size, char 
         goto fail;
     }
     if (strcmp(fmt, SHARD_FORMAT)) {
+        for (char *c = fmt; *c; c++)  /* a corrupt attribute may hold any bytes */
+            if (*c < 0x20 || *c > 0x7e) *c = '?';
         err_set(err, "%s: format is '%s', expected '%s'", path, fmt, SHARD_FORMAT);
         goto fail;
     }

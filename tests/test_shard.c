@@ -119,14 +119,33 @@ static void test_attributes_are_written_and_read_back(void **state)
     assert_string_equal(in->tokenizer_sha256, META_512.tokenizer_sha256);
     shard_close(s);
 
+    /* fixed-length ASCII on disk, as h5py and h5dump see it */
     hid_t f = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT), a = H5Aopen(f, "format", H5P_DEFAULT);
-    hid_t ty = H5Tcopy(H5T_C_S1);
-    H5Tset_size(ty, H5T_VARIABLE);
-    char *fmt = NULL;
-    assert_true(H5Aread(a, ty, &fmt) >= 0);
+    hid_t ty = H5Aget_type(a);
+    assert_int_equal(H5Tget_class(ty), H5T_STRING);
+    assert_false(H5Tis_variable_str(ty));
+    char fmt[32] = "";
+    assert_int_equal(H5Tget_size(ty), strlen("moet-shard-1") + 1);
+    assert_true(H5Aread(a, ty, fmt) >= 0);
     assert_string_equal(fmt, "moet-shard-1");
-    H5free_memory(fmt);
     H5Tclose(ty), H5Aclose(a), H5Fclose(f);
+}
+
+static void test_wrong_format_attribute_is_refused_with_its_value(void **state)
+{
+    const char *p = tmp_path("fmt.h5");
+    write_shard(p, 2, 8, &META_512, 1, 1);
+    hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Adelete(f, "format");
+    hid_t ty = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
+    H5Tset_size(ty, 13);
+    hid_t a = H5Acreate2(f, "format", ty, sp, H5P_DEFAULT, H5P_DEFAULT);
+    assert_true(H5Awrite(a, ty, "moet-shard-9\x01") >= 0);  /* and a control byte */
+    H5Aclose(a), H5Sclose(sp), H5Tclose(ty), H5Fclose(f);
+    char err[ERR_MAX] = "";
+    shard *s;
+    assert_int_equal(shard_open(&s, p, 8, 512, err), -1);
+    assert_non_null(strstr(err, "format is 'moet-shard-9?', expected 'moet-shard-1'"));
 }
 
 static void test_absent_mask_reads_as_all_targets_and_doc_start_as_row_start(void **state)
@@ -239,6 +258,47 @@ static void test_truncated_file_gives_error_not_crash(void **state)
     }
 }
 
+/* Flip every byte of the file's first and last 2 KiB in turn (where HDF5 keeps the
+ * superblock, object headers and chunk index): each copy must open and read, or
+ * fail with an error line; a crash ends the test. */
+static void test_flipped_metadata_bytes_give_errors_not_crashes(void **state)
+{
+    const char *p = tmp_path("flip_src.h5"), *q = tmp_path("flip.h5");
+    write_shard(p, 40, 16, &META_512, 1, 1);
+    FILE *f = fopen(p, "rb");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    unsigned char *buf = malloc(n);
+    rewind(f);
+    assert_int_equal(fread(buf, 1, n, f), n);
+    fclose(f);
+    assert_memory_equal(buf, "\x89HDF\r\n\x1a\n", 8);
+    assert_true(buf[8] >= 2);  /* superblock version 2+: the checksummed 1.8 format */
+    int tried = 0, refused = 0;
+    for (long i = 0; i < n; i++) {
+        if (i >= 2048 && i < n - 2048) continue;
+        buf[i] ^= 0xff;
+        f = fopen(q, "wb");
+        fwrite(buf, 1, n, f);
+        fclose(f);
+        buf[i] ^= 0xff;
+        char err[ERR_MAX] = "";
+        shard *s;
+        int rc = shard_open(&s, q, 16, 512, err);
+        for (int64_t r = 0; rc == 0 && r < shard_get_info(s)->rows; r++) {
+            int32_t tok[16];
+            uint8_t m[16], d[16];
+            rc = shard_read_row(s, r, tok, m, d, err);
+        }
+        if (rc == 0) shard_close(s);
+        else if (strstr(err, q)) refused++;  /* the error names the file */
+        tried++;
+    }
+    free(buf);
+    print_message("%d of %d flipped bytes refused with an error\n", refused, tried);
+    assert_true(refused > tried / 2);  /* measured: all 4096 */
+}
+
 static void test_files_that_are_not_shards_are_refused(void **state)
 {
     char err[ERR_MAX] = "";
@@ -293,12 +353,14 @@ int main(void)
         cmocka_unit_test(test_uint16_round_trip_is_exact_across_many_chunks),
         cmocka_unit_test(test_uint32_used_above_65535_and_round_trip_is_exact),
         cmocka_unit_test(test_attributes_are_written_and_read_back),
+        cmocka_unit_test(test_wrong_format_attribute_is_refused_with_its_value),
         cmocka_unit_test(test_absent_mask_reads_as_all_targets_and_doc_start_as_row_start),
         cmocka_unit_test(test_model_vocab_smaller_than_shard_vocab_is_an_error),
         cmocka_unit_test(test_wrong_seq_len_is_an_error),
         cmocka_unit_test(test_writer_refuses_token_outside_vocab),
         cmocka_unit_test(test_token_beyond_file_vocab_is_caught_on_read),
         cmocka_unit_test(test_truncated_file_gives_error_not_crash),
+        cmocka_unit_test(test_flipped_metadata_bytes_give_errors_not_crashes),
         cmocka_unit_test(test_files_that_are_not_shards_are_refused),
         cmocka_unit_test(test_mask_shape_must_match_tokens),
     };
