@@ -1,5 +1,6 @@
 /* trainer: the training loop of `moet train`. */
 #include "train/trainer.h"
+#include "train/load.h"
 #include "checkpoints/ckpt.h"
 #include "checkpoints/hf.h"
 #include "checkpoints/peft.h"
@@ -70,39 +71,6 @@ typedef struct {
 
 /* ------------------------------------------------------------------ setup */
 
-/* config.json of init_from with model.arch keys laid over it (arch wins). */
-static int merged_config(const cfg *c, model_config *mc, char *err)
-{
-    cJSON *base = NULL;
-    if (c->model.init_from) {
-        char p[4096], *text;
-        size_t len;
-        fs_path_join(p, sizeof p, c->model.init_from, "config.json");
-        if (!fs_is_dir(c->model.init_from))
-            return err_set(err, "model.init_from '%s': not a model directory", c->model.init_from);
-        if (fs_read_file(p, &text, &len, err)) return err_wrap(err, "model.init_from");
-        base = cJSON_Parse(text);
-        free(text);
-        if (!base) return err_set(err, "%s: not valid JSON", p);
-    } else {
-        base = cJSON_CreateObject();
-    }
-    if (c->model.arch_json) {
-        cJSON *arch = cJSON_Parse(c->model.arch_json), *it;
-        cJSON_ArrayForEach(it, arch)
-        {
-            cJSON_DeleteItemFromObjectCaseSensitive(base, it->string);
-            cJSON_AddItemToObject(base, it->string, cJSON_Duplicate(it, 1));
-        }
-        cJSON_Delete(arch);
-    }
-    char *s = cJSON_PrintUnformatted(base);
-    cJSON_Delete(base);
-    int rc = model_config_from_json(mc, s, err);
-    free(s);
-    return rc ? err_wrap(err, "model") : 0;
-}
-
 /* lora.* of the config as a lora_config. */
 static int cfg_lora(const cfg *c, lora_config *lc, char *err)
 {
@@ -135,18 +103,12 @@ static int build_model(trainer *tr, const char *resume_dir, char *err)
 {
     const cfg *c = tr->c;
     int use_lora = c->lora.enabled;
-    model_config mc;
     if (resume_dir && !use_lora) {
         if (ckpt_load_model(&tr->m, resume_dir, 1, err)) return -1;
         tr->have_model = 1;
     } else { /* fresh full run, or any LoRA run (its base never changes) */
-        if (merged_config(c, &mc, err) || model_create(&tr->m, &mc, !use_lora, err)) return -1;
+        if (load_run_base(c, &tr->m, !use_lora, err)) return -1;
         tr->have_model = 1;
-        if (c->model.init_from) {
-            if (ckpt_load_weights(&tr->m, c->model.init_from, err)) return -1;
-        } else {
-            model_init_random(&tr->m, c->run.seed);
-        }
     }
     tr->aux_coef = c->model.aux_coef_set ? c->model.aux_coef : tr->m.c.aux_coef;
     tr->z_coef = c->model.z_coef;

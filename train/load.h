@@ -1,0 +1,22 @@
+/* load: open whatever a user points a command at: an HF model dir, a full training
+ * checkpoint, or a LoRA checkpoint (base model rebuilt from the run's config, adapter
+ * from the checkpoint). Used by eval, export and generate. */
+#ifndef MOET_LOAD_H
+#define MOET_LOAD_H
+
+#include "model/lora.h"
+#include "model/model.h"
+#include "train/config.h"
+
+/* The model config a run describes: model.init_from's config.json with model.arch keys
+ * laid over it, or model.arch alone. */
+int load_run_config(const cfg *c, model_config *mc, char *err);
+
+/* Base model of a run (no gradients): init_from weights or random init from run.seed. */
+int load_run_base(const cfg *c, model *m, int with_grads, char *err);
+
+/* Load path. *lo receives the attached adapter of a LoRA checkpoint (else NULL);
+ * *state (may be NULL) the checkpoint's trainer_state.json text (NULL for an HF dir). */
+int load_any_model(const char *path, model *m, lora **lo, char **state, char *err);
+
+#endif
