@@ -536,10 +536,11 @@ static int load_model(tok *t, const cJSON *model, const cJSON *added, const char
         int32_t ia = tok_strmap_get(&t->vocab, a, al), ib = tok_strmap_get(&t->vocab, b, bl);
         int32_t ij = tok_strmap_get(&t->vocab, joined, al + bl);
         if (ia < 0 || ib < 0 || ij < 0) {
-            joined[al + bl] = 0;
+            const char *what = ia < 0 ? a : ib < 0 ? b : joined;
+            int wl = (int)(ia < 0 ? al : ib < 0 ? bl : al + bl);
+            err_set(err, "%s: merge %d: '%.*s' is not in the vocab", path, rank + 1, wl, what);
             free(joined);
-            return err_set(err, "%s: merge %d: '%s' is not in the vocab", path, rank + 1,
-                           ia < 0 ? "left piece" : ib < 0 ? "right piece" : joined);
+            return -1;
         }
         merge_put(t, ia, ib, rank, ij);
         /* A merge across a "▁" that starts a word would make per-chunk BPE inexact. */
