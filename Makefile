@@ -4,7 +4,7 @@ BUILD   ?= build
 ARCH    ?= -march=native
 OPT     ?= -O3
 SAN     ?=
-CFLAGS  += -std=c11 $(OPT) $(ARCH) -fopenmp -g -Wall -Wextra -Wno-unused-parameter \
+CFLAGS  += -std=c11 $(OPT) $(ARCH) -fno-math-errno -fopenmp -g -Wall -Wextra -Wno-unused-parameter \
            -D_GNU_SOURCE -I. $(SAN) \
            $(shell pkg-config --cflags hdf5 yaml-0.1 libcjson openblas)
 # Link the OpenMP build of OpenBLAS so its threads and ours are one pool (no oversubscription).

@@ -24,6 +24,6 @@ int err_wrap(char *err, const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     snprintf(old, sizeof old, "%s", err);
-    snprintf(err, ERR_MAX, "%s: %s", prefix, old);
+    snprintf(err, ERR_MAX, "%.250s: %.250s", prefix, old); /* both halves always fit */
     return -1;
 }

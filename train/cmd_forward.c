@@ -1,12 +1,152 @@
-/* moet forward: placeholder until its issue lands; says so rather than pretending. */
+/* moet forward: the numerics check after importing a model. Runs one batch through the
+ * model and writes logits, losses, router logits and (with --grads) every gradient under
+ * its HF name, for comparison with transformers. */
+#include "checkpoints/hf.h"
+#include "checkpoints/st.h"
+#include "common/err.h"
 #include "train/cmd.h"
 
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: moet forward MODEL_DIR --batch BATCH.safetensors --out OUT.safetensors [--grads]\n"
+    "                    [--clip-grad-norm C] [--z-loss C]\n"
+    "  BATCH holds input_ids [B,T] (int64/int32) and optional labels [B,T] (-100 = ignore;\n"
+    "  default input_ids). OUT gets logits [B,T,V], loss, ce_loss, aux_loss, z_loss ([1] F32),\n"
+    "  router_logits.layerL [B*T,E], and with --grads grad.<HF name> for every parameter\n"
+    "  (d loss / d w, as loss.backward() gives in transformers) and grad_norm (their global L2\n"
+    "  norm). --clip-grad-norm C scales the written gradients as torch's clip_grad_norm_(C)\n"
+    "  does before an optimizer step (grad_norm stays the norm before clipping).\n";
+
+static int read_ids(const st_file *f, const char *name, int32_t **out, int *B, int *T, char *err)
+{
+    const st_tensor *t = st_find(f, name);
+    *out = NULL;
+    if (!t) return 0;
+    if (t->ndim != 2 || t->shape[0] < 1 || t->shape[1] < 1)
+        return err_set(err, "batch: '%s' must be 2-D [B,T], not %d-D", name, t->ndim);
+    if (*B && (t->shape[0] != *B || t->shape[1] != *T))
+        return err_set(err, "batch: labels shape [%lld,%lld] differs from input_ids [%d,%d]",
+                       (long long)t->shape[0], (long long)t->shape[1], *B, *T);
+    *B = (int)t->shape[0];
+    *T = (int)t->shape[1];
+    int64_t *tmp = malloc((size_t)t->numel * sizeof *tmp);
+    *out = malloc((size_t)t->numel * sizeof **out);
+    if (!tmp || !*out || st_read_i64(t, tmp, t->numel, err)) {
+        free(tmp);
+        return err_wrap(err, "batch: '%s'", name);
+    }
+    for (int64_t i = 0; i < t->numel; i++) (*out)[i] = tmp[i] < -2147483647 || tmp[i] > 2147483647 ? -1 : (int32_t)tmp[i];
+    free(tmp);
+    return 0;
+}
 
 int cmd_forward(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moet forward: not implemented yet\n");
-    return 1;
+    if (cmd_wants_help(argc, argv)) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    const char *dir = NULL, *batch_path = NULL, *out_path = NULL;
+    int grads = 0;
+    double z_coef = 0, clip = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch_path = argv[++i];
+        else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
+        else if (!strcmp(argv[i], "--grads")) grads = 1;
+        else if (!strcmp(argv[i], "--z-loss") && i + 1 < argc) z_coef = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--clip-grad-norm") && i + 1 < argc) clip = atof(argv[++i]);
+        else if (argv[i][0] != '-' && !dir) dir = argv[i];
+        else {
+            fprintf(stderr, "moet forward: unexpected argument '%s'\n%s", argv[i], usage);
+            return 2;
+        }
+    }
+    if (!dir || !batch_path || !out_path) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    char err[ERR_MAX];
+    model m;
+    st_file *bf = NULL;
+    model_acts *a = NULL;
+    int32_t *ids = NULL, *labels = NULL;
+    float *logits = NULL;
+    st_out *outs = NULL;
+    int rc = 1, B = 0, T = 0, have_model = 0;
+    if (ckpt_load_model(&m, dir, grads, err)) goto fail;
+    have_model = 1;
+    if (st_open(&bf, batch_path, err)) goto fail;
+    if (read_ids(bf, "input_ids", &ids, &B, &T, err)) goto fail;
+    if (!ids) {
+        err_set(err, "%s: no 'input_ids' tensor", batch_path);
+        goto fail;
+    }
+    if (read_ids(bf, "labels", &labels, &B, &T, err)) goto fail;
+    if (model_acts_create(&a, &m, B, T, err)) goto fail;
+    size_t V = m.c.vocab, N = (size_t)B * T;
+    logits = malloc(N * V * sizeof *logits);
+    if (!logits) {
+        err_set(err, "out of memory for logits");
+        goto fail;
+    }
+    model_batch b = {B, T, ids, labels, NULL, 0};
+    model_stats st;
+    if (model_forward(&m, a, &b, m.c.aux_coef, z_coef, logits, &st, err)) goto fail;
+    double norm = 0;
+    if (grads) {
+        double scale = st.n_targets ? 1.0 / st.n_targets : 0;
+        if (model_forward_backward(&m, a, &b, scale, m.c.aux_coef, z_coef, 1, &st, err)) goto fail;
+        for (size_t i = 0; i < m.tab.total; i++) norm += (double)m.g[i] * m.g[i];
+        norm = sqrt(norm);
+        if (clip > 0 && norm > clip) { /* torch: coef = max_norm / (norm + 1e-6), clamped to 1 */
+            float coef = (float)(clip / (norm + 1e-6));
+            for (size_t i = 0; i < m.tab.total; i++) m.g[i] *= coef;
+        }
+    }
+    int L = m.c.n_layers, E = m.c.n_experts, nout = 0;
+    outs = calloc((size_t)(6 + L + (grads ? m.tab.n : 0)), sizeof *outs);
+    float sc[5] = {(float)st.loss, (float)st.ce, (float)st.aux, (float)st.z, (float)norm};
+    outs[nout++] = (st_out){.name = "logits", .ndim = 3, .shape = {B, T, (int64_t)V}, .dtype = ST_F32, .f32 = logits};
+    const char *names[4] = {"loss", "ce_loss", "aux_loss", "z_loss"};
+    for (int i = 0; i < 4; i++) outs[nout++] = (st_out){.name = names[i], .ndim = 1, .shape = {1}, .dtype = ST_F32, .f32 = &sc[i]};
+    char (*rl_names)[48] = calloc((size_t)L, 48);
+    for (int l = 0; l < L; l++) {
+        snprintf(rl_names[l], 48, "router_logits.layer%d", l);
+        outs[nout++] = (st_out){.name = rl_names[l], .ndim = 2, .shape = {(int64_t)N, E}, .dtype = ST_F32,
+                                .f32 = model_router_logits(a, l)};
+    }
+    if (grads) outs[nout++] = (st_out){.name = "grad_norm", .ndim = 1, .shape = {1}, .dtype = ST_F32, .f32 = &sc[4]};
+    char (*gnames)[128] = grads ? calloc((size_t)m.tab.n, 128) : NULL;
+    for (int i = 0; grads && i < m.tab.n; i++) {
+        const model_tensor *t = &m.tab.t[i];
+        snprintf(gnames[i], 128, "grad.%s", t->name);
+        outs[nout] = (st_out){.name = gnames[i], .ndim = t->ndim, .dtype = ST_F32, .f32 = m.g + t->offset};
+        for (int d = 0; d < t->ndim; d++) outs[nout].shape[d] = t->shape[d];
+        nout++;
+    }
+    int wrc = st_write(out_path, outs, nout, NULL, err);
+    free(rl_names);
+    free(gnames);
+    if (wrc) goto fail;
+    printf("loss %.6f  ce %.6f  aux %.6f  z %.6f  (%ld targets, B=%d T=%d)", st.loss, st.ce, st.aux, st.z,
+           st.n_targets, B, T);
+    if (grads) printf("  grad_norm %.6f%s", norm, clip > 0 && norm > clip ? " (gradients written clipped)" : "");
+    printf("\n");
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "moet forward: %s\n", err);
+done:
+    free(outs);
+    free(logits);
+    free(ids);
+    free(labels);
+    model_acts_free(a);
+    st_close(bf);
+    if (have_model) model_free(&m);
+    return rc;
 }

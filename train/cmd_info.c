@@ -1,12 +1,81 @@
-/* moet info: placeholder until its issue lands; says so rather than pretending. */
+/* moet info: what a model costs: parameters, active parameters, FLOPs per token and the
+ * memory of a training step, from the same sizing code the trainer allocates with. */
+#include "checkpoints/hf.h"
+#include "common/err.h"
+#include "common/fsutil.h"
 #include "train/cmd.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: moet info MODEL_DIR|config.json [--batch B] [--seq-len T]\n"
+    "  Prints parameter counts, FLOPs per token and the memory a full fine-tuning step\n"
+    "  needs at batch B x T (default 1 x 2048), and how activation memory grows with T.\n";
+
+static double gib(double bytes) { return bytes / 1073741824.0; }
 
 int cmd_info(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moet info: not implemented yet\n");
+    if (cmd_wants_help(argc, argv)) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    const char *path = NULL;
+    int B = 1, T = 2048;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--batch") && i + 1 < argc) B = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--seq-len") && i + 1 < argc) T = atoi(argv[++i]);
+        else if (argv[i][0] != '-' && !path) path = argv[i];
+        else {
+            fprintf(stderr, "moet info: unexpected argument '%s'\n%s", argv[i], usage);
+            return 2;
+        }
+    }
+    if (!path || B < 1 || T < 1) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    char err[ERR_MAX];
+    model_config c;
+    if (fs_is_dir(path)) {
+        if (ckpt_read_config(path, &c, err)) goto fail;
+    } else {
+        char *text;
+        size_t len;
+        if (fs_read_file(path, &text, &len, err)) goto fail;
+        int rc = model_config_from_json(&c, text, err);
+        free(text);
+        if (rc) {
+            err_wrap(err, "%s", path);
+            goto fail;
+        }
+    }
+    size_t total, active;
+    model_param_counts(&c, &total, &active);
+    double fwd = model_flops_per_token(&c, T);
+    printf("Mixtral: vocab %d, hidden %d, %d layers, %d heads / %d kv heads of dim %d, %d experts (top-%d) of ffn %d%s\n",
+           c.vocab, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.n_experts, c.top_k, c.ffn,
+           c.tie_embeddings ? ", tied embeddings" : "");
+    printf("parameters          %14zu  (%.3f B)\n", total, total / 1e9);
+    printf("active per token    %14zu  (%.3f B, %.1f%%)\n", active, active / 1e9, 100.0 * active / total);
+    printf("FLOPs per token     %14.4g  forward at T=%d; training step 3x = %.4g\n", fwd, T, 3 * fwd);
+    double p = (double)total * 4, acts = (double)model_acts_bytes(&c, B, T);
+    printf("\nfull fine-tune, fp32, batch %d x %d:\n", B, T);
+    printf("  parameters        %9.3f GiB\n", gib(p));
+    printf("  gradients         %9.3f GiB\n", gib(p));
+    printf("  AdamW m and v     %9.3f GiB\n", gib(2 * p));
+    printf("  activations       %9.3f GiB  (kept for backward + one layer of scratch)\n", gib(acts));
+    printf("  total             %9.3f GiB\n", gib(4 * p + acts));
+    printf("\nactivation memory vs sequence length (batch 1): grows linearly in T, no T^2 term\n");
+    printf("  %8s %14s %14s\n", "T", "GiB", "bytes/token");
+    for (int t = 512; t <= 8192; t *= 2) {
+        double a = (double)model_acts_bytes(&c, 1, t);
+        printf("  %8d %14.4f %14.0f\n", t, gib(a), a / t);
+    }
+    return 0;
+fail:
+    fprintf(stderr, "moet info: %s\n", err);
     return 1;
 }

@@ -1,0 +1,174 @@
+/* ckpt: atomic, verified training checkpoints and their rotation. */
+#include "checkpoints/ckpt.h"
+#include "common/err.h"
+#include "common/fsutil.h"
+#include "common/sha256.h"
+
+#include <cJSON.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Parse "step_%08d" (exactly, no suffix); -1 otherwise. */
+static long step_of(const char *name)
+{
+    if (strncmp(name, "step_", 5)) return -1;
+    char *end;
+    long s = strtol(name + 5, &end, 10);
+    return (*end || end == name + 5 || s < 0) ? -1 : s;
+}
+
+/* Sorted (descending) list of step numbers of step_* dirs in root; also removes temp
+ * dirs (step_*.tmp-*) left by interrupted saves. */
+static int list_steps(const char *root, long **steps, int *n, char *err)
+{
+    *steps = NULL;
+    *n = 0;
+    DIR *d = opendir(root);
+    if (!d) return 0; /* no checkpoints yet */
+    struct dirent *e;
+    int cap = 0;
+    while ((e = readdir(d))) {
+        if (!strncmp(e->d_name, "step_", 5) && strstr(e->d_name, ".tmp-")) {
+            char p[4096];
+            fs_path_join(p, sizeof p, root, e->d_name);
+            fs_rm_rf(p, NULL);
+            continue;
+        }
+        long s = step_of(e->d_name);
+        if (s < 0) continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 16;
+            *steps = realloc(*steps, (size_t)cap * sizeof **steps);
+        }
+        (*steps)[(*n)++] = s;
+    }
+    closedir(d);
+    for (int i = 1; i < *n; i++) /* insertion sort, descending */
+        for (int j = i; j > 0 && (*steps)[j] > (*steps)[j - 1]; j--) {
+            long t = (*steps)[j];
+            (*steps)[j] = (*steps)[j - 1];
+            (*steps)[j - 1] = t;
+        }
+    return 0;
+}
+
+int ckpt_save(const char *root, int step, const ckpt_file *files, int n, const char *state_json, int keep,
+              char *path_out, char *err)
+{
+    char final[4096], tmp[4096], name[32], p[4096];
+    snprintf(name, sizeof name, "step_%08d", step);
+    if (fs_mkdir_p(root, err)) return -1;
+    fs_path_join(final, sizeof final, root, name);
+    if (fs_exists(final) && fs_rm_rf(final, err)) return -1; /* a re-save of the same step */
+    if (fs_dir_begin(final, tmp, sizeof tmp, err)) return -1;
+    cJSON *state = cJSON_Parse(state_json);
+    cJSON *sums = cJSON_CreateObject();
+    int rc = -1;
+    if (!state) {
+        err_set(err, "internal: trainer state is not JSON");
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        fs_path_join(p, sizeof p, tmp, files[i].name);
+        if (files[i].tensors ? st_write(p, files[i].tensors, files[i].n, NULL, err)
+                             : fs_write_atomic(p, files[i].text, strlen(files[i].text), err))
+            goto out;
+        char hex[65];
+        if (sha256_file(p, hex, err)) goto out;
+        cJSON_AddStringToObject(sums, files[i].name, hex);
+    }
+    cJSON_AddItemToObject(state, "files", sums);
+    sums = NULL;
+    char *text = cJSON_Print(state);
+    fs_path_join(p, sizeof p, tmp, "trainer_state.json");
+    int w = fs_write_atomic(p, text, strlen(text), err);
+    free(text);
+    if (w || fs_dir_commit(tmp, final, err)) goto out;
+    snprintf(path_out, 4096, "%s", final);
+    rc = 0;
+    if (keep > 0) { /* rotation: only after the new one is safely in place */
+        long *steps;
+        int ns;
+        list_steps(root, &steps, &ns, NULL);
+        for (int i = keep; i < ns; i++) {
+            snprintf(name, sizeof name, "step_%08ld", steps[i]);
+            fs_path_join(p, sizeof p, root, name);
+            fs_rm_rf(p, NULL);
+        }
+        free(steps);
+    }
+out:
+    if (rc) {
+        err_wrap(err, "saving checkpoint %s", final);
+        fs_rm_rf(tmp, NULL);
+    }
+    cJSON_Delete(state);
+    cJSON_Delete(sums);
+    return rc;
+}
+
+int ckpt_is_checkpoint(const char *dir)
+{
+    char p[4096];
+    fs_path_join(p, sizeof p, dir, "trainer_state.json");
+    return fs_exists(p);
+}
+
+int ckpt_read_state(const char *dir, char **state_json, char *err)
+{
+    char p[4096];
+    char *text;
+    size_t len;
+    *state_json = NULL;
+    fs_path_join(p, sizeof p, dir, "trainer_state.json");
+    if (fs_read_file(p, &text, &len, err)) return -1;
+    cJSON *s = cJSON_Parse(text);
+    const cJSON *files = s ? cJSON_GetObjectItemCaseSensitive(s, "files") : NULL;
+    if (!cJSON_IsObject(files)) {
+        cJSON_Delete(s);
+        free(text);
+        return err_set(err, "%s: not a valid trainer_state.json", p);
+    }
+    const cJSON *f;
+    cJSON_ArrayForEach(f, files)
+    {
+        char hex[65] = "";
+        fs_path_join(p, sizeof p, dir, f->string);
+        if (!cJSON_IsString(f) || sha256_file(p, hex, err) || strcmp(hex, f->valuestring)) {
+            if (cJSON_IsString(f) && hex[0] && strcmp(hex, f->valuestring))
+                err_set(err, "%s: sha256 does not match trainer_state.json (damaged checkpoint)", p);
+            cJSON_Delete(s);
+            free(text);
+            return -1;
+        }
+    }
+    cJSON_Delete(s);
+    *state_json = text;
+    return 0;
+}
+
+int ckpt_find_latest(const char *root, char *path_out, size_t cap, int *skipped, char *err)
+{
+    long *steps;
+    int n;
+    path_out[0] = 0;
+    if (skipped) *skipped = 0;
+    if (list_steps(root, &steps, &n, err)) return -1;
+    for (int i = 0; i < n; i++) {
+        char name[32], p[4096], e2[ERR_MAX];
+        char *state;
+        snprintf(name, sizeof name, "step_%08ld", steps[i]);
+        fs_path_join(p, sizeof p, root, name);
+        if (ckpt_read_state(p, &state, e2) == 0) {
+            free(state);
+            snprintf(path_out, cap, "%s", p);
+            break;
+        }
+        if (skipped) (*skipped)++;
+    }
+    free(steps);
+    return 0;
+}

@@ -1,0 +1,189 @@
+/* export: model card, license, checksums and the atomic swap of an export directory. */
+#include "checkpoints/export.h"
+#include "common/err.h"
+#include "common/fsutil.h"
+#include "common/sha256.h"
+
+#include <cJSON.h>
+#include <dirent.h>
+#include <glob.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <unistd.h>
+
+static int copy_file(const char *src, const char *dst, char *err)
+{
+    char *buf;
+    size_t len;
+    if (fs_read_file(src, &buf, &len, err)) return -1;
+    int rc = fs_write_atomic(dst, buf, len, err);
+    free(buf);
+    return rc;
+}
+
+int export_tokenizer(const char *dir, const char *tokenizer_json, int model_max_length, char *err)
+{
+    char dst[4096], src[4096], srcdir[4096];
+    fs_path_join(dst, sizeof dst, dir, "tokenizer.json");
+    if (copy_file(tokenizer_json, dst, err)) return err_wrap(err, "tokenizer");
+    snprintf(srcdir, sizeof srcdir, "%s", tokenizer_json);
+    char *slash = strrchr(srcdir, '/');
+    if (slash) *slash = 0;
+    else snprintf(srcdir, sizeof srcdir, ".");
+    const char *extra[] = {"tokenizer_config.json", "special_tokens_map.json"};
+    for (int i = 0; i < 2; i++) {
+        fs_path_join(src, sizeof src, srcdir, extra[i]);
+        fs_path_join(dst, sizeof dst, dir, extra[i]);
+        if (fs_exists(src)) {
+            if (copy_file(src, dst, err)) return -1;
+        } else if (i == 0) {
+            char cfgtext[512];
+            int n = snprintf(cfgtext, sizeof cfgtext,
+                             "{\n  \"add_bos_token\": true,\n  \"add_eos_token\": false,\n  \"bos_token\": \"<s>\",\n"
+                             "  \"eos_token\": \"</s>\",\n  \"unk_token\": \"<unk>\",\n  \"model_max_length\": %d,\n"
+                             "  \"tokenizer_class\": \"LlamaTokenizerFast\"\n}\n",
+                             model_max_length);
+            if (fs_write_atomic(dst, cfgtext, (size_t)n, err)) return -1;
+        }
+    }
+    return 0;
+}
+
+static const cJSON *path_get(const cJSON *o, const char *a, const char *b)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
+    return b ? cJSON_GetObjectItemCaseSensitive(x, b) : x;
+}
+
+/* Training data section of the card: every shard with its sha256. */
+static void card_data(FILE *f, const cJSON *list)
+{
+    const cJSON *it;
+    cJSON_ArrayForEach(it, list)
+    {
+        if (!cJSON_IsString(it)) continue;
+        glob_t g;
+        if (glob(it->valuestring, 0, NULL, &g) == 0) {
+            for (size_t i = 0; i < g.gl_pathc; i++) {
+                char hex[65] = "(unreadable)";
+                sha256_file(g.gl_pathv[i], hex, NULL);
+                fprintf(f, "| `%s` | `%s` |\n", g.gl_pathv[i], hex);
+            }
+            globfree(&g);
+        } else {
+            fprintf(f, "| `%s` | (not found at export time) |\n", it->valuestring);
+        }
+    }
+}
+
+int export_card_write(const char *dir, const export_card *c, char *err)
+{
+    char *text = NULL, p[4096];
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cJSON *st = c->state_json ? cJSON_Parse(c->state_json) : NULL;
+    const cJSON *cfg = path_get(st, "config", NULL);
+    int lora = !strcmp(c->format, "peft");
+    fprintf(f, "---\nlicense: apache-2.0\n");
+    if (c->base_model) fprintf(f, "base_model: %s\n", c->base_model);
+    fprintf(f, "library_name: %s\n", lora ? "peft" : "transformers");
+    fprintf(f, "pipeline_tag: text-generation\ntags:\n- moet\n- mixtral\n- moe\n");
+    if (lora) fprintf(f, "- lora\n");
+    if (!strcmp(c->format, "gguf")) fprintf(f, "- gguf\n");
+    fprintf(f, "---\n\n# %s\n\n", c->source);
+    fprintf(f, "Exported by moet as `%s` (%s). %s\n\n", c->format, c->dtype,
+             c->model_summary ? c->model_summary : "");
+    if (st) {
+        const cJSON *step = path_get(st, "step", NULL), *tok = path_get(st, "tokens_seen", NULL);
+        const cJSON *loss = path_get(st, "last", "loss"), *vl = path_get(st, "last", "val_loss");
+        fprintf(f, "## Training\n\n");
+        fprintf(f, "| | |\n|---|---|\n");
+        if (cJSON_IsNumber(step)) fprintf(f, "| optimizer steps | %d |\n", step->valueint);
+        if (cJSON_IsNumber(tok)) fprintf(f, "| tokens seen | %.0f |\n", tok->valuedouble);
+        if (cJSON_IsNumber(loss)) fprintf(f, "| final train loss | %.4f |\n", loss->valuedouble);
+        if (cJSON_IsNumber(vl)) fprintf(f, "| final val loss | %.4f (ppl %.2f) |\n", vl->valuedouble, exp(vl->valuedouble));
+        const cJSON *lr = path_get(cfg, "optim", "lr"), *bs = path_get(cfg, "train", "batch_size");
+        const cJSON *sl = path_get(cfg, "data", "seq_len");
+        if (cJSON_IsNumber(lr)) fprintf(f, "| peak learning rate | %g |\n", lr->valuedouble);
+        if (cJSON_IsNumber(bs) && cJSON_IsNumber(sl))
+            fprintf(f, "| batch | %d x %d tokens |\n", bs->valueint, sl->valueint);
+        const cJSON *le = path_get(cfg, "lora", "enabled");
+        if (cJSON_IsTrue(le)) {
+            const cJSON *r = path_get(cfg, "lora", "r"), *al = path_get(cfg, "lora", "alpha");
+            fprintf(f, "| LoRA | r %d, alpha %g |\n", cJSON_IsNumber(r) ? r->valueint : 0,
+                    cJSON_IsNumber(al) ? al->valuedouble : 0);
+        }
+        fprintf(f, "\n### Data\n\n| shard | sha256 |\n|---|---|\n");
+        card_data(f, path_get(cfg, "data", "train"));
+        fprintf(f, "\n### Config\n\n```json\n");
+        char *cj = cfg ? cJSON_Print(cfg) : NULL;
+        fprintf(f, "%s\n```\n\n", cj ? cj : "{}");
+        free(cj);
+    } else {
+        fprintf(f, "Converted from the model directory `%s` without training.\n\n", c->source);
+    }
+    fprintf(f, "## License\n\nApache-2.0 (see LICENSE). Check that the base model's license allows this release.\n");
+    fclose(f);
+    cJSON_Delete(st);
+    fs_path_join(p, sizeof p, dir, "README.md");
+    int rc = fs_write_atomic(p, text, len, err);
+    free(text);
+    if (rc) return -1;
+    fs_path_join(p, sizeof p, dir, "LICENSE");
+    return fs_write_atomic(p, export_apache2_text, strlen(export_apache2_text), err);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+int export_sums(const char *dir, char *err)
+{
+    DIR *d = opendir(dir);
+    if (!d) return err_set(err, "%s: cannot list", dir);
+    char *names[4096];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 4096)
+        if (e->d_name[0] != '.' && strcmp(e->d_name, "SHA256SUMS")) names[n++] = strdup(e->d_name);
+    closedir(d);
+    qsort(names, (size_t)n, sizeof *names, cmp_str);
+    char *text = NULL, p[4096];
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        char hex[65];
+        fs_path_join(p, sizeof p, dir, names[i]);
+        if (!rc && fs_is_dir(p)) continue;
+        if (!rc && sha256_file(p, hex, err)) rc = -1;
+        if (!rc) fprintf(f, "%s  %s\n", hex, names[i]);
+        free(names[i]);
+    }
+    fclose(f);
+    fs_path_join(p, sizeof p, dir, "SHA256SUMS");
+    if (!rc) rc = fs_write_atomic(p, text, len, err);
+    free(text);
+    return rc;
+}
+
+int export_begin(const char *out, int force, char *tmp, size_t cap, char *err)
+{
+    if (fs_exists(out) && !force) return err_set(err, "%s already exists (use --force to replace it)", out);
+    return fs_dir_begin(out, tmp, cap, err);
+}
+
+int export_commit(const char *tmp, const char *out, int force, char *err)
+{
+    char old[4200];
+    if (force && fs_exists(out)) { /* move the old one aside first: never a moment with neither */
+        snprintf(old, sizeof old, "%s.old-%d", out, (int)getpid());
+        if (rename(out, old)) return err_set(err, "%s: cannot move the old export aside", out);
+        if (fs_dir_commit(tmp, out, err)) {
+            rename(old, out);
+            return -1;
+        }
+        return fs_rm_rf(old, err);
+    }
+    return fs_dir_commit(tmp, out, err);
+}

@@ -1,0 +1,18 @@
+/* gguf: llama.cpp's GGUF format, written from a moet model and its tokenizer
+ * (DESIGN.md "GGUF"): architecture "llama" with llama.expert_count /
+ * llama.expert_used_count; experts stacked as blk.L.ffn_{gate,up,down}_exps, router
+ * blk.L.ffn_gate_inp; q/k rows permuted back to llama.cpp's interleaved RoPE; dims
+ * written innermost first; 32-byte alignment; tokenizer.ggml.* from tokenizer.json. */
+#ifndef MOET_GGUF_H
+#define MOET_GGUF_H
+
+#include "checkpoints/st.h"
+#include "data/tok.h"
+#include "model/model.h"
+
+/* Write m and t to path (atomically). dtype (ST_F32, ST_F16 or ST_BF16) is used for the
+ * 2-D/3-D weight matrices; norms and the router stay F32 as llama.cpp's converter does.
+ * name goes to general.name. */
+int gguf_write_model(const char *path, const model *m, const tok *t, st_dtype dtype, const char *name, char *err);
+
+#endif

@@ -1,0 +1,81 @@
+/* layers: RMSNorm, RoPE and GEMM glue. Plain loops the compiler vectorises, OpenMP over tokens. */
+#include "model/layers.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                int ldb, float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* empty sum: C = beta * C, which BLAS may skip */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K,
+                alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void model_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int D, float eps)
+{
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *xn = x + (size_t)n * D;
+        float *yn = y + (size_t)n * D;
+        float ss = 0;
+        for (int d = 0; d < D; d++) ss += xn[d] * xn[d];
+        float r = 1.0f / sqrtf(ss / D + eps);
+        rstd[n] = r;
+        for (int d = 0; d < D; d++) yn[d] = w[d] * (xn[d] * r);
+    }
+}
+
+/* With u = x*r: dx = r * (w*dy - u * mean(w*dy*u)); dw = sum_n dy*u.
+ * dw is summed over n in a fixed order (parallel over columns), so results are bitwise
+ * reproducible whatever the thread timing: resumed runs must match uninterrupted ones. */
+void model_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                            const float *rstd, int N, int D)
+{
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *xn = x + (size_t)n * D, *dyn = dy + (size_t)n * D;
+        float *dxn = dx + (size_t)n * D;
+        float r = rstd[n], dot = 0;
+        for (int d = 0; d < D; d++) dot += w[d] * dyn[d] * xn[d];
+        dot *= r / D;
+        for (int d = 0; d < D; d++) dxn[d] += r * (w[d] * dyn[d] - xn[d] * r * dot);
+    }
+    if (!dw) return;
+    enum { COLS = 64 };
+#pragma omp parallel for schedule(static)
+    for (int d0 = 0; d0 < D; d0 += COLS) {
+        int d1 = d0 + COLS < D ? d0 + COLS : D;
+        for (int n = 0; n < N; n++) {
+            const float *xn = x + (size_t)n * D, *dyn = dy + (size_t)n * D;
+            float r = rstd[n];
+            for (int d = d0; d < d1; d++) dw[d] += dyn[d] * xn[d] * r;
+        }
+    }
+}
+
+void attn_rope(float *qkv, const int *pos, const float *cos_t, const float *sin_t, int N, int H, int KV, int hd,
+               int inverse)
+{
+    int half = hd / 2, QKV = (H + 2 * KV) * hd;
+    float sgn = inverse ? -1.0f : 1.0f;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *c = cos_t + (size_t)pos[n] * half, *s = sin_t + (size_t)pos[n] * half;
+        float *row = qkv + (size_t)n * QKV;
+        for (int h = 0; h < H + KV; h++) { /* q heads then k heads: contiguous */
+            float *x = row + h * hd;
+            for (int i = 0; i < half; i++) {
+                float a = x[i], b = x[i + half], si = sgn * s[i];
+                x[i] = a * c[i] - b * si;
+                x[i + half] = b * c[i] + a * si;
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+/* layers: the kernels of one Mixtral block and its head, each a forward/backward pair.
+ * Internal to model/ (model.h is the public API). N = B*T tokens, rows are tokens.
+ * Backward functions ADD into their input-gradient outputs (residual streams sum) and
+ * into weight gradients; a NULL weight gradient means "frozen, skip it". */
+#ifndef MOET_LAYERS_H
+#define MOET_LAYERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- RMSNorm: y = w * x / sqrt(mean(x^2) + eps). x, y (N,D); w (D); rstd (N). */
+void model_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int D, float eps);
+/* dx (N,D) += d/dx; dw (D) += d/dw (NULL: skip). */
+void model_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                            const float *rstd, int N, int D);
+
+/* ---- RoPE, rotate_half convention, in place on the q and k parts of qkv (N, QKV) where
+ * QKV = (H + 2*KV) * hd and each row is [q heads | k heads | v heads].
+ * pos (N) positions; cos/sin tables (P, hd/2). inverse = 1 applies the transpose
+ * (used on gradients). */
+void attn_rope(float *qkv, const int *pos, const float *cos_t, const float *sin_t, int N, int H, int KV, int hd,
+               int inverse);
+
+/* ---- Causal GQA attention on qkv (N, QKV), blocked over query rows: never holds more than
+ * ATTN_BQ x T scores per thread. Row n = b*T + t attends keys t' in [kv_start[n], t].
+ * out (N, H*hd); lse (B, H, T) log-sum-exp of scaled scores (kept for backward).
+ * scratch: attn_scratch_floats(T) per thread. */
+#define ATTN_BQ 64
+size_t attn_scratch_floats(int T);
+void attn_forward(float *out, float *lse, const float *qkv, const int *kv_start, int B, int T, int H, int KV,
+                  int hd, float *scratch);
+/* dqkv (N, QKV) is OVERWRITTEN (q, k and v parts) with the gradient wrt qkv. */
+void attn_backward(float *dqkv, const float *dout, const float *out, const float *qkv, const float *lse,
+                   const int *kv_start, int B, int T, int H, int KV, int hd, float *scratch);
+
+/* ---- small helpers */
+/* C (M,N) = alpha * op(A) op(B) + beta * C, row-major, through OpenBLAS. */
+void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                int ldb, float beta, float *C, int ldc);
+
+#endif
+
+/* ---- Mixture of experts. k = top_k, Nk = N*k routed rows. */
+/* Router: logits (N,E) = xn (N,D) Wg^T; probs (N,E) = softmax; topi/topw (N,k) the top-k
+ * experts and their probabilities renormalised to sum 1; counts (E) += picks. */
+void moe_route(float *logits, float *probs, int *topi, float *topw, int *counts, const float *xn, const float *Wg,
+               int N, int D, int E, int k);
+/* Counting sort of the (token, slot) pairs by expert: off (E+1) row ranges, row_tok (Nk)
+ * token of each sorted row, slot_row (Nk) sorted row of pair n*k+j. */
+void moe_sort(int *off, int *row_tok, int *slot_row, const int *topi, int N, int E, int k);
+/* Experts, one GEMM per expert over its contiguous rows: xs (Nk,D) gathered inputs,
+ * h13 (Nk,2F) = xs W13^T (saved), act (Nk,F) = silu(h1)*h3 (scratch), ye (Nk,D) = act W2^T
+ * (saved); out (N,D) += sum_j topw[n,j] * ye[slot_row[n,j]]. */
+void moe_experts_forward(float *out, float *h13, float *ye, float *xs, float *act, const float *xn,
+                         const float *w13, const float *w2, const int *off, const int *row_tok,
+                         const int *slot_row, const float *topw, int N, int D, int F, int E, int k);
+/* Backward of the experts and of the weighted combine. dtopw (N,k) = dL/dtopw;
+ * dxn (N,D) += input gradient; dw13/dw2 += weight gradients (NULL: frozen).
+ * Scratch: xs (Nk,D), act (Nk,F), dys (Nk,D), dh13 (Nk,2F). */
+void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout, const float *h13,
+                          const float *ye, const float *xn, const float *w13, const float *w2, const int *off,
+                          const int *row_tok, const int *slot_row, const float *topw, float *xs, float *act,
+                          float *dys, float *dh13, int N, int D, int F, int E, int k);
+/* Router backward: from dtopw through the renormalisation and softmax, plus the aux loss
+ * (dL/dprobs[n,e] += aux_dp[e] for every row) and z-loss (z_w * 2 * lse * p per row).
+ * dlogits (N,E) scratch; dWg (E,D) += (NULL: frozen); dxn (N,D) += dlogits Wg. */
+void moe_router_backward(float *dxn, float *dWg, float *dlogits, const float *dtopw, const float *logits,
+                         const float *probs, const int *topi, const float *topw, const float *aux_dp, float z_w,
+                         const float *xn, const float *Wg, int N, int D, int E, int k);

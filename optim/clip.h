@@ -1,0 +1,14 @@
+/* clip: global-norm gradient clipping, as torch.nn.utils.clip_grad_norm_. */
+#ifndef MOET_CLIP_H
+#define MOET_CLIP_H
+
+#include <stddef.h>
+
+/* g is (n,): every trainable gradient, one flat buffer.  Returns the L2 norm of g BEFORE
+ * clipping (sum of squares accumulated in double).  When max_norm > 0 and
+ * coef = max_norm / (norm + 1e-6) is < 1, scales g by coef (torch's formula).
+ * A non-finite norm (inf or NaN gradients) is returned without touching g: the caller
+ * stops the run.  max_norm <= 0 disables clipping (the norm is still returned). */
+double clip_grad_norm(float *g, size_t n, double max_norm);
+
+#endif

@@ -1,0 +1,88 @@
+"""Golden trajectory: `moet train` on tiny-mixtral reproduces HF + torch.optim.AdamW.
+
+usage: golden_train.py MOET GOLDEN_DIR WORKDIR
+Makes a shard from golden.safetensors (input_ids rows in order, loss_mask = labels != -100),
+trains with the hyper-parameters of meta.json (one batch of `batch` rows per step, no
+shuffle, constant lr), then checks every step's loss / ce_loss / aux_loss / grad_norm
+against step_stats (1e-4 relative) and the final checkpoint against after_steps/
+(max abs diff <= 1e-4). Nothing here knows the golden shapes: they come from the files.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+import sttools  # noqa: E402
+
+
+def make_shard(path, ids, labels, vocab, bos=1, eos=2):
+    rows = ids.reshape(-1, ids.shape[-1])
+    mask = (labels.reshape(-1, ids.shape[-1]) != -100).astype(np.uint8)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("tokens", data=rows.astype(np.uint16 if vocab <= 65536 else np.uint32))
+        f.create_dataset("loss_mask", data=mask)
+        f.attrs["format"] = "moet-shard-1"
+        f.attrs["vocab_size"] = vocab
+        f.attrs["bos_id"] = bos
+        f.attrs["eos_id"] = eos
+        f.attrs["tokenizer_sha256"] = ""
+
+
+def main():
+    moet, gdir, work = sys.argv[1:4]
+    meta = json.load(open(os.path.join(gdir, "meta.json")))
+    g = sttools.read(os.path.join(gdir, "golden.safetensors"))
+    vocab = meta["config_kwargs"]["vocab_size"]
+    shard = os.path.join(work, "golden.h5")
+    make_shard(shard, g["input_ids"], g["labels"], vocab)
+    steps, batch, seq = meta["steps"], meta["batch"], g["input_ids"].shape[-1]
+    run = os.path.join(work, "run")
+    cfg = os.path.join(work, "golden.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""run: {{name: golden, dir: {run}}}
+model: {{init_from: {os.path.join(gdir, 'model')}}}
+data: {{train: [{shard}], seq_len: {seq}, shuffle: false}}
+train: {{batch_size: {batch}, max_steps: {steps}, log_every: 1}}
+optim: {{lr: {meta['lr']}, betas: [{meta['betas'][0]}, {meta['betas'][1]}], eps: {meta['eps']},
+        weight_decay: {meta['weight_decay']}, grad_clip: {meta['clip_grad_norm']}, schedule: constant}}
+""")
+    subprocess.run([moet, "train", cfg, "--quiet"], check=True)
+    lines = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
+    train = [x for x in lines if "loss" in x]
+    stats = np.array(meta["step_stats"])
+    cols = meta["stats_columns"]
+    bad = 0
+    assert [x["step"] for x in train] == list(range(1, steps + 1)), [x["step"] for x in train]
+    for i, x in enumerate(train):
+        for key, col in (("loss", "loss_total"), ("ce_loss", "loss_ce"), ("aux_loss", "loss_aux"),
+                         ("grad_norm", "grad_norm_preclip")):
+            ref = stats[i][cols.index(col)]
+            r = abs(x[key] - ref) / abs(ref)
+            ok = r <= 1e-4
+            bad += not ok
+            print(f"{'OK    ' if ok else 'NOT OK'}  step {x['step']} {key:10s} moet {x[key]:.7f}  hf {ref:.7f}  rel {r:.1e}")
+    ck = os.path.join(run, "checkpoints", f"step_{steps:08d}")
+    got = sttools.read_dir(ck)
+    want = sttools.read_dir(os.path.join(gdir, "after_steps"))
+    if set(got) != set(want):
+        print("NOT OK  checkpoint tensor names differ:", sorted(set(got) ^ set(want)))
+        bad += 1
+    worst = 0.0
+    for k in sorted(want):
+        if k in got:
+            d = float(np.abs(got[k].astype(np.float64) - want[k]).max())
+            worst = max(worst, d)
+            if d > 1e-4:
+                print(f"NOT OK  {k}: max abs diff {d:.2e}")
+                bad += 1
+    print(f"final weights after {steps} steps: max abs diff {worst:.2e} over {len(want)} tensors (tolerance 1e-4)")
+    print("all OK" if not bad else f"{bad} NOT OK")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()

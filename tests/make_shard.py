@@ -1,0 +1,43 @@
+"""Write a moet-shard-1 HDF5 file of random tokens (for trainer tests).
+
+usage: make_shard.py OUT.h5 ROWS SEQ VOCAB [SEED] [--no-mask] [--doc-every N]
+Tokens are drawn from a skewed distribution with local repetition so a model can learn
+something; loss_mask masks the first quarter of every other row (like chat prompts).
+"""
+import sys
+
+import h5py
+import numpy as np
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    out, rows, seq, vocab = args[0], int(args[1]), int(args[2]), int(args[3])
+    seed = int(args[4]) if len(args) > 4 else 0
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, vocab + 1) ** 1.1
+    p /= p.sum()
+    tok = rng.choice(vocab, size=(rows, seq), p=p)
+    tok[:, 1::2] = (tok[:, 0::2][:, : tok[:, 1::2].shape[1]] * 7 + 3) % vocab  # learnable pairs
+    tok[:, 0] = 1
+    mask = np.ones((rows, seq), dtype=np.uint8)
+    mask[::2, : seq // 4] = 0
+    doc = np.zeros((rows, seq), dtype=np.uint8)
+    doc[:, 0] = 1
+    if "--doc-every" in sys.argv:
+        n = int(sys.argv[sys.argv.index("--doc-every") + 1])
+        doc[:, ::n] = 1
+    with h5py.File(out, "w") as f:
+        f.create_dataset("tokens", data=tok.astype(np.uint16 if vocab <= 65536 else np.uint32))
+        if "--no-mask" not in sys.argv:
+            f.create_dataset("loss_mask", data=mask)
+        f.create_dataset("doc_start", data=doc)
+        f.attrs["format"] = "moet-shard-1"
+        f.attrs["vocab_size"] = vocab
+        f.attrs["bos_id"] = 1
+        f.attrs["eos_id"] = 2
+        f.attrs["tokenizer_sha256"] = ""
+
+
+if __name__ == "__main__":
+    main()

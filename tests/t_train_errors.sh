@@ -1,0 +1,51 @@
+#!/bin/bash
+# Bad input to `moet train`: one clear line on stderr, exit 1, nothing good destroyed.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+cd "$work"
+"$PY" "$here/make_shard.py" train.h5 16 32 300 1
+"$PY" "$here/make_shard.py" big_vocab.h5 16 32 5000 1
+cat > cfg.yaml <<YAML
+run: {name: e, dir: $work/run}
+model:
+  arch: {vocab_size: 300, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2,
+         num_attention_heads: 4, num_key_value_heads: 2, num_local_experts: 4, num_experts_per_tok: 2}
+data: {train: [train.h5], seq_len: 32}
+train: {batch_size: 2, max_steps: 3, save_every: 1}
+optim: {lr: 1e-3}
+YAML
+fail=0
+# expect_error DESCRIPTION PATTERN ARGS...: exit 1, exactly one stderr line matching PATTERN
+expect_error() {
+    local what=$1 pat=$2; shift 2
+    "$MOET" train "$@" >out.log 2>err.log; local rc=$?
+    local lines; lines=$(wc -l < err.log)
+    if [ $rc = 1 ] && [ "$lines" = 1 ] && grep -qE "$pat" err.log; then
+        echo "ok   $what: $(cat err.log)"
+    else
+        echo "FAIL $what: rc=$rc lines=$lines: $(cat err.log)"; fail=1
+    fi
+}
+expect_error "unknown key" "unknown key 'optim.learning_rate' \(did you mean 'optim.lr'\?\)" cfg.yaml optim.learning_rate=1
+expect_error "wrong type" "optim.lr: expected a positive number" cfg.yaml optim.lr=fast
+expect_error "missing shard" "nope.h5" cfg.yaml 'data.train=[nope.h5]'
+expect_error "shard vocab above the model's" "vocab" cfg.yaml 'data.train=[big_vocab.h5]'
+head -c 3000 train.h5 > trunc.h5
+expect_error "truncated shard" "trunc.h5" cfg.yaml 'data.train=[trunc.h5]'
+expect_error "unwritable run dir" "run.dir" cfg.yaml run.dir=/dev/null/run
+expect_error "missing config" "no_such.yaml" no_such.yaml
+expect_error "init_from not a model" "model.init_from" cfg.yaml model.init_from=/tmp
+"$MOET" train --help > /dev/null || { echo "FAIL --help"; fail=1; }
+
+# NaN: an absurd lr blows the weights up; the run stops with one line and keeps step 1.
+"$MOET" train cfg.yaml optim.lr=1e30 optim.grad_clip=0 optim.weight_decay=0 --quiet >out.log 2>err.log; rc=$?
+if [ $rc = 1 ] && grep -qE "non-finite (loss|gradient norm) at step" err.log && [ -e run/checkpoints/step_00000001/model.safetensors ]; then
+    echo "ok   NaN loss: $(cat err.log); kept $(ls run/checkpoints | tr '\n' ' ')"
+else
+    echo "FAIL NaN loss: rc=$rc $(cat err.log) $(ls run/checkpoints 2>&1)"; fail=1
+fi
+# A good run afterwards in a fresh dir still works
+"$MOET" train cfg.yaml run.dir=$work/good --quiet > /dev/null 2>&1 || { echo "FAIL good run"; fail=1; }
+[ -e good/checkpoints/step_00000003/model.safetensors ] || { echo "FAIL good run checkpoint"; fail=1; }
+exit $fail

@@ -1,0 +1,41 @@
+#!/bin/bash
+# Eval during training and `moet eval` agree; metrics.jsonl carries what DESIGN.md lists,
+# expert load fractions sum to 1 per layer; the loss goes down on learnable data.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+cd "$work"
+"$PY" "$here/make_shard.py" train.h5 64 64 256 1
+"$PY" "$here/make_shard.py" val.h5 8 64 256 2
+cat > cfg.yaml <<YAML
+run: {name: ev, dir: $work/run}
+model:
+  arch: {vocab_size: 256, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2,
+         num_attention_heads: 4, num_key_value_heads: 2, num_local_experts: 4, num_experts_per_tok: 2}
+data: {train: [train.h5], val: [val.h5], seq_len: 64}
+train: {batch_size: 4, max_steps: 40, eval_every: 20, eval_batches: 2, log_every: 5}
+optim: {lr: 3e-3, schedule: wsd, warmup_steps: 4}
+YAML
+"$MOET" train cfg.yaml > train.log
+grep -E "^step +40/40" train.log
+"$MOET" eval run/checkpoints/step_00000040 --data val.h5 --batch-size 4 --max-batches 2 | tee eval.log
+"$PY" - <<'PY'
+import json, math
+rows = [json.loads(l) for l in open("run/metrics.jsonl")]
+train = [r for r in rows if "loss" in r]
+evals = [r for r in rows if "val_loss" in r]
+assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30, 35, 40], [r["step"] for r in train]
+assert [r["step"] for r in evals] == [20, 40]
+for r in train:
+    for k in ("step", "loss", "ce_loss", "aux_loss", "lr", "grad_norm", "tokens_per_s", "expert_load", "load_imbalance"):
+        assert k in r, k
+    assert abs(r["loss"] - (r["ce_loss"] + 0.02 * r["aux_loss"])) < 1e-5 * r["loss"]
+    assert len(r["expert_load"]) == 2 and all(abs(sum(l) - 1) < 1e-3 for l in r["expert_load"])
+    assert all(x >= 1 for x in r["load_imbalance"])
+for r in evals:
+    assert abs(r["val_ppl"] - math.exp(r["val_loss"])) < 1e-6 * r["val_ppl"]
+assert train[-1]["ce_loss"] < train[0]["ce_loss"] - 0.5, (train[0]["ce_loss"], train[-1]["ce_loss"])
+got = float(open("eval.log").read().split()[1])
+assert abs(got - evals[-1]["val_loss"]) < 1e-6, (got, evals[-1]["val_loss"])
+print(f"ce {train[0]['ce_loss']:.3f} -> {train[-1]['ce_loss']:.3f}; val_loss {evals[-1]['val_loss']:.4f} == moet eval {got:.4f}")
+PY

@@ -1,0 +1,306 @@
+/* test_shard: the HDF5 shard writer and reader (data/shard.h) against the DESIGN.md
+ * format: exact round trips, attributes, and one clear error for every bad file. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "common/err.h"
+#include "data/shard.h"
+
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char dir[64];
+
+static const char *tmp_path(const char *name)
+{
+    static char p[4][256];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(p[k], sizeof p[k], "%s/%s", dir, name);
+    return p[k];
+}
+
+static int file_exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+/* Deterministic contents of row r: tokens spread over the whole vocabulary. */
+static void fill_row(int r, int T, int vocab, int32_t *tok, uint8_t *mask, uint8_t *ds)
+{
+    for (int t = 0; t < T; t++) {
+        tok[t] = (int32_t)(((int64_t)r * 7919 + (int64_t)t * 104729) % vocab);
+        mask[t] = (r + t) % 3 != 0;
+        ds[t] = t == 0 || (r * t) % 5 == 1;
+    }
+    tok[T - 1] = vocab - 1;  /* the largest legal id appears in every row */
+}
+
+static const shard_info META_512 = {.vocab_size = 512, .bos_id = 1, .eos_id = 2,
+                                    .tokenizer_sha256 = "ab12cd34ab12cd34ab12cd34ab12cd34ab12cd34ab12cd34ab12cd34ab12cd34"};
+
+/* Writes rows 0..rows-1 of fill_row; asserts success. */
+static void write_shard(const char *path, int rows, int T, const shard_info *meta, int with_mask, int with_ds)
+{
+    char err[ERR_MAX] = "";
+    shard_writer *w;
+    int32_t *tok = malloc(sizeof *tok * T);
+    uint8_t *mask = malloc(T), *ds = malloc(T);
+    assert_int_equal(shard_writer_create(&w, path, T, meta, with_mask, with_ds, err), 0);
+    for (int r = 0; r < rows; r++) {
+        fill_row(r, T, meta->vocab_size, tok, mask, ds);
+        if (shard_writer_append(w, tok, mask, ds, err)) fail_msg("%s", err);
+    }
+    assert_int_equal(shard_writer_rows(w), rows);
+    if (shard_writer_close(w, err)) fail_msg("%s", err);
+    free(tok), free(mask), free(ds);
+}
+
+/* Reads every row back and compares with fill_row exactly. */
+static void check_round_trip(const char *path, int rows, int T, int vocab, int token_bytes)
+{
+    char err[ERR_MAX] = "";
+    shard *s;
+    if (shard_open(&s, path, T, vocab, err)) fail_msg("%s", err);
+    const shard_info *in = shard_get_info(s);
+    assert_int_equal(in->rows, rows);
+    assert_int_equal(in->seq_len, T);
+    assert_int_equal(in->vocab_size, vocab);
+    assert_int_equal(in->token_bytes, token_bytes);
+    assert_true(in->has_loss_mask && in->has_doc_start);
+    int32_t *tok = malloc(sizeof *tok * T), *want = malloc(sizeof *want * T);
+    uint8_t *mask = malloc(T), *ds = malloc(T), *wmask = malloc(T), *wds = malloc(T);
+    for (int r = 0; r < rows; r++) {
+        fill_row(r, T, vocab, want, wmask, wds);
+        if (shard_read_row(s, r, tok, mask, ds, err)) fail_msg("%s", err);
+        assert_memory_equal(tok, want, sizeof *tok * T);
+        assert_memory_equal(mask, wmask, T);
+        assert_memory_equal(ds, wds, T);
+    }
+    free(tok), free(want), free(mask), free(ds), free(wmask), free(wds);
+    shard_close(s);
+}
+
+static void test_uint16_round_trip_is_exact_across_many_chunks(void **state)
+{
+    /* seq_len 24 -> 1024 rows per chunk, so 2500 rows span three chunks, the last partial */
+    const char *p = tmp_path("u16.h5");
+    write_shard(p, 2500, 24, &META_512, 1, 1);
+    assert_false(file_exists(tmp_path("u16.h5.tmp")));
+    check_round_trip(p, 2500, 24, 512, 2);
+}
+
+static void test_uint32_used_above_65535_and_round_trip_is_exact(void **state)
+{
+    shard_info meta = {.vocab_size = 100000, .bos_id = 1, .eos_id = 2};
+    const char *p = tmp_path("u32.h5");
+    write_shard(p, 300, 100, &meta, 1, 1);
+    check_round_trip(p, 300, 100, 100000, 4);
+}
+
+static void test_attributes_are_written_and_read_back(void **state)
+{
+    const char *p = tmp_path("attr.h5");
+    write_shard(p, 3, 16, &META_512, 1, 1);
+    char err[ERR_MAX] = "";
+    shard *s;
+    assert_int_equal(shard_open(&s, p, 0, 0, err), 0);
+    const shard_info *in = shard_get_info(s);
+    assert_int_equal(in->bos_id, 1);
+    assert_int_equal(in->eos_id, 2);
+    assert_string_equal(in->tokenizer_sha256, META_512.tokenizer_sha256);
+    shard_close(s);
+
+    hid_t f = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT), a = H5Aopen(f, "format", H5P_DEFAULT);
+    hid_t ty = H5Tcopy(H5T_C_S1);
+    H5Tset_size(ty, H5T_VARIABLE);
+    char *fmt = NULL;
+    assert_true(H5Aread(a, ty, &fmt) >= 0);
+    assert_string_equal(fmt, "moet-shard-1");
+    H5free_memory(fmt);
+    H5Tclose(ty), H5Aclose(a), H5Fclose(f);
+}
+
+static void test_absent_mask_reads_as_all_targets_and_doc_start_as_row_start(void **state)
+{
+    const char *p = tmp_path("nomask.h5");
+    write_shard(p, 4, 8, &META_512, 0, 0);
+    char err[ERR_MAX] = "";
+    shard *s;
+    assert_int_equal(shard_open(&s, p, 8, 512, err), 0);
+    assert_false(shard_get_info(s)->has_loss_mask);
+    assert_false(shard_get_info(s)->has_doc_start);
+    int32_t tok[8], want[8];
+    uint8_t mask[8], ds[8], wm[8], wd[8];
+    const uint8_t ones[8] = {1, 1, 1, 1, 1, 1, 1, 1}, start[8] = {1};
+    assert_int_equal(shard_read_row(s, 3, tok, mask, ds, err), 0);
+    fill_row(3, 8, 512, want, wm, wd);
+    assert_memory_equal(tok, want, sizeof tok);
+    assert_memory_equal(mask, ones, 8);
+    assert_memory_equal(ds, start, 8);
+    assert_int_equal(shard_read_row(s, 4, tok, NULL, NULL, err), -1);
+    assert_non_null(strstr(err, "row 4 out of range [0, 4)"));
+    shard_close(s);
+}
+
+static void test_model_vocab_smaller_than_shard_vocab_is_an_error(void **state)
+{
+    const char *p = tmp_path("vocab.h5");
+    write_shard(p, 2, 8, &META_512, 1, 1);
+    char err[ERR_MAX] = "";
+    shard *s = (shard *)1;
+    assert_int_equal(shard_open(&s, p, 8, 256, err), -1);
+    assert_null(s);
+    assert_non_null(strstr(err, "shard vocab_size 512 is larger than the model's 256"));
+    assert_int_equal(shard_open(&s, p, 8, 1024, err), 0);  /* a padded model vocab is fine */
+    shard_close(s);
+}
+
+static void test_wrong_seq_len_is_an_error(void **state)
+{
+    const char *p = tmp_path("seq.h5");
+    write_shard(p, 2, 8, &META_512, 1, 1);
+    char err[ERR_MAX] = "";
+    shard *s;
+    assert_int_equal(shard_open(&s, p, 16, 512, err), -1);
+    assert_non_null(strstr(err, "rows are 8 tokens long, expected seq_len 16"));
+}
+
+static void test_writer_refuses_token_outside_vocab(void **state)
+{
+    char err[ERR_MAX] = "";
+    shard_writer *w;
+    assert_int_equal(shard_writer_create(&w, tmp_path("bad.h5"), 4, &META_512, 1, 1, err), 0);
+    int32_t tok[4] = {1, 5, 512, 2};
+    uint8_t m[4] = {1, 1, 1, 1};
+    assert_int_equal(shard_writer_append(w, tok, m, m, err), -1);
+    assert_non_null(strstr(err, "position 2: token 512 outside [0, 512)"));
+    shard_writer_abort(w);
+    assert_false(file_exists(tmp_path("bad.h5.tmp")));
+    assert_false(file_exists(tmp_path("bad.h5")));
+}
+
+static void test_token_beyond_file_vocab_is_caught_on_read(void **state)
+{
+    const char *p = tmp_path("corrupt_vocab.h5");
+    write_shard(p, 2, 8, &META_512, 1, 1);
+    /* shrink the vocab_size attribute behind the writer's back: tokens up to 511 stay */
+    hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT), a = H5Aopen(f, "vocab_size", H5P_DEFAULT);
+    int64_t v = 100;
+    assert_true(H5Awrite(a, H5T_NATIVE_INT64, &v) >= 0);
+    H5Aclose(a), H5Fclose(f);
+    char err[ERR_MAX] = "";
+    shard *s;
+    assert_int_equal(shard_open(&s, p, 8, 512, err), 0);
+    int32_t tok[8], want[8];
+    uint8_t m[8], d[8];
+    fill_row(0, 8, 512, want, m, d);
+    assert_int_equal(shard_read_row(s, 0, tok, NULL, NULL, err), -1);
+    char expect[128];
+    int t = 0;
+    while (want[t] < 100) t++;
+    snprintf(expect, sizeof expect, "row 0 position %d: token %d >= vocab_size 100", t, want[t]);
+    assert_non_null(strstr(err, expect));
+    shard_close(s);
+}
+
+static void test_truncated_file_gives_error_not_crash(void **state)
+{
+    const char *p = tmp_path("full.h5"), *q = tmp_path("trunc.h5");
+    write_shard(p, 2000, 64, &META_512, 1, 1);
+    char cmd[600];
+    struct stat st;
+    assert_int_equal(stat(p, &st), 0);
+    /* cut at several points: inside the data, and inside the metadata at the end */
+    const double cut[] = {0.5, 0.9, 0.999};
+    for (int k = 0; k < 3; k++) {
+        snprintf(cmd, sizeof cmd, "cp '%s' '%s' && truncate -s %lld '%s'", p, q, (long long)(st.st_size * cut[k]), q);
+        assert_int_equal(system(cmd), 0);
+        char err[ERR_MAX] = "";
+        shard *s;
+        int rc = shard_open(&s, q, 64, 512, err);
+        if (rc == 0) {  /* if the metadata survived, some row must fail to read */
+            int32_t tok[64];
+            uint8_t m[64], d[64];
+            for (int64_t r = 0; r < 2000 && rc == 0; r++) rc = shard_read_row(s, r, tok, m, d, err);
+            shard_close(s);
+        }
+        assert_int_equal(rc, -1);
+        assert_non_null(strstr(err, q));
+        assert_non_null(strstr(err, "truncated or corrupt"));
+    }
+}
+
+static void test_files_that_are_not_shards_are_refused(void **state)
+{
+    char err[ERR_MAX] = "";
+    shard *s;
+    assert_int_equal(shard_open(&s, tmp_path("missing.h5"), 0, 0, err), -1);
+    assert_non_null(strstr(err, "No such file or directory"));
+
+    FILE *f = fopen(tmp_path("text.h5"), "w");
+    fputs("hello, I am not HDF5\n", f);
+    fclose(f);
+    assert_int_equal(shard_open(&s, tmp_path("text.h5"), 0, 0, err), -1);
+    assert_non_null(strstr(err, "not a readable HDF5 file"));
+
+    hid_t h = H5Fcreate(tmp_path("plain.h5"), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    H5Fclose(h);
+    assert_int_equal(shard_open(&s, tmp_path("plain.h5"), 0, 0, err), -1);
+    assert_non_null(strstr(err, "no 'format' attribute"));
+}
+
+static void test_mask_shape_must_match_tokens(void **state)
+{
+    const char *p = tmp_path("shape.h5");
+    write_shard(p, 3, 8, &META_512, 1, 0);
+    /* add a /doc_start of the wrong shape */
+    hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    hsize_t dims[2] = {3, 7};
+    hid_t sp = H5Screate_simple(2, dims, NULL);
+    hid_t d = H5Dcreate2(f, "doc_start", H5T_STD_U8LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dclose(d), H5Sclose(sp), H5Fclose(f);
+    char err[ERR_MAX] = "";
+    shard *s;
+    assert_int_equal(shard_open(&s, p, 8, 512, err), -1);
+    assert_non_null(strstr(err, "/doc_start is [3, 7] but /tokens is [3, 8]"));
+}
+
+static int setup(void **state)
+{
+    snprintf(dir, sizeof dir, "/tmp/moet_test_shard_XXXXXX");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_uint16_round_trip_is_exact_across_many_chunks),
+        cmocka_unit_test(test_uint32_used_above_65535_and_round_trip_is_exact),
+        cmocka_unit_test(test_attributes_are_written_and_read_back),
+        cmocka_unit_test(test_absent_mask_reads_as_all_targets_and_doc_start_as_row_start),
+        cmocka_unit_test(test_model_vocab_smaller_than_shard_vocab_is_an_error),
+        cmocka_unit_test(test_wrong_seq_len_is_an_error),
+        cmocka_unit_test(test_writer_refuses_token_outside_vocab),
+        cmocka_unit_test(test_token_beyond_file_vocab_is_caught_on_read),
+        cmocka_unit_test(test_truncated_file_gives_error_not_crash),
+        cmocka_unit_test(test_files_that_are_not_shards_are_refused),
+        cmocka_unit_test(test_mask_shape_must_match_tokens),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,561 @@
+/* trainer: the training loop of `moet train`. */
+#include "train/trainer.h"
+#include "checkpoints/ckpt.h"
+#include "checkpoints/hf.h"
+#include "common/err.h"
+#include "common/fsutil.h"
+#include "common/rng.h"
+#include "common/sha256.h"
+#include "data/loader.h"
+#include "model/model.h"
+#include "optim/adamw.h"
+#include "optim/clip.h"
+#include "optim/sched.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig) { stop_signal = sig; }
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* What the optimizer updates: one flat buffer described by named tensors. */
+typedef struct {
+    const model_tensor *t;
+    int n;
+    float *w, *g;
+    size_t total;
+} tview;
+
+typedef struct {
+    const cfg *c;
+    const trainer_opts *o;
+    model m;
+    int have_model;
+    model_acts *acts;
+    loader *train, *val;
+    loader_batch *mb;      /* grad_accum micro-batches */
+    int32_t *labels;       /* (B*T) scratch */
+    tview tv;
+    float *mom, *vel;      /* AdamW moments over tv */
+    adamw_seg *segs;
+    int nseg;
+    adamw_cfg ac;
+    sched_cfg sc;
+    double aux_coef, z_coef;
+    int step;              /* optimizer steps completed */
+    long long tokens_seen;
+    rng_state rng;
+    FILE *metrics;
+    char run_dir[4096], ckpt_root[4096], last_ckpt[4096];
+    long *load;            /* (L, E) expert picks of the current step */
+    double last_loss, last_val_loss; /* for trainer_state.json and the model card */
+} trainer;
+
+/* ------------------------------------------------------------------ setup */
+
+/* config.json of init_from with model.arch keys laid over it (arch wins). */
+static int merged_config(const cfg *c, model_config *mc, char *err)
+{
+    cJSON *base = NULL;
+    if (c->model.init_from) {
+        char p[4096], *text;
+        size_t len;
+        fs_path_join(p, sizeof p, c->model.init_from, "config.json");
+        if (!fs_is_dir(c->model.init_from))
+            return err_set(err, "model.init_from '%s': not a model directory", c->model.init_from);
+        if (fs_read_file(p, &text, &len, err)) return err_wrap(err, "model.init_from");
+        base = cJSON_Parse(text);
+        free(text);
+        if (!base) return err_set(err, "%s: not valid JSON", p);
+    } else {
+        base = cJSON_CreateObject();
+    }
+    if (c->model.arch_json) {
+        cJSON *arch = cJSON_Parse(c->model.arch_json), *it;
+        cJSON_ArrayForEach(it, arch)
+        {
+            cJSON_DeleteItemFromObjectCaseSensitive(base, it->string);
+            cJSON_AddItemToObject(base, it->string, cJSON_Duplicate(it, 1));
+        }
+        cJSON_Delete(arch);
+    }
+    char *s = cJSON_PrintUnformatted(base);
+    cJSON_Delete(base);
+    int rc = model_config_from_json(mc, s, err);
+    free(s);
+    return rc ? err_wrap(err, "model") : 0;
+}
+
+static int build_model(trainer *tr, const char *resume_dir, char *err)
+{
+    const cfg *c = tr->c;
+    model_config mc;
+    if (resume_dir) {
+        if (ckpt_load_model(&tr->m, resume_dir, 1, err)) return -1;
+    } else {
+        if (merged_config(c, &mc, err) || model_create(&tr->m, &mc, 1, err)) return -1;
+        tr->have_model = 1;
+        if (c->model.init_from) {
+            if (ckpt_load_weights(&tr->m, c->model.init_from, err)) return -1;
+        } else {
+            model_init_random(&tr->m, c->run.seed);
+        }
+    }
+    tr->have_model = 1;
+    tr->aux_coef = c->model.aux_coef_set ? c->model.aux_coef : tr->m.c.aux_coef;
+    tr->z_coef = c->model.z_coef;
+    tr->tv = (tview){tr->m.tab.t, tr->m.tab.n, tr->m.w, tr->m.g, tr->m.tab.total};
+    return 0;
+}
+
+static int setup_optimizer(trainer *tr, char *err)
+{
+    size_t n = tr->tv.total;
+    tr->mom = calloc(n, sizeof(float));
+    tr->vel = calloc(n, sizeof(float));
+    tr->segs = calloc((size_t)tr->tv.n, sizeof *tr->segs);
+    if (!tr->mom || !tr->vel || !tr->segs)
+        return err_set(err, "out of memory for AdamW state (%.2f GiB)", 2.0 * n * 4 / 1073741824.0);
+    /* merge neighbouring tensors with the same decay flag into one segment */
+    for (int i = 0; i < tr->tv.n; i++) {
+        const model_tensor *t = &tr->tv.t[i];
+        int decay = t->ndim >= 2;
+        if (tr->nseg && tr->segs[tr->nseg - 1].decay == decay &&
+            tr->segs[tr->nseg - 1].offset + tr->segs[tr->nseg - 1].n == t->offset)
+            tr->segs[tr->nseg - 1].n += t->numel;
+        else
+            tr->segs[tr->nseg++] = (adamw_seg){t->offset, t->numel, decay};
+    }
+    cfg_adamw(tr->c, &tr->ac);
+    cfg_sched(tr->c, &tr->sc);
+    return 0;
+}
+
+static int setup_data(trainer *tr, char *err)
+{
+    const cfg *c = tr->c;
+    int B = c->train.batch_size, T = c->data.seq_len;
+    if (loader_open(&tr->train, (const char *const *)c->data.train, c->data.n_train, T, tr->m.c.vocab, B,
+                    c->data.shuffle, c->run.seed, err))
+        return err_wrap(err, "data.train");
+    if (c->data.n_val &&
+        loader_open(&tr->val, (const char *const *)c->data.val, c->data.n_val, T, tr->m.c.vocab, B, 0, 0, err))
+        return err_wrap(err, "data.val");
+    if (c->tokenizer) { /* shards must come from this tokenizer */
+        char hex[65];
+        if (sha256_file(c->tokenizer, hex, err)) return err_wrap(err, "tokenizer");
+        for (int i = 0; i < loader_n_files(tr->train); i++) {
+            const shard_info *si = loader_file_info(tr->train, i);
+            if (si->tokenizer_sha256[0] && strcmp(si->tokenizer_sha256, hex))
+                return err_set(err, "data.train: %s was made with a different tokenizer than %s (sha256 %.12s vs %.12s)",
+                               loader_file_path(tr->train, i), c->tokenizer, si->tokenizer_sha256, hex);
+        }
+    }
+    int k = c->train.grad_accum;
+    tr->mb = calloc((size_t)k, sizeof *tr->mb);
+    tr->labels = malloc((size_t)B * T * sizeof *tr->labels);
+    tr->load = calloc((size_t)tr->m.c.n_layers * tr->m.c.n_experts, sizeof *tr->load);
+    if (!tr->mb || !tr->labels || !tr->load) return err_set(err, "out of memory");
+    for (int i = 0; i < k; i++)
+        if (loader_batch_alloc(&tr->mb[i], B, T, err)) return -1;
+    return model_acts_create(&tr->acts, &tr->m, B, T, err);
+}
+
+/* ------------------------------------------------------------------ checkpoints */
+
+static st_out *moment_list(const trainer *tr, char (**names)[128])
+{
+    int n = tr->tv.n;
+    st_out *o = calloc(2 * (size_t)n, sizeof *o);
+    *names = calloc(2 * (size_t)n, 128);
+    for (int i = 0; i < 2 * n; i++) {
+        const model_tensor *t = &tr->tv.t[i % n];
+        snprintf((*names)[i], 128, "%s.%s", i < n ? "exp_avg" : "exp_avg_sq", t->name);
+        o[i].name = (*names)[i];
+        o[i].ndim = t->ndim;
+        for (int d = 0; d < t->ndim; d++) o[i].shape[d] = t->shape[d];
+        o[i].dtype = ST_F32;
+        o[i].f32 = (i < n ? tr->mom : tr->vel) + t->offset;
+    }
+    return o;
+}
+
+static int save_checkpoint(trainer *tr, char *err)
+{
+    const cfg *c = tr->c;
+    char *cfg_json = cfg_to_json(c), rng_hex[4][24];
+    loader_pos pos = loader_cursor(tr->train);
+    cJSON *st = cJSON_CreateObject();
+    cJSON_AddStringToObject(st, "format", "moet-trainer-state-1");
+    cJSON_AddNumberToObject(st, "step", tr->step);
+    cJSON_AddStringToObject(st, "kind", "full");
+    cJSON *d = cJSON_AddObjectToObject(st, "data");
+    cJSON_AddNumberToObject(d, "epoch", (double)pos.epoch);
+    cJSON_AddNumberToObject(d, "index", (double)pos.index);
+    cJSON *r = cJSON_AddArrayToObject(st, "rng");
+    for (int i = 0; i < 4; i++) {
+        snprintf(rng_hex[i], sizeof rng_hex[i], "%016llx", (unsigned long long)tr->rng.s[i]);
+        cJSON_AddItemToArray(r, cJSON_CreateString(rng_hex[i]));
+    }
+    cJSON_AddNumberToObject(st, "tokens_seen", (double)tr->tokens_seen);
+    cJSON *last = cJSON_AddObjectToObject(st, "last");
+    if (isfinite(tr->last_loss)) cJSON_AddNumberToObject(last, "loss", tr->last_loss);
+    if (isfinite(tr->last_val_loss)) cJSON_AddNumberToObject(last, "val_loss", tr->last_val_loss);
+    cJSON_AddItemToObject(st, "config", cJSON_Parse(cfg_json));
+    char *state = cJSON_Print(st);
+    cJSON_Delete(st);
+    free(cfg_json);
+
+    char *mcfg = model_config_to_json(&tr->m.c, "float32");
+    st_out *w = ckpt_weight_list(&tr->m, ST_F32);
+    char(*mnames)[128];
+    st_out *mv = moment_list(tr, &mnames);
+    ckpt_file files[] = {{"config.json", NULL, 0, mcfg},
+                         {"model.safetensors", w, tr->m.tab.n, NULL},
+                         {"optimizer.safetensors", mv, 2 * tr->tv.n, NULL}};
+    int rc = ckpt_save(tr->ckpt_root, tr->step, files, 3, state, c->train.keep_checkpoints, tr->last_ckpt, err);
+    free(state), free(mcfg), free(w), free(mv), free(mnames);
+    return rc;
+}
+
+static int restore_state(trainer *tr, const char *dir, char *err)
+{
+    char *text;
+    if (ckpt_read_state(dir, &text, err)) return -1;
+    cJSON *st = cJSON_Parse(text);
+    free(text);
+    const cJSON *step = cJSON_GetObjectItemCaseSensitive(st, "step");
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(st, "data");
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(st, "rng");
+    const cJSON *tok = cJSON_GetObjectItemCaseSensitive(st, "tokens_seen");
+    const cJSON *ep = cJSON_GetObjectItemCaseSensitive(d, "epoch"), *ix = cJSON_GetObjectItemCaseSensitive(d, "index");
+    int rc = -1;
+    if (!cJSON_IsNumber(step) || !cJSON_IsNumber(ep) || !cJSON_IsNumber(ix) || cJSON_GetArraySize(r) != 4) {
+        err_set(err, "%s/trainer_state.json: missing step, data position or rng", dir);
+        goto out;
+    }
+    tr->step = step->valueint;
+    tr->tokens_seen = cJSON_IsNumber(tok) ? (long long)tok->valuedouble : 0;
+    for (int i = 0; i < 4; i++) tr->rng.s[i] = strtoull(cJSON_GetArrayItem(r, i)->valuestring, NULL, 16);
+    if (loader_seek(tr->train, (loader_pos){(int64_t)ep->valuedouble, (int64_t)ix->valuedouble}, err)) goto out;
+    /* optimizer moments */
+    char p[4096];
+    fs_path_join(p, sizeof p, dir, "optimizer.safetensors");
+    st_file *f;
+    if (st_open(&f, p, err)) goto out;
+    for (int i = 0; i < 2 * tr->tv.n; i++) {
+        const model_tensor *t = &tr->tv.t[i % tr->tv.n];
+        char name[140];
+        snprintf(name, sizeof name, "%s.%s", i < tr->tv.n ? "exp_avg" : "exp_avg_sq", t->name);
+        const st_tensor *s = st_find(f, name);
+        if (!s || s->numel != (int64_t)t->numel) {
+            err_set(err, "%s: missing or misshapen '%s'", p, name);
+            st_close(f);
+            goto out;
+        }
+        if (st_read_f32(s, (i < tr->tv.n ? tr->mom : tr->vel) + t->offset, s->numel, err)) {
+            st_close(f);
+            goto out;
+        }
+    }
+    st_close(f);
+    rc = 0;
+out:
+    cJSON_Delete(st);
+    return rc;
+}
+
+/* metrics.jsonl of a resumed run: drop lines of steps after the checkpoint (the killed
+ * run logged them but the resumed run will log them again). */
+static int trim_metrics(const char *path, int step, char *err)
+{
+    char *text;
+    size_t len;
+    if (!fs_exists(path)) return 0;
+    if (fs_read_file(path, &text, &len, err)) return -1;
+    char *out = malloc(len + 1), *line = text;
+    size_t n = 0;
+    while (*line) {
+        char *end = strchr(line, '\n');
+        size_t l = end ? (size_t)(end - line + 1) : strlen(line);
+        cJSON *j = cJSON_ParseWithLength(line, l);
+        const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "step");
+        if (j && cJSON_IsNumber(s) && s->valueint <= step && end) {
+            memcpy(out + n, line, l);
+            n += l;
+        }
+        cJSON_Delete(j);
+        line += l;
+    }
+    int rc = fs_write_atomic(path, out, n, err);
+    free(out);
+    free(text);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ eval */
+
+static void batch_labels(int32_t *labels, const loader_batch *b)
+{
+    int n = b->batch_size * b->seq_len;
+    for (int i = 0; i < n; i++) labels[i] = b->loss_mask[i] ? b->tokens[i] : -100;
+}
+
+static int evaluate(trainer *tr, double *val_loss, long *targets, char *err)
+{
+    int max = tr->c->train.eval_batches;
+    int64_t nb = loader_batches_per_epoch(tr->val);
+    if (max <= 0 || max > nb) max = (int)nb;
+    if (loader_seek(tr->val, (loader_pos){0, 0}, err)) return -1;
+    double ce = 0;
+    long cnt = 0;
+    for (int i = 0; i < max; i++) {
+        loader_batch *b = &tr->mb[0];
+        if (loader_next(tr->val, b, err)) return err_wrap(err, "data.val");
+        batch_labels(tr->labels, b);
+        model_batch mb = {b->batch_size, b->seq_len, b->tokens, tr->labels, b->doc_start, tr->c->data.document_mask};
+        model_stats st;
+        if (model_forward(&tr->m, tr->acts, &mb, 0, 0, NULL, &st, err)) return -1;
+        ce += st.ce_sum;
+        cnt += st.n_targets;
+    }
+    *val_loss = cnt ? ce / cnt : NAN;
+    *targets = cnt;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the loop */
+
+static void fmt_duration(char *buf, size_t n, double s)
+{
+    if (!isfinite(s) || s < 0) snprintf(buf, n, "?");
+    else if (s < 60) snprintf(buf, n, "%.0fs", s);
+    else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else snprintf(buf, n, "%dh%02dm", (int)s / 3600, ((int)s % 3600) / 60);
+}
+
+typedef struct {
+    double loss, ce, aux, z, grad_norm, lr, seconds;
+    long targets;
+    int tokens;
+} step_result;
+
+static int train_step(trainer *tr, step_result *res, char *err)
+{
+    const cfg *c = tr->c;
+    int k = c->train.grad_accum, L = tr->m.c.n_layers, E = tr->m.c.n_experts;
+    double t0 = now();
+    long total = 0;
+    for (int i = 0; i < k; i++) { /* all micro-batches first: the CE mean spans them all */
+        if (loader_next(tr->train, &tr->mb[i], err)) return err_wrap(err, "data.train");
+        const loader_batch *b = &tr->mb[i];
+        for (int j = 0; j < b->batch_size * b->seq_len; j++) total += b->loss_mask[j] && j % b->seq_len;
+    }
+    memset(tr->tv.g, 0, tr->tv.total * sizeof(float));
+    memset(tr->load, 0, (size_t)L * E * sizeof *tr->load);
+    double ce_sum = 0, aux = 0, z = 0;
+    for (int i = 0; i < k; i++) {
+        const loader_batch *b = &tr->mb[i];
+        batch_labels(tr->labels, b);
+        model_batch mb = {b->batch_size, b->seq_len, b->tokens, tr->labels, b->doc_start, c->data.document_mask};
+        model_stats st;
+        if (model_forward_backward(&tr->m, tr->acts, &mb, total ? 1.0 / total : 0, tr->aux_coef, tr->z_coef, k, &st,
+                                   err))
+            return -1;
+        ce_sum += st.ce_sum;
+        aux += st.aux / k;
+        z += st.z / k;
+        const int *cnt = model_expert_counts(tr->acts);
+        for (int j = 0; j < L * E; j++) tr->load[j] += cnt[j];
+        res->tokens += b->batch_size * b->seq_len;
+    }
+    res->targets = total;
+    res->ce = total ? ce_sum / total : 0;
+    res->aux = aux;
+    res->z = z;
+    res->loss = res->ce + tr->aux_coef * aux + tr->z_coef * z;
+    res->grad_norm = clip_grad_norm(tr->tv.g, tr->tv.total, c->optim.grad_clip);
+    if (!isfinite(res->loss) || !isfinite(res->grad_norm))
+        return err_set(err, "non-finite %s at step %d (loss %g, grad_norm %g): stopping; %s",
+                       isfinite(res->loss) ? "gradient norm" : "loss", tr->step + 1, res->loss, res->grad_norm,
+                       tr->last_ckpt[0] ? "the last good checkpoint is kept" : "no checkpoint was written");
+    res->lr = sched_lr(&tr->sc, tr->step + 1);
+    adamw_step(&tr->ac, tr->tv.w, tr->tv.g, tr->mom, tr->vel, tr->segs, tr->nseg, tr->step + 1, (float)res->lr);
+    tr->step++;
+    tr->tokens_seen += res->tokens;
+    res->seconds = now() - t0;
+    return 0;
+}
+
+static void log_step(trainer *tr, const step_result *r, double elapsed, double avg_step)
+{
+    const cfg *c = tr->c;
+    int L = tr->m.c.n_layers, E = tr->m.c.n_experts, k = tr->m.c.top_k;
+    double tps = r->tokens / r->seconds;
+    if (!tr->o->quiet) {
+        char eta[32];
+        fmt_duration(eta, sizeof eta, avg_step * (c->train.max_steps - tr->step));
+        printf("step %*d/%d | loss %.4f | ce %.4f | aux %.4f | lr %.2e | grad_norm %.3f | %.0f tok/s | ETA %s\n",
+               (int)snprintf(NULL, 0, "%d", c->train.max_steps), tr->step, c->train.max_steps, r->loss, r->ce, r->aux,
+               r->lr, r->grad_norm, tps, eta);
+        fflush(stdout);
+    }
+    if (!tr->metrics) return;
+    fprintf(tr->metrics,
+            "{\"step\": %d, \"loss\": %.9g, \"ce_loss\": %.9g, \"aux_loss\": %.9g, \"z_loss\": %.9g, \"lr\": %.9g, "
+            "\"grad_norm\": %.9g, \"tokens_per_s\": %.1f, \"tokens\": %lld, \"elapsed_s\": %.3f, \"expert_load\": [",
+            tr->step, r->loss, r->ce, r->aux, r->z, r->lr, r->grad_norm, tps, tr->tokens_seen, elapsed);
+    double picks = (double)r->tokens * k;
+    for (int l = 0; l < L; l++) {
+        fprintf(tr->metrics, "%s[", l ? ", " : "");
+        for (int e = 0; e < E; e++) fprintf(tr->metrics, "%s%.4f", e ? ", " : "", tr->load[l * E + e] / picks);
+        fprintf(tr->metrics, "]");
+    }
+    fprintf(tr->metrics, "], \"load_imbalance\": [");
+    for (int l = 0; l < L; l++) {
+        long mx = 0;
+        for (int e = 0; e < E; e++) mx = tr->load[l * E + e] > mx ? tr->load[l * E + e] : mx;
+        fprintf(tr->metrics, "%s%.4f", l ? ", " : "", mx / (picks / E));
+    }
+    fprintf(tr->metrics, "]}\n");
+    fflush(tr->metrics);
+}
+
+static int log_eval(trainer *tr, char *err)
+{
+    double vl = 0, t0 = now();
+    long n = 0;
+    if (evaluate(tr, &vl, &n, err)) return -1;
+    tr->last_val_loss = vl;
+    if (!tr->o->quiet) printf("eval step %d | val_loss %.4f | val_ppl %.3f | %ld targets, %.1fs\n", tr->step, vl, exp(vl), n,
+                              now() - t0);
+    if (tr->metrics) {
+        fprintf(tr->metrics, "{\"step\": %d, \"val_loss\": %.9g, \"val_ppl\": %.9g}\n", tr->step, vl, exp(vl));
+        fflush(tr->metrics);
+    }
+    return 0;
+}
+
+static void print_summary(trainer *tr, const char *resumed)
+{
+    const cfg *c = tr->c;
+    size_t total, active;
+    model_param_counts(&tr->m.c, &total, &active);
+    double p = (double)tr->m.tab.total * 4;
+    printf("model: %zu parameters (%.1f M active per token), %zu trainable; fp32 params+grads+AdamW %.2f GiB, "
+           "activations %.2f GiB\n",
+           total, active / 1e6, tr->tv.total, (2 * p + 2.0 * tr->tv.total * 4) / 1073741824.0,
+           model_acts_bytes(&tr->m.c, c->train.batch_size, c->data.seq_len) / 1073741824.0);
+    printf("data: %lld rows in %d file(s), %lld batches of %dx%d per epoch, grad_accum %d\n",
+           (long long)loader_rows(tr->train), loader_n_files(tr->train), (long long)loader_batches_per_epoch(tr->train),
+           c->train.batch_size, c->data.seq_len, c->train.grad_accum);
+    if (resumed) printf("resuming from %s (step %d)\n", resumed, tr->step);
+    fflush(stdout);
+}
+
+static void trainer_free(trainer *tr)
+{
+    if (tr->metrics) fclose(tr->metrics);
+    for (int i = 0; tr->mb && i < tr->c->train.grad_accum; i++) loader_batch_free(&tr->mb[i]);
+    free(tr->mb), free(tr->labels), free(tr->load), free(tr->mom), free(tr->vel), free(tr->segs);
+    loader_close(tr->train);
+    loader_close(tr->val);
+    model_acts_free(tr->acts);
+    if (tr->have_model) model_free(&tr->m);
+}
+
+int trainer_run(const cfg *c, const trainer_opts *o, char *err)
+{
+    trainer tr = {.c = c, .o = o, .last_loss = NAN, .last_val_loss = NAN};
+    int rc = -1;
+    char resume[4096] = "", p[4096];
+    snprintf(tr.run_dir, sizeof tr.run_dir, "%s", c->run.dir);
+    fs_path_join(tr.ckpt_root, sizeof tr.ckpt_root, tr.run_dir, "checkpoints");
+    if (fs_mkdir_p(tr.run_dir, err)) {
+        err_wrap(err, "run.dir");
+        goto out;
+    }
+    if (c->train.resume == CFG_RESUME_PATH) {
+        snprintf(resume, sizeof resume, "%s", c->train.resume_path);
+        if (!ckpt_is_checkpoint(resume)) {
+            err_set(err, "train.resume: '%s' is not a training checkpoint", resume);
+            goto out;
+        }
+    } else if (c->train.resume == CFG_RESUME_AUTO) {
+        int skipped;
+        if (ckpt_find_latest(tr.ckpt_root, resume, sizeof resume, &skipped, err)) goto out;
+        if (skipped) fprintf(stderr, "moet train: skipped %d damaged checkpoint(s) in %s\n", skipped, tr.ckpt_root);
+    }
+    /* the resolved config, for the record */
+    char *yaml = NULL;
+    size_t ylen = 0;
+    FILE *ym = open_memstream(&yaml, &ylen);
+    cfg_print_yaml(c, ym);
+    fclose(ym);
+    if (!o->quiet) printf("%s", yaml);
+    fs_path_join(p, sizeof p, tr.run_dir, "config.yaml");
+    int w = fs_write_atomic(p, yaml, ylen, err);
+    free(yaml);
+    if (w) goto out;
+
+    if (build_model(&tr, resume[0] ? resume : NULL, err) || setup_optimizer(&tr, err) || setup_data(&tr, err))
+        goto out;
+    rng_seed(&tr.rng, c->run.seed, 0x7261696eULL);
+    fs_path_join(p, sizeof p, tr.run_dir, "metrics.jsonl");
+    if (resume[0]) {
+        if (restore_state(&tr, resume, err) || trim_metrics(p, tr.step, err)) goto out;
+        snprintf(tr.last_ckpt, sizeof tr.last_ckpt, "%s", resume);
+    } else if (fs_exists(p) && trim_metrics(p, 0, err)) { /* a fresh run starts a fresh log */
+        goto out;
+    }
+    tr.metrics = fopen(p, "a");
+    if (!tr.metrics) {
+        err_set(err, "%s: %s", p, strerror(errno));
+        goto out;
+    }
+    print_summary(&tr, resume[0] ? resume : NULL);
+
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESETHAND; /* a second Ctrl-C kills at once */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    stop_signal = 0;
+
+    double t_start = now(), avg = 0;
+    int first = tr.step;
+    while (tr.step < c->train.max_steps && !stop_signal) {
+        step_result r = {0};
+        if (train_step(&tr, &r, err)) goto out;
+        tr.last_loss = r.loss;
+        avg = tr.step - first == 1 ? r.seconds : 0.9 * avg + 0.1 * r.seconds;
+        if (tr.step % c->train.log_every == 0 || tr.step == c->train.max_steps)
+            log_step(&tr, &r, now() - t_start, avg);
+        if (tr.val && c->train.eval_every > 0 && tr.step % c->train.eval_every == 0 && log_eval(&tr, err)) goto out;
+        int last = tr.step == c->train.max_steps;
+        if ((c->train.save_every > 0 && tr.step % c->train.save_every == 0) || last || stop_signal) {
+            if (save_checkpoint(&tr, err)) goto out;
+            if (!o->quiet) printf("saved %s\n", tr.last_ckpt);
+        }
+    }
+    if (stop_signal) printf("stopped by signal %d at step %d; resume with the same command\n", (int)stop_signal, tr.step);
+    else if (!o->quiet) printf("done: %d steps in %.1fs\n", tr.step - first, now() - t_start);
+    rc = 0;
+out:
+    trainer_free(&tr);
+    return rc;
+}
