@@ -3,46 +3,16 @@
 #include "data/tok_internal.h"
 
 #include "common/err.h"
+#include "common/fsutil.h"
+#include "common/sha256.h"
 
 #include <cJSON.h>
-#include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------- helpers */
-
-static int read_file(const char *path, char **buf, size_t *len, char *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return err_set(err, "cannot open '%s': %s", path, strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap + 1);
-    for (;;) {
-        if (!b) {
-            fclose(f);
-            return err_set(err, "'%s': out of memory", path);
-        }
-        size_t got = fread(b + n, 1, cap - n, f);
-        n += got;
-        if (n < cap) break;
-        char *nb = realloc(b, 2 * cap + 1);
-        if (!nb) free(b);
-        b = nb;
-        cap *= 2;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(b);
-        return err_set(err, "cannot read '%s'", path);
-    }
-    b[n] = 0;
-    *buf = b;
-    *len = n;
-    return 0;
-}
 
 static size_t pow2_at_least(size_t n)
 {
@@ -616,7 +586,7 @@ int tok_load(tok **out, const char *path, char *err)
     *out = NULL;
     char *buf = NULL;
     size_t len = 0;
-    if (read_file(path, &buf, &len, err)) return -1;
+    if (fs_read_file(path, &buf, &len, err)) return -1;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
     if (!root) {
@@ -630,7 +600,7 @@ int tok_load(tok **out, const char *path, char *err)
         cJSON_Delete(root);
         return err_set(err, "%s: out of memory", path);
     }
-    tok_sha256_hex(buf, len, t->sha256);
+    sha256_hex(buf, len, t->sha256);
     free(buf);
     t->serial = atomic_fetch_add(&tok_serial_next, 1);
     t->bos_id = t->add_bos_id = t->eos_id = t->unk_id = -1;

@@ -22,6 +22,7 @@
 #include "data/tok_internal.h"
 
 #include "common/err.h"
+#include "common/fsutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -556,32 +557,22 @@ static int write_json(FILE *f, bpe *m, const int32_t *by_id, int32_t n_vocab, st
     return ferror(f) ? -1 : 0;
 }
 
+/* The JSON goes to memory, then fs_write_atomic (temp, fsync, rename). */
 static int write_atomic(const char *out_path, bpe *m, const int32_t *by_id, int32_t n_vocab,
                         strtab *fin, char *err)
 {
-    size_t pl = strlen(out_path);
-    char *tmp = malloc(pl + 16);
-    if (!tmp) return err_set(err, "out of memory");
-    snprintf(tmp, pl + 16, "%s.tmp.XXXXXX", out_path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        err_set(err, "cannot create '%s': %s", tmp, strerror(errno));
-        free(tmp);
-        return -1;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) return err_set(err, "out of memory");
+    int bad = write_json(f, m, by_id, n_vocab, fin);
+    if (fclose(f) || bad) {
+        free(text);
+        return err_set(err, "out of memory writing '%s'", out_path);
     }
-    fchmod(fd, 0644);   /* mkstemp makes 0600; a tokenizer is a shareable file */
-    FILE *f = fdopen(fd, "w");
-    errno = 0;
-    int rc = !f || write_json(f, m, by_id, n_vocab, fin) || fflush(f) || fsync(fd);
-    if (f ? fclose(f) : close(fd)) rc = 1;
-    if (rc || rename(tmp, out_path)) {
-        err_set(err, "cannot write '%s': %s", out_path, errno ? strerror(errno) : "I/O error");
-        unlink(tmp);
-        free(tmp);
-        return -1;
-    }
-    free(tmp);
-    return 0;
+    int rc = fs_write_atomic(out_path, text, len, err);
+    free(text);
+    return rc;
 }
 
 /* ------------------------------------------------------------------- train */
