@@ -3,46 +3,16 @@
 #include "data/tok_internal.h"
 
 #include "common/err.h"
+#include "common/fsutil.h"
+#include "common/sha256.h"
 
 #include <cJSON.h>
-#include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------- helpers */
-
-static int read_file(const char *path, char **buf, size_t *len, char *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return err_set(err, "cannot open '%s': %s", path, strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap + 1);
-    for (;;) {
-        if (!b) {
-            fclose(f);
-            return err_set(err, "'%s': out of memory", path);
-        }
-        size_t got = fread(b + n, 1, cap - n, f);
-        n += got;
-        if (n < cap) break;
-        char *nb = realloc(b, 2 * cap + 1);
-        if (!nb) free(b);
-        b = nb;
-        cap *= 2;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(b);
-        return err_set(err, "cannot read '%s'", path);
-    }
-    b[n] = 0;
-    *buf = b;
-    *len = n;
-    return 0;
-}
 
 static size_t pow2_at_least(size_t n)
 {
@@ -381,29 +351,19 @@ oom:
 
 static atomic_uint_fast64_t tok_serial_next = 1;
 
-static int load_model(tok *t, const cJSON *model, const cJSON *added, const char *path, char *err)
+/* model.vocab into the string pool and map; *n_entries, *max_id out. */
+static int load_vocab(tok *t, const cJSON *model, const char *path, size_t *n_entries, long *max_id,
+                      char *err)
 {
-    const char *type = jstr(model, "type");
-    if (!type) type = cJSON_GetObjectItemCaseSensitive(model, "merges") ? "BPE" : "(none)";
-    if (strcmp(type, "BPE"))
-        return err_set(err, "%s: unsupported tokenizer model type '%s' (moet reads BPE)", path, type);
-    const char *csp = jstr(model, "continuing_subword_prefix"), *eow = jstr(model, "end_of_word_suffix");
-    if ((csp && *csp) || (eow && *eow))
-        return err_set(err, "%s: unsupported BPE option %s", path,
-                       csp && *csp ? "continuing_subword_prefix" : "end_of_word_suffix");
-    t->byte_fallback = jbool(model, "byte_fallback", 0);
-    t->fuse_unk = jbool(model, "fuse_unk", 0);
-    t->ignore_merges = jbool(model, "ignore_merges", 0);
-
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab"), *e;
     if (!cJSON_IsObject(vocab)) return err_set(err, "%s: model.vocab must be an object", path);
-    long max_id = -1;
     size_t n_vocab = 0, pool_len = 0;
+    *max_id = -1;
     cJSON_ArrayForEach(e, vocab) {
         long id;
         if (jint(e, 0, (1L << 30), &id))
             return err_set(err, "%s: vocab entry '%s' has no valid id", path, e->string);
-        if (id > max_id) max_id = id;
+        if (id > *max_id) *max_id = id;
         n_vocab++;
         pool_len += strlen(e->string) + 1;
     }
@@ -419,15 +379,22 @@ static int load_model(tok *t, const cJSON *model, const cJSON *added, const char
             return err_set(err, "%s: vocab entry '%s' appears twice", path, e->string);
         pp += len + 1;
     }
+    *n_entries = n_vocab;
+    return 0;
+}
 
-    /* Added tokens get their ids as HF's loader gives them, one at a time: the id
-     * of the same content among earlier added tokens or in the model vocab, else
-     * the next new id (the file's "id" is only compared, with a warning, by HF). */
+/* Added tokens get their ids as HF's loader gives them, one at a time: the id of
+ * the same content among earlier added tokens or in the model vocab, else the
+ * next new id (the file's "id" is only compared, with a warning, by HF). */
+static int load_added(tok *t, const cJSON *added, long n_model, long *max_id, const char *path,
+                      char *err)
+{
+    const cJSON *e;
     if (added && !cJSON_IsArray(added) && !cJSON_IsNull(added))
         return err_set(err, "%s: added_tokens must be a list", path);
     t->added = calloc((size_t)cJSON_GetArraySize(added) + 1, sizeof *t->added);
     if (!t->added) return err_set(err, "%s: out of memory", path);
-    long max_added = -1, n_model = (long)n_vocab;
+    long max_added = -1;
     cJSON_ArrayForEach(e, added) {
         long id;
         const char *c = jstr(e, "content");
@@ -450,44 +417,19 @@ static int load_model(tok *t, const cJSON *model, const cJSON *added, const char
         id = tok_strmap_get(&t->vocab, c, len);
         if (id < 0) id = max_added < 0 || (max_added < n_model && n_model) ? n_model : max_added + 1;
         if (id > max_added) max_added = id;
-        if (id > max_id) max_id = id;
+        if (id > *max_id) *max_id = id;
         tk.id = (int32_t)id;
         tk.content = dupn(c, len);
         if (!tk.content) return err_set(err, "%s: out of memory", path);
         t->added[t->n_added++] = tk;
     }
-    if (max_id < 0) return err_set(err, "%s: empty vocab", path);
-    t->n_vocab = (int)max_id + 1;
-    t->piece = calloc((size_t)t->n_vocab, sizeof *t->piece);
-    t->piece_len = calloc((size_t)t->n_vocab, sizeof *t->piece_len);
-    t->type = calloc((size_t)t->n_vocab, 1);
-    t->special = calloc((size_t)t->n_vocab, 1);
-    if (!t->piece || !t->piece_len || !t->type || !t->special)
-        return err_set(err, "%s: out of memory", path);
-    for (size_t i = 0; i <= t->vocab.mask; i++) {
-        const tok_strslot *sl = &t->vocab.slots[i];
-        if (!sl->key) continue;
-        if (t->piece[sl->id]) return err_set(err, "%s: vocab id %d is used twice", path, (int)sl->id);
-        t->piece[sl->id] = (char *)sl->key;
-        t->piece_len[sl->id] = sl->len;
-        t->type[sl->id] = TOK_NORMAL;
-    }
+    return 0;
+}
 
-    t->unk_id = -1;
-    const char *unk = jstr(model, "unk_token");
-    if (unk) t->unk_id = tok_strmap_get(&t->vocab, unk, strlen(unk));
-    for (int b = 0; b < 256; b++) {
-        char name[8];
-        snprintf(name, sizeof name, "<0x%02X>", b);
-        t->byte_id[b] = tok_strmap_get(&t->vocab, name, 6);
-        if (t->byte_fallback && t->byte_id[b] >= 0 && t->type[t->byte_id[b]] == TOK_NORMAL)
-            t->type[t->byte_id[b]] = TOK_BYTE;
-    }
-    for (int c = 0; c < 128; c++) {
-        char s = (char)c;
-        t->ascii_id[c] = tok_strmap_get(&t->vocab, &s, 1);
-    }
-
+/* model.merges into the merge table; decides whether BPE may run per chunk. */
+static int load_merges(tok *t, const cJSON *model, const char *path, char *err)
+{
+    const cJSON *e;
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
     if (merges && !cJSON_IsArray(merges)) return err_set(err, "%s: model.merges must be a list", path);
     int n_merges = cJSON_GetArraySize(merges);
@@ -536,10 +478,11 @@ static int load_model(tok *t, const cJSON *model, const cJSON *added, const char
         int32_t ia = tok_strmap_get(&t->vocab, a, al), ib = tok_strmap_get(&t->vocab, b, bl);
         int32_t ij = tok_strmap_get(&t->vocab, joined, al + bl);
         if (ia < 0 || ib < 0 || ij < 0) {
-            joined[al + bl] = 0;
+            const char *what = ia < 0 ? a : ib < 0 ? b : joined;
+            int wl = (int)(ia < 0 ? al : ib < 0 ? bl : al + bl);
+            err_set(err, "%s: merge %d: '%.*s' is not in the vocab", path, rank + 1, wl, what);
             free(joined);
-            return err_set(err, "%s: merge %d: '%s' is not in the vocab", path, rank + 1,
-                           ia < 0 ? "left piece" : ib < 0 ? "right piece" : joined);
+            return -1;
         }
         merge_put(t, ia, ib, rank, ij);
         /* A merge across a "▁" that starts a word would make per-chunk BPE inexact. */
@@ -550,6 +493,61 @@ static int load_model(tok *t, const cJSON *model, const cJSON *added, const char
     }
     free(joined);
     return 0;
+}
+
+
+static int load_model(tok *t, const cJSON *model, const cJSON *added, const char *path, char *err)
+{
+    const char *type = jstr(model, "type");
+    if (!type) type = cJSON_GetObjectItemCaseSensitive(model, "merges") ? "BPE" : "(none)";
+    if (strcmp(type, "BPE"))
+        return err_set(err, "%s: unsupported tokenizer model type '%s' (moet reads BPE)", path, type);
+    const char *csp = jstr(model, "continuing_subword_prefix"), *eow = jstr(model, "end_of_word_suffix");
+    if ((csp && *csp) || (eow && *eow))
+        return err_set(err, "%s: unsupported BPE option %s", path,
+                       csp && *csp ? "continuing_subword_prefix" : "end_of_word_suffix");
+    t->byte_fallback = jbool(model, "byte_fallback", 0);
+    t->fuse_unk = jbool(model, "fuse_unk", 0);
+    t->ignore_merges = jbool(model, "ignore_merges", 0);
+
+    size_t n_vocab = 0;
+    long max_id = -1;
+    if (load_vocab(t, model, path, &n_vocab, &max_id, err) ||
+        load_added(t, added, (long)n_vocab, &max_id, path, err))
+        return -1;
+    if (max_id < 0) return err_set(err, "%s: empty vocab", path);
+    t->n_vocab = (int)max_id + 1;
+    t->piece = calloc((size_t)t->n_vocab, sizeof *t->piece);
+    t->piece_len = calloc((size_t)t->n_vocab, sizeof *t->piece_len);
+    t->type = calloc((size_t)t->n_vocab, 1);
+    t->special = calloc((size_t)t->n_vocab, 1);
+    if (!t->piece || !t->piece_len || !t->type || !t->special)
+        return err_set(err, "%s: out of memory", path);
+    for (size_t i = 0; i <= t->vocab.mask; i++) {
+        const tok_strslot *sl = &t->vocab.slots[i];
+        if (!sl->key) continue;
+        if (t->piece[sl->id]) return err_set(err, "%s: vocab id %d is used twice", path, (int)sl->id);
+        t->piece[sl->id] = (char *)sl->key;
+        t->piece_len[sl->id] = sl->len;
+        t->type[sl->id] = TOK_NORMAL;
+    }
+
+    t->unk_id = -1;
+    const char *unk = jstr(model, "unk_token");
+    if (unk) t->unk_id = tok_strmap_get(&t->vocab, unk, strlen(unk));
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        t->byte_id[b] = tok_strmap_get(&t->vocab, name, 6);
+        if (t->byte_fallback && t->byte_id[b] >= 0 && t->type[t->byte_id[b]] == TOK_NORMAL)
+            t->type[t->byte_id[b]] = TOK_BYTE;
+    }
+    for (int c = 0; c < 128; c++) {
+        char s = (char)c;
+        t->ascii_id[c] = tok_strmap_get(&t->vocab, &s, 1);
+    }
+
+    return load_merges(t, model, path, err);
 }
 
 /* Added tokens' match patterns and pieces: HF (0.23) matches a normalized token
@@ -588,7 +586,7 @@ int tok_load(tok **out, const char *path, char *err)
     *out = NULL;
     char *buf = NULL;
     size_t len = 0;
-    if (read_file(path, &buf, &len, err)) return -1;
+    if (fs_read_file(path, &buf, &len, err)) return -1;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
     if (!root) {
@@ -602,7 +600,7 @@ int tok_load(tok **out, const char *path, char *err)
         cJSON_Delete(root);
         return err_set(err, "%s: out of memory", path);
     }
-    tok_sha256_hex(buf, len, t->sha256);
+    sha256_hex(buf, len, t->sha256);
     free(buf);
     t->serial = atomic_fetch_add(&tok_serial_next, 1);
     t->bos_id = t->add_bos_id = t->eos_id = t->unk_id = -1;

@@ -235,8 +235,8 @@ static int bpe(enc *e, const char *w, size_t n)
         if (i + 1 < ns && tok_merge_get(t, sym[i], sym[i + 1], &rank, &id))
             heap_push(heap, &hn, (uint64_t)rank << 32 | i);
     }
-    /* Every position holds at most one live entry per pair it ever had: the heap
-     * never exceeds 3 * ns (initial pairs + two per merge, merges < ns). */
+    /* Pushes: ns - 1 initial pairs plus at most two per merge, and there are
+     * fewer than ns merges, so the heap never holds more than 3 * ns entries. */
     while (hn) {
         uint64_t top = heap_pop(heap, &hn);
         int32_t pos = (int32_t)(top & 0xffffffffu), r = (int32_t)(top >> 32);

@@ -199,7 +199,5 @@ int tok_replace_all(const char *src, size_t n, const char *from, size_t fl, cons
 /* Drop the calling thread's encode cache of t. (tok_encode.c, called by tok_free) */
 void tok_encode_forget(const tok *t);
 
-/* SHA-256 of data as 64 hex chars + NUL. (tok.c) */
-void tok_sha256_hex(const void *data, size_t n, char hex[65]);   /* (tok_sha256.c) */
 
 #endif

@@ -22,6 +22,7 @@
 #include "data/tok_internal.h"
 
 #include "common/err.h"
+#include "common/fsutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -36,6 +37,7 @@
 
 #define N_FIXED 259          /* 3 specials + 256 byte pieces */
 #define COVERAGE 0.9995
+#define MAX_WORD 4096        /* bytes; longer runs without a space are cut */
 
 /* ------------------------------------------------------------ small tools */
 
@@ -191,6 +193,7 @@ static int count_words(counter *c, const unsigned char *s, size_t n)
         }
         if (meta && buf_add(&c->cur, TOK_META, TOK_META_LEN)) return -1;
         meta = 0;
+        if (c->cur.n >= MAX_WORD && flush_word(c)) return -1;   /* no sane word is this long */
         if (buf_add(&c->cur, s + i, k)) return -1;
         i += k;
     }
@@ -256,9 +259,6 @@ typedef struct {
     size_t pmask;
     heap_ent *h;
     size_t n_h, h_cap;
-    /* learned merges: (a, b) -> z, and the new symbols in order */
-    int32_t *new_sym;
-    size_t n_new;
 } bpe;
 
 static int heap_less(const heap_ent *x, const heap_ent *y)   /* x ranks before y */
@@ -360,15 +360,19 @@ static int add_word(bpe *m, const int32_t *s, int32_t len, int64_t count)
 {
     if (len < 1) return 0;
     if (grow_to((void **)&m->ws, &m->ws_cap, m->ws_n + (size_t)len, sizeof *m->ws)) return -1;
-    size_t cap = m->w_cap;
-    if (grow_to((void **)&m->w_off, &cap, m->n_w + 1, sizeof *m->w_off)) return -1;
-    cap = m->w_cap;
-    if (grow_to((void **)&m->w_len, &cap, m->n_w + 1, sizeof *m->w_len)) return -1;
-    cap = m->w_cap;
-    if (grow_to((void **)&m->w_cnt, &cap, m->n_w + 1, sizeof *m->w_cnt)) return -1;
-    cap = m->w_cap;
-    if (grow_to((void **)&m->w_stamp, &cap, m->n_w + 1, sizeof *m->w_stamp)) return -1;
-    m->w_cap = cap;
+    if (m->n_w == m->w_cap) {                 /* the four per-word arrays grow together */
+        size_t c = m->w_cap ? 2 * m->w_cap : 1024;
+        void *a = realloc(m->w_off, c * sizeof *m->w_off);
+        if (a) m->w_off = a;
+        void *b = a ? realloc(m->w_len, c * sizeof *m->w_len) : NULL;
+        if (b) m->w_len = b;
+        void *d = b ? realloc(m->w_cnt, c * sizeof *m->w_cnt) : NULL;
+        if (d) m->w_cnt = d;
+        void *e = d ? realloc(m->w_stamp, c * sizeof *m->w_stamp) : NULL;
+        if (!e) return -1;
+        m->w_stamp = e;
+        m->w_cap = c;
+    }
     memcpy(m->ws + m->ws_n, s, (size_t)len * sizeof *s);
     m->w_off[m->n_w] = m->ws_n;
     m->w_len[m->n_w] = len;
@@ -433,7 +437,6 @@ static void bpe_free(bpe *m)
     free(m->p);
     free(m->pslot);
     free(m->h);
-    free(m->new_sym);
 }
 
 /* ------------------------------------------------------------------ output */
@@ -460,7 +463,8 @@ static int split_cmp(const void *x, const void *y)
     return a->l != b->l ? (a->l > b->l) - (a->l < b->l) : (a->r > b->r) - (a->r < b->r);
 }
 
-/* Write the tokenizer.json. final[sym] = output id of each symbol (-1: not in it). */
+/* Write the tokenizer.json: fin holds the output strings by id, by_id[id] the
+ * symbol of each id from N_FIXED on (below n_chars: a single character). */
 static int write_json(FILE *f, bpe *m, const int32_t *by_id, int32_t n_vocab, strtab *fin)
 {
     static const char *const head =
@@ -553,32 +557,22 @@ static int write_json(FILE *f, bpe *m, const int32_t *by_id, int32_t n_vocab, st
     return ferror(f) ? -1 : 0;
 }
 
+/* The JSON goes to memory, then fs_write_atomic (temp, fsync, rename). */
 static int write_atomic(const char *out_path, bpe *m, const int32_t *by_id, int32_t n_vocab,
                         strtab *fin, char *err)
 {
-    size_t pl = strlen(out_path);
-    char *tmp = malloc(pl + 16);
-    if (!tmp) return err_set(err, "out of memory");
-    snprintf(tmp, pl + 16, "%s.tmp.XXXXXX", out_path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        err_set(err, "cannot create '%s': %s", tmp, strerror(errno));
-        free(tmp);
-        return -1;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) return err_set(err, "out of memory");
+    int bad = write_json(f, m, by_id, n_vocab, fin);
+    if (fclose(f) || bad) {
+        free(text);
+        return err_set(err, "out of memory writing '%s'", out_path);
     }
-    fchmod(fd, 0644);   /* mkstemp makes 0600; a tokenizer is a shareable file */
-    FILE *f = fdopen(fd, "w");
-    errno = 0;
-    int rc = !f || write_json(f, m, by_id, n_vocab, fin) || fflush(f) || fsync(fd);
-    if (f ? fclose(f) : close(fd)) rc = 1;
-    if (rc || rename(tmp, out_path)) {
-        err_set(err, "cannot write '%s': %s", out_path, errno ? strerror(errno) : "I/O error");
-        unlink(tmp);
-        free(tmp);
-        return -1;
-    }
-    free(tmp);
-    return 0;
+    int rc = fs_write_atomic(out_path, text, len, err);
+    free(text);
+    return rc;
 }
 
 /* ------------------------------------------------------------------- train */
@@ -614,13 +608,17 @@ static double now_s(void)
 }
 
 /* Characters sorted by count (descending), then by their bytes. */
-static const strtab *sort_tab;
-static const int64_t *sort_cnt;
-static int char_cmp(const void *x, const void *y)
+typedef struct {
+    const strtab *tab;
+    const int64_t *count;
+} char_order;
+
+static int char_cmp(const void *x, const void *y, void *arg)
 {
+    const char_order *o = arg;
     size_t i = *(const size_t *)x, j = *(const size_t *)y, li, lj;
-    if (sort_cnt[i] != sort_cnt[j]) return sort_cnt[i] > sort_cnt[j] ? -1 : 1;
-    const char *si = st_str(sort_tab, i, &li), *sj = st_str(sort_tab, j, &lj);
+    if (o->count[i] != o->count[j]) return o->count[i] > o->count[j] ? -1 : 1;
+    const char *si = st_str(o->tab, i, &li), *sj = st_str(o->tab, j, &lj);
     int c = memcmp(si, sj, li < lj ? li : lj);
     return c ? c : (li > lj) - (li < lj);
 }
@@ -661,19 +659,11 @@ int tok_train_progress(const char *const *files, int n_files, int vocab_size, in
         size_t len;
         const unsigned char *s = (const unsigned char *)st_str(&c.words, w, &len);
         for (size_t i = 0; i < len;) {
-            size_t k = tok_utf8_len(s + i, len - i);
+            size_t k = tok_utf8_len(s + i, len - i), before = chars.n;
             long ci = st_get(&chars, (const char *)s + i, k, 1);
             if (ci < 0 || grow_to((void **)&ccount, &ccap, (size_t)ci + 1, sizeof *ccount)) goto oom;
-            i += k;
-        }
-    }
-    memset(ccount, 0, chars.n * sizeof *ccount);
-    for (size_t w = 0; w < c.words.n; w++) {
-        size_t len;
-        const unsigned char *s = (const unsigned char *)st_str(&c.words, w, &len);
-        for (size_t i = 0; i < len;) {
-            size_t k = tok_utf8_len(s + i, len - i);
-            ccount[st_get(&chars, (const char *)s + i, k, 0)] += c.count[w];
+            if (chars.n > before) ccount[ci] = 0;
+            ccount[ci] += c.count[w];
             total += c.count[w];
             i += k;
         }
@@ -682,9 +672,8 @@ int tok_train_progress(const char *const *files, int n_files, int vocab_size, in
     csym = malloc(chars.n * sizeof *csym);
     if (!order || !csym) goto oom;
     for (size_t i = 0; i < chars.n; i++) order[i] = i, csym[i] = -1;
-    sort_tab = &chars;
-    sort_cnt = ccount;
-    qsort(order, chars.n, sizeof *order, char_cmp);
+    char_order co = {&chars, ccount};
+    qsort_r(order, chars.n, sizeof *order, char_cmp, &co);
     int64_t cum = 0;
     int32_t avail = vocab_size - N_FIXED;
     for (size_t i = 0; i < chars.n && m.n_chars < avail && cum < COVERAGE * (double)total; i++) {

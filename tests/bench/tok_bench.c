@@ -1,0 +1,127 @@
+/* tok_bench: tokenizer throughput (not a test).  Usage:
+ *   tok_bench TOKENIZER.json TEXT_FILE
+ * Prints load time, encode MB/s on one thread (the text as one call, and as
+ * documents of 1000 lines), on 2 threads (documents split between them; new
+ * threads start with empty word caches, so "cold" then "warm"), decode MB/s. */
+#include "common/err.h"
+#include "data/tok.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct {
+    const tok *t;
+    const char *text;
+    size_t *doc;        /* document start offsets, n_doc + 1 */
+    size_t first, last; /* documents [first, last) */
+    size_t n_ids;
+    int passes;
+    double secs[2];     /* time of each pass */
+} job;
+
+static void *encode_docs(void *p)
+{
+    job *j = p;
+    char err[ERR_MAX];
+    tok_ids ids = {0};
+    for (int pass = 0; pass < j->passes; pass++) {
+        double t0 = now();
+        j->n_ids = 0;
+        for (size_t d = j->first; d < j->last; d++) {
+            ids.n = 0;
+            if (tok_encode(j->t, j->text + j->doc[d], j->doc[d + 1] - j->doc[d], 1, &ids, err)) {
+                fprintf(stderr, "tok_bench: %s\n", err);
+                exit(1);
+            }
+            j->n_ids += ids.n;
+        }
+        j->secs[pass] = now() - t0;
+    }
+    tok_ids_free(&ids);
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 3) {
+        fprintf(stderr, "usage: tok_bench TOKENIZER.json TEXT_FILE\n");
+        return 2;
+    }
+    char err[ERR_MAX];
+    FILE *f = fopen(argv[2], "rb");
+    if (!f) {
+        fprintf(stderr, "tok_bench: cannot open %s\n", argv[2]);
+        return 1;
+    }
+    fseek(f, 0, SEEK_END);
+    size_t n = (size_t)ftell(f);
+    rewind(f);
+    char *text = malloc(n + 1);
+    if (!text || fread(text, 1, n, f) != n) return 1;
+    fclose(f);
+    double mb = (double)n / 1e6;
+
+    double t0 = now();
+    tok *t;
+    if (tok_load(&t, argv[1], err)) {
+        fprintf(stderr, "tok_bench: %s\n", err);
+        return 1;
+    }
+    printf("load            %8.1f ms   (vocab %d)\n", 1e3 * (now() - t0), tok_vocab_size(t));
+
+    /* Whole text, one call: first (cold cache) and second run. */
+    tok_ids ids = {0};
+    for (int run = 0; run < 2; run++) {
+        ids.n = 0;
+        t0 = now();
+        if (tok_encode(t, text, n, 1, &ids, err)) return 1;
+        double s = now() - t0;
+        printf("encode 1 thread %8.1f MB/s (%s, one %.1f MB call, %zu tokens, %.2f bytes/token)\n", mb / s,
+               run ? "warm" : "cold", mb, ids.n, (double)n / (double)ids.n);
+    }
+
+    /* Documents: runs of 1000 lines, as prep sees them. */
+    size_t n_doc = 0, *doc = malloc((n / 2 + 2) * sizeof *doc);
+    doc[n_doc++] = 0;
+    for (size_t i = 0, lines = 0; i < n; i++)
+        if (text[i] == '\n' && ++lines % 1000 == 0) doc[n_doc++] = i + 1;
+    if (doc[n_doc - 1] != n) doc[n_doc++] = n;
+    n_doc--;
+    job one = {t, text, doc, 0, n_doc, 0, 1, {0, 0}};
+    encode_docs(&one);
+    printf("encode 1 thread %8.1f MB/s (%zu documents)\n", mb / one.secs[0], n_doc);
+    /* Two threads, each encoding its half twice: first with an empty word cache. */
+    job two[2] = {{t, text, doc, 0, n_doc / 2, 0, 2, {0, 0}}, {t, text, doc, n_doc / 2, n_doc, 0, 2, {0, 0}}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, encode_docs, &two[i]);
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    for (int pass = 0; pass < 2; pass++) {
+        double s2 = two[0].secs[pass] > two[1].secs[pass] ? two[0].secs[pass] : two[1].secs[pass];
+        printf("encode 2 threads%8.1f MB/s (%s, %zu documents; %s token count as 1 thread)\n", mb / s2,
+               pass ? "warm" : "cold", n_doc, two[0].n_ids + two[1].n_ids == one.n_ids ? "same" : "DIFFERENT");
+    }
+
+    char *back;
+    size_t len;
+    t0 = now();
+    if (tok_decode(t, ids.ids, ids.n, &back, &len, err)) return 1;
+    double sd = now() - t0;
+    printf("decode          %8.1f MB/s (%s the text)\n", (double)len / 1e6 / sd,
+           len == n + 4 && !memcmp(back + 4, text, n) ? "gives back" : "does not give back");
+    free(back);
+    tok_ids_free(&ids);
+    free(doc);
+    free(text);
+    tok_free(t);
+    return 0;
+}
