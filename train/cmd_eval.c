@@ -4,6 +4,7 @@
 #include "common/err.h"
 #include "data/loader.h"
 #include "train/cmd.h"
+#include "train/load.h"
 
 #include <glob.h>
 #include <math.h>
@@ -72,8 +73,9 @@ int cmd_eval(int argc, char **argv)
     loader *L = NULL;
     loader_batch b = {0};
     model_acts *a = NULL;
+    lora *lo = NULL;
     int32_t *labels = NULL;
-    if (ckpt_load_model(&m, path, 0, err)) goto fail;
+    if (load_any_model(path, &m, &lo, NULL, err)) goto fail;
     have = 1;
     if (first_seq_len(files, nf, &T, err) ||
         loader_open(&L, (const char *const *)files, nf, T, m.c.vocab, B, 0, 0, err) ||
@@ -111,5 +113,6 @@ done:
     loader_close(L);
     model_acts_free(a);
     if (have) model_free(&m);
+    lora_free(lo);
     return rc;
 }

@@ -5,9 +5,11 @@
 #include "checkpoints/export.h"
 #include "checkpoints/gguf.h"
 #include "checkpoints/hf.h"
+#include "checkpoints/peft.h"
 #include "common/err.h"
 #include "common/fsutil.h"
 #include "train/cmd.h"
+#include "train/load.h"
 
 #include <cJSON.h>
 #include <stdio.h>
@@ -27,6 +29,7 @@ static const char usage[] =
 typedef struct {
     model m;
     int have_model;
+    lora *lo;                 /* LoRA checkpoint: the adapter, attached to m */
     char *state;              /* trainer_state.json text, or NULL */
     char tokenizer[4096];     /* "" if none found */
     char base[4096];          /* base model name for the card */
@@ -65,15 +68,7 @@ static void find_tokenizer(source *s, const char *path, const char *given)
 static int load_source(source *s, const char *path, const char *tokenizer, char *err)
 {
     memset(s, 0, sizeof *s);
-    if (ckpt_is_checkpoint(path)) {
-        if (ckpt_read_state(path, &s->state, err)) return -1;
-        cJSON *st = cJSON_Parse(s->state);
-        const cJSON *kind = cJSON_GetObjectItemCaseSensitive(st, "kind");
-        int lora = cJSON_IsString(kind) && !strcmp(kind->valuestring, "lora");
-        cJSON_Delete(st);
-        if (lora) return err_set(err, "%s: LoRA checkpoints are not supported by this build", path);
-    }
-    if (ckpt_load_model(&s->m, path, 0, err)) return -1;
+    if (load_any_model(path, &s->m, &s->lo, &s->state, err)) return -1;
     s->have_model = 1;
     find_tokenizer(s, path, tokenizer);
     return 0;
@@ -146,10 +141,12 @@ int cmd_export(int argc, char **argv)
     tok *t = NULL;
     int rc = 1, begun = 0;
     if (load_source(&s, in, tokenizer, err)) goto fail;
-    if (!strcmp(format, "peft")) {
+    int peft = !strcmp(format, "peft");
+    if (peft && !s.lo) {
         err_set(err, "%s is a full model, not a LoRA checkpoint: use --format hf", in);
         goto fail;
     }
+    if (s.lo && !peft) lora_merge(&s.m); /* hf, merged, gguf of a LoRA run: the merged model */
     if (!strcmp(format, "gguf") && !s.tokenizer[0]) {
         err_set(err, "no tokenizer.json found for %s (GGUF embeds the tokenizer): pass --tokenizer", in);
         goto fail;
@@ -169,7 +166,9 @@ int cmd_export(int argc, char **argv)
         fs_path_join(p, sizeof p, tmp, fname);
         if (gguf_write_model(p, &s.m, t, dt, s.base[0] ? s.base : in, err)) goto fail;
     } else {
-        if (ckpt_save_model(&s.m, tmp, dt, max_shard, err)) goto fail;
+        if (peft ? peft_save(s.lo, tmp, s.base[0] ? s.base : NULL, dt, err)
+                 : ckpt_save_model(&s.m, tmp, dt, max_shard, err))
+            goto fail;
         if (s.tokenizer[0] && export_tokenizer(tmp, s.tokenizer, s.m.c.max_pos, err)) goto fail;
     }
     size_t total, active;
@@ -191,5 +190,6 @@ done:
     tok_free(t);
     free(s.state);
     if (s.have_model) model_free(&s.m);
+    lora_free(s.lo);
     return rc;
 }
