@@ -18,37 +18,41 @@ data: {train: [train.h5], seq_len: 128, shuffle: true}
 train: {batch_size: 4, grad_accum: 2, max_steps: 6, save_every: 1, keep_checkpoints: 10}
 optim: {lr: 3e-3, weight_decay: 0.1, schedule: cosine, warmup_steps: 2}
 YAML
-"$MOET" train cfg.yaml --quiet > straight.log
-
-# the interrupted run: kill -9 as soon as step 3's checkpoint is complete
-"$MOET" train cfg.yaml run.dir=$work/resumed --quiet > resumed1.log 2>&1 &
-pid=$!
-for i in $(seq 1 3000); do
-    [ -e resumed/checkpoints/step_00000003/trainer_state.json ] && break
-    sleep 0.01
-done
-kill -9 $pid; wait $pid 2>/dev/null || true
-[ -e resumed/checkpoints/step_00000003 ] || { echo "step 3 never checkpointed"; exit 1; }
-if [ -e resumed/checkpoints/step_00000006 ]; then echo "run finished before the kill: test is void"; exit 1; fi
-echo "killed after: $(ls resumed/checkpoints | tr '\n' ' ')"
-"$MOET" train cfg.yaml run.dir=$work/resumed > resumed2.log
-grep -q "resuming from" resumed2.log
-
-cmp straight/checkpoints/step_00000006/model.safetensors resumed/checkpoints/step_00000006/model.safetensors
-cmp straight/checkpoints/step_00000006/optimizer.safetensors resumed/checkpoints/step_00000006/optimizer.safetensors
-"$PY" - "$work" <<'PY'
+# resume_case NAME WEIGHTS_FILE OVERRIDES...: 6 steps straight vs kill -9 after step 3 + resume
+resume_case() {
+    local name=$1 wfile=$2; shift 2
+    "$MOET" train cfg.yaml run.dir=$work/$name-straight "$@" --quiet > $name-straight.log
+    "$MOET" train cfg.yaml run.dir=$work/$name-resumed "$@" --quiet > $name-resumed1.log 2>&1 &
+    pid=$!
+    for i in $(seq 1 3000); do
+        [ -e $name-resumed/checkpoints/step_00000003/trainer_state.json ] && break
+        sleep 0.01
+    done
+    kill -9 $pid; wait $pid 2>/dev/null || true
+    [ -e $name-resumed/checkpoints/step_00000003 ] || { echo "$name: step 3 never checkpointed"; exit 1; }
+    if [ -e $name-resumed/checkpoints/step_00000006 ]; then echo "$name: run finished before the kill: test is void"; exit 1; fi
+    echo "$name: killed after: $(ls $name-resumed/checkpoints | tr '\n' ' ')"
+    "$MOET" train cfg.yaml run.dir=$work/$name-resumed "$@" > $name-resumed2.log
+    grep -q "resuming from" $name-resumed2.log
+    cmp $name-straight/checkpoints/step_00000006/$wfile $name-resumed/checkpoints/step_00000006/$wfile
+    cmp $name-straight/checkpoints/step_00000006/optimizer.safetensors $name-resumed/checkpoints/step_00000006/optimizer.safetensors
+    "$PY" - "$work" $name <<'PY'
 import json, sys
-w = sys.argv[1]
+w, n = sys.argv[1], sys.argv[2]
 def steps(p):
     return {x["step"]: (x["loss"], x["ce_loss"], x["aux_loss"], x["grad_norm"], x["lr"])
             for x in map(json.loads, open(p)) if "loss" in x}
-a, b = steps(f"{w}/straight/metrics.jsonl"), steps(f"{w}/resumed/metrics.jsonl")
+a, b = steps(f"{w}/{n}-straight/metrics.jsonl"), steps(f"{w}/{n}-resumed/metrics.jsonl")
 assert sorted(a) == sorted(b) == list(range(1, 7)), (sorted(a), sorted(b))
 for s in a:
     assert a[s] == b[s], (s, a[s], b[s])
-print("per-step loss, ce, aux, grad_norm, lr identical for steps 1-6")
+print(f"{n}: per-step loss, ce, aux, grad_norm, lr identical for steps 1-6")
 PY
-echo "resume after kill -9: weights and AdamW state bitwise identical"
+    echo "$name: resume after kill -9: $wfile and AdamW state bitwise identical"
+}
+resume_case full model.safetensors
+resume_case lora adapter_model.safetensors lora.enabled=true lora.r=4 lora.alpha=8 \
+    'lora.targets=[q_proj,v_proj,o_proj,w1,w2,w3]' lora.dropout=0.1 lora.train_router=true
 
 # SIGTERM: checkpoint at the end of the current step, exit 0, then resume to the end
 "$MOET" train cfg.yaml run.dir=$work/term train.max_steps=40 train.save_every=0 --quiet > term.log 2>&1 &
@@ -62,11 +66,11 @@ n=$(ls term/checkpoints | wc -l); [ "$n" = 1 ] || { echo "expected one checkpoin
 echo "SIGTERM saved $(ls term/checkpoints)"
 
 # a half-written save (temp dir) and a damaged newest checkpoint are skipped
-cp -r resumed/checkpoints/step_00000006 resumed/checkpoints/step_00000007
-printf 'garbage' >> resumed/checkpoints/step_00000007/model.safetensors
-mkdir resumed/checkpoints/step_00000008.tmp-999
-"$MOET" train cfg.yaml run.dir=$work/resumed train.max_steps=7 > resumed3.log 2>&1
+cp -r full-resumed/checkpoints/step_00000006 full-resumed/checkpoints/step_00000007
+printf 'garbage' >> full-resumed/checkpoints/step_00000007/model.safetensors
+mkdir full-resumed/checkpoints/step_00000008.tmp-999
+"$MOET" train cfg.yaml run.dir=$work/full-resumed train.max_steps=7 > resumed3.log 2>&1
 grep -q "skipped 1 damaged checkpoint" resumed3.log
 grep -q "resuming from .*step_00000006" resumed3.log
-[ ! -e resumed/checkpoints/step_00000008.tmp-999 ]
+[ ! -e full-resumed/checkpoints/step_00000008.tmp-999 ]
 echo "damaged and temp checkpoints ignored"
