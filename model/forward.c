@@ -10,7 +10,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HEAD_ROWS 256 /* rows of logits alive at once in the fused lm_head + cross-entropy */
+#define HEAD_ROWS 256
+
+/* Time stmt into family fam of direction dir (fwd/bwd) when profiling is on. */
+#define PROF(fam, dir, stmt)                                                                                          \
+    do {                                                                                                              \
+        double t0_ = m->prof ? omp_get_wtime() : 0;                                                                   \
+        stmt;                                                                                                         \
+        if (m->prof) m->prof->dir[fam] += omp_get_wtime() - t0_;                                                      \
+    } while (0) /* rows of logits alive at once in the fused lm_head + cross-entropy */
 
 struct model_acts {
     int B, T, N, L, k, E, nthreads;
@@ -232,15 +240,20 @@ static moe_lora *moe_lora_of(const model *m, const model_acts *a, int l, moe_lor
     return ml;
 }
 
+/* x (N,D) = embed[tokens] */
+static void embed_forward(float *x, const float *embed, const int32_t *tokens, int N, int D)
+{
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) memcpy(x + (size_t)n * D, embed + (size_t)tokens[n] * D, (size_t)D * sizeof(float));
+}
+
 static void forward_layers(model *m, model_acts *a, const model_batch *b)
 {
     const model_config *c = &m->c;
     int N = b->B * b->T, Na = a->N, D = c->dim, E = c->n_experts, k = c->top_k, F = c->ffn;
     int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, Hd = H * hd, QKV = (H + 2 * KV) * hd;
     setup_positions(a, m, b);
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++)
-        memcpy(a->x + (size_t)n * D, m->embed + (size_t)b->tokens[n] * D, (size_t)D * sizeof(float));
+    PROF(PROF_EMBED, fwd, embed_forward(a->x, m->embed, b->tokens, N, D));
     memset(a->counts, 0, (size_t)a->L * E * sizeof(int));
     for (int l = 0; l < c->n_layers; l++) {
         const model_layer *W = &m->layers[l];
@@ -248,32 +261,39 @@ static void forward_layers(model *m, model_acts *a, const model_batch *b)
         float *qkv = a->qkv + (size_t)l * Na * QKV, *att = a->att + (size_t)l * Na * Hd;
         float *xmid = a->xmid + (size_t)l * Na * D, *xn2 = a->xn2 + (size_t)l * Na * D;
         size_t nk = (size_t)l * Na * k;
-        model_rmsnorm_forward(xn1, a->rstd1 + (size_t)l * Na, x, W->attn_norm, N, D, c->norm_eps);
-        model_gemm(0, 1, N, QKV, D, 1, xn1, D, W->wqkv, D, 0, qkv, QKV);
+        PROF(PROF_NORM, fwd, model_rmsnorm_forward(xn1, a->rstd1 + (size_t)l * Na, x, W->attn_norm, N, D, c->norm_eps));
+        PROF(PROF_ATTN, fwd, model_gemm(0, 1, N, QKV, D, 1, xn1, D, W->wqkv, D, 0, qkv, QKV));
         for (int t = LORA_Q; t <= LORA_V; t++) { /* adapters act on q/k/v before RoPE */
             const lora_site *s = lora_site_at(m->lora, l, t);
             int col = t == LORA_Q ? 0 : t == LORA_K ? H * hd : (H + KV) * hd;
-            if (s) lora_forward(m->lora, s, 0, qkv + col, QKV, xn1, D, N, lora_xa(a, l, t));
+            if (s) PROF(PROF_LORA, fwd, lora_forward(m->lora, s, 0, qkv + col, QKV, xn1, D, N, lora_xa(a, l, t)));
         }
-        attn_rope(qkv, a->pos, a->cos_t, a->sin_t, N, H, KV, hd, 0);
-        attn_forward(att, a->lse + (size_t)l * Na * H, qkv, a->kv_start, b->B, b->T, H, KV, hd, a->attn_scr);
-        memcpy(xmid, x, (size_t)N * D * sizeof(float));
-        model_gemm(0, 1, N, D, Hd, 1, att, Hd, W->wo, Hd, 1, xmid, D);
+        PROF(PROF_ATTN, fwd, {
+            attn_rope(qkv, a->pos, a->cos_t, a->sin_t, N, H, KV, hd, 0);
+            attn_forward(att, a->lse + (size_t)l * Na * H, qkv, a->kv_start, b->B, b->T, H, KV, hd, a->attn_scr);
+            memcpy(xmid, x, (size_t)N * D * sizeof(float));
+            model_gemm(0, 1, N, D, Hd, 1, att, Hd, W->wo, Hd, 1, xmid, D);
+        });
         const lora_site *so = lora_site_at(m->lora, l, LORA_O);
-        if (so) lora_forward(m->lora, so, 0, xmid, D, att, Hd, N, lora_xa(a, l, LORA_O));
-        model_rmsnorm_forward(xn2, a->rstd2 + (size_t)l * Na, xmid, W->ffn_norm, N, D, c->norm_eps);
-        moe_route(a->rlogits + (size_t)l * Na * E, a->probs + (size_t)l * Na * E, a->topi + nk, a->topw + nk,
-                  a->counts + (size_t)l * E, xn2, W->gate, N, D, E, k);
+        if (so) PROF(PROF_LORA, fwd, lora_forward(m->lora, so, 0, xmid, D, att, Hd, N, lora_xa(a, l, LORA_O)));
+        PROF(PROF_NORM, fwd, model_rmsnorm_forward(xn2, a->rstd2 + (size_t)l * Na, xmid, W->ffn_norm, N, D, c->norm_eps));
         int *off = a->off + (size_t)l * (E + 1);
-        moe_sort(off, a->row_tok + nk, a->slot_row + nk, a->topi + nk, N, E, k);
+        PROF(PROF_ROUTER, fwd, {
+            moe_route(a->rlogits + (size_t)l * Na * E, a->probs + (size_t)l * Na * E, a->topi + nk, a->topw + nk,
+                      a->counts + (size_t)l * E, xn2, W->gate, N, D, E, k);
+            moe_sort(off, a->row_tok + nk, a->slot_row + nk, a->topi + nk, N, E, k);
+        });
         float *xout = a->x + (size_t)(l + 1) * Na * D;
-        memcpy(xout, xmid, (size_t)N * D * sizeof(float));
         moe_lora ml, *mlp = moe_lora_of(m, a, l, &ml);
-        moe_experts_forward(xout, a->h13 + nk * 2 * F, a->ye + nk * D, a->xs, a->act, xn2, W->w13, W->w2, off,
-                            a->row_tok + nk, a->slot_row + nk, a->topw + nk, N, D, F, E, k, mlp);
+        PROF(PROF_EXPERTS, fwd, {
+            memcpy(xout, xmid, (size_t)N * D * sizeof(float));
+            moe_experts_forward(xout, a->h13 + nk * 2 * F, a->ye + nk * D, a->xs, a->act, xn2, W->w13, W->w2, off,
+                                a->row_tok + nk, a->slot_row + nk, a->topw + nk, N, D, F, E, k, mlp);
+        });
     }
-    model_rmsnorm_forward(a->xnf, a->rstdf, a->x + (size_t)c->n_layers * Na * D, m->final_norm, N, D,
-                          c->norm_eps);
+    PROF(PROF_NORM, fwd,
+         model_rmsnorm_forward(a->xnf, a->rstdf, a->x + (size_t)c->n_layers * Na * D, m->final_norm, N, D,
+                               c->norm_eps));
 }
 
 /* Load-balancing (aux) and z losses over all layers' router rows, HF's concatenation. */
@@ -362,8 +382,8 @@ int model_forward(model *m, model_acts *a, const model_batch *b, float aux_coef,
     if (check_batch(m, a, b, err)) return -1;
     if (m->lora) m->lora->training = 0;
     forward_layers(m, a, b);
-    router_losses(m, a, b->B * b->T, st);
-    head(m, a, b, logits, 0, 0, st);
+    PROF(PROF_ROUTER, fwd, router_losses(m, a, b->B * b->T, st));
+    PROF(PROF_HEAD, fwd, head(m, a, b, logits, 0, 0, st));
     st->loss = st->ce + aux_coef * st->aux + z_coef * st->z;
     return 0;
 }
@@ -377,14 +397,15 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
     int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, Hd = H * hd, QKV = (H + 2 * KV) * hd;
     if (m->lora) m->lora->training = 1; /* dropout on */
     forward_layers(m, a, b);
-    router_losses(m, a, N, st);
-    head(m, a, b, NULL, 1, ce_scale, st); /* leaves dL/dxnf in a->dxn */
+    PROF(PROF_ROUTER, fwd, router_losses(m, a, N, st));
+    PROF(PROF_HEAD, bwd, head(m, a, b, NULL, 1, ce_scale, st)); /* fused fwd+bwd; leaves dL/dxnf in a->dxn */
     st->loss = st->ce + aux_coef * st->aux + z_coef * st->z;
     double aux_scale = aux_coef / n_micro, z_scale = z_coef / n_micro;
 
     memset(a->dx, 0, (size_t)N * D * sizeof(float));
-    model_rmsnorm_backward(a->dx, m->gfinal_norm, a->dxn, a->x + (size_t)c->n_layers * Na * D,
-                           m->final_norm, a->rstdf, N, D);
+    PROF(PROF_NORM, bwd,
+         model_rmsnorm_backward(a->dx, m->gfinal_norm, a->dxn, a->x + (size_t)c->n_layers * Na * D,
+                                m->final_norm, a->rstdf, N, D));
     double rows = (double)c->n_layers * N;
     float aux_dp[E];
     for (int e = 0; e < E; e++) aux_dp[e] = (float)(aux_scale * E * a->f[e] / rows);
@@ -397,47 +418,59 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
         float *xmid = a->xmid + (size_t)l * Na * D, *xn2 = a->xn2 + (size_t)l * Na * D;
         size_t nk = (size_t)l * Na * k;
         /* a->dx holds dL/dx[l+1]: through the MoE block (residual passes it on unchanged) */
-        memset(a->dxn, 0, (size_t)N * D * sizeof(float));
         moe_lora ml, *mlp = moe_lora_of(m, a, l, &ml);
-        moe_experts_backward(a->dxn, G->w13, G->w2, a->dtopw, a->dx, a->h13 + nk * 2 * F,
-                             a->ye + nk * D, xn2, W->w13, W->w2, a->off + (size_t)l * (E + 1), a->row_tok + nk,
-                             a->slot_row + nk, a->topw + nk, a->xs, a->act, a->dys, a->dh13, N, D, F, E, k, mlp);
-        moe_router_backward(a->dxn, G->gate, a->drl, a->dtopw, a->rlogits + (size_t)l * Na * E,
-                            a->probs + (size_t)l * Na * E, a->topi + nk, a->topw + nk, aux_dp, z_w, xn2, W->gate,
-                            N, D, E, k);
-        model_rmsnorm_backward(a->dx, G->ffn_norm, a->dxn, xmid, W->ffn_norm, a->rstd2 + (size_t)l * Na, N,
-                               D);
+        PROF(PROF_EXPERTS, bwd, {
+            memset(a->dxn, 0, (size_t)N * D * sizeof(float));
+            moe_experts_backward(a->dxn, G->w13, G->w2, a->dtopw, a->dx, a->h13 + nk * 2 * F, a->ye + nk * D, xn2,
+                                 W->w13, W->w2, a->off + (size_t)l * (E + 1), a->row_tok + nk, a->slot_row + nk,
+                                 a->topw + nk, a->xs, a->act, a->dys, a->dh13, N, D, F, E, k, mlp);
+        });
+        PROF(PROF_ROUTER, bwd,
+             moe_router_backward(a->dxn, G->gate, a->drl, a->dtopw, a->rlogits + (size_t)l * Na * E,
+                                 a->probs + (size_t)l * Na * E, a->topi + nk, a->topw + nk, aux_dp, z_w, xn2,
+                                 W->gate, N, D, E, k));
+        PROF(PROF_NORM, bwd,
+             model_rmsnorm_backward(a->dx, G->ffn_norm, a->dxn, xmid, W->ffn_norm, a->rstd2 + (size_t)l * Na, N, D));
         /* attention block: xmid = x + att Wo^T */
         float *dWo = G->wo, *dWqkv = G->wqkv;
-        if (dWo) model_gemm(1, 0, D, Hd, N, 1, a->dx, D, att, Hd, 1, dWo, Hd);
-        model_gemm(0, 0, N, Hd, D, 1, a->dx, D, W->wo, Hd, 0, a->datt, Hd);
+        PROF(PROF_ATTN, bwd, {
+            if (dWo) model_gemm(1, 0, D, Hd, N, 1, a->dx, D, att, Hd, 1, dWo, Hd);
+            model_gemm(0, 0, N, Hd, D, 1, a->dx, D, W->wo, Hd, 0, a->datt, Hd);
+        });
         const lora_site *so = lora_site_at(m->lora, l, LORA_O);
-        if (so) {
-            lora_backward_w(m->lora, so, 0, a->dx, D, att, Hd, N, lora_xa(a, l, LORA_O));
-            lora_backward_x(m->lora, so, 0, a->datt, Hd, N);
-        }
-        attn_backward(a->dqkv, a->datt, att, qkv, a->lse + (size_t)l * Na * H, a->kv_start, b->B, b->T, H, KV, hd,
-                      a->attn_scr);
-        attn_rope(a->dqkv, a->pos, a->cos_t, a->sin_t, N, H, KV, hd, 1);
-        if (dWqkv) model_gemm(1, 0, QKV, D, N, 1, a->dqkv, QKV, xn1, D, 1, dWqkv, D);
-        model_gemm(0, 0, N, D, QKV, 1, a->dqkv, QKV, W->wqkv, D, 0, a->dxn, D);
+        if (so)
+            PROF(PROF_LORA, bwd, {
+                lora_backward_w(m->lora, so, 0, a->dx, D, att, Hd, N, lora_xa(a, l, LORA_O));
+                lora_backward_x(m->lora, so, 0, a->datt, Hd, N);
+            });
+        PROF(PROF_ATTN, bwd, {
+            attn_backward(a->dqkv, a->datt, att, qkv, a->lse + (size_t)l * Na * H, a->kv_start, b->B, b->T, H, KV,
+                          hd, a->attn_scr);
+            attn_rope(a->dqkv, a->pos, a->cos_t, a->sin_t, N, H, KV, hd, 1);
+            if (dWqkv) model_gemm(1, 0, QKV, D, N, 1, a->dqkv, QKV, xn1, D, 1, dWqkv, D);
+            model_gemm(0, 0, N, D, QKV, 1, a->dqkv, QKV, W->wqkv, D, 0, a->dxn, D);
+        });
         for (int t = LORA_Q; t <= LORA_V; t++) {
             const lora_site *s = lora_site_at(m->lora, l, t);
             int col = t == LORA_Q ? 0 : t == LORA_K ? H * hd : (H + KV) * hd;
             if (!s) continue;
-            lora_backward_w(m->lora, s, 0, a->dqkv + col, QKV, xn1, D, N, lora_xa(a, l, t));
-            lora_backward_x(m->lora, s, 0, a->dxn, D, N);
+            PROF(PROF_LORA, bwd, {
+                lora_backward_w(m->lora, s, 0, a->dqkv + col, QKV, xn1, D, N, lora_xa(a, l, t));
+                lora_backward_x(m->lora, s, 0, a->dxn, D, N);
+            });
         }
-        model_rmsnorm_backward(a->dx, G->attn_norm, a->dxn, x, W->attn_norm, a->rstd1 + (size_t)l * Na, N,
-                               D);
+        PROF(PROF_NORM, bwd,
+             model_rmsnorm_backward(a->dx, G->attn_norm, a->dxn, x, W->attn_norm, a->rstd1 + (size_t)l * Na, N, D));
     }
     float *dE = m->gembed;
     if (dE)
-        for (int n = 0; n < N; n++) {
-            float *g = dE + (size_t)b->tokens[n] * D;
-            const float *d = a->dx + (size_t)n * D;
-            for (int i = 0; i < D; i++) g[i] += d[i];
-        }
+        PROF(PROF_EMBED, bwd, {
+            for (int n = 0; n < N; n++) {
+                float *g = dE + (size_t)b->tokens[n] * D;
+                const float *d = a->dx + (size_t)n * D;
+                for (int i = 0; i < D; i++) g[i] += d[i];
+            }
+        });
     if (m->lora) m->lora->training = 0;
     return 0;
 }

@@ -34,6 +34,12 @@ typedef struct {
 
 struct lora;
 
+/* Time per kernel family, forward and backward (moet train --profile). */
+enum { PROF_EMBED, PROF_NORM, PROF_ATTN, PROF_ROUTER, PROF_EXPERTS, PROF_HEAD, PROF_LORA, PROF_NFAM };
+typedef struct {
+    double fwd[PROF_NFAM], bwd[PROF_NFAM];
+} model_prof;
+
 typedef struct model {
     model_config c;
     model_table tab;
@@ -46,6 +52,7 @@ typedef struct model {
     float *gembed, *gfinal_norm, *glm_head;
     model_layer *glayers;
     struct lora *lora; /* adapters (model/lora.h), NULL for full training */
+    model_prof *prof;  /* accumulate kernel times when non-NULL */
 } model;
 
 /* Allocate the buffer (zeroed) and table for a config; with_grads allocates m->g. */

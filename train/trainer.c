@@ -67,6 +67,9 @@ typedef struct {
     char run_dir[4096], ckpt_root[4096], last_ckpt[4096];
     long *load;            /* (L, E) expert picks of the current step */
     double last_loss, last_val_loss; /* for trainer_state.json and the model card */
+    model_prof prof;       /* --profile: kernel times */
+    double t_opt, t_step, t_data; /* --profile: optimizer, whole steps, data wait */
+    int prof_steps;
 } trainer;
 
 /* ------------------------------------------------------------------ setup */
@@ -406,6 +409,7 @@ static int train_step(trainer *tr, step_result *res, char *err)
     res->aux = aux;
     res->z = z;
     res->loss = res->ce + tr->aux_coef * aux + tr->z_coef * z;
+    double t_opt = now();
     res->grad_norm = clip_grad_norm(tr->tv.g, tr->tv.total, c->optim.grad_clip);
     if (!isfinite(res->loss) || !isfinite(res->grad_norm))
         return err_set(err, "non-finite %s at step %d (loss %g, grad_norm %g): stopping; %s",
@@ -413,6 +417,7 @@ static int train_step(trainer *tr, step_result *res, char *err)
                        tr->last_ckpt[0] ? "the last good checkpoint is kept" : "no checkpoint was written");
     res->lr = sched_lr(&tr->sc, tr->step + 1);
     adamw_step(&tr->ac, tr->tv.w, tr->tv.g, tr->mom, tr->vel, tr->segs, tr->nseg, tr->step + 1, (float)res->lr);
+    tr->t_opt += now() - t_opt;
     tr->step++;
     tr->tokens_seen += res->tokens;
     res->seconds = now() - t0;
@@ -490,6 +495,30 @@ static void print_summary(trainer *tr, const char *resumed)
     fflush(stdout);
 }
 
+/* --profile: where the time of a step went, per kernel family. */
+static void print_profile(trainer *tr)
+{
+    static const char *names[PROF_NFAM] = {"embedding", "norms", "attention", "router", "experts", "lm_head+loss",
+                                           "lora"};
+    int n = tr->prof_steps ? tr->prof_steps : 1;
+    double fwd = 0, bwd = 0, total = tr->t_step / n * 1e3;
+    for (int f = 0; f < PROF_NFAM; f++) fwd += tr->prof.fwd[f], bwd += tr->prof.bwd[f];
+    printf("\nprofile over %d steps (ms per optimizer step; lm_head+loss runs fused forward+backward):\n", tr->prof_steps);
+    printf("  %-14s %10s %10s %10s %6s\n", "family", "forward", "backward", "total", "share");
+    for (int f = 0; f < PROF_NFAM; f++) {
+        double a = tr->prof.fwd[f] / n * 1e3, b = tr->prof.bwd[f] / n * 1e3;
+        if (a + b > 0) printf("  %-14s %10.2f %10.2f %10.2f %5.1f%%\n", names[f], a, b, a + b, 100 * (a + b) / total);
+    }
+    double opt = tr->t_opt / n * 1e3, data = tr->t_data / n * 1e3;
+    double other = total - (fwd + bwd) / n * 1e3 - opt - data;
+    printf("  %-14s %10s %10s %10.2f %5.1f%%\n", "optimizer", "", "", opt, 100 * opt / total);
+    printf("  %-14s %10s %10s %10.2f %5.1f%%\n", "data wait", "", "", data, 100 * data / total);
+    printf("  %-14s %10s %10s %10.2f %5.1f%%\n", "other", "", "", other, 100 * other / total);
+    printf("  %-14s %10.2f %10.2f %10.2f\n", "step", fwd / n * 1e3, bwd / n * 1e3, total);
+    printf("PROFILE fwd_ms=%.3f bwd_ms=%.3f opt_ms=%.3f data_ms=%.3f step_ms=%.3f\n", fwd / n * 1e3, bwd / n * 1e3,
+           opt, data, total);
+}
+
 static void trainer_free(trainer *tr)
 {
     if (tr->metrics) fclose(tr->metrics);
@@ -562,9 +591,19 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
 
     double t_start = now(), avg = 0;
     int first = tr.step;
+    if (o->profile) tr.m.prof = &tr.prof;
     while (tr.step < c->train.max_steps && !stop_signal) {
         step_result r = {0};
+        double wait0 = loader_wait_seconds(tr.train);
+        if (o->profile && tr.step - first == 1) { /* the first step warms caches and threads: not counted */
+            memset(&tr.prof, 0, sizeof tr.prof);
+            tr.t_opt = tr.t_step = tr.t_data = 0;
+            tr.prof_steps = 0;
+        }
         if (train_step(&tr, &r, err)) goto out;
+        tr.t_step += r.seconds;
+        tr.t_data += loader_wait_seconds(tr.train) - wait0;
+        tr.prof_steps++;
         tr.last_loss = r.loss;
         avg = tr.step - first == 1 ? r.seconds : 0.9 * avg + 0.1 * r.seconds;
         if (tr.step % c->train.log_every == 0 || tr.step == c->train.max_steps)
@@ -578,6 +617,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     }
     if (stop_signal) printf("stopped by signal %d at step %d; resume with the same command\n", (int)stop_signal, tr.step);
     else if (!o->quiet) printf("done: %d steps in %.1fs\n", tr.step - first, now() - t_start);
+    if (o->profile) print_profile(&tr);
     rc = 0;
 out:
     trainer_free(&tr);
