@@ -1,9 +1,458 @@
-/* gguf: placeholder until the GGUF writer lands (branch gguf). */
+/* gguf: writes a moet model and its tokenizer as a GGUF v3 file that llama.cpp loads
+ * with its "llama" architecture (the one its converter gives Mixtral).
+ *
+ * File layout (ggml/docs/gguf.md): "GGUF", version 3, tensor count, KV count; the KV
+ * pairs (key string, type, value); one info per tensor (name, n_dims, dims innermost
+ * first, ggml type, offset into the data section); padding to the alignment; the data
+ * section, each tensor starting at a multiple of the alignment. All little-endian.
+ *
+ * The metadata is built in memory (it holds the vocabulary, a few MB at most); tensors
+ * are converted row by row into a small buffer and streamed to a temp file that is
+ * renamed into place at the end (fs_atomic), so a failure never leaves a partial file. */
 #include "checkpoints/gguf.h"
+
 #include "common/err.h"
+#include "common/fsutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GGUF_ALIGN 32
+#define GGUF_CHUNK (1u << 20)   /* bytes converted per write */
+
+/* KV value types (gguf.h enum gguf_type). */
+enum { GT_U32 = 4, GT_I32 = 5, GT_F32 = 6, GT_BOOL = 7, GT_STR = 8, GT_ARR = 9 };
+/* Tensor types (ggml.h enum ggml_type) and file types (llama.h enum llama_ftype). */
+enum { GGML_F32 = 0, GGML_F16 = 1, GGML_BF16 = 30 };
+enum { FTYPE_ALL_F32 = 0, FTYPE_MOSTLY_F16 = 1, FTYPE_MOSTLY_BF16 = 32 };
+/* Token type of the padding ids past the tokenizer's vocab (llama.cpp LLAMA_TOKEN_TYPE_UNUSED). */
+enum { TOKTYPE_UNUSED = 5 };
+
+/* ------------------------------------------------------------------ byte buffer */
+
+typedef struct {
+    unsigned char *p;
+    size_t n, cap;
+    int oom;
+} buf;
+
+static void put(buf *b, const void *d, size_t n)
+{
+    if (b->oom) return;
+    if (b->n + n > b->cap) {
+        size_t c = b->cap ? b->cap : 1 << 16;
+        while (c < b->n + n) c *= 2;
+        unsigned char *q = realloc(b->p, c);
+        if (!q) {
+            b->oom = 1;
+            return;
+        }
+        b->p = q;
+        b->cap = c;
+    }
+    memcpy(b->p + b->n, d, n);
+    b->n += n;
+}
+
+static void put_u32(buf *b, uint32_t v) { put(b, &v, 4); }   /* x86-64 / aarch64: little-endian */
+static void put_u64(buf *b, uint64_t v) { put(b, &v, 8); }
+static void put_str(buf *b, const char *s, size_t n)
+{
+    put_u64(b, n);
+    put(b, s, n);
+}
+
+/* One KV pair each; keys are counted so the header can state how many there are. */
+typedef struct {
+    buf b;
+    uint64_t n;
+} kvs;
+
+static void kv_key(kvs *k, const char *key, uint32_t type)
+{
+    put_str(&k->b, key, strlen(key));
+    put_u32(&k->b, type);
+    k->n++;
+}
+static void kv_u32(kvs *k, const char *key, uint32_t v) { kv_key(k, key, GT_U32); put_u32(&k->b, v); }
+static void kv_f32(kvs *k, const char *key, float v) { kv_key(k, key, GT_F32); put(&k->b, &v, 4); }
+static void kv_bool(kvs *k, const char *key, int v)
+{
+    unsigned char c = v != 0;
+    kv_key(k, key, GT_BOOL);
+    put(&k->b, &c, 1);
+}
+static void kv_str(kvs *k, const char *key, const char *s)
+{
+    kv_key(k, key, GT_STR);
+    put_str(&k->b, s, strlen(s));
+}
+static void kv_arr(kvs *k, const char *key, uint32_t type, uint64_t n)
+{
+    kv_key(k, key, GT_ARR);
+    put_u32(&k->b, type);
+    put_u64(&k->b, n);
+}
+
+/* ------------------------------------------------------------------ tensor plan */
+
+/* One GGUF tensor: rows of ne[0] floats gathered from n_parts HF tensors of rows_per_part
+ * rows each (experts stacked: part e = expert e), optionally with rows re-ordered per head. */
+typedef struct {
+    char name[64];
+    int ndim;
+    uint64_t ne[3];        /* innermost first */
+    int type;              /* GGML_* */
+    int n_parts;
+    const float **parts;   /* [n_parts], each [rows_per_part, ne[0]] row-major */
+    uint64_t rows_per_part;
+    int perm_heads;        /* > 0: undo HF's rotate_half permute with this many heads */
+    uint64_t offset;       /* in the data section */
+    size_t nbytes;
+} gtensor;
+
+typedef struct {
+    gtensor *t;
+    int n, cap;
+} plan;
+
+static size_t type_size(int type) { return type == GGML_F32 ? 4 : 2; }
+
+/* HF row of output row r in a head-permuted [heads*hd, cols] matrix. HF stores each head's
+ * rows as two halves (x[i], x[i + hd/2]) rotated together; llama.cpp's "normal" RoPE rotates
+ * adjacent pairs (x[2i], x[2i+1]). convert_hf_to_gguf.py's LlamaModel.permute:
+ * w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2), i.e. out row h*hd + 2i + j = HF row
+ * h*hd + j*hd/2 + i. */
+static uint64_t src_row(const gtensor *g, uint64_t r)
+{
+    if (g->perm_heads <= 0) return r;
+    uint64_t hd = g->rows_per_part / (uint64_t)g->perm_heads;
+    uint64_t h = r / hd, i = r % hd;
+    return h * hd + (i % 2) * (hd / 2) + i / 2;
+}
+
+/* Add GGUF tensor gname built from HF tensors: the one named pre (suf NULL), or the
+ * n_parts named pre + e + suf stacked along a new outer dim (experts, e = 0..n_parts-1). */
+static int plan_add(plan *p, const model *m, const char *gname, int type, const char *pre,
+                    int n_parts, const char *suf, int perm_heads, char *err)
+{
+    if (!suf) n_parts = 1;
+    if (p->n == p->cap) {
+        int c = p->cap ? 2 * p->cap : 64;
+        gtensor *t = realloc(p->t, (size_t)c * sizeof *t);
+        if (!t) return err_set(err, "out of memory");
+        p->t = t;
+        p->cap = c;
+    }
+    gtensor *g = &p->t[p->n];
+    memset(g, 0, sizeof *g);
+    g->parts = malloc((size_t)n_parts * sizeof *g->parts);
+    if (!g->parts) return err_set(err, "out of memory");
+    p->n++;
+    snprintf(g->name, sizeof g->name, "%s", gname);
+    g->type = type;
+    g->n_parts = n_parts;
+    g->perm_heads = perm_heads;
+    const model_tensor *first = NULL;
+    for (int e = 0; e < n_parts; e++) {
+        char name[256];
+        if (suf) snprintf(name, sizeof name, "%s%d%s", pre, e, suf);
+        else snprintf(name, sizeof name, "%s", pre);
+        const model_tensor *mt = model_find(m, name);
+        if (!mt) return err_set(err, "model has no tensor %s (needed for GGUF %s)", name, gname);
+        if (!first) first = mt;
+        else if (mt->ndim != first->ndim || mt->shape[0] != first->shape[0] || mt->shape[1] != first->shape[1])
+            return err_set(err, "GGUF %s: the stacked tensors differ in shape", gname);
+        g->parts[e] = m->w + mt->offset;
+    }
+    if (first->ndim == 1) {
+        g->ndim = 1;
+        g->ne[0] = (uint64_t)first->shape[0];
+        g->rows_per_part = 1;
+    } else {
+        g->ndim = suf ? 3 : 2;
+        g->ne[0] = (uint64_t)first->shape[1];
+        g->ne[1] = (uint64_t)first->shape[0];
+        g->ne[2] = (uint64_t)n_parts;
+        g->rows_per_part = (uint64_t)first->shape[0];
+    }
+    if (perm_heads > 0 && g->rows_per_part % (2 * (uint64_t)perm_heads))
+        return err_set(err, "GGUF %s: %llu rows do not split into %d heads of even size", gname,
+                       (unsigned long long)g->rows_per_part, perm_heads);
+    g->nbytes = (size_t)(g->ne[0] * g->rows_per_part * (uint64_t)n_parts) * type_size(type);
+    return 0;
+}
+
+static void plan_free(plan *p)
+{
+    for (int i = 0; i < p->n; i++) free(p->t[i].parts);
+    free(p->t);
+}
+
+/* Every tensor llama.cpp's llama architecture loads (src/models/llama.cpp), in the order
+ * convert_hf_to_gguf.py writes them. Norms and the router stay F32 as it keeps them. */
+static int plan_model(plan *p, const model *m, int wt, char *err)
+{
+    const model_config *c = &m->c;
+    char g[64], hf[160], hf2[32];
+    if (plan_add(p, m, "token_embd.weight", wt, "model.embed_tokens.weight", 1, NULL, 0, err)) return -1;
+    for (int l = 0; l < c->n_layers; l++) {
+        static const struct { const char *g, *hf; int type_f32, perm; } one[] = {
+            {"attn_norm", "input_layernorm.weight", 1, 0},
+            {"attn_q", "self_attn.q_proj.weight", 0, 'q'},
+            {"attn_k", "self_attn.k_proj.weight", 0, 'k'},
+            {"attn_v", "self_attn.v_proj.weight", 0, 0},
+            {"attn_output", "self_attn.o_proj.weight", 0, 0},
+            {"ffn_norm", "post_attention_layernorm.weight", 1, 0},
+            {"ffn_gate_inp", "block_sparse_moe.gate.weight", 1, 0},
+        };
+        for (size_t i = 0; i < sizeof one / sizeof *one; i++) {
+            snprintf(g, sizeof g, "blk.%d.%s.weight", l, one[i].g);
+            snprintf(hf, sizeof hf, "model.layers.%d.%s", l, one[i].hf);
+            int heads = one[i].perm == 'q' ? c->n_heads : one[i].perm == 'k' ? c->n_kv_heads : 0;
+            if (plan_add(p, m, g, one[i].type_f32 ? GGML_F32 : wt, hf, 1, NULL, heads, err)) return -1;
+        }
+        static const struct { const char *g, *w; } exps[] = {
+            {"ffn_gate_exps", "w1"}, {"ffn_down_exps", "w2"}, {"ffn_up_exps", "w3"}};
+        for (size_t i = 0; i < sizeof exps / sizeof *exps; i++) {
+            snprintf(g, sizeof g, "blk.%d.%s.weight", l, exps[i].g);
+            snprintf(hf, sizeof hf, "model.layers.%d.block_sparse_moe.experts.", l);
+            snprintf(hf2, sizeof hf2, ".%s.weight", exps[i].w);
+            if (plan_add(p, m, g, wt, hf, c->n_experts, hf2, 0, err)) return -1;
+        }
+    }
+    if (plan_add(p, m, "output_norm.weight", GGML_F32, "model.norm.weight", 1, NULL, 0, err)) return -1;
+    /* Tied: llama.cpp uses token_embd when output is absent. */
+    if (!c->tie_embeddings && plan_add(p, m, "output.weight", wt, "lm_head.weight", 1, NULL, 0, err)) return -1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ tokenizer */
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Token texts for ids 0..n-1: the tokenizer's pieces, "[PADi]" for ids it lacks (holes, or
+ * the model's vocab padded past the tokenizer's). llama.cpp aborts on two equal texts, so
+ * those are an error here. texts[i] points into t or into pad (malloc'd, caller frees). */
+static int vocab_texts(const tok *t, int n, const char **texts, char **pad, char *err)
+{
+    int nt = tok_vocab_size(t), holes = 0;
+    for (int i = 0; i < n; i++) holes += i >= nt || !tok_piece(t, i);
+    char *q = *pad = malloc((size_t)holes * 24 + 1);
+    const char **sorted = malloc((size_t)n * sizeof *sorted);
+    if (!q || !sorted) {
+        free(sorted);
+        return err_set(err, "out of memory");
+    }
+    for (int i = 0; i < n; i++) {
+        const char *s = i < nt ? tok_piece(t, i) : NULL;
+        if (!s) {
+            s = q;
+            q += sprintf(q, "[PAD%d]", i) + 1;
+        }
+        texts[i] = sorted[i] = s;
+    }
+    qsort(sorted, (size_t)n, sizeof *sorted, cmp_str);
+    for (int i = 1; i < n; i++)
+        if (!strcmp(sorted[i - 1], sorted[i])) {
+            err_set(err, "tokenizer has the token text '%s' twice; llama.cpp needs unique texts", sorted[i]);
+            free(sorted);
+            return -1;
+        }
+    free(sorted);
+    return 0;
+}
+
+/* tokenizer.ggml.* for llama.cpp's SentencePiece ("llama") tokenizer. Scores order its
+ * merges (DESIGN.md: -(id - 259), -1e9 for pieces made only of "\u2581"; tok_piece_score).
+ * Whether a space is prepended and BOS added is read off the tokenizer's behaviour. */
+static int vocab_kvs(kvs *k, const tok *t, int n, char *err)
+{
+    const char **texts = malloc((size_t)n * sizeof *texts);
+    char *pad = NULL;
+    if (!texts) return err_set(err, "out of memory");
+    if (vocab_texts(t, n, texts, &pad, err)) {
+        free(texts);
+        free(pad);
+        return -1;
+    }
+    int nt = tok_vocab_size(t);
+    kv_str(k, "tokenizer.ggml.model", "llama");
+    kv_str(k, "tokenizer.ggml.pre", "default");
+    kv_arr(k, "tokenizer.ggml.tokens", GT_STR, (uint64_t)n);
+    for (int i = 0; i < n; i++) put_str(&k->b, texts[i], strlen(texts[i]));
+    kv_arr(k, "tokenizer.ggml.scores", GT_F32, (uint64_t)n);
+    for (int i = 0; i < n; i++) {
+        float s = i < nt && tok_piece(t, i) ? tok_piece_score(t, i) : -1000.0f;
+        put(&k->b, &s, 4);
+    }
+    kv_arr(k, "tokenizer.ggml.token_type", GT_I32, (uint64_t)n);
+    for (int i = 0; i < n; i++) {
+        int32_t ty = i < nt && tok_piece(t, i) ? tok_piece_type(t, i) : TOKTYPE_UNUSED;
+        put(&k->b, &ty, 4);
+    }
+    free(texts);
+    free(pad);
+
+    tok_ids with = {0}, without = {0};
+    if (tok_encode(t, "a", 1, 1, &with, err) || tok_encode(t, "a", 1, 0, &without, err)) {
+        tok_ids_free(&with);
+        tok_ids_free(&without);
+        return err_wrap(err, "tokenizer");
+    }
+    const char *first = without.n ? tok_piece(t, without.ids[0]) : NULL;
+    int space_prefix = first && !strncmp(first, "\xe2\x96\x81", 3);
+    int add_bos = with.n > without.n;
+    tok_ids_free(&with);
+    tok_ids_free(&without);
+
+    if (tok_bos_id(t) >= 0) kv_u32(k, "tokenizer.ggml.bos_token_id", (uint32_t)tok_bos_id(t));
+    if (tok_eos_id(t) >= 0) kv_u32(k, "tokenizer.ggml.eos_token_id", (uint32_t)tok_eos_id(t));
+    if (tok_unk_id(t) >= 0) kv_u32(k, "tokenizer.ggml.unknown_token_id", (uint32_t)tok_unk_id(t));
+    kv_bool(k, "tokenizer.ggml.add_bos_token", add_bos);
+    kv_bool(k, "tokenizer.ggml.add_eos_token", 0);
+    kv_bool(k, "tokenizer.ggml.add_space_prefix", space_prefix);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ writing */
+
+static int write_tensor(fs_atomic *w, const gtensor *g, unsigned char *out, char *err)
+{
+    size_t esz = type_size(g->type), row_bytes = (size_t)g->ne[0] * esz, fill = 0;
+    uint64_t rows = g->rows_per_part;
+    for (int e = 0; e < g->n_parts; e++)
+        for (uint64_t r = 0; r < rows; r++) {
+            const float *x = g->parts[e] + src_row(g, r) * g->ne[0];
+            for (size_t done = 0; done < row_bytes;) {   /* a row may exceed the chunk */
+                size_t n = row_bytes - done;
+                if (n > GGUF_CHUNK - fill) n = GGUF_CHUNK - fill;
+                size_t i0 = done / esz, cnt = n / esz;
+                unsigned char *o = out + fill;
+                if (g->type == GGML_F32) memcpy(o, x + i0, n);
+                else {
+                    uint16_t *h = (uint16_t *)o;
+                    if (g->type == GGML_F16)
+                        for (size_t i = 0; i < cnt; i++) h[i] = st_f32_to_f16(x[i0 + i]);
+                    else
+                        for (size_t i = 0; i < cnt; i++) h[i] = st_f32_to_bf16(x[i0 + i]);
+                }
+                fill += n;
+                done += n;
+                if (fill == GGUF_CHUNK) {
+                    if (fs_atomic_write(w, out, fill, err)) return -1;
+                    fill = 0;
+                }
+            }
+        }
+    return fill ? fs_atomic_write(w, out, fill, err) : 0;
+}
+
+static int write_pad(fs_atomic *w, uint64_t at, char *err)
+{
+    static const unsigned char zero[GGUF_ALIGN];
+    size_t n = (size_t)((GGUF_ALIGN - at % GGUF_ALIGN) % GGUF_ALIGN);
+    return n ? fs_atomic_write(w, zero, n, err) : 0;
+}
+
+/* "/a/b/model/" -> "model": a path given as the name keeps only its last part. */
+static void base_name(const char *s, char *out, size_t cap)
+{
+    size_t n = strlen(s);
+    while (n > 1 && s[n - 1] == '/') n--;
+    size_t a = n;
+    while (a > 0 && s[a - 1] != '/') a--;
+    snprintf(out, cap, "%.*s", (int)(n - a), s + a);
+}
 
 int gguf_write_model(const char *path, const model *m, const tok *t, st_dtype dtype, const char *name, char *err)
 {
-    (void)m, (void)t, (void)dtype, (void)name;
-    return err_set(err, "%s: GGUF export is not implemented yet", path);
+    const model_config *c = &m->c;
+    int wt = dtype == ST_F32 ? GGML_F32 : dtype == ST_F16 ? GGML_F16 : dtype == ST_BF16 ? GGML_BF16 : -1;
+    if (wt < 0)
+        return err_set(err, "%s: GGUF export supports F32, F16 and BF16, not %s", path, st_dtype_name(dtype));
+    if (!t) return err_set(err, "%s: GGUF export needs the tokenizer (GGUF embeds it)", path);
+    if (tok_vocab_size(t) > c->vocab)
+        return err_set(err, "%s: tokenizer has %d tokens, more than the model's vocab_size %d", path,
+                       tok_vocab_size(t), c->vocab);
+    if (c->head_dim % 2) return err_set(err, "%s: head_dim %d is odd; RoPE needs it even", path, c->head_dim);
+
+    plan p = {0};
+    kvs k = {0};
+    buf h = {0};
+    unsigned char *chunk = NULL;
+    fs_atomic w = {.fd = -1};
+    if (plan_model(&p, m, wt, err)) goto fail;
+
+    char nm[256];
+    base_name(name && *name ? name : "moet", nm, sizeof nm);
+    kv_str(&k, "general.architecture", "llama");
+    kv_str(&k, "general.type", "model");
+    kv_str(&k, "general.name", nm);
+    kv_u32(&k, "general.alignment", GGUF_ALIGN);
+    kv_u32(&k, "llama.block_count", (uint32_t)c->n_layers);
+    kv_u32(&k, "llama.context_length", (uint32_t)c->max_pos);
+    kv_u32(&k, "llama.embedding_length", (uint32_t)c->dim);
+    kv_u32(&k, "llama.feed_forward_length", (uint32_t)c->ffn);
+    kv_u32(&k, "llama.attention.head_count", (uint32_t)c->n_heads);
+    kv_u32(&k, "llama.attention.head_count_kv", (uint32_t)c->n_kv_heads);
+    kv_f32(&k, "llama.rope.freq_base", (float)c->rope_theta);
+    kv_f32(&k, "llama.attention.layer_norm_rms_epsilon", (float)c->norm_eps);
+    kv_u32(&k, "llama.expert_count", (uint32_t)c->n_experts);
+    kv_u32(&k, "llama.expert_used_count", (uint32_t)c->top_k);
+    /* Written always: llama.cpp otherwise assumes embedding_length / head_count. */
+    kv_u32(&k, "llama.attention.key_length", (uint32_t)c->head_dim);
+    kv_u32(&k, "llama.attention.value_length", (uint32_t)c->head_dim);
+    kv_u32(&k, "general.file_type", wt == GGML_F32 ? FTYPE_ALL_F32 : wt == GGML_F16 ? FTYPE_MOSTLY_F16 : FTYPE_MOSTLY_BF16);
+    kv_u32(&k, "llama.vocab_size", (uint32_t)c->vocab);
+    kv_u32(&k, "llama.rope.dimension_count", (uint32_t)c->head_dim);
+    if (vocab_kvs(&k, t, c->vocab, err)) goto fail;
+
+    put(&h, "GGUF", 4);
+    put_u32(&h, 3);
+    put_u64(&h, (uint64_t)p.n);
+    put_u64(&h, k.n);
+    put(&h, k.b.p, k.b.n);
+    uint64_t off = 0;
+    for (int i = 0; i < p.n; i++) {
+        gtensor *g = &p.t[i];
+        g->offset = off;
+        off += g->nbytes;
+        off += (GGUF_ALIGN - off % GGUF_ALIGN) % GGUF_ALIGN;
+        put_str(&h, g->name, strlen(g->name));
+        put_u32(&h, (uint32_t)g->ndim);
+        for (int d = 0; d < g->ndim; d++) put_u64(&h, g->ne[d]);
+        put_u32(&h, (uint32_t)g->type);
+        put_u64(&h, g->offset);
+    }
+    if (k.b.oom || h.oom) {
+        err_set(err, "out of memory");
+        goto fail;
+    }
+    chunk = malloc(GGUF_CHUNK);
+    if (!chunk) {
+        err_set(err, "out of memory");
+        goto fail;
+    }
+    if (fs_atomic_open(&w, path, err) || fs_atomic_write(&w, h.p, h.n, err) || write_pad(&w, h.n, err))
+        goto fail;
+    for (int i = 0; i < p.n; i++)
+        if (write_tensor(&w, &p.t[i], chunk, err) || write_pad(&w, p.t[i].nbytes, err)) goto fail;
+    if (fs_atomic_commit(&w, err)) goto fail;
+    free(chunk);
+    free(h.p);
+    free(k.b.p);
+    plan_free(&p);
+    return 0;
+fail:
+    if (w.fd >= 0) fs_atomic_abort(&w);
+    free(chunk);
+    free(h.p);
+    free(k.b.p);
+    plan_free(&p);
+    return strncmp(err, path, strlen(path)) ? err_wrap(err, "%s", path) : -1;
 }

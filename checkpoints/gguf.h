@@ -10,9 +10,13 @@
 #include "data/tok.h"
 #include "model/model.h"
 
-/* Write m and t to path (atomically). dtype (ST_F32, ST_F16 or ST_BF16) is used for the
- * 2-D/3-D weight matrices; norms and the router stay F32 as llama.cpp's converter does.
- * name goes to general.name. */
+/* Write m and t to path (atomically: temp + fsync + rename; on failure path is untouched).
+ * dtype (ST_F32, ST_F16 or ST_BF16; anything else is an error) is used for the 2-D/3-D
+ * weight matrices; norms and the router stay F32 as llama.cpp's converter does. name goes
+ * to general.name (a path keeps only its last component). t is required (GGUF embeds the
+ * tokenizer) and may have fewer tokens than m's vocab: the rest become "[PADi]" (type
+ * UNUSED); more tokens, token texts that repeat, or an odd head_dim are errors.
+ * tokenizer.ggml.add_bos_token / add_space_prefix follow what tok_encode does. */
 int gguf_write_model(const char *path, const model *m, const tok *t, st_dtype dtype, const char *name, char *err);
 
 #endif

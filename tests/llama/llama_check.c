@@ -1,0 +1,223 @@
+/* llama_check: the other side of the GGUF test. Loads a GGUF file with llama.cpp's own C
+ * API (the prebuilt libllama of node-llama-cpp, see tools/llama_setup.sh) and reports what
+ * llama.cpp makes of it:
+ *
+ *   llama_check MODEL.gguf tokenize [--no-bos] [--records] < text
+ *       llama.cpp's tokenization of all of stdin, ids on one line separated by spaces
+ *       (as `moet tokenize` prints them); special tokens in the text are recognised, as
+ *       Hugging Face tokenizers does. With --records stdin holds many texts, each as
+ *       its byte count in decimal, a newline, then the bytes; each gets its own line.
+ *   llama_check MODEL.gguf logits IDS.txt OUT.f32
+ *       evaluates the whitespace-separated ids of IDS.txt as one sequence in one batch
+ *       (positions 0..T-1) and writes the logits of every position as raw little-endian
+ *       float32 [T, n_vocab]; prints "T V" on stdout.
+ *
+ * CPU only, fp32 KV cache and no flash attention, so an F32 model is computed in fp32
+ * throughout; 2 threads. llama.cpp's log goes to stderr only with LLAMA_CHECK_VERBOSE=1.
+ * Exit 0 ok, 1 failure (one line on stderr), 2 usage. */
+#include "llama.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef LLAMA_LIB_DIR
+#error "compile with -DLLAMA_LIB_DIR=\"...\" (the folder of libggml-cpu-*.so)"
+#endif
+
+static void quiet_log(enum ggml_log_level level, const char *text, void *ud)
+{
+    (void)level, (void)ud;
+    if (getenv("LLAMA_CHECK_VERBOSE")) fputs(text, stderr);
+}
+
+static char *read_all(FILE *f, size_t *len)
+{
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap + 1);
+    while (b) {
+        n += fread(b + n, 1, cap - n, f);
+        if (n < cap) break;
+        char *nb = realloc(b, (cap *= 2) + 1);
+        if (!nb) free(b);
+        b = nb;
+    }
+    if (!b || ferror(f)) {
+        free(b);
+        return NULL;
+    }
+    b[n] = 0;
+    *len = n;
+    return b;
+}
+
+static struct llama_model *load(const char *path, int vocab_only)
+{
+    struct llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = 0;
+    mp.vocab_only = vocab_only;
+    struct llama_model *m = llama_model_load_from_file(path, mp);
+    if (!m) fprintf(stderr, "llama_check: llama.cpp could not load %s (LLAMA_CHECK_VERBOSE=1 shows why)\n", path);
+    return m;
+}
+
+static int tokenize_one(const struct llama_vocab *v, const char *text, size_t len, int add_bos)
+{
+    int cap = (int)len + 8;
+    llama_token *ids = malloc((size_t)cap * sizeof *ids);
+    int n = ids ? llama_tokenize(v, text, (int32_t)len, ids, cap, add_bos, true) : -1;
+    if (n < 0) fprintf(stderr, "llama_check: llama_tokenize failed (%d)\n", n);
+    for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+    if (n >= 0) printf("\n");
+    free(ids);
+    return n < 0;
+}
+
+static int cmd_tokenize(const char *path, int add_bos, int records)
+{
+    size_t len;
+    char *text = read_all(stdin, &len);
+    if (!text) {
+        fprintf(stderr, "llama_check: cannot read stdin\n");
+        return 1;
+    }
+    struct llama_model *m = load(path, 1);
+    if (!m) {
+        free(text);
+        return 1;
+    }
+    const struct llama_vocab *v = llama_model_get_vocab(m);
+    int rc = 0;
+    if (!records) rc = tokenize_one(v, text, len, add_bos);
+    else
+        for (size_t a = 0; a < len && !rc;) {
+            char *end;
+            unsigned long long n = strtoull(text + a, &end, 10);
+            if (end == text + a || *end != '\n' || n > len - (size_t)(end + 1 - text)) {
+                fprintf(stderr, "llama_check: bad record at byte %zu of stdin\n", a);
+                rc = 1;
+                break;
+            }
+            a = (size_t)(end + 1 - text);
+            rc = tokenize_one(v, text + a, (size_t)n, add_bos);
+            a += (size_t)n;
+        }
+    free(text);
+    llama_model_free(m);
+    return rc;
+}
+
+static int cmd_logits(const char *path, const char *ids_path, const char *out_path)
+{
+    FILE *f = fopen(ids_path, "r");
+    if (!f) {
+        perror(ids_path);
+        return 1;
+    }
+    int cap = 64, T = 0, id;
+    llama_token *ids = malloc((size_t)cap * sizeof *ids);
+    while (ids && fscanf(f, "%d", &id) == 1) {
+        if (T == cap) {
+            llama_token *n = realloc(ids, (size_t)(cap *= 2) * sizeof *ids);
+            if (!n) free(ids);
+            ids = n;
+            if (!ids) break;
+        }
+        ids[T++] = id;
+    }
+    fclose(f);
+    if (!ids || T == 0) {
+        fprintf(stderr, "llama_check: no token ids in %s\n", ids_path);
+        free(ids);
+        return 1;
+    }
+    struct llama_model *m = load(path, 0);
+    if (!m) {
+        free(ids);
+        return 1;
+    }
+    int V = llama_vocab_n_tokens(llama_model_get_vocab(m));
+    for (int t = 0; t < T; t++)
+        if (ids[t] < 0 || ids[t] >= V) {
+            fprintf(stderr, "llama_check: token id %d out of range (vocab %d)\n", ids[t], V);
+            llama_model_free(m);
+            free(ids);
+            return 1;
+        }
+
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t)(T < 16 ? 16 : T);
+    cp.n_batch = cp.n_ubatch = (uint32_t)T;
+    cp.n_seq_max = 1;
+    cp.n_threads = cp.n_threads_batch = 2;
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cp.type_k = cp.type_v = GGML_TYPE_F32;
+    cp.no_perf = true;
+    struct llama_context *ctx = llama_init_from_model(m, cp);
+    if (!ctx) {
+        fprintf(stderr, "llama_check: cannot create a llama.cpp context\n");
+        llama_model_free(m);
+        free(ids);
+        return 1;
+    }
+    struct llama_batch b = llama_batch_init(T, 0, 1);
+    for (int t = 0; t < T; t++) {
+        b.token[t] = ids[t];
+        b.pos[t] = t;
+        b.n_seq_id[t] = 1;
+        b.seq_id[t][0] = 0;
+        b.logits[t] = 1;
+    }
+    b.n_tokens = T;
+    int rc = 1, r = llama_decode(ctx, b);
+    FILE *o = NULL;
+    if (r != 0) {
+        fprintf(stderr, "llama_check: llama_decode failed (%d)\n", r);
+    } else if (!(o = fopen(out_path, "wb"))) {
+        perror(out_path);
+    } else {
+        rc = 0;
+        for (int t = 0; t < T && !rc; t++) {
+            const float *lg = llama_get_logits_ith(ctx, t);
+            if (!lg || fwrite(lg, sizeof *lg, (size_t)V, o) != (size_t)V) rc = 1;
+        }
+        if (fclose(o)) rc = 1;
+        if (rc) fprintf(stderr, "llama_check: cannot write logits to %s\n", out_path);
+        else printf("%d %d\n", T, V);
+    }
+    llama_batch_free(b);
+    llama_free(ctx);
+    llama_model_free(m);
+    free(ids);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3 || (strcmp(argv[2], "tokenize") && strcmp(argv[2], "logits")) ||
+        (!strcmp(argv[2], "logits") && argc != 5)) {
+        fprintf(stderr, "usage: llama_check MODEL.gguf tokenize [--no-bos] [--records] < text\n"
+                        "       llama_check MODEL.gguf logits IDS.txt OUT.f32\n");
+        return 2;
+    }
+    llama_log_set(quiet_log, NULL);
+    ggml_backend_load_all_from_path(LLAMA_LIB_DIR);
+    llama_backend_init();
+    int rc;
+    if (!strcmp(argv[2], "tokenize")) {
+        int add_bos = 1, records = 0;
+        for (int i = 3; i < argc; i++) {
+            if (!strcmp(argv[i], "--no-bos")) add_bos = 0;
+            else if (!strcmp(argv[i], "--records")) records = 1;
+            else {
+                fprintf(stderr, "llama_check: unknown option '%s'\n", argv[i]);
+                return 2;
+            }
+        }
+        rc = cmd_tokenize(argv[1], add_bos, records);
+    } else {
+        rc = cmd_logits(argv[1], argv[3], argv[4]);
+    }
+    llama_backend_free();
+    return rc;
+}
