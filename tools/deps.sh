@@ -1,12 +1,16 @@
 #!/bin/sh
-# Install the Debian packages moet builds, tests and benchmarks with.
+# Install the Debian packages moet builds, tests, benchmarks and runs its demo with.
+# Node.js/npm are only needed by the llama.cpp GGUF test (tools/llama_setup.sh); an
+# existing npm (e.g. nodesource's nodejs) is kept rather than replaced by Debian's.
 set -e
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-PKGS="build-essential pkg-config libopenblas-dev libopenblas0-openmp libhdf5-dev libyaml-dev \
+PKGS="build-essential pkg-config git libopenblas-dev libopenblas0-openmp libhdf5-dev libyaml-dev \
       libcjson-dev libcmocka-dev python3 python3-numpy python3-h5py python3-torch bible-kjv"
+command -v npm > /dev/null 2>&1 || PKGS="$PKGS nodejs npm"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
+  echo "installing:$missing"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
