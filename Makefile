@@ -19,7 +19,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test test-c test-scripts asan deps demo bench clean
+.PHONY: all test test-run asan deps demo bench clean
 all: moet
 
 moet: $(BUILD)/moet
@@ -42,8 +42,13 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libmoet.a
 
 -include $(LIB_OBJ:.o=.d) $(BUILD)/train/main.d
 
-# Every C test binary, then every script test (tests/t_*.sh), against ./moet.
-test: moet $(TEST_BIN)
+# Installs missing Debian packages (tools/deps.sh, quick when all are there), then runs
+# every C test binary and every script test (tests/t_*.sh) against ./moet.
+test:
+	@tools/deps.sh
+	@$(MAKE) --no-print-directory test-run
+
+test-run: moet $(TEST_BIN)
 	@MOET_BUILD=$(BUILD) tests/run.sh $(TEST_BIN)
 
 # The same C tests under AddressSanitizer + UBSan in their own build dir.
@@ -52,6 +57,9 @@ asan:
 	        build-asan/moet $(TEST_SRC:tests/%.c=build-asan/tests/%)
 	@MOET_BIN=build-asan/moet MOET_BUILD=build-asan ASAN_OPTIONS=detect_leaks=0 \
 	  tests/run.sh --asan $(TEST_SRC:tests/%.c=build-asan/tests/%)
+
+demo:
+	tools/demo.sh
 
 deps:
 	tools/deps.sh
