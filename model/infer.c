@@ -1,7 +1,7 @@
-/* infer: KV-cache inference. One pass over a chunk of new tokens (rows) at positions
- * pos..pos+n-1 serves both the prefill (n up to INFER_CHUNK, GEMMs as in training) and the
- * decode step (n = 1, matrix-vector products). Keys are cached after RoPE, so a cached
- * position is never touched again. */
+/* infer: KV-cache inference. The prefill runs chunks of new tokens (rows) at positions
+ * pos..pos+n-1 through the training kernels (GEMMs, sorted experts); the decode step runs
+ * one token through matrix-vector products inside a single parallel region (step_one).
+ * Keys are cached after RoPE, so a cached position is never touched again. */
 #include "model/infer.h"
 
 #include "common/err.h"
@@ -30,6 +30,10 @@ struct infer {
     int *off, *row_tok, *slot_row; /* (E+1), (R*k), (R*k) */
     float *h13, *ye, *xs, *act;    /* (R*k, 2F), (R*k, D), (R*k, D), (R*k, F) */
     float *scores;             /* (nthreads, IQ, ctx) */
+    /* per-thread scratch of the one-token step (each thread keeps its own normed input and
+     * routing, computed redundantly, instead of waiting for one thread to share them) */
+    float *t_xn, *t_act, *t_rl, *t_probs, *t_topw, *t_rstd; /* (nt, D), (nt, k*F), (nt, E) x2, (nt, k), (nt) */
+    int *t_topi, *t_counts;    /* (nt, k), (nt, E) */
     size_t bytes;
     char *mem;
 };
@@ -42,9 +46,10 @@ static void *carve(char **p, size_t bytes)
 }
 
 /* Assign every pointer of s from base (NULL base: just count bytes). */
-static size_t layout(struct infer *s, const model_config *c, int ctx, int R, int nthreads, char *base)
+static size_t layout(struct infer *s, const model_config *c, int ctx, int R, int nthreads_, char *base)
 {
-    size_t L = c->n_layers, D = c->dim, E = c->n_experts, k = c->top_k, F = c->ffn, hd = c->head_dim;
+    size_t nthreads = nthreads_, L = c->n_layers, D = c->dim, E = c->n_experts, k = c->top_k, F = c->ffn;
+    size_t hd = c->head_dim;
     size_t KVd = (size_t)c->n_kv_heads * hd, Hd = (size_t)c->n_heads * hd, QKV = Hd + 2 * KVd, Rk = (size_t)R * k;
     const size_t f = sizeof(float), i = sizeof(int);
     char *p = base ? base : (char *)64, *p0 = p;
@@ -71,6 +76,14 @@ static size_t layout(struct infer *s, const model_config *c, int ctx, int R, int
     s->xs = carve(&p, Rk * D * f);
     s->act = carve(&p, Rk * F * f);
     s->scores = carve(&p, (size_t)nthreads * IQ * ctx * f);
+    s->t_xn = carve(&p, nthreads * D * f);
+    s->t_act = carve(&p, nthreads * k * F * f);
+    s->t_rl = carve(&p, nthreads * E * f);
+    s->t_probs = carve(&p, nthreads * E * f);
+    s->t_topw = carve(&p, nthreads * k * f);
+    s->t_rstd = carve(&p, nthreads * f);
+    s->t_topi = carve(&p, nthreads * k * i);
+    s->t_counts = carve(&p, nthreads * E * i);
     return (size_t)(p - p0);
 }
 
@@ -132,57 +145,44 @@ static void mm_nt(int M, int N, int K, float alpha, const float *A, int lda, con
 }
 
 /* Attention of the n new rows (positions p0..p0+n-1, their q in qkv (n, QKV)) over the
- * cached keys/values kc, vc (ctx, KV*hd) of one layer; att (n, H*hd).
- * Row i sees keys [max(0, p0+i-W+1), p0+i] (W = sliding window, 0 = none). */
-static void attend(struct infer *s, const float *kc, const float *vc, int p0, int n)
+ * cached keys/values kc, vc (ctx, KV*hd) of one layer, for head h and query rows
+ * [i0, i0+IQ): att (n, H*hd). Row i sees keys [max(0, p0+i-W+1), p0+i] (W = sliding window,
+ * 0 = none). Runs on one thread (scores in that thread's scratch). */
+static void attend_task(struct infer *s, const float *kc, const float *vc, int p0, int n, int h, int i0)
 {
     const model_config *c = &s->m->c;
-    int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, group = H / KV, W = c->sliding_window;
-    int QKV = (H + 2 * KV) * hd, ldk = KV * hd, ldo = H * hd, nblk = (n + IQ - 1) / IQ;
+    int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, g = h / (H / KV), W = c->sliding_window;
+    int QKV = (H + 2 * KV) * hd, ldk = KV * hd, ldo = H * hd, m = n - i0 < IQ ? n - i0 : IQ;
     float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int task = 0; task < H * nblk; task++) {
-        int h = task / nblk, i0 = (task % nblk) * IQ, g = h / group;
-        int m = n - i0 < IQ ? n - i0 : IQ;
-        float *S = s->scores + (size_t)omp_get_thread_num() * IQ * s->ctx;
-        int jlo = W > 0 && p0 + i0 - W + 1 > 0 ? p0 + i0 - W + 1 : 0; /* the block's first row sees least */
-        int nj = p0 + i0 + m - jlo;
-        const float *Q = s->qkv + (size_t)i0 * QKV + h * hd;
-        const float *K = kc + (size_t)jlo * ldk + g * hd, *V = vc + (size_t)jlo * ldk + g * hd;
-        float *O = s->att + (size_t)i0 * ldo + h * hd;
-        mm_nt(m, nj, hd, scale, Q, QKV, K, ldk, 0, S, nj); /* S (m, nj) */
-        for (int i = 0; i < m; i++) {
-            int t = p0 + i0 + i, lo = (W > 0 && t - W + 1 > 0 ? t - W + 1 : 0) - jlo, hi = t - jlo;
-            float *sr = S + (size_t)i * nj, mx = -INFINITY, sum = 0;
-            for (int j = 0; j < lo; j++) sr[j] = 0;
-            for (int j = hi + 1; j < nj; j++) sr[j] = 0;
-            for (int j = lo; j <= hi; j++) mx = sr[j] > mx ? sr[j] : mx;
-            for (int j = lo; j <= hi; j++) {
-                sr[j] = expf(sr[j] - mx);
-                sum += sr[j];
-            }
-            float inv = 1.0f / sum;
-            for (int j = lo; j <= hi; j++) sr[j] *= inv;
+    float *S = s->scores + (size_t)omp_get_thread_num() * IQ * s->ctx;
+    int jlo = W > 0 && p0 + i0 - W + 1 > 0 ? p0 + i0 - W + 1 : 0; /* the block's first row sees least */
+    int nj = p0 + i0 + m - jlo;
+    const float *Q = s->qkv + (size_t)i0 * QKV + h * hd;
+    const float *K = kc + (size_t)jlo * ldk + g * hd, *V = vc + (size_t)jlo * ldk + g * hd;
+    float *O = s->att + (size_t)i0 * ldo + h * hd;
+    mm_nt(m, nj, hd, scale, Q, QKV, K, ldk, 0, S, nj); /* S (m, nj) */
+    for (int i = 0; i < m; i++) {
+        int t = p0 + i0 + i, lo = (W > 0 && t - W + 1 > 0 ? t - W + 1 : 0) - jlo, hi = t - jlo;
+        float *sr = S + (size_t)i * nj, mx = -INFINITY, sum = 0;
+        for (int j = 0; j < lo; j++) sr[j] = 0;
+        for (int j = hi + 1; j < nj; j++) sr[j] = 0;
+        for (int j = lo; j <= hi; j++) mx = sr[j] > mx ? sr[j] : mx;
+        for (int j = lo; j <= hi; j++) {
+            sr[j] = expf(sr[j] - mx);
+            sum += sr[j];
         }
-        if (m == 1) cblas_sgemv(CblasRowMajor, CblasTrans, nj, hd, 1, V, ldk, S, 1, 0, O, 1);
-        else model_gemm(0, 0, m, hd, nj, 1, S, nj, V, ldk, 0, O, ldo);
+        float inv = 1.0f / sum;
+        for (int j = lo; j <= hi; j++) sr[j] *= inv;
     }
+    if (m == 1) cblas_sgemv(CblasRowMajor, CblasTrans, nj, hd, 1, V, ldk, S, 1, 0, O, 1);
+    else model_gemm(0, 0, m, hd, nj, 1, S, nj, V, ldk, 0, O, ldo);
 }
 
-/* The experts of one token (n = 1): x (D) += sum_j topw[j] * W2_e (silu(W1_e xn) * W3_e xn). */
-static void experts_one(struct infer *s, const model_layer *Wl)
+static void attend(struct infer *s, const float *kc, const float *vc, int p0, int n)
 {
-    const model_config *c = &s->m->c;
-    int D = c->dim, F = c->ffn;
-    for (int j = 0; j < c->top_k; j++) {
-        int e = s->topi[j];
-        float *h = s->h13, *a = s->act;
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, 2 * F, D, 1, Wl->w13 + (size_t)e * 2 * F * D, D, s->xn, 1, 0, h, 1);
-        for (int f = 0; f < F; f++) a[f] = h[f] * (1.0f / (1.0f + expf(-h[f]))) * h[F + f]; /* as moe.c's swiglu */
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, D, F, 1, Wl->w2 + (size_t)e * D * F, F, a, 1, 0, s->ye, 1);
-        float w = s->topw[j];
-        for (int d = 0; d < D; d++) s->x[d] += w * s->ye[d];
-    }
+    int H = s->m->c.n_heads, nblk = (n + IQ - 1) / IQ;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int task = 0; task < H * nblk; task++) attend_task(s, kc, vc, p0, n, task / nblk, (task % nblk) * IQ);
 }
 
 /* n (<= R) new tokens through every layer; leaves the last hidden states in s->x (n, D)
@@ -213,10 +213,6 @@ static void run_rows(struct infer *s, const int32_t *tokens, int n)
         model_rmsnorm_forward(s->xn, s->rstd, s->x, Wl->ffn_norm, n, D, c->norm_eps);
         memset(s->counts, 0, (size_t)E * sizeof(int));
         moe_route(s->rl, s->probs, s->topi, s->topw, s->counts, s->xn, Wl->gate, n, D, E, k);
-        if (n == 1) {
-            experts_one(s, Wl);
-            continue;
-        }
         moe_sort(s->off, s->row_tok, s->slot_row, s->topi, n, E, k);
         moe_experts_forward(s->x, s->h13, s->ye, s->xs, s->act, s->xn, Wl->w13, Wl->w2, s->off, s->row_tok,
                             s->slot_row, s->topw, n, D, F, E, k);
@@ -231,6 +227,87 @@ static void head(struct infer *s, const float *x, int rows, float *logits)
     int D = m->c.dim, V = m->c.vocab;
     model_rmsnorm_forward(s->xn, s->rstd, x, m->final_norm, rows, D, m->c.norm_eps);
     mm_nt(rows, V, D, 1, s->xn, D, m->lm_head, D, 0, logits, V);
+}
+
+/* ------------------------------------------------------------- the one-token step */
+
+/* This thread's share [r0, r1) of rows, inside a parallel region. */
+static inline void my_rows(int rows, int *r0, int *r1)
+{
+    int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    *r0 = (int)((long)rows * t / nt);
+    *r1 = (int)((long)rows * (t + 1) / nt);
+}
+
+/* y[r0..r1) = W[r0..r1) x (+ y when beta = 1), W (rows, K): one single-threaded sgemv on
+ * this thread's rows (OpenBLAS does not start threads inside a parallel region). */
+static inline void rows_matvec(float *y, const float *W, const float *x, int r0, int r1, int K, float beta)
+{
+    if (r1 > r0) cblas_sgemv(CblasRowMajor, CblasNoTrans, r1 - r0, K, 1, W + (size_t)r0 * K, K, x, 1, beta, y + r0, 1);
+}
+
+/* One token at position p through every layer and the head, in ONE parallel region: a
+ * decode step is ~15 small products, and a fork/join for each would cost more than the
+ * arithmetic at small sizes (and far more when the cores are shared). Every thread owns a
+ * slice of the output rows of each product; the O(D) parts (norms, routing) are computed
+ * by every thread on its own copy, so only 5 barriers per layer remain. The arithmetic per
+ * value is that of the batched path (same kernels, same order of the expert sum). */
+static void step_one(struct infer *s, int32_t token, int p, float *logits)
+{
+    const model *m = s->m;
+    const model_config *c = &m->c;
+    int D = c->dim, E = c->n_experts, k = c->top_k, F = c->ffn, V = c->vocab;
+    int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, Hd = H * hd, KVd = KV * hd, QKV = Hd + 2 * KVd;
+    memcpy(s->x, m->embed + (size_t)token * D, (size_t)D * sizeof(float));
+    s->pos_r[0] = p;
+#pragma omp parallel num_threads(s->nthreads)
+    {
+        int t = omp_get_thread_num(), r0, r1;
+        float *xn = s->t_xn + (size_t)t * D, *act = s->t_act + (size_t)t * k * F, *topw = s->t_topw + (size_t)t * k;
+        float *rl = s->t_rl + (size_t)t * E, *probs = s->t_probs + (size_t)t * E, *rstd = s->t_rstd + t;
+        int *topi = s->t_topi + (size_t)t * k, *counts = s->t_counts + (size_t)t * E;
+        for (int l = 0; l < c->n_layers; l++) {
+            const model_layer *Wl = &m->layers[l];
+            float *kc = s->kc + (size_t)l * s->ctx * KVd, *vc = s->vc + (size_t)l * s->ctx * KVd;
+            model_rmsnorm_forward(xn, rstd, s->x, Wl->attn_norm, 1, D, c->norm_eps);
+            my_rows(QKV, &r0, &r1);
+            rows_matvec(s->qkv, Wl->wqkv, xn, r0, r1, D, 0);
+#pragma omp barrier
+#pragma omp single
+            {
+                attn_rope(s->qkv, s->pos_r, s->cos_t, s->sin_t, 1, H, KV, hd, 0);
+                memcpy(kc + (size_t)p * KVd, s->qkv + Hd, (size_t)KVd * sizeof(float));
+                memcpy(vc + (size_t)p * KVd, s->qkv + Hd + KVd, (size_t)KVd * sizeof(float));
+            }
+#pragma omp for schedule(static)
+            for (int h = 0; h < H; h++) attend_task(s, kc, vc, p, 1, h, 0);
+            my_rows(D, &r0, &r1);
+            rows_matvec(s->x, Wl->wo, s->att, r0, r1, Hd, 1); /* x += Wo att */
+#pragma omp barrier
+            model_rmsnorm_forward(xn, rstd, s->x, Wl->ffn_norm, 1, D, c->norm_eps);
+            memset(counts, 0, (size_t)E * sizeof *counts);
+            moe_route(rl, probs, topi, topw, counts, xn, Wl->gate, 1, D, E, k);
+            my_rows(k * 2 * F, &r0, &r1); /* the k experts' w1|w3 rows, as one index space */
+            for (int j = 0; j < k; j++) {
+                int lo = r0 > j * 2 * F ? r0 - j * 2 * F : 0, hi = r1 - j * 2 * F < 2 * F ? r1 - j * 2 * F : 2 * F;
+                rows_matvec(s->h13 + (size_t)j * 2 * F, Wl->w13 + (size_t)topi[j] * 2 * F * D, xn, lo, hi, D, 0);
+            }
+#pragma omp barrier
+            for (int j = 0; j < k; j++) { /* silu(h1) * h3, as moe.c's swiglu */
+                const float *h1 = s->h13 + (size_t)j * 2 * F, *h3 = h1 + F;
+                for (int f = 0; f < F; f++) act[j * F + f] = h1[f] * (1.0f / (1.0f + expf(-h1[f]))) * h3[f];
+            }
+            my_rows(D, &r0, &r1);
+            for (int j = 0; j < k; j++)
+                rows_matvec(s->ye + (size_t)j * D, Wl->w2 + (size_t)topi[j] * D * F, act + (size_t)j * F, r0, r1, F, 0);
+            for (int d = r0; d < r1; d++)
+                for (int j = 0; j < k; j++) s->x[d] += topw[j] * s->ye[(size_t)j * D + d];
+#pragma omp barrier
+        }
+        model_rmsnorm_forward(xn, rstd, s->x, m->final_norm, 1, D, c->norm_eps);
+        my_rows(V, &r0, &r1);
+        if (logits) rows_matvec(logits, m->lm_head, xn, r0, r1, D, 0);
+    }
 }
 
 static int check_tokens(const struct infer *s, const int32_t *tokens, int n, char *err)
@@ -263,7 +340,7 @@ int infer_prefill(infer *s, const int32_t *tokens, int n, float *logits_last, fl
 int infer_step(infer *s, int32_t token, float *logits, char *err)
 {
     if (check_tokens(s, &token, 1, err)) return -1;
-    run_rows(s, &token, 1);
-    if (logits) head(s, s->x, 1, logits);
+    step_one(s, token, s->pos, logits);
+    s->pos++;
     return 0;
 }
