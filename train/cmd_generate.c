@@ -1,12 +1,385 @@
-/* moet generate: placeholder until its issue lands; says so rather than pretending. */
+/* moet generate: text from a model or training checkpoint. The prompt goes through the
+ * KV-cache prefill, then one token at a time is sampled (model/sample) and fed back
+ * (model/infer), its text streamed to stdout as soon as it forms whole characters. */
+#include "checkpoints/ckpt.h"
+#include "checkpoints/hf.h"
+#include "common/err.h"
+#include "common/fsutil.h"
+#include "data/tok.h"
+#include "model/infer.h"
+#include "model/sample.h"
 #include "train/cmd.h"
 
+#include <cJSON.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "usage: moet generate MODEL_OR_CHECKPOINT --prompt TEXT [--max-new-tokens N] [--temperature T]\n"
+    "                     [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S]\n"
+    "                     [--tokenizer tokenizer.json] [--no-stream] [--ids]\n"
+    "  Encodes TEXT (with BOS), then generates until EOS or N new tokens (default 128; the\n"
+    "  model's max_position_embeddings also ends it) and writes the continuation (not the\n"
+    "  prompt) to stdout as it is generated, then a newline; a stats line goes to stderr.\n"
+    "  Sampling defaults come from generation_config.json when the model dir has one\n"
+    "  (do_sample, temperature, top_k, top_p, repetition_penalty), else greedy. --temperature 0\n"
+    "  is greedy; --top-k / --top-p without --temperature sample at temperature 1. --seed fixes\n"
+    "  the draws (default: from the clock, printed in the stats line).\n"
+    "  Tokenizer: --tokenizer, else the checkpoint config's `tokenizer`, else\n"
+    "  model.init_from/tokenizer.json, else MODEL_DIR/tokenizer.json.\n"
+    "  --no-stream prints the text once at the end; --ids prints the generated token ids\n"
+    "  (space separated) instead of text.\n";
+
+#define MAX_STOP 8
+
+typedef struct {
+    const char *path, *prompt, *tokenizer;
+    int max_new, stream, ids_out, seed_given, temp_given, filter_given, rep_given;
+    uint64_t seed;
+    sample_params sp;
+} gen_opts;
+
+/* LoRA checkpoints ("kind": "lora" in trainer_state.json) hold an adapter, not a model.
+ * TODO(lead): load the base (config model.init_from) into m, the adapter from dir, and
+ * merge it into m's weights, so generation runs on the merged model. */
+static int load_lora_checkpoint(model *m, const char *dir, const char *state_json, char *err)
+{
+    (void)m;
+    (void)state_json;
+    return err_set(err, "%s: LoRA checkpoints: not yet (export it with --format merged and generate from that)", dir);
+}
+
+static const char *json_str(const cJSON *o, const char *a, const char *b)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
+    if (b) x = cJSON_GetObjectItemCaseSensitive(x, b);
+    return cJSON_IsString(x) ? x->valuestring : NULL;
+}
+
+/* The model (full checkpoint or HF dir, or a LoRA checkpoint) and the tokenizer's path. */
+static int load_model(model *m, const gen_opts *o, char *tok_path, size_t cap, char *err)
+{
+    char cand[3][4096] = {"", "", ""};
+    const char *why[3] = {"--tokenizer", "the checkpoint config's tokenizer", "model.init_from/tokenizer.json"};
+    char *state = NULL;
+    int lora = 0;
+    if (!fs_is_dir(o->path)) return err_set(err, "%s: no such model directory or checkpoint", o->path);
+    if (o->tokenizer) snprintf(cand[0], sizeof cand[0], "%s", o->tokenizer);
+    if (ckpt_is_checkpoint(o->path)) {
+        if (ckpt_read_state(o->path, &state, err)) return -1;
+        cJSON *st = cJSON_Parse(state);
+        const char *kind = json_str(st, "kind", NULL);
+        lora = kind && !strcmp(kind, "lora");
+        const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(st, "config");
+        const char *tk = json_str(cfg, "tokenizer", NULL), *init = json_str(cfg, "model", "init_from");
+        if (tk) snprintf(cand[1], sizeof cand[1], "%s", tk);
+        if (init) fs_path_join(cand[2], sizeof cand[2], init, "tokenizer.json");
+        cJSON_Delete(st);
+    }
+    int rc = lora ? load_lora_checkpoint(m, o->path, state, err) : ckpt_load_model(m, o->path, 0, err);
+    free(state);
+    if (rc) return -1;
+    tok_path[0] = 0;
+    for (int i = 0; i < 3 && !tok_path[0]; i++) {
+        if (!cand[i][0]) continue;
+        if (!fs_exists(cand[i])) {
+            if (i == 0) { /* an explicit path that is wrong is an error, not a fallback */
+                model_free(m);
+                return err_set(err, "tokenizer %s (from %s) does not exist", cand[i], why[i]);
+            }
+            continue;
+        }
+        size_t n = strlen(cand[i]) < cap ? strlen(cand[i]) : cap - 1;
+        memcpy(tok_path, cand[i], n);
+        tok_path[n] = 0;
+    }
+    if (!tok_path[0]) fs_path_join(tok_path, cap, o->path, "tokenizer.json");
+    if (!fs_exists(tok_path)) {
+        model_free(m);
+        return err_set(err, "no tokenizer found for %s (looked for %s): pass --tokenizer tokenizer.json", o->path,
+                       tok_path);
+    }
+    return 0;
+}
+
+/* Sampling defaults and extra EOS ids from DIR/generation_config.json, as HF generate()
+ * reads them; a missing or unreadable file leaves greedy. */
+static void read_generation_config(const char *dir, sample_params *sp, int32_t *stop, int *n_stop)
+{
+    char path[4096], *text = NULL, err[ERR_MAX];
+    size_t len;
+    fs_path_join(path, sizeof path, dir, "generation_config.json");
+    if (!fs_exists(path) || fs_read_file(path, &text, &len, err)) return;
+    cJSON *g = cJSON_Parse(text);
+    free(text);
+    if (!g) return;
+    const cJSON *x;
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(g, "do_sample"))) {
+        *sp = (sample_params){1.0f, 50, 1.0f, 1.0f}; /* HF's GenerationConfig defaults */
+        if (cJSON_IsNumber(x = cJSON_GetObjectItemCaseSensitive(g, "temperature"))) sp->temperature = (float)x->valuedouble;
+        if (cJSON_IsNumber(x = cJSON_GetObjectItemCaseSensitive(g, "top_k"))) sp->top_k = x->valueint;
+        if (cJSON_IsNumber(x = cJSON_GetObjectItemCaseSensitive(g, "top_p"))) sp->top_p = (float)x->valuedouble;
+    }
+    if (cJSON_IsNumber(x = cJSON_GetObjectItemCaseSensitive(g, "repetition_penalty")))
+        sp->repetition_penalty = (float)x->valuedouble;
+    x = cJSON_GetObjectItemCaseSensitive(g, "eos_token_id");
+    if (cJSON_IsNumber(x) && *n_stop < MAX_STOP) stop[(*n_stop)++] = x->valueint;
+    const cJSON *e;
+    if (cJSON_IsArray(x))
+        cJSON_ArrayForEach(e, x) if (cJSON_IsNumber(e) && *n_stop < MAX_STOP) stop[(*n_stop)++] = e->valueint;
+    cJSON_Delete(g);
+}
+
+/* ------------------------------------------------------------------ streaming text */
+
+/* Bytes of s[0..len) up to the start of a trailing, incomplete UTF-8 sequence. */
+static size_t utf8_complete(const char *s, size_t len)
+{
+    for (size_t back = 1; back <= 4 && back <= len; back++) {
+        unsigned char c = (unsigned char)s[len - back];
+        if ((c & 0xC0) == 0x80) continue; /* continuation byte: look further back */
+        size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        return need > back ? len - back : len;
+    }
+    return len;
+}
+
+/* Decoding a window ids[anchor..n) and printing what was not printed yet: the decoder's
+ * leading-space strip then only ever touches the window's first token, which is already
+ * out, so the text comes out exactly as decoding the whole continuation at once would
+ * give it (after the prompt), and a character split over byte tokens waits to be whole. */
+typedef struct {
+    const tok *t;
+    int anchor;
+    size_t printed; /* bytes of decode(ids[anchor..n)) already written */
+} streamer;
+
+static int decode_span(const tok *t, const int32_t *ids, int n, char **text, size_t *len, char *err)
+{
+    return tok_decode_ex(t, ids, (size_t)n, 1, text, len, err);
+}
+
+static int stream_begin(streamer *s, const tok *t, const int32_t *ids, int n_prompt, char *err)
+{
+    char *text;
+    size_t len;
+    s->t = t;
+    s->anchor = n_prompt - 1; /* the last prompt token: the continuation keeps its leading space */
+    if (decode_span(t, ids + s->anchor, 1, &text, &len, err)) return -1;
+    s->printed = len;
+    free(text);
+    return 0;
+}
+
+/* Write the new text of ids[0..n) to out; final flushes an incomplete character too. */
+static int stream_push(streamer *s, const int32_t *ids, int n, int final, FILE *out, char *err)
+{
+    char *text;
+    size_t len;
+    if (decode_span(s->t, ids + s->anchor, n - s->anchor, &text, &len, err)) return -1;
+    size_t upto = final ? len : utf8_complete(text, len);
+    if (upto > s->printed) {
+        fwrite(text + s->printed, 1, upto - s->printed, out);
+        fflush(out);
+        s->printed = upto;
+    }
+    free(text);
+    if (s->printed == len && n - s->anchor > 1) { /* all out: slide the window to the last token */
+        if (decode_span(s->t, ids + n - 1, 1, &text, &len, err)) return -1;
+        if (len > 0) s->anchor = n - 1, s->printed = len; /* (an empty token could not carry the strip) */
+        free(text);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ command */
+
+static int parse_args(gen_opts *o, int argc, char **argv)
+{
+    memset(o, 0, sizeof *o);
+    o->max_new = 128;
+    o->stream = 1;
+    o->sp = SAMPLE_GREEDY;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        char *end = NULL;
+        int takes = 1;
+        if (!strcmp(a, "--prompt") && v) o->prompt = v;
+        else if (!strcmp(a, "--tokenizer") && v) o->tokenizer = v;
+        else if (!strcmp(a, "--max-new-tokens") && v) o->max_new = (int)strtol(v, &end, 10);
+        else if (!strcmp(a, "--temperature") && v) o->sp.temperature = strtof(v, &end), o->temp_given = 1;
+        else if (!strcmp(a, "--top-k") && v) o->sp.top_k = (int)strtol(v, &end, 10), o->filter_given = 1;
+        else if (!strcmp(a, "--top-p") && v) o->sp.top_p = strtof(v, &end), o->filter_given = 1;
+        else if (!strcmp(a, "--repetition-penalty") && v) o->sp.repetition_penalty = strtof(v, &end), o->rep_given = 1;
+        else if (!strcmp(a, "--seed") && v) o->seed = strtoull(v, &end, 10), o->seed_given = 1;
+        else {
+            takes = 0;
+            if (!strcmp(a, "--no-stream")) o->stream = 0;
+            else if (!strcmp(a, "--ids")) o->ids_out = 1;
+            else if (a[0] != '-' && !o->path) o->path = a;
+            else {
+                fprintf(stderr, "moet generate: %s '%s'\n%s", a[0] == '-' ? "unknown option or missing value" :
+                        "unexpected argument", a, usage);
+                return 2;
+            }
+        }
+        if (end && (end == v || *end)) {
+            fprintf(stderr, "moet generate: %s needs a number, not '%s'\n", a, v);
+            return 2;
+        }
+        i += takes;
+    }
+    if (!o->path || !o->prompt) {
+        fprintf(stderr, "moet generate: %s\n%s", !o->path ? "MODEL_OR_CHECKPOINT is required" :
+                "--prompt TEXT is required", usage);
+        return 2;
+    }
+    if (o->max_new < 0) {
+        fprintf(stderr, "moet generate: --max-new-tokens must be >= 0\n");
+        return 2;
+    }
+    return 0;
+}
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static int is_stop(int32_t id, const int32_t *stop, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (stop[i] == id) return 1;
+    return 0;
+}
 
 int cmd_generate(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moet generate: not implemented yet\n");
-    return 1;
+    if (cmd_wants_help(argc, argv)) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    gen_opts o;
+    int prc = parse_args(&o, argc, argv);
+    if (prc) return prc;
+    char err[ERR_MAX], tok_path[4096];
+    model m;
+    tok *t = NULL;
+    infer *st = NULL;
+    sampler *smp = NULL;
+    tok_ids ids = {0};
+    float *logits = NULL;
+    int have_model = 0, rc = 1, n_stop = 0;
+    int32_t stop[MAX_STOP];
+    if (!o.prompt[0]) {
+        err_set(err, "the prompt is empty");
+        goto fail;
+    }
+    /* generation_config.json first, so that flags override it */
+    sample_params flags = o.sp;
+    o.sp = SAMPLE_GREEDY;
+    read_generation_config(o.path, &o.sp, stop, &n_stop);
+    if (o.temp_given) o.sp.temperature = flags.temperature;
+    else if (o.filter_given && o.sp.temperature == 0) o.sp.temperature = 1;
+    if (o.filter_given) o.sp.top_k = flags.top_k, o.sp.top_p = flags.top_p;
+    if (o.rep_given) o.sp.repetition_penalty = flags.repetition_penalty;
+    if (sample_check(&o.sp, err)) goto fail;
+    if (!o.seed_given) o.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+
+    if (load_model(&m, &o, tok_path, sizeof tok_path, err)) goto fail;
+    have_model = 1;
+    if (tok_load(&t, tok_path, err)) goto fail;
+    if (tok_vocab_size(t) > m.c.vocab) {
+        err_set(err, "tokenizer %s has %d tokens, more than the model's vocab_size %d", tok_path, tok_vocab_size(t),
+                m.c.vocab);
+        goto fail;
+    }
+    if (tok_eos_id(t) >= 0 && n_stop < MAX_STOP) stop[n_stop++] = tok_eos_id(t);
+    if (m.c.eos_id >= 0 && n_stop < MAX_STOP) stop[n_stop++] = m.c.eos_id;
+    if (tok_encode(t, o.prompt, strlen(o.prompt), 1, &ids, err)) goto fail;
+    int n_prompt = (int)ids.n, limit = m.c.max_pos;
+    if (n_prompt >= limit) {
+        err_set(err, "the prompt is %d tokens; the model's context (max_position_embeddings) is %d", n_prompt, limit);
+        goto fail;
+    }
+    int max_new = o.max_new < limit - n_prompt ? o.max_new : limit - n_prompt;
+    if (infer_create(&st, &m, n_prompt + (max_new > 0 ? max_new : 1), err) ||
+        sample_create(&smp, m.c.vocab, &o.sp, o.seed, err))
+        goto fail;
+    logits = malloc((size_t)m.c.vocab * sizeof *logits);
+    if (!logits) {
+        err_set(err, "out of memory");
+        goto fail;
+    }
+
+    double t0 = now();
+    if (infer_prefill(st, ids.ids, n_prompt, logits, NULL, err)) goto fail;
+    double t1 = now();
+    streamer sm;
+    if (o.stream && !o.ids_out && stream_begin(&sm, t, ids.ids, n_prompt, err)) goto fail;
+    const char *why = max_new < o.max_new ? "the context limit" : "max-new-tokens";
+    int n_new = 0;
+    while (n_new < max_new) {
+        int32_t next = sample_next(smp, logits, ids.ids, (int)ids.n);
+        if (is_stop(next, stop, n_stop)) {
+            why = "EOS";
+            break;
+        }
+        if (next >= tok_vocab_size(t)) {
+            err_set(err, "the model generated token %d, which tokenizer %s does not have", next, tok_path);
+            goto fail;
+        }
+        if (tok_ids_push(&ids, next)) {
+            err_set(err, "out of memory");
+            goto fail;
+        }
+        n_new++;
+        if (o.ids_out) printf("%s%d", n_new > 1 ? " " : "", next), fflush(stdout);
+        else if (o.stream && stream_push(&sm, ids.ids, (int)ids.n, 0, stdout, err)) goto fail;
+        if (n_new < max_new && infer_step(st, next, logits, err)) goto fail;
+    }
+    double t2 = now();
+    if (!o.ids_out) {
+        if (o.stream) {
+            if (stream_push(&sm, ids.ids, (int)ids.n, 1, stdout, err)) goto fail;
+        } else if (n_new > 0) { /* the same text the stream gives: decoded after the last prompt token */
+            char *a, *b;
+            size_t la, lb;
+            if (decode_span(t, ids.ids + n_prompt - 1, 1, &a, &la, err)) goto fail;
+            if (decode_span(t, ids.ids + n_prompt - 1, n_new + 1, &b, &lb, err)) {
+                free(a);
+                goto fail;
+            }
+            fwrite(b + la, 1, lb - la, stdout);
+            free(a);
+            free(b);
+        }
+    }
+    printf("\n");
+    fflush(stdout);
+    char how[96];
+    if (o.sp.temperature == 0 || o.sp.top_k == 1) snprintf(how, sizeof how, "greedy");
+    else
+        snprintf(how, sizeof how, "temperature %g, top-k %d, top-p %g, seed %llu", o.sp.temperature, o.sp.top_k,
+                 o.sp.top_p, (unsigned long long)o.seed);
+    fprintf(stderr, "[prompt %d tokens, %.1f tok/s | generated %d tokens, %.1f tok/s | stopped at %s | %s%s]\n",
+            n_prompt, n_prompt / (t1 - t0), n_new, n_new ? n_new / (t2 - t1) : 0.0, why, how,
+            o.sp.repetition_penalty != 1 ? ", repetition penalty" : "");
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "moet generate: %s\n", err);
+done:
+    free(logits);
+    tok_ids_free(&ids);
+    sample_free(smp);
+    infer_free(st);
+    tok_free(t);
+    if (have_model) model_free(&m);
+    return rc;
 }
