@@ -99,6 +99,7 @@ int infer_create(infer **out, const model *m, int ctx, char *err)
 {
     *out = NULL;
     if (ctx < 1) return err_set(err, "inference context must hold at least 1 position (got %d)", ctx);
+    if (m->lora) return err_set(err, "inference runs on plain weights: merge the LoRA adapters first (lora_merge)");
     struct infer *s = calloc(1, sizeof *s);
     if (!s) return err_set(err, "out of memory");
     s->m = m;
@@ -215,7 +216,7 @@ static void run_rows(struct infer *s, const int32_t *tokens, int n)
         moe_route(s->rl, s->probs, s->topi, s->topw, s->counts, s->xn, Wl->gate, n, D, E, k);
         moe_sort(s->off, s->row_tok, s->slot_row, s->topi, n, E, k);
         moe_experts_forward(s->x, s->h13, s->ye, s->xs, s->act, s->xn, Wl->w13, Wl->w2, s->off, s->row_tok,
-                            s->slot_row, s->topw, n, D, F, E, k);
+                            s->slot_row, s->topw, n, D, F, E, k, NULL);
     }
     s->pos += n;
 }

@@ -118,6 +118,17 @@ lora: {{enabled: true, r: {acfg['r']}, alpha: {acfg['lora_alpha']}, rslora: {str
     if sorted(pc["target_modules"]) != sorted(acfg["target_modules"]):
         print("NOT OK  target_modules differ")
         bad += 1
+    # 4. generate from the LoRA checkpoint == generate from its merged export (greedy ids)
+    gen = lambda m: subprocess.run([moet, "generate", m, "--prompt", "hello world", "--max-new-tokens", "12",
+                                    "--temperature", "0", "--ids", "--tokenizer",
+                                    os.path.join(gdir, "model", "tokenizer.json")],
+                                   check=True, capture_output=True, text=True).stdout.split()
+    a, b = gen(ck), gen(merged)
+    if a != b or len(a) == 0:
+        print(f"NOT OK  generate from LoRA checkpoint {a} != merged export {b}")
+        bad += 1
+    else:
+        print(f"OK      generate from the LoRA checkpoint equals the merged export ({len(a)} greedy tokens)")
     print("all OK" if not bad else f"{bad} NOT OK")
     sys.exit(1 if bad else 0)
 

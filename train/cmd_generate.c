@@ -9,6 +9,7 @@
 #include "model/infer.h"
 #include "model/sample.h"
 #include "train/cmd.h"
+#include "train/load.h"
 
 #include <cJSON.h>
 #include <stdio.h>
@@ -45,11 +46,16 @@ typedef struct {
 /* LoRA checkpoints ("kind": "lora" in trainer_state.json) hold an adapter, not a model.
  * TODO(lead): load the base (config model.init_from) into m, the adapter from dir, and
  * merge it into m's weights, so generation runs on the merged model. */
+/* A LoRA checkpoint: the run's base with the adapter folded in (generation then runs at
+ * the speed of the plain model). */
 static int load_lora_checkpoint(model *m, const char *dir, const char *state_json, char *err)
 {
-    (void)m;
+    lora *lo;
     (void)state_json;
-    return err_set(err, "%s: LoRA checkpoints: not yet (export it with --format merged and generate from that)", dir);
+    if (load_any_model(dir, m, &lo, NULL, err)) return -1;
+    lora_merge(m);
+    lora_free(lo);
+    return 0;
 }
 
 static const char *json_str(const cJSON *o, const char *a, const char *b)
