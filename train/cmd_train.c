@@ -8,11 +8,13 @@
 #include <string.h>
 
 static const char usage[] =
-    "usage: moet train CONFIG.yaml [key.path=value ...] [--profile] [--quiet]\n"
+    "usage: moet train CONFIG.yaml [key.path=value ...] [--profile] [--quiet] [--print-config]\n"
     "  Trains as CONFIG says (keys: ../shared/DESIGN.md, README). Overrides like\n"
     "  optim.lr=1e-4 or data.train=[a.h5,b.h5] apply before validation. Writes\n"
     "  RUN_DIR/config.yaml, metrics.jsonl and checkpoints/step_NNNNNNNN; resumes from the\n"
-    "  newest checkpoint by default. Ctrl-C / SIGTERM save a checkpoint and exit 0.\n";
+    "  newest checkpoint by default. Ctrl-C / SIGTERM save a checkpoint and exit 0.\n"
+    "  --profile prints time per kernel family; --print-config checks the config and prints\n"
+    "  it resolved (every default filled in) without training.\n";
 
 int cmd_train(int argc, char **argv)
 {
@@ -24,9 +26,11 @@ int cmd_train(int argc, char **argv)
     char *ov[256];
     int nov = 0;
     trainer_opts o = {0};
+    int print_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--profile")) o.profile = 1;
         else if (!strcmp(argv[i], "--quiet")) o.quiet = 1;
+        else if (!strcmp(argv[i], "--print-config")) print_only = 1;
         else if (argv[i][0] == '-') {
             fprintf(stderr, "moet train: unknown option '%s'\n%s", argv[i], usage);
             return 2;
@@ -46,6 +50,11 @@ int cmd_train(int argc, char **argv)
     if (cfg_load(&c, path, ov, nov, err)) {
         fprintf(stderr, "moet train: %s\n", err);
         return 1;
+    }
+    if (print_only) {
+        cfg_print_yaml(&c, stdout);
+        cfg_free(&c);
+        return 0;
     }
     int rc = trainer_run(&c, &o, err);
     if (rc) fprintf(stderr, "moet train: %s\n", err);
