@@ -23,12 +23,12 @@ static void block_probs(float *S, const float *Q, const float *K, int ld, int hd
         for (int j = hi + 1; j < nj; j++) s[j] = 0;
         if (lse) {
             float l = lse[t];
-            for (int j = lo; j <= hi; j++) s[j] = expf(s[j] - l);
+            for (int j = lo; j <= hi; j++) s[j] = model_expf(s[j] - l);
         } else {
             float mx = -INFINITY, sum = 0;
             for (int j = lo; j <= hi; j++) mx = s[j] > mx ? s[j] : mx;
             for (int j = lo; j <= hi; j++) {
-                s[j] = expf(s[j] - mx);
+                s[j] = model_expf(s[j] - mx);
                 sum += s[j];
             }
             float inv = 1.0f / sum;

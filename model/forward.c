@@ -10,7 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HEAD_ROWS 256
+/* Rows of logits alive at once in the fused lm_head + cross-entropy: about 32 MB, so big
+ * enough chunks keep the dW GEMM efficient and small enough for a 32k+ vocabulary. */
+static int head_rows(int V)
+{
+    int r = (8 << 20) / V;
+    return r < 64 ? 64 : r > 2048 ? 2048 : r;
+}
 
 /* Time stmt into family fam of direction dir (fwd/bwd) when profiling is on. */
 #define PROF(fam, dir, stmt)                                                                                          \
@@ -40,7 +46,7 @@ struct model_acts {
     float *cos_t, *sin_t;        /* (T, hd/2) */
     /* scratch */
     float *dx, *dxn, *dqkv, *datt, *attn_scr, *xs, *act, *dys, *dh13, *dtopw, *drl, *head;
-    double *row_ce;              /* (HEAD_ROWS) */
+    double *row_ce;              /* (head_rows) */
     float *lxa;                  /* LoRA: (L, 4*N + 3*Nk, r) inputs times A, kept for backward */
     int lora_r;
     double f[64], P[64];         /* aux-loss statistics of the last forward (E <= 64) */
@@ -101,8 +107,8 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->dh13 = carve(&p, Nk * 2 * F * f);
     a->dtopw = carve(&p, Nk * f);
     a->drl = carve(&p, N * E * f);
-    a->head = carve(&p, (size_t)HEAD_ROWS * V * f);
-    a->row_ce = carve(&p, HEAD_ROWS * sizeof(double));
+    a->head = carve(&p, (size_t)head_rows((int)V) * V * f);
+    a->row_ce = carve(&p, (size_t)head_rows((int)V) * sizeof(double));
     a->lxa = lora_r ? carve(&p, L * (4 * N + 3 * Nk) * (size_t)lora_r * f) : NULL;
     a->lora_r = lora_r;
     return (size_t)(p - p0);
@@ -329,7 +335,7 @@ static void router_losses(model *m, model_acts *a, int N, model_stats *st)
     st->z = z / rows;
 }
 
-/* lm_head + cross-entropy over HEAD_ROWS-row chunks. With train, also the backward of both:
+/* lm_head + cross-entropy over head_rows(V)-row chunks. With train, also the backward of both:
  * dxn (N,D) = dlogits lm_head, dlm_head += dlogits^T xnf, dlogits = ce_scale (softmax - onehot). */
 static void head(model *m, model_acts *a, const model_batch *b, float *logits_out, int train, double ce_scale,
                  model_stats *st)
@@ -339,8 +345,9 @@ static void head(model *m, model_acts *a, const model_batch *b, float *logits_ou
     long count = 0;
     float *dW = train ? m->glm_head : NULL;
     double *row_ce = a->row_ce; /* per-row losses, summed in order below: reproducible */
-    for (int n0 = 0; n0 < N; n0 += HEAD_ROWS) {
-        int rows = N - n0 < HEAD_ROWS ? N - n0 : HEAD_ROWS;
+    int chunk = head_rows(V);
+    for (int n0 = 0; n0 < N; n0 += chunk) {
+        int rows = N - n0 < chunk ? N - n0 : chunk;
         float *lg = logits_out ? logits_out + (size_t)n0 * V : a->head;
         model_gemm(0, 1, rows, V, D, 1, a->xnf + (size_t)n0 * D, D, m->lm_head, D, 0, lg, V);
 #pragma omp parallel for schedule(static)
@@ -352,17 +359,18 @@ static void head(model *m, model_acts *a, const model_batch *b, float *logits_ou
                 if (train) memset(z, 0, (size_t)V * sizeof(float));
                 continue;
             }
-            float mx = z[0];
+            float mx = z[0], zy = z[y];
             for (int v = 1; v < V; v++) mx = z[v] > mx ? z[v] : mx;
             double s = 0;
-            for (int v = 0; v < V; v++) s += expf(z[v] - mx);
-            double lse = mx + log(s);
-            row_ce[i] = lse - z[y];
-            if (train) {
-                float sc = (float)ce_scale, l = (float)lse;
-                for (int v = 0; v < V; v++) z[v] = sc * expf(z[v] - l);
-                z[y] -= sc;
+            if (train) { /* keep the exponentials: dlogits = ce_scale * (softmax - onehot) */
+                for (int v = 0; v < V; v++) s += z[v] = model_expf(z[v] - mx);
+                float inv = (float)(ce_scale / s);
+                for (int v = 0; v < V; v++) z[v] *= inv;
+                z[y] -= (float)ce_scale;
+            } else {
+                for (int v = 0; v < V; v++) s += model_expf(z[v] - mx);
             }
+            row_ce[i] = mx + log(s) - zy;
         }
         for (int i = 0; i < rows; i++)
             if (row_ce[i] != -1.0) ce_sum += row_ce[i], count++; /* -1 marks "no target" */

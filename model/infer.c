@@ -169,7 +169,7 @@ static void attend_task(struct infer *s, const float *kc, const float *vc, int p
         for (int j = hi + 1; j < nj; j++) sr[j] = 0;
         for (int j = lo; j <= hi; j++) mx = sr[j] > mx ? sr[j] : mx;
         for (int j = lo; j <= hi; j++) {
-            sr[j] = expf(sr[j] - mx);
+            sr[j] = model_expf(sr[j] - mx);
             sum += sr[j];
         }
         float inv = 1.0f / sum;
@@ -296,7 +296,7 @@ static void step_one(struct infer *s, int32_t token, int p, float *logits)
 #pragma omp barrier
             for (int j = 0; j < k; j++) { /* silu(h1) * h3, as moe.c's swiglu */
                 const float *h1 = s->h13 + (size_t)j * 2 * F, *h3 = h1 + F;
-                for (int f = 0; f < F; f++) act[j * F + f] = h1[f] * (1.0f / (1.0f + expf(-h1[f]))) * h3[f];
+                for (int f = 0; f < F; f++) act[j * F + f] = h1[f] * (1.0f / (1.0f + model_expf(-h1[f]))) * h3[f];
             }
             my_rows(D, &r0, &r1);
             for (int j = 0; j < k; j++)

@@ -6,7 +6,7 @@
 #include <math.h>
 #include <string.h>
 
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + model_expf(-x)); }
 
 void moe_route(float *logits, float *probs, int *topi, float *topw, int *counts, const float *xn, const float *Wg,
                int N, int D, int E, int k)
@@ -18,7 +18,7 @@ void moe_route(float *logits, float *probs, int *topi, float *topw, int *counts,
         float *p = probs + (size_t)n * E;
         float mx = z[0], sum = 0;
         for (int e = 1; e < E; e++) mx = z[e] > mx ? z[e] : mx;
-        for (int e = 0; e < E; e++) sum += p[e] = expf(z[e] - mx);
+        for (int e = 0; e < E; e++) sum += p[e] = model_expf(z[e] - mx);
         for (int e = 0; e < E; e++) p[e] /= sum;
         /* top-k by repeated max; ties go to the lower index, as torch.topk does on CPU */
         int *ti = topi + (size_t)n * k;
@@ -193,7 +193,7 @@ void moe_router_backward(float *dxn, float *dWg, float *dlogits, const float *dt
         if (z_w != 0) { /* d(lse^2) = 2 lse p */
             float mx = z[0], sum = 0;
             for (int e = 1; e < E; e++) mx = z[e] > mx ? z[e] : mx;
-            for (int e = 0; e < E; e++) sum += expf(z[e] - mx);
+            for (int e = 0; e < E; e++) sum += model_expf(z[e] - mx);
             zterm = 2.0f * z_w * (mx + logf(sum));
         }
         float *dz = dlogits + (size_t)n * E;
