@@ -1,4 +1,5 @@
 /* moet: the command-line front door.  Dispatches to train/cmd_<name>.c. */
+#include "common/blas.h"
 #include "train/cmd.h"
 
 #include <stdio.h>
@@ -36,6 +37,7 @@ int cmd_wants_help(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    blas_select_kernels(argv);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -4,6 +4,7 @@
 #include "checkpoints/ckpt.h"
 #include "checkpoints/hf.h"
 #include "checkpoints/peft.h"
+#include "common/blas.h"
 #include "common/err.h"
 #include "common/fsutil.h"
 #include "common/rng.h"
@@ -491,6 +492,9 @@ static void print_summary(trainer *tr, const char *resumed)
     printf("data: %lld rows in %d file(s), %lld batches of %dx%d per epoch, grad_accum %d\n",
            (long long)loader_rows(tr->train), loader_n_files(tr->train), (long long)loader_batches_per_epoch(tr->train),
            c->train.batch_size, c->data.seq_len, c->train.grad_accum);
+    char blas[256];
+    blas_describe(blas, sizeof blas);
+    printf("compute: %s\n", blas);
     if (resumed) printf("resuming from %s (step %d)\n", resumed, tr->step);
     fflush(stdout);
 }
