@@ -5,9 +5,12 @@ PyTorch from tokens/s with one formula, so the two numbers are comparable.
 
     python3 bench_configs.py flops CONFIG TOK_PER_S PEAK_GFLOPS  -> "mfu_pct=..."
     python3 bench_configs.py formula CONFIG                      -> the formula, in words
-    python3 bench_configs.py yaml CONFIG OUT_DIR                  -> moet train YAML on stdout
+    python3 bench_configs.py yaml CONFIG RUN_DIR STEPS SHARD      -> moet train YAML on stdout
+    python3 bench_configs.py shard CONFIG PATH BATCHES            -> random-token HDF5 shard
+    python3 bench_configs.py list                                 -> param counts, FLOPs/token
 """
 import json
+import os
 import sys
 
 # HF config.json keys, plus the batch shape and LoRA settings of the run.
@@ -105,18 +108,19 @@ def mfu_pct(name, tok_per_s, peak_gflops):
     return 100.0 * tok_per_s * flops_per_token(name) / (peak_gflops * 1e9)
 
 
-def moet_yaml(name, out_dir, steps):
-    """A `moet train` config for a preset (keys as DESIGN.md; random tokens are the
-    trainer's job: the lead decides how --profile gets data)."""
+def moet_yaml(name, out_dir, steps, shard):
+    """A `moet train` config for a preset (keys as DESIGN.md), the same optimizer
+    settings as torch_bench.py."""
     p = PRESETS[name]
     a = arch(name)
     lines = [
         "run: {name: bench-%s, dir: %s, seed: 0}" % (name, out_dir),
         "model:",
         "  arch: " + json.dumps(a),
-        "data: {seq_len: %d}" % p["seq"],
+        "data: {train: [%s], seq_len: %d, shuffle: false}" % (shard, p["seq"]),
         "train: {batch_size: %d, max_steps: %d, log_every: 1}" % (p["batch"], steps),
-        "optim: {lr: 1.0e-4, weight_decay: 0.1, grad_clip: 1.0}",
+        "optim: {lr: 1.0e-4, betas: [0.9, 0.95], eps: 1.0e-8, weight_decay: 0.1, "
+        "grad_clip: 1.0}",
     ]
     if p["lora"]:
         lo = p["lora"]
@@ -125,8 +129,25 @@ def moet_yaml(name, out_dir, steps):
     return "\n".join(lines) + "\n"
 
 
+def write_shard(name, path, batches):
+    """Random tokens (seed 1) for `batches` batches as a moet-shard-1 HDF5 file."""
+    import h5py
+    import numpy as np
+    p, a = PRESETS[name], arch(name)
+    rng = np.random.default_rng(1)
+    dtype = np.uint16 if a["vocab_size"] <= 65536 else np.uint32
+    tokens = rng.integers(0, a["vocab_size"], (batches * p["batch"], p["seq"]), dtype=dtype)
+    tmp = path + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("tokens", data=tokens)
+        f.attrs.update(dict(format="moet-shard-1", vocab_size=a["vocab_size"], bos_id=1,
+                            eos_id=2, tokenizer_sha256="none: random tokens for make bench"))
+    os.replace(tmp, path)
+
+
 def main(argv):
-    if len(argv) >= 2 and argv[0] in ("flops", "formula", "yaml") and argv[1] not in PRESETS:
+    if len(argv) >= 2 and argv[0] in ("flops", "formula", "yaml", "shard") \
+            and argv[1] not in PRESETS:
         print("bench_configs: unknown config '%s' (have %s)" % (argv[1], ", ".join(PRESETS)),
               file=sys.stderr)
         return 1
@@ -137,8 +158,11 @@ def main(argv):
     if len(argv) == 2 and argv[0] == "formula":
         print(FORMULA)
         return 0
-    if len(argv) == 4 and argv[0] == "yaml":
-        sys.stdout.write(moet_yaml(argv[1], argv[2], int(argv[3])))
+    if len(argv) == 5 and argv[0] == "yaml":
+        sys.stdout.write(moet_yaml(argv[1], argv[2], int(argv[3]), argv[4]))
+        return 0
+    if len(argv) == 4 and argv[0] == "shard":
+        write_shard(argv[1], argv[2], int(argv[3]))
         return 0
     if len(argv) == 1 and argv[0] == "list":
         for n in PRESETS:
