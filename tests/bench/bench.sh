@@ -110,7 +110,8 @@ run_moet() {    # CONFIG -> $OUT/moet-CONFIG.result
     # (steps <= $warm are warm-up); adapt this to what the trainer prints.
     awk -v warm="$warm" -v tokens="$(bench_tokens "$cfg")" '
         /^profile / { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-                      if (v["step"] > warm) { n++; f[n] = v["fwd_ms"]; b[n] = v["bwd_ms"]; o[n] = v["opt_ms"] } }
+                      if (v["step"] > warm) {
+                          n++; f[n] = v["fwd_ms"]; b[n] = v["bwd_ms"]; o[n] = v["opt_ms"] } }
         function median(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
                                              if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
                                            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
@@ -121,7 +122,7 @@ run_moet() {    # CONFIG -> $OUT/moet-CONFIG.result
         echo "   moet: no 'profile step=' lines in $log"
 }
 
-bench_tokens() { "$PY" -c "import sys; sys.path.insert(0, '$BENCH'); import bench_configs as b; p = b.PRESETS['$1']; print(p['batch'] * p['seq'])"; }
+bench_tokens() { "$PY" "$BENCH/bench_configs.py" tokens "$1"; }   # tokens per step
 
 for cfg in $CONFIGS; do
     "$PY" "$BENCH/bench_configs.py" formula "$cfg" >/dev/null || die "unknown config $cfg"

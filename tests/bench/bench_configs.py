@@ -5,6 +5,7 @@ PyTorch from tokens/s with one formula, so the two numbers are comparable.
 
     python3 bench_configs.py flops CONFIG TOK_PER_S PEAK_GFLOPS  -> "mfu_pct=..."
     python3 bench_configs.py formula CONFIG                      -> the formula, in words
+    python3 bench_configs.py tokens CONFIG                       -> tokens per step
     python3 bench_configs.py yaml CONFIG RUN_DIR STEPS SHARD      -> moet train YAML on stdout
     python3 bench_configs.py shard CONFIG PATH BATCHES            -> random-token HDF5 shard
     python3 bench_configs.py list                                 -> param counts, FLOPs/token
@@ -146,7 +147,7 @@ def write_shard(name, path, batches):
 
 
 def main(argv):
-    if len(argv) >= 2 and argv[0] in ("flops", "formula", "yaml", "shard") \
+    if len(argv) >= 2 and argv[0] in ("flops", "formula", "yaml", "shard", "tokens") \
             and argv[1] not in PRESETS:
         print("bench_configs: unknown config '%s' (have %s)" % (argv[1], ", ".join(PRESETS)),
               file=sys.stderr)
@@ -154,6 +155,9 @@ def main(argv):
     if len(argv) == 4 and argv[0] == "flops":
         print("mfu_pct=%.2f" % mfu_pct(argv[1], float(argv[2]), float(argv[3])))
         print("flops_per_token=%.6g" % flops_per_token(argv[1]))
+        return 0
+    if len(argv) == 2 and argv[0] == "tokens":
+        print(PRESETS[argv[1]]["batch"] * PRESETS[argv[1]]["seq"])
         return 0
     if len(argv) == 2 and argv[0] == "formula":
         print(FORMULA)
