@@ -1,0 +1,136 @@
+#!/bin/bash
+# make bench: training throughput of moet vs a PyTorch reference of the same model.
+#
+# For each preset (tests/bench/bench_configs.py: tiny, small, small-lora) both engines
+# train fp32 with 2 threads on random tokens: warm-up steps, then timed steps. Printed:
+# tokens/s, ms per step split forward / backward / optimizer (median over timed
+# steps), peak RSS (ru_maxrss of the engine's own process: each preset and engine
+# runs in a fresh process), MFU (model FLOPs/s over the OpenBLAS sgemm peak measured
+# below, same FLOP formula for both engines) and the ratio moet/PyTorch.
+#
+# env: BENCH_CONFIGS ("tiny small small-lora"), BENCH_OUT (build/bench),
+#      BENCH_QUICK=1 (fewer steps, for a smoke run), PY (/usr/bin/python3).
+set -u
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+PY="${PY:-/usr/bin/python3}"
+OUT="${BENCH_OUT:-build/bench}"
+CONFIGS="${BENCH_CONFIGS:-tiny small small-lora}"
+BLASDIR=/usr/lib/x86_64-linux-gnu/openblas-openmp
+BENCH="$ROOT/tests/bench"
+
+# The same environment for every process measured:
+#  - 2 threads; the OpenMP build of OpenBLAS for torch too (torch links the system
+#    libblas.so.3, which is the pthread build by default: its threads fight torch's
+#    OpenMP pool and run 2-3x slower);
+#  - glibc malloc keeps freed memory (no mmap per big tensor, no trimming): torch
+#    allocates every activation fresh each step and otherwise pays a page fault per
+#    4 KiB, several times its sgemm time on the tiny preset. (A caching allocator is
+#    what one would deploy with PyTorch on CPU; moet allocates its arena once.)
+export OMP_NUM_THREADS=2
+export LD_LIBRARY_PATH="$BLASDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export GLIBC_TUNABLES="glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1000000000000"
+
+steps_for() {   # CONFIG -> "WARMUP STEPS". Warm-up covers torch's heap growth: its
+    # steps page-fault (see "page faults" in the log) until malloc holds its peak.
+    if [ "${BENCH_QUICK:-0}" = 1 ]; then echo "1 2"; return; fi
+    case $1 in
+        tiny) echo "4 10" ;;
+        *)    echo "3 5" ;;
+    esac
+}
+
+die() { echo "bench: $*" >&2; exit 1; }
+
+mkdir -p "$OUT" || die "cannot create $OUT"
+[ -x "$PY" ] || die "$PY not found (Debian's python3 with torch)"
+"$PY" -c "import torch" 2>/dev/null || die "$PY has no torch (apt install python3-torch)"
+
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')," \
+     "load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "   OMP_NUM_THREADS=$OMP_NUM_THREADS OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:--}" \
+     "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+echo "   GLIBC_TUNABLES=$GLIBC_TUNABLES"
+awk '$1 > 1.5 { print "   WARNING: load average " $1 " on a 2-core machine: numbers below are" \
+     " slowed down by other processes" }' /proc/loadavg
+
+# ---- sgemm peak: the MFU denominator
+echo "== sgemm peak (OpenBLAS OpenMP build, fp32)"
+gcc -O2 -std=c11 -D_GNU_SOURCE $(pkg-config --cflags openblas) -o "$OUT/sgemm_peak" \
+    "$BENCH/sgemm_peak.c" $(pkg-config --libs openblas) \
+    -Wl,--enable-new-dtags -Wl,-rpath,"$BLASDIR" || die "cannot build sgemm_peak"
+"$OUT/sgemm_peak" 2048 4096 | tee "$OUT/sgemm.txt" | sed 's/^/   /'
+PEAK=$(sed -n 's/^peak_gflops=//p' "$OUT/sgemm.txt")
+[ -n "$PEAK" ] || die "sgemm_peak printed no peak"
+grep -q "^blas=$BLASDIR/" "$OUT/sgemm.txt" ||
+    echo "   WARNING: sgemm_peak did not load the OpenMP OpenBLAS from $BLASDIR"
+
+# ---- PyTorch reference: one process per preset
+run_torch() {   # CONFIG -> $OUT/torch-CONFIG.result
+    local cfg=$1 res="$OUT/torch-$1.result" log="$OUT/torch-$1.log"
+    read -r warm steps <<<"$(steps_for "$cfg")"
+    rm -f "$res"
+    echo "== torch $cfg ($warm warm-up + $steps timed steps)"
+    "$PY" "$BENCH/run_rss.py" "$res" "$PY" "$BENCH/torch_bench.py" "$cfg" \
+        --warmup "$warm" --steps "$steps" --threads 2 >"$log" 2>&1
+    sed 's/^/   /' "$log" | grep -v '^   result '
+    grep -q "^blas: .*$BLASDIR/libopenblas" "$log" ||
+        echo "   WARNING: torch did not load the OpenMP OpenBLAS from $BLASDIR"
+    grep '^result ' "$log" | tr ' ' '\n' | grep '=' >>"$res"
+}
+
+# ---- moet: the hook for the trainer (issue 6). Fill $OUT/moet-CONFIG.result with
+# tok_s=, fwd_ms=, bwd_ms=, opt_ms= lines (averages over timed steps, median if the
+# trainer reports each step); run_rss.py adds peak_rss_kib= and exit=.
+moet_trainer_available() {
+    [ -x ./moet ] && ./moet train --help 2>&1 | grep -q -- '--profile'
+}
+
+run_moet() {    # CONFIG -> $OUT/moet-CONFIG.result
+    local cfg=$1 res="$OUT/moet-$1.result" log="$OUT/moet-$1.log"
+    rm -f "$res"
+    if ! moet_trainer_available; then
+        echo "== moet $cfg"
+        echo "   moet: trainer not available yet"
+        return 0
+    fi
+    read -r warm steps <<<"$(steps_for "$cfg")"
+    echo "== moet $cfg ($warm warm-up + $steps timed steps)"
+    # Random tokens in a moet-shard-1 file and a train config for the preset.
+    "$PY" "$BENCH/bench_configs.py" shard "$cfg" "$OUT/tokens-$cfg.h5" $((warm + steps)) ||
+        die "cannot write $OUT/tokens-$cfg.h5"
+    "$PY" "$BENCH/bench_configs.py" yaml "$cfg" "$OUT/run-$cfg" $((warm + steps)) \
+        "$OUT/tokens-$cfg.h5" >"$OUT/moet-$cfg.yaml" || die "cannot write the moet config"
+    rm -rf "$OUT/run-$cfg"
+    "$PY" "$BENCH/run_rss.py" "$res" ./moet train "$OUT/moet-$cfg.yaml" --profile \
+        >"$log" 2>&1
+    sed 's/^/   /' "$log" | tail -20
+    # HOOK: parse moet's --profile output. Assumed here: one line per timed step
+    #   profile step=N fwd_ms=.. bwd_ms=.. opt_ms=..
+    # (steps <= $warm are warm-up); adapt this to what the trainer prints.
+    awk -v warm="$warm" -v tokens="$(bench_tokens "$cfg")" '
+        /^profile / { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+                      if (v["step"] > warm) {
+                          n++; f[n] = v["fwd_ms"]; b[n] = v["bwd_ms"]; o[n] = v["opt_ms"] } }
+        function median(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
+                                             if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+                                           return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+        END { if (n == 0) exit 1
+              F = median(f, n); B = median(b, n); O = median(o, n)
+              printf "fwd_ms=%.1f\nbwd_ms=%.1f\nopt_ms=%.1f\nstep_ms=%.1f\ntok_s=%.1f\n",
+                     F, B, O, F + B + O, tokens * 1000 / (F + B + O) }' "$log" >>"$res" ||
+        echo "   moet: no 'profile step=' lines in $log"
+}
+
+bench_tokens() { "$PY" "$BENCH/bench_configs.py" tokens "$1"; }   # tokens per step
+
+for cfg in $CONFIGS; do
+    "$PY" "$BENCH/bench_configs.py" formula "$cfg" >/dev/null || die "unknown config $cfg"
+done
+for cfg in $CONFIGS; do
+    run_torch "$cfg"
+    run_moet "$cfg"
+done
+
+echo "== results (median step times; tok/s = batch*seq / (fwd + bwd + opt))"
+"$PY" "$BENCH/bench_table.py" "$OUT" "$PEAK" $CONFIGS | tee "$OUT/table.txt"
