@@ -61,6 +61,9 @@ asan:
 demo:
 	tools/demo.sh
 
+bench: moet
+	tests/bench/bench.sh
+
 deps:
 	tools/deps.sh
 

@@ -70,6 +70,7 @@ typedef struct {
     double last_loss, last_val_loss; /* for trainer_state.json and the model card */
     model_prof prof;       /* --profile: kernel times */
     double t_opt, t_step, t_data; /* --profile: optimizer, whole steps, data wait */
+    double t_fb;           /* wall time inside model_forward_backward */
     int prof_steps;
 } trainer;
 
@@ -395,9 +396,11 @@ static int train_step(trainer *tr, step_result *res, char *err)
         model_batch mb = {b->batch_size, b->seq_len, b->tokens, tr->labels, b->doc_start, c->data.document_mask};
         model_stats st;
         if (tr->lo) lora_set_dropout_key(tr->lo, c->run.seed, (uint64_t)tr->step, i);
+        double t_fb = now();
         if (model_forward_backward(&tr->m, tr->acts, &mb, total ? 1.0 / total : 0, tr->aux_coef, tr->z_coef, k, &st,
                                    err))
             return -1;
+        tr->t_fb += now() - t_fb;
         ce_sum += st.ce_sum;
         aux += st.aux / k;
         z += st.z / k;
@@ -604,7 +607,16 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
             tr.t_opt = tr.t_step = tr.t_data = 0;
             tr.prof_steps = 0;
         }
+        double fwd0 = 0, fb0 = tr.t_fb, opt0 = tr.t_opt;
+        for (int f = 0; f < PROF_NFAM; f++) fwd0 += tr.prof.fwd[f];
         if (train_step(&tr, &r, err)) goto out;
+        if (o->profile) { /* one line per step: forward = its kernels, backward = the rest of the pass */
+            double fwd1 = 0;
+            for (int f = 0; f < PROF_NFAM; f++) fwd1 += tr.prof.fwd[f];
+            double F = (fwd1 - fwd0) * 1e3, B = (tr.t_fb - fb0) * 1e3 - F, O = (tr.t_opt - opt0) * 1e3;
+            printf("profile step=%d fwd_ms=%.2f bwd_ms=%.2f opt_ms=%.2f step_ms=%.2f\n", tr.step, F, B, O,
+                   r.seconds * 1e3);
+        }
         tr.t_step += r.seconds;
         tr.t_data += loader_wait_seconds(tr.train) - wait0;
         tr.prof_steps++;

@@ -62,16 +62,33 @@ gcc -O2 -std=c11 -D_GNU_SOURCE $(pkg-config --cflags openblas) -o "$OUT/sgemm_pe
 "$OUT/sgemm_peak" 2048 4096 | tee "$OUT/sgemm.txt" | sed 's/^/   /'
 PEAK=$(sed -n 's/^peak_gflops=//p' "$OUT/sgemm.txt")
 [ -n "$PEAK" ] || die "sgemm_peak printed no peak"
+# moet runs OpenBLAS's AVX-512 (SkylakeX) kernels on AVX-512 CPUs even when
+# OPENBLAS_CORETYPE pins an AVX2 core (common/blas.h). Then both engines are measured
+# on both kernel sets: torch as configured and with OPENBLAS_CORETYPE=SkylakeX, moet as it
+# runs and with MOET_BLAS=keep; each ratio compares the same kernels, and moet's default
+# is also compared with the faster of the two torch runs.
+VARIANTS=0
+PEAK512=$PEAK
+case "${OPENBLAS_CORETYPE:-}" in [Ss]kylake[Xx]|[Cc]ooperlake|[Ss]apphire[Rr]apids) ;; *)
+    if grep -q ' avx512f ' /proc/cpuinfo && grep -q ' avx512bw ' /proc/cpuinfo && grep -q ' avx512vl ' /proc/cpuinfo; then
+        VARIANTS=1
+        echo "== sgemm peak with OPENBLAS_CORETYPE=SkylakeX (the AVX-512 kernels moet selects)"
+        OPENBLAS_CORETYPE=SkylakeX "$OUT/sgemm_peak" 2048 4096 | tee "$OUT/sgemm512.txt" | sed 's/^/   /'
+        PEAK512=$(sed -n 's/^peak_gflops=//p' "$OUT/sgemm512.txt")
+    fi ;;
+esac
 grep -q "^blas=$BLASDIR/" "$OUT/sgemm.txt" ||
     echo "   WARNING: sgemm_peak did not load the OpenMP OpenBLAS from $BLASDIR"
 
 # ---- PyTorch reference: one process per preset
-run_torch() {   # CONFIG -> $OUT/torch-CONFIG.result
-    local cfg=$1 res="$OUT/torch-$1.result" log="$OUT/torch-$1.log"
+run_torch() {   # CONFIG [avx512] -> $OUT/torch[-avx512]-CONFIG.result
+    local cfg=$1 eng=torch${2:+-$2}
+    local res="$OUT/$eng-$1.result" log="$OUT/$eng-$1.log" ct=${OPENBLAS_CORETYPE:-}
     read -r warm steps <<<"$(steps_for "$cfg")"
     rm -f "$res"
-    echo "== torch $cfg ($warm warm-up + $steps timed steps)"
-    "$PY" "$BENCH/run_rss.py" "$res" "$PY" "$BENCH/torch_bench.py" "$cfg" \
+    [ -n "${2:-}" ] && ct=SkylakeX
+    echo "== $eng $cfg ($warm warm-up + $steps timed steps)"
+    OPENBLAS_CORETYPE=$ct "$PY" "$BENCH/run_rss.py" "$res" "$PY" "$BENCH/torch_bench.py" "$cfg" \
         --warmup "$warm" --steps "$steps" --threads 2 >"$log" 2>&1
     sed 's/^/   /' "$log" | grep -v '^   result '
     grep -q "^blas: .*$BLASDIR/libopenblas" "$log" ||
@@ -86,8 +103,9 @@ moet_trainer_available() {
     [ -x ./moet ] && ./moet train --help 2>&1 | grep -q -- '--profile'
 }
 
-run_moet() {    # CONFIG -> $OUT/moet-CONFIG.result
-    local cfg=$1 res="$OUT/moet-$1.result" log="$OUT/moet-$1.log"
+run_moet() {    # CONFIG [keep] -> $OUT/moet[-keep]-CONFIG.result
+    local cfg=$1 eng=moet${2:+-$2}
+    local res="$OUT/$eng-$1.result" log="$OUT/$eng-$1.log" keep=${2:+keep}
     rm -f "$res"
     if ! moet_trainer_available; then
         echo "== moet $cfg"
@@ -95,19 +113,18 @@ run_moet() {    # CONFIG -> $OUT/moet-CONFIG.result
         return 0
     fi
     read -r warm steps <<<"$(steps_for "$cfg")"
-    echo "== moet $cfg ($warm warm-up + $steps timed steps)"
+    echo "== $eng $cfg ($warm warm-up + $steps timed steps)"
     # Random tokens in a moet-shard-1 file and a train config for the preset.
     "$PY" "$BENCH/bench_configs.py" shard "$cfg" "$OUT/tokens-$cfg.h5" $((warm + steps)) ||
         die "cannot write $OUT/tokens-$cfg.h5"
     "$PY" "$BENCH/bench_configs.py" yaml "$cfg" "$OUT/run-$cfg" $((warm + steps)) \
         "$OUT/tokens-$cfg.h5" >"$OUT/moet-$cfg.yaml" || die "cannot write the moet config"
     rm -rf "$OUT/run-$cfg"
-    "$PY" "$BENCH/run_rss.py" "$res" ./moet train "$OUT/moet-$cfg.yaml" --profile \
+    MOET_BLAS=$keep "$PY" "$BENCH/run_rss.py" "$res" ./moet train "$OUT/moet-$cfg.yaml" --profile \
         >"$log" 2>&1
     sed 's/^/   /' "$log" | tail -20
-    # HOOK: parse moet's --profile output. Assumed here: one line per timed step
-    #   profile step=N fwd_ms=.. bwd_ms=.. opt_ms=..
-    # (steps <= $warm are warm-up); adapt this to what the trainer prints.
+    # moet --profile prints one line per step: profile step=N fwd_ms=.. bwd_ms=.. opt_ms=..
+    # (fwd: the forward kernels; lm_head+loss run fused in bwd); steps <= $warm are warm-up.
     awk -v warm="$warm" -v tokens="$(bench_tokens "$cfg")" '
         /^profile / { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
                       if (v["step"] > warm) {
@@ -129,8 +146,10 @@ for cfg in $CONFIGS; do
 done
 for cfg in $CONFIGS; do
     run_torch "$cfg"
+    [ $VARIANTS = 1 ] && run_torch "$cfg" avx512
+    [ $VARIANTS = 1 ] && run_moet "$cfg" keep
     run_moet "$cfg"
 done
 
 echo "== results (median step times; tok/s = batch*seq / (fwd + bwd + opt))"
-"$PY" "$BENCH/bench_table.py" "$OUT" "$PEAK" $CONFIGS | tee "$OUT/table.txt"
+"$PY" "$BENCH/bench_table.py" "$OUT" "$PEAK" "$PEAK512" $CONFIGS | tee "$OUT/table.txt"

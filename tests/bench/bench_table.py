@@ -1,8 +1,9 @@
 """Prints the `make bench` table from the per-run result files bench.sh wrote.
 
-    python3 bench_table.py OUT_DIR PEAK_GFLOPS CONFIG...
+    python3 bench_table.py OUT_DIR PEAK_GFLOPS PEAK_AVX512_GFLOPS CONFIG...
 
-Reads OUT_DIR/ENGINE-CONFIG.result (ENGINE = moet, torch): `key=value` lines with
+Reads OUT_DIR/ENGINE-CONFIG.result (ENGINE = torch, torch-avx512, moet-keep, moet):
+`key=value` lines with
 tok_s, fwd_ms, bwd_ms, opt_ms (from the engine) and peak_rss_kib, exit (from
 run_rss.py). A missing file, a non-zero exit or no tok_s shows as n/a. MFU uses
 bench_configs.flops_per_token for both engines; ratio = moet tok/s / torch tok/s.
@@ -33,42 +34,58 @@ def fmt(v, spec):
     return "n/a" if v is None else spec % v
 
 
+ENGINES = (  # name, kernels, same-kernel torch to compare with
+    ("torch", "configured", None),
+    ("torch-avx512", "AVX-512", None),
+    ("moet-keep", "configured", "torch"),
+    ("moet", "AVX-512", "torch-avx512"),
+)
+
+
 def main(argv):
-    if len(argv) < 3:
+    if len(argv) < 4:
         print(__doc__, file=sys.stderr)
         return 2
-    out, peak, configs = argv[0], float(argv[1]), argv[2:]
-    cols = ("config", "engine", "tok/s", "fwd ms", "bwd ms", "opt ms", "peak RSS GiB",
-            "MFU %", "moet/torch")
-    widths = (11, 6, 8, 8, 8, 8, 12, 6, 10)
-    line = "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in
-                     enumerate(zip(cols, widths)))
+    out, peak, peak512, configs = argv[0], float(argv[1]), float(argv[2]), argv[3:]
+    cols = ("config", "engine", "kernels", "tok/s", "fwd ms", "bwd ms", "opt ms", "peak RSS GiB",
+            "MFU %", "vs torch same kernels", "vs best torch")
+    widths = (11, 12, 10, 7, 8, 8, 7, 12, 6, 21, 13)
+    line = "  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths)))
     print(line)
     print("-" * len(line))
     for cfg in configs:
-        res = {e: read_result(os.path.join(out, "%s-%s.result" % (e, cfg)))
-               for e in ("torch", "moet")}
-        for engine in ("torch", "moet"):
+        res = {e: read_result(os.path.join(out, "%s-%s.result" % (e, cfg))) for e, _, _ in ENGINES}
+        if not res["torch-avx512"] and not res["moet-keep"]:  # no AVX-512 variants: moet ran as configured
+            res["torch-avx512"], res["moet-keep"] = None, None
+        torch_best = max((float(res[e]["tok_s"]) for e in ("torch", "torch-avx512") if res[e]), default=None)
+        for engine, kernels, same in ENGINES:
             r = res[engine]
+            if r is None and engine in ("torch-avx512", "moet-keep"):
+                continue
             g = (lambda k: float(r[k]) if r and k in r else None)
             tok = g("tok_s")
             rss = g("peak_rss_kib")
-            mfu = bc.mfu_pct(cfg, tok, peak) if tok is not None else None
-            ratio = None
-            if engine == "moet" and tok is not None and res["torch"]:
-                ratio = tok / float(res["torch"]["tok_s"])
-            cells = (cfg, engine, fmt(tok, "%.0f"), fmt(g("fwd_ms"), "%.1f"),
-                     fmt(g("bwd_ms"), "%.1f"), fmt(g("opt_ms"), "%.1f"),
-                     fmt(rss / 2 ** 20 if rss is not None else None, "%.2f"),
-                     fmt(mfu, "%.1f"), fmt(ratio, "%.2fx") if engine == "moet" else "")
-            print("  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in
-                            enumerate(zip(cells, widths))))
-    print("sgemm peak %.1f GFLOP/s (OpenBLAS, fp32, 2 threads)" % peak)
+            avx = kernels == "AVX-512" and (res["torch-avx512"] or res["moet-keep"])
+            mfu = bc.mfu_pct(cfg, tok, peak512 if avx else peak) if tok is not None else None
+            same_ratio = best_ratio = None
+            if same and tok is not None:
+                ref = res[same] or (res["torch"] if engine == "moet" else None)
+                same_ratio = tok / float(ref["tok_s"]) if ref else None
+                if engine == "moet" and torch_best:
+                    best_ratio = tok / torch_best
+            cells = (cfg, engine, kernels if avx or kernels == "configured" else "configured", fmt(tok, "%.0f"),
+                     fmt(g("fwd_ms"), "%.1f"), fmt(g("bwd_ms"), "%.1f"), fmt(g("opt_ms"), "%.1f"),
+                     fmt(rss / 2 ** 20 if rss is not None else None, "%.2f"), fmt(mfu, "%.1f"),
+                     fmt(same_ratio, "%.2fx") if same else "", fmt(best_ratio, "%.2fx") if engine == "moet" else "")
+            print("  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+    print("sgemm peak %.1f GFLOP/s with the configured OpenBLAS kernels%s (fp32, 2 threads); MFU uses the peak of "
+          "the kernels each engine ran" % (peak, "" if peak512 == peak else ", %.1f with AVX-512 (SkylakeX)" % peak512))
     print(bc.FORMULA)
     for cfg in configs:
         p = bc.param_counts(cfg)
         print("  %-11s N=%.3fM N_lora=%.3fM -> %.4g FLOPs/token"
               % (cfg, p["active"] / 1e6, p["lora"] / 1e6, bc.flops_per_token(cfg)))
+    print("moet: fwd = forward kernels; its lm_head + cross-entropy run fused with their backward and count in bwd")
     return 0
 
 
