@@ -1,4 +1,5 @@
 #!/bin/bash
+# asan: yes
 # Every shipped config in configs/ is valid (keys, types, ranges) and round-trips through
 # --print-config; the tiny demo config's model is the size its comment says.
 set -euo pipefail

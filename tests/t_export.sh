@@ -1,4 +1,5 @@
 #!/bin/bash
+# asan: yes
 # moet export: HF dirs with the golden model's exact tensor names, shapes and config keys,
 # identical logits after re-import, bf16/sharded variants, checksums, model card, license,
 # and refusal to overwrite.

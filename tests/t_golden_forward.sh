@@ -1,4 +1,5 @@
 #!/bin/bash
+# asan: yes
 # Golden: `moet forward --grads` on tiny-mixtral batch 0 matches HF (logits, losses,
 # router logits, every gradient) to 1e-4 relative.
 set -euo pipefail

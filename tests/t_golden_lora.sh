@@ -1,4 +1,5 @@
 #!/bin/bash
+# asan: yes
 # Golden LoRA vs PEFT: gradients, 5 training steps, trained adapter, merged and PEFT exports.
 set -euo pipefail
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT

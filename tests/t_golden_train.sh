@@ -1,4 +1,5 @@
 #!/bin/bash
+# asan: yes
 # Golden trajectory: 5 AdamW steps of `moet train` match HF/torch (step_stats, after_steps).
 set -euo pipefail
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT

@@ -1,4 +1,5 @@
 #!/bin/bash
+# asan: yes
 # Bad input to `moet train`: one clear line on stderr, exit 1, nothing good destroyed.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
