@@ -451,12 +451,15 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
                 lora_backward_w(m->lora, so, 0, a->dx, D, att, Hd, N, lora_xa(a, l, LORA_O));
                 lora_backward_x(m->lora, so, 0, a->datt, Hd, N);
             });
+        /* below layer 0's q/k/v only the embedding could want a gradient: a frozen base
+         * (LoRA) stops there */
+        int need_dx = l > 0 || m->gembed || G->attn_norm;
         PROF(PROF_ATTN, bwd, {
             attn_backward(a->dqkv, a->datt, att, qkv, a->lse + (size_t)l * Na * H, a->kv_start, b->B, b->T, H, KV,
                           hd, a->attn_scr);
             attn_rope(a->dqkv, a->pos, a->cos_t, a->sin_t, N, H, KV, hd, 1);
             if (dWqkv) model_gemm(1, 0, QKV, D, N, 1, a->dqkv, QKV, xn1, D, 1, dWqkv, D);
-            model_gemm(0, 0, N, D, QKV, 1, a->dqkv, QKV, W->wqkv, D, 0, a->dxn, D);
+            if (need_dx) model_gemm(0, 0, N, D, QKV, 1, a->dqkv, QKV, W->wqkv, D, 0, a->dxn, D);
         });
         for (int t = LORA_Q; t <= LORA_V; t++) {
             const lora_site *s = lora_site_at(m->lora, l, t);
@@ -464,11 +467,13 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
             if (!s) continue;
             PROF(PROF_LORA, bwd, {
                 lora_backward_w(m->lora, s, 0, a->dqkv + col, QKV, xn1, D, N, lora_xa(a, l, t));
-                lora_backward_x(m->lora, s, 0, a->dxn, D, N);
+                if (need_dx) lora_backward_x(m->lora, s, 0, a->dxn, D, N);
             });
         }
-        PROF(PROF_NORM, bwd,
-             model_rmsnorm_backward(a->dx, G->attn_norm, a->dxn, x, W->attn_norm, a->rstd1 + (size_t)l * Na, N, D));
+        if (need_dx)
+            PROF(PROF_NORM, bwd,
+                 model_rmsnorm_backward(a->dx, G->attn_norm, a->dxn, x, W->attn_norm, a->rstd1 + (size_t)l * Na, N,
+                                        D));
     }
     float *dE = m->gembed;
     if (dE)

@@ -122,8 +122,11 @@ void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, con
             dtopw[n * k + j] = dot;
         }
     }
-    gather_rows(xs, xn, row_tok, Nk, D);
-    swiglu(act, h13, Nk, F);
+    /* the expert inputs and activations are needed only for weight gradients (a frozen
+     * base with no adapter on these projections skips them) */
+    int need_x = dw13 || (ml && (ml->w1 || ml->w3)), need_act = dw2 || (ml && ml->w2);
+    if (need_x) gather_rows(xs, xn, row_tok, Nk, D);
+    if (need_act) swiglu(act, h13, Nk, F);
     for (int e = 0; e < E; e++) {
         int r0 = off[e], ne = off[e + 1] - r0;
         if (!ne) continue;
