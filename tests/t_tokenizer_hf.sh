@@ -1,0 +1,49 @@
+#!/bin/bash
+# Hugging Face's own tokenizers library (npm `tokenizers` 0.23.2, the Rust code behind
+# transformers) loads a tokenizer.json written by `moet tokenizer train` and encodes every
+# sample text to the ids `moet tokenize` gives; the same for the real Mistral tokenizer on
+# random mixed-script texts beyond the reference set. Installs the package into build/hftok
+# on first run (npm registry); fails if it cannot.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+export HFTOK_DIR=$root/build/hftok
+if [ ! -e "$HFTOK_DIR/node_modules/tokenizers/package.json" ]; then
+    mkdir -p "$HFTOK_DIR"
+    (cd "$HFTOK_DIR" && npm install --no-audit --no-fund --silent tokenizers@0.23.2 > npm.log 2>&1) ||
+        { echo "cannot install npm tokenizers@0.23.2 (see $HFTOK_DIR/npm.log)"; exit 1; }
+fi
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+cat /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/Apache-2.0 > "$work/corpus.txt"
+"$MOET" tokenizer train --vocab-size 800 --out "$work/trained.json" "$work/corpus.txt" 2> /dev/null
+"$PY" - "$work" <<'PY'
+import json, random, sys
+w = sys.argv[1]
+rng = random.Random(7)
+pieces = ["the", " ", "  ", "\n", "\t", "License", "é", "ü", "中文", "日本語", "🙂", "👩‍💻", "Ω", "ß", "<s>", "</s>",
+          "[INST]", "123", "4.5", "—", "“quoted”", "\u00a0", "a" * 30, "!!", "ǅ", "\r\n", "x"]
+texts = ["Hello world", " leading space", "trailing space ", "", "   ", "The Licensor grants You",
+         "Unicode: naïve café, 東京, Ελληνικά, עברית, emoji 🚀🔥"]
+for _ in range(60):
+    texts.append("".join(rng.choice(pieces) for _ in range(rng.randint(1, 25))))
+json.dump(texts, open(f"{w}/texts.json", "w"))
+PY
+fail=0
+for tk in "$work/trained.json" "$SHARED/data/mistral-tokenizer/tokenizer.json"; do
+    node "$root/tests/hf_tokenize.js" "$tk" "$work/texts.json" > "$work/hf.txt"
+    "$PY" - "$tk" "$work" "$MOET" <<'PY' || fail=1
+import json, subprocess, sys
+tk, w, moet = sys.argv[1:4]
+texts = json.load(open(f"{w}/texts.json"))
+hf = open(f"{w}/hf.txt").read().split("\n")
+bad = 0
+for t, want in zip(texts, hf):
+    got = subprocess.run([moet, "tokenize", tk], input=t.encode(), capture_output=True, check=True).stdout.decode().strip()
+    if got != want.strip():
+        bad += 1
+        if bad <= 3:
+            print(f"MISMATCH {t!r}\n  hf   {want}\n  moet {got}")
+print(f"{tk.split('/')[-1]}: {len(texts) - bad}/{len(texts)} texts give HF tokenizers' ids")
+sys.exit(1 if bad else 0)
+PY
+done
+exit $fail
