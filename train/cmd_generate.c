@@ -43,11 +43,8 @@ typedef struct {
     sample_params sp;
 } gen_opts;
 
-/* LoRA checkpoints ("kind": "lora" in trainer_state.json) hold an adapter, not a model.
- * TODO(lead): load the base (config model.init_from) into m, the adapter from dir, and
- * merge it into m's weights, so generation runs on the merged model. */
-/* A LoRA checkpoint: the run's base with the adapter folded in (generation then runs at
- * the speed of the plain model). */
+/* A LoRA checkpoint ("kind": "lora"): the run's base with the adapter folded in, so
+ * generation runs at the speed of the plain model. */
 static int load_lora_checkpoint(model *m, const char *dir, const char *state_json, char *err)
 {
     lora *lo;

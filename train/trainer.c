@@ -234,7 +234,7 @@ static int save_checkpoint(trainer *tr, char *err)
 
     char(*mnames)[160];
     st_out *mv = moment_list(tr, &mnames);
-    char *mcfg, *w_json = NULL;
+    char *mcfg;
     st_out *w;
     ckpt_file files[3];
     if (tr->lo) { /* the adapter in PEFT format; the base is model.init_from, unchanged */
@@ -250,7 +250,7 @@ static int save_checkpoint(trainer *tr, char *err)
     }
     files[2] = (ckpt_file){"optimizer.safetensors", mv, 2 * tr->tv.n, NULL};
     int rc = ckpt_save(tr->ckpt_root, tr->step, files, 3, state, c->train.keep_checkpoints, tr->last_ckpt, err);
-    free(state), free(mcfg), free(w), free(mv), free(mnames), free(w_json);
+    free(state), free(mcfg), free(w), free(mv), free(mnames);
     return rc;
 }
 
