@@ -49,4 +49,8 @@ fi
 # A good run afterwards in a fresh dir still works
 "$MOET" train cfg.yaml run.dir=$work/good --quiet > /dev/null 2>&1 || { echo "FAIL good run"; fail=1; }
 [ -e good/checkpoints/step_00000003/model.safetensors ] || { echo "FAIL good run checkpoint"; fail=1; }
+# resume: never over an existing run is refused and leaves its checkpoints alone
+before=$(sha256sum good/checkpoints/step_00000003/model.safetensors)
+expect_error "resume never over a run" "already holds checkpoints" cfg.yaml run.dir=$work/good train.resume=never
+[ "$(sha256sum good/checkpoints/step_00000003/model.safetensors)" = "$before" ] || { echo "FAIL checkpoint changed"; fail=1; }
 exit $fail

@@ -555,9 +555,14 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
             err_set(err, "train.resume: '%s' is not a training checkpoint", resume);
             goto out;
         }
-    } else if (c->train.resume == CFG_RESUME_AUTO) {
+    } else {
         int skipped;
         if (ckpt_find_latest(tr.ckpt_root, resume, sizeof resume, &skipped, err)) goto out;
+        if (c->train.resume == CFG_RESUME_NEVER && (resume[0] || skipped)) { /* never overwrite a run */
+            err_set(err, "train.resume is never but %s already holds checkpoints: use another run.dir or remove them",
+                    tr.ckpt_root);
+            goto out;
+        }
         if (skipped) fprintf(stderr, "moet train: skipped %d damaged checkpoint(s) in %s\n", skipped, tr.ckpt_root);
     }
     /* the resolved config, for the record */
