@@ -52,5 +52,6 @@ ls -d hf.* 2>/dev/null && { echo "leftover temp dirs"; exit 1; }
 if "$MOET" export "$G/model" p --format peft 2>err.log; then exit 1; fi; grep -q "not a LoRA checkpoint" err.log
 if "$MOET" export "$G/model" x --format onnx 2>err.log; then exit 1; fi; grep -q "format must be" err.log
 if "$MOET" export /nonexistent x --format hf 2>err.log; then exit 1; fi; [ "$(wc -l < err.log)" = 1 ]
+if "$MOET" export "$G/model" x --format hf --tokenizer nope.json 2>err.log; then exit 1; fi; grep -q "nope.json (from --tokenizer) does not exist" err.log
 [ ! -e p ] && [ ! -e x ]
 echo "export checks passed"

@@ -35,43 +35,17 @@ typedef struct {
     char base[4096];          /* base model name for the card */
 } source;
 
-static const char *json_str(const cJSON *o, const char *a, const char *b)
-{
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, a), b);
-    return cJSON_IsString(x) ? x->valuestring : NULL;
-}
-
-static void find_tokenizer(source *s, const char *path, const char *given)
-{
-    char cand[3][4096] = {"", "", ""};
-    if (given) snprintf(cand[0], sizeof cand[0], "%s", given);
-    if (s->state) {
-        cJSON *st = cJSON_Parse(s->state);
-        const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(st, "config");
-        const cJSON *tk = cJSON_GetObjectItemCaseSensitive(cfg, "tokenizer");
-        if (!cand[0][0] && cJSON_IsString(tk)) snprintf(cand[0], sizeof cand[0], "%s", tk->valuestring);
-        const char *init = json_str(cfg, "model", "init_from");
-        if (init) {
-            fs_path_join(cand[1], sizeof cand[1], init, "tokenizer.json");
-            snprintf(s->base, sizeof s->base, "%s", init);
-        }
-        cJSON_Delete(st);
-    }
-    fs_path_join(cand[2], sizeof cand[2], path, "tokenizer.json");
-    for (int i = 0; i < 3; i++)
-        if (cand[i][0] && fs_exists(cand[i])) {
-            memcpy(s->tokenizer, cand[i], sizeof s->tokenizer);
-            return;
-        }
-}
-
 static int load_source(source *s, const char *path, const char *tokenizer, char *err)
 {
     memset(s, 0, sizeof *s);
     if (load_any_model(path, &s->m, &s->lo, &s->state, err)) return -1;
     s->have_model = 1;
-    find_tokenizer(s, path, tokenizer);
-    return 0;
+    cJSON *st = s->state ? cJSON_Parse(s->state) : NULL;
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(st, "config"), "model"), "init_from");
+    if (cJSON_IsString(init)) snprintf(s->base, sizeof s->base, "%s", init->valuestring);
+    cJSON_Delete(st);
+    return load_find_tokenizer(path, s->state, tokenizer, s->tokenizer, sizeof s->tokenizer, err);
 }
 
 static int parse_size(const char *s, size_t *out)

@@ -43,69 +43,25 @@ typedef struct {
     sample_params sp;
 } gen_opts;
 
-/* A LoRA checkpoint ("kind": "lora"): the run's base with the adapter folded in, so
- * generation runs at the speed of the plain model. */
-static int load_lora_checkpoint(model *m, const char *dir, const char *state_json, char *err)
-{
-    lora *lo;
-    (void)state_json;
-    if (load_any_model(dir, m, &lo, NULL, err)) return -1;
-    lora_merge(m);
-    lora_free(lo);
-    return 0;
-}
-
-static const char *json_str(const cJSON *o, const char *a, const char *b)
-{
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
-    if (b) x = cJSON_GetObjectItemCaseSensitive(x, b);
-    return cJSON_IsString(x) ? x->valuestring : NULL;
-}
-
-/* The model (full checkpoint or HF dir, or a LoRA checkpoint) and the tokenizer's path. */
+/* The model (HF dir, full checkpoint, or LoRA checkpoint with its adapter folded in, so
+ * generation runs at the speed of the plain model) and the tokenizer's path. */
 static int load_model(model *m, const gen_opts *o, char *tok_path, size_t cap, char *err)
 {
-    char cand[3][4096] = {"", "", ""};
-    const char *why[3] = {"--tokenizer", "the checkpoint config's tokenizer", "model.init_from/tokenizer.json"};
-    char *state = NULL;
-    int lora = 0;
+    lora *lo;
+    char *state;
     if (!fs_is_dir(o->path)) return err_set(err, "%s: no such model directory or checkpoint", o->path);
-    if (o->tokenizer) snprintf(cand[0], sizeof cand[0], "%s", o->tokenizer);
-    if (ckpt_is_checkpoint(o->path)) {
-        if (ckpt_read_state(o->path, &state, err)) return -1;
-        cJSON *st = cJSON_Parse(state);
-        const char *kind = json_str(st, "kind", NULL);
-        lora = kind && !strcmp(kind, "lora");
-        const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(st, "config");
-        const char *tk = json_str(cfg, "tokenizer", NULL), *init = json_str(cfg, "model", "init_from");
-        if (tk) snprintf(cand[1], sizeof cand[1], "%s", tk);
-        if (init) fs_path_join(cand[2], sizeof cand[2], init, "tokenizer.json");
-        cJSON_Delete(st);
+    if (load_any_model(o->path, m, &lo, &state, err)) return -1;
+    if (lo) {
+        lora_merge(m);
+        lora_free(lo);
     }
-    int rc = lora ? load_lora_checkpoint(m, o->path, state, err) : ckpt_load_model(m, o->path, 0, err);
+    int rc = load_find_tokenizer(o->path, state, o->tokenizer, tok_path, cap, err);
     free(state);
-    if (rc) return -1;
-    tok_path[0] = 0;
-    for (int i = 0; i < 3 && !tok_path[0]; i++) {
-        if (!cand[i][0]) continue;
-        if (!fs_exists(cand[i])) {
-            if (i == 0) { /* an explicit path that is wrong is an error, not a fallback */
-                model_free(m);
-                return err_set(err, "tokenizer %s (from %s) does not exist", cand[i], why[i]);
-            }
-            continue;
-        }
-        size_t n = strlen(cand[i]) < cap ? strlen(cand[i]) : cap - 1;
-        memcpy(tok_path, cand[i], n);
-        tok_path[n] = 0;
-    }
-    if (!tok_path[0]) fs_path_join(tok_path, cap, o->path, "tokenizer.json");
-    if (!fs_exists(tok_path)) {
-        model_free(m);
-        return err_set(err, "no tokenizer found for %s (looked for %s): pass --tokenizer tokenizer.json", o->path,
-                       tok_path);
-    }
-    return 0;
+    if (!rc && !tok_path[0])
+        rc = err_set(err, "no tokenizer found for %s (looked for %s/tokenizer.json): pass --tokenizer tokenizer.json",
+                     o->path, o->path);
+    if (rc) model_free(m);
+    return rc;
 }
 
 /* Sampling defaults and extra EOS ids from DIR/generation_config.json, as HF generate()

@@ -7,6 +7,7 @@
 #include "common/fsutil.h"
 
 #include <cJSON.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -100,4 +101,30 @@ out:
     if (rc == 0 && state) *state = st;
     else free(st);
     return rc;
+}
+
+int load_find_tokenizer(const char *path, const char *state_json, const char *given, char *out, size_t cap,
+                        char *err)
+{
+    char cand[3][4096] = {"", "", ""};
+    out[0] = 0;
+    if (given) {
+        if (!fs_exists(given)) return err_set(err, "tokenizer %s (from --tokenizer) does not exist", given);
+        snprintf(out, cap, "%s", given);
+        return 0;
+    }
+    cJSON *st = state_json ? cJSON_Parse(state_json) : NULL;
+    const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(st, "config");
+    const cJSON *tk = cJSON_GetObjectItemCaseSensitive(cfg, "tokenizer");
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(cfg, "model"), "init_from");
+    if (cJSON_IsString(tk)) snprintf(cand[0], sizeof cand[0], "%s", tk->valuestring);
+    if (cJSON_IsString(init)) fs_path_join(cand[1], sizeof cand[1], init->valuestring, "tokenizer.json");
+    cJSON_Delete(st);
+    fs_path_join(cand[2], sizeof cand[2], path, "tokenizer.json");
+    for (int i = 0; i < 3; i++)
+        if (cand[i][0] && fs_exists(cand[i])) {
+            snprintf(out, cap, "%s", cand[i]);
+            break;
+        }
+    return 0;
 }

@@ -19,4 +19,11 @@ int load_run_base(const cfg *c, model *m, int with_grads, char *err);
  * *state (may be NULL) the checkpoint's trainer_state.json text (NULL for an HF dir). */
 int load_any_model(const char *path, model *m, lora **lo, char **state, char *err);
 
+/* The tokenizer.json that goes with path: given (an error if it does not exist), else the
+ * run's `tokenizer`, else model.init_from/tokenizer.json (both from state_json, the
+ * checkpoint's trainer_state.json, may be NULL), else path/tokenizer.json. out is "" when
+ * none of them exists. */
+int load_find_tokenizer(const char *path, const char *state_json, const char *given, char *out, size_t cap,
+                        char *err);
+
 #endif
