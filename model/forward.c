@@ -359,16 +359,12 @@ static void head(model *m, model_acts *a, const model_batch *b, float *logits_ou
                 if (train) memset(z, 0, (size_t)V * sizeof(float));
                 continue;
             }
-            float mx = z[0], zy = z[y];
-            for (int v = 1; v < V; v++) mx = z[v] > mx ? z[v] : mx;
-            double s = 0;
-            if (train) { /* keep the exponentials: dlogits = ce_scale * (softmax - onehot) */
-                for (int v = 0; v < V; v++) s += z[v] = model_expf(z[v] - mx);
+            float zy = z[y], mx = model_row_max(z, V);
+            double s = model_row_expsum(z, V, mx, train); /* train keeps the exponentials: */
+            if (train) {                                  /* dlogits = ce_scale * (softmax - onehot) */
                 float inv = (float)(ce_scale / s);
                 for (int v = 0; v < V; v++) z[v] *= inv;
                 z[y] -= (float)ce_scale;
-            } else {
-                for (int v = 0; v < V; v++) s += model_expf(z[v] - mx);
             }
             row_ce[i] = mx + log(s) - zy;
         }

@@ -58,6 +58,44 @@ static inline float model_expf(float x)
     return p * u.f;
 }
 
+/* Row reductions GCC vectorises: a plain `m = z > m ? z : m` or `s += e` loop is a serial
+ * dependence it may not reorder (no -ffast-math), so these keep MODEL_LANES independent
+ * partial results and combine them at the end (a fixed order: results are reproducible). */
+#define MODEL_LANES 16
+static inline float model_row_max(const float *z, int n)
+{
+    float m[MODEL_LANES];
+    int v = 0;
+    for (int j = 0; j < MODEL_LANES; j++) m[j] = z[0];
+    for (; v + MODEL_LANES <= n; v += MODEL_LANES)
+        for (int j = 0; j < MODEL_LANES; j++) m[j] = z[v + j] > m[j] ? z[v + j] : m[j];
+    float mx = m[0];
+    for (int j = 1; j < MODEL_LANES; j++) mx = m[j] > mx ? m[j] : mx;
+    for (; v < n; v++) mx = z[v] > mx ? z[v] : mx;
+    return mx;
+}
+
+/* sum over v of exp(z[v] - shift), in double; with store, z[v] := exp(z[v] - shift). */
+static inline double model_row_expsum(float *z, int n, float shift, int store)
+{
+    double acc[MODEL_LANES] = {0};
+    int v = 0;
+    for (; v + MODEL_LANES <= n; v += MODEL_LANES)
+        for (int j = 0; j < MODEL_LANES; j++) {
+            float e = model_expf(z[v + j] - shift);
+            if (store) z[v + j] = e;
+            acc[j] += e;
+        }
+    double s = 0;
+    for (int j = 0; j < MODEL_LANES; j++) s += acc[j];
+    for (; v < n; v++) {
+        float e = model_expf(z[v] - shift);
+        if (store) z[v] = e;
+        s += e;
+    }
+    return s;
+}
+
 /* C (M,N) = alpha * op(A) op(B) + beta * C, row-major, through OpenBLAS. */
 void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                 int ldb, float beta, float *C, int ldc);
