@@ -303,6 +303,89 @@ static void test_router_and_experts_backward_match_finite_differences(void **sta
         free(xn), free(Rr), free(c.Wg), free(c.w13), free(c.w2);
 }
 
+/* The experts run side by side on the cores, except one holding >= 1/threads of the rows,
+ * which runs alone first (model/moe.c). Both schedules against a plain double-precision
+ * evaluation of out = sum_j w_j W2 (silu(W1 x) * W3 x) and of its backward. */
+static double rel_err(const float *a, const double *ref, size_t n)
+{
+    double d = 0, r = 0;
+    for (size_t i = 0; i < n; i++) d += (a[i] - ref[i]) * (a[i] - ref[i]), r += ref[i] * ref[i];
+    return sqrt(d / (r > 0 ? r : 1));
+}
+
+static void run_experts_case(const int *topi, const char *what)
+{
+    enum { N = 64, D = 16, F = 24, E = 4, k = 2, Nk = N * k };
+    float *w13 = randn(E * 2 * F * D, 0.3f), *w2 = randn(E * D * F, 0.3f), *xn = randn(N * D, 1),
+          *dout = randn(N * D, 1), *tw = randn(Nk, 1);
+    int off[E + 1], rt[Nk], sr[Nk];
+    moe_sort(off, rt, sr, topi, N, E, k);
+    float *out = calloc(N * D, 4), *h13 = malloc(Nk * 2 * F * 4), *ye = malloc(Nk * D * 4), *xs = malloc(Nk * D * 4),
+          *act = malloc(Nk * F * 4), *dxn = calloc(N * D, 4), *dw13 = calloc(E * 2 * F * D, 4),
+          *dw2 = calloc(E * D * F, 4), *dtw = malloc(Nk * 4), *dys = malloc(Nk * D * 4), *dh = malloc(Nk * 2 * F * 4);
+    moe_experts_forward(out, h13, ye, xs, act, xn, w13, w2, off, rt, sr, tw, N, D, F, E, k, NULL);
+    moe_experts_backward(dxn, dw13, dw2, dtw, dout, h13, ye, xn, w13, w2, off, rt, sr, tw, xs, act, dys, dh, N, D, F,
+                         E, k, NULL);
+    double *ro = calloc(N * D, 8), *rdx = calloc(N * D, 8), *rdw13 = calloc(E * 2 * F * D, 8),
+           *rdw2 = calloc(E * D * F, 8), *rdtw = calloc(Nk, 8);
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < k; j++) {
+            int e = topi[n * k + j];
+            const float *W1 = w13 + (size_t)e * 2 * F * D, *W3 = W1 + F * D, *W2 = w2 + (size_t)e * D * F,
+                        *x = xn + n * D, *g = dout + n * D;
+            double h1[F], h3[F], a[F], y[D], da[F];
+            for (int f = 0; f < F; f++) {
+                h1[f] = h3[f] = 0;
+                for (int d = 0; d < D; d++) h1[f] += W1[f * D + d] * x[d], h3[f] += W3[f * D + d] * x[d];
+                a[f] = h1[f] / (1 + exp(-h1[f])) * h3[f];
+            }
+            for (int d = 0; d < D; d++) {
+                y[d] = 0;
+                for (int f = 0; f < F; f++) y[d] += W2[d * F + f] * a[f];
+                ro[n * D + d] += tw[n * k + j] * y[d];
+                rdtw[n * k + j] += g[d] * y[d];
+            }
+            for (int f = 0; f < F; f++) {
+                da[f] = 0;
+                for (int d = 0; d < D; d++) {
+                    double dy = tw[n * k + j] * g[d];
+                    rdw2[(size_t)e * D * F + d * F + f] += dy * a[f];
+                    da[f] += W2[d * F + f] * dy;
+                }
+                double s = 1 / (1 + exp(-h1[f])), dh1 = da[f] * h3[f] * s * (1 + h1[f] * (1 - s)),
+                       dh3 = da[f] * h1[f] * s;
+                for (int d = 0; d < D; d++) {
+                    rdw13[(size_t)e * 2 * F * D + f * D + d] += dh1 * x[d];
+                    rdw13[(size_t)e * 2 * F * D + (F + f) * D + d] += dh3 * x[d];
+                    rdx[n * D + d] += W1[f * D + d] * dh1 + W3[f * D + d] * dh3;
+                }
+            }
+        }
+    struct { const char *name; const float *got; const double *ref; size_t n; } cmp[] = {
+        {"out", out, ro, N * D}, {"d xn", dxn, rdx, N * D}, {"d topw", dtw, rdtw, Nk},
+        {"d w1|w3", dw13, rdw13, E * 2 * F * D}, {"d w2", dw2, rdw2, E * D * F}};
+    for (int i = 0; i < 5; i++) {
+        double r = rel_err(cmp[i].got, cmp[i].ref, cmp[i].n);
+        printf("    experts %-8s %-7s rel %.2e (tolerance 1e-5)\n", what, cmp[i].name, r);
+        assert_true(r < 1e-5);
+    }
+    free(w13), free(w2), free(xn), free(dout), free(tw), free(out), free(h13), free(ye), free(xs), free(act),
+        free(dxn), free(dw13), free(dw2), free(dtw), free(dys), free(dh), free(ro), free(rdx), free(rdw13), free(rdw2),
+        free(rdtw);
+}
+
+static void test_experts_agree_with_a_plain_evaluation_balanced_and_skewed(void **state)
+{
+    enum { N = 64, k = 2 };
+    int bal[N * k], skew[N * k];
+    for (int n = 0; n < N; n++) {
+        bal[n * k] = n % 4, bal[n * k + 1] = (n + 1) % 4;
+        skew[n * k] = 0, skew[n * k + 1] = 1 + n % 3; /* expert 0 holds half the rows: it runs alone */
+    }
+    run_experts_case(bal, "balanced");
+    run_experts_case(skew, "skewed");
+}
+
 /* ------------------------------------------------------------- whole model (loss head, embedding, residuals) */
 static void test_model_backward_matches_finite_differences(void **state)
 {
@@ -387,6 +470,7 @@ int main(void)
         cmocka_unit_test(test_attention_backward_matches_finite_differences),
         cmocka_unit_test(test_attention_with_sliding_window_and_document_mask),
         cmocka_unit_test(test_router_and_experts_backward_match_finite_differences),
+        cmocka_unit_test(test_experts_agree_with_a_plain_evaluation_balanced_and_skewed),
         cmocka_unit_test(test_model_backward_matches_finite_differences),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
