@@ -25,15 +25,12 @@ static void block_probs(float *S, const float *Q, const float *K, int ld, int hd
             float l = lse[t];
             for (int j = lo; j <= hi; j++) s[j] = model_expf(s[j] - l);
         } else {
-            float mx = -INFINITY, sum = 0;
-            for (int j = lo; j <= hi; j++) mx = s[j] > mx ? s[j] : mx;
-            for (int j = lo; j <= hi; j++) {
-                s[j] = model_expf(s[j] - mx);
-                sum += s[j];
-            }
-            float inv = 1.0f / sum;
+            int n = hi - lo + 1;
+            float mx = model_row_max(s + lo, n);
+            double sum = model_row_expsum(s + lo, n, mx, 1);
+            float inv = (float)(1.0 / sum);
             for (int j = lo; j <= hi; j++) s[j] *= inv;
-            lse_out[t] = mx + logf(sum);
+            lse_out[t] = mx + (float)log(sum);
         }
     }
 }
