@@ -20,12 +20,13 @@
  * attribute does not do it): about 5x faster on one core when it does. */
 static void adamw_segment(float *restrict p, const float *restrict g, float *restrict m,
                           float *restrict v, size_t n, float decay_mul, float b1, float omb1,
-                          float b2, float omb2, float neg_step_size, float bc2_sqrt, float eps)
+                          float b2, float omb2, float neg_step_size, float bc2_sqrt, float eps, float gscale)
 {
     #pragma omp for simd schedule(static) nowait
     for (size_t i = 0; i < n; i++) {
-        float mi = FMA(omb1, g[i], b1 * m[i]);
-        float vi = FMA(omb2 * g[i], g[i], b2 * v[i]);
+        float gi = g[i] * gscale;
+        float mi = FMA(omb1, gi, b1 * m[i]);
+        float vi = FMA(omb2 * gi, gi, b2 * v[i]);
         float denom = sqrtf(vi) / bc2_sqrt + eps;
         m[i] = mi;
         v[i] = vi;
@@ -35,6 +36,12 @@ static void adamw_segment(float *restrict p, const float *restrict g, float *res
 
 void adamw_step(const adamw_cfg *c, float *p, const float *g, float *m, float *v,
                 const adamw_seg *segs, int nseg, int step, float lr)
+{
+    adamw_step_scaled(c, p, g, m, v, segs, nseg, step, lr, 1.0f);
+}
+
+void adamw_step_scaled(const adamw_cfg *c, float *p, const float *g, float *m, float *v,
+                       const adamw_seg *segs, int nseg, int step, float lr, float gscale)
 {
     const double bc1 = 1.0 - pow(c->beta1, step);
     const double bc2 = 1.0 - pow(c->beta2, step);
@@ -50,6 +57,6 @@ void adamw_step(const adamw_cfg *c, float *p, const float *g, float *m, float *v
     for (int s = 0; s < nseg; s++) {
         size_t o = segs[s].offset;
         adamw_segment(p + o, g + o, m + o, v + o, segs[s].n, segs[s].decay ? decay_mul : 1.0f,
-                      b1, omb1, b2, omb2, neg_step_size, bc2_sqrt, eps);
+                      b1, omb1, b2, omb2, neg_step_size, bc2_sqrt, eps, gscale);
     }
 }

@@ -31,5 +31,9 @@ typedef struct {
  * step: 1 for the first update (bias correction); lr: this step's learning rate. */
 void adamw_step(const adamw_cfg *c, float *p, const float *g, float *m, float *v,
                 const adamw_seg *segs, int nseg, int step, float lr);
+/* The same with every gradient read as g[i] * gscale (rounded to float, as an in-place
+ * clip_grad_norm_ would have left it): clipping fused into the update, g untouched. */
+void adamw_step_scaled(const adamw_cfg *c, float *p, const float *g, float *m, float *v,
+                       const adamw_seg *segs, int nseg, int step, float lr, float gscale);
 
 #endif

@@ -231,6 +231,31 @@ static void test_clip_leaves_gradients_alone_under_threshold_or_disabled(void **
     assert_memory_equal(g, g0, sizeof g);
 }
 
+/* The trainer fuses clipping into AdamW (grad_norm + clip_coef + adamw_step_scaled); that
+ * must be bit-identical to clip_grad_norm followed by adamw_step, clipped or not. */
+static void test_clip_fused_into_adamw_is_bit_identical(void **state)
+{
+    enum { N = 1000 };
+    adamw_cfg c = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1};
+    adamw_seg segs[2] = {{0, 600, 1}, {600, 400, 0}};
+    static float p1[N], m1[N], v1[N], p2[N], m2[N], v2[N], g[N], gc[N];
+    for (int i = 0; i < N; i++) p1[i] = p2[i] = rng_normal(), m1[i] = m2[i] = v1[i] = v2[i] = 0;
+    for (int step = 1; step <= 4; step++) {
+        double max_norm = step % 2 ? 1.0 : 1e9; /* clipped, then not */
+        for (int i = 0; i < N; i++) g[i] = gc[i] = 0.3f * rng_normal();
+        double n1 = clip_grad_norm(gc, N, max_norm);
+        adamw_step(&c, p1, gc, m1, v1, segs, 2, step, 1e-3f);
+        double n2 = grad_norm(g, N);
+        float coef = clip_coef(n2, max_norm);
+        assert_true(step % 2 ? coef < 1.0f : coef == 1.0f);
+        adamw_step_scaled(&c, p2, g, m2, v2, segs, 2, step, 1e-3f, coef);
+        assert_true(n1 == n2);
+        assert_memory_equal(p1, p2, sizeof p1);
+        assert_memory_equal(m1, m2, sizeof m1);
+        assert_memory_equal(v1, v2, sizeof v1);
+    }
+}
+
 static void test_clip_returns_nonfinite_norm_without_scaling(void **state)
 {
     float g[3] = {1, INFINITY, 2}, g2[3] = {1, NAN, 2};
@@ -336,6 +361,7 @@ int main(void)
         cmocka_unit_test(test_clip_scales_gradients_to_max_norm),
         cmocka_unit_test(test_clip_leaves_gradients_alone_under_threshold_or_disabled),
         cmocka_unit_test(test_clip_returns_nonfinite_norm_without_scaling),
+        cmocka_unit_test(test_clip_fused_into_adamw_is_bit_identical),
         cmocka_unit_test(test_sched_warmup_is_linear_from_lr_over_w_to_lr),
         cmocka_unit_test(test_sched_constant_is_lr_everywhere_after_warmup),
         cmocka_unit_test(test_sched_cosine_boundaries_midpoint_and_floor),

@@ -414,13 +414,14 @@ static int train_step(trainer *tr, step_result *res, char *err)
     res->z = z;
     res->loss = res->ce + tr->aux_coef * aux + tr->z_coef * z;
     double t_opt = now();
-    res->grad_norm = clip_grad_norm(tr->tv.g, tr->tv.total, c->optim.grad_clip);
+    res->grad_norm = grad_norm(tr->tv.g, tr->tv.total); /* clipping is applied inside AdamW */
     if (!isfinite(res->loss) || !isfinite(res->grad_norm))
         return err_set(err, "non-finite %s at step %d (loss %g, grad_norm %g): stopping; %s",
                        isfinite(res->loss) ? "gradient norm" : "loss", tr->step + 1, res->loss, res->grad_norm,
                        tr->last_ckpt[0] ? "the last good checkpoint is kept" : "no checkpoint was written");
     res->lr = sched_lr(&tr->sc, tr->step + 1);
-    adamw_step(&tr->ac, tr->tv.w, tr->tv.g, tr->mom, tr->vel, tr->segs, tr->nseg, tr->step + 1, (float)res->lr);
+    adamw_step_scaled(&tr->ac, tr->tv.w, tr->tv.g, tr->mom, tr->vel, tr->segs, tr->nseg, tr->step + 1,
+                      (float)res->lr, clip_coef(res->grad_norm, c->optim.grad_clip));
     tr->t_opt += now() - t_opt;
     tr->step++;
     tr->tokens_seen += res->tokens;
