@@ -81,14 +81,17 @@ grep -q "^blas=$BLASDIR/" "$OUT/sgemm.txt" ||
     echo "   WARNING: sgemm_peak did not load the OpenMP OpenBLAS from $BLASDIR"
 
 # ---- PyTorch reference: one process per preset
-run_torch() {   # CONFIG [avx512] -> $OUT/torch[-avx512]-CONFIG.result
+run_torch() {   # CONFIG [avx512|plain] -> $OUT/torch[-avx512|-plain]-CONFIG.result
+    # plain: the issue's setup (OpenMP OpenBLAS, configured kernels, glibc's malloc defaults)
     local cfg=$1 eng=torch${2:+-$2}
     local res="$OUT/$eng-$1.result" log="$OUT/$eng-$1.log" ct=${OPENBLAS_CORETYPE:-}
+    local tun=$GLIBC_TUNABLES
     read -r warm steps <<<"$(steps_for "$cfg")"
     rm -f "$res"
-    [ -n "${2:-}" ] && ct=SkylakeX
+    [ "${2:-}" = avx512 ] && ct=SkylakeX
+    [ "${2:-}" = plain ] && tun=
     echo "== $eng $cfg ($warm warm-up + $steps timed steps)"
-    OPENBLAS_CORETYPE=$ct "$PY" "$BENCH/run_rss.py" "$res" "$PY" "$BENCH/torch_bench.py" "$cfg" \
+    GLIBC_TUNABLES=$tun OPENBLAS_CORETYPE=$ct "$PY" "$BENCH/run_rss.py" "$res" "$PY" "$BENCH/torch_bench.py" "$cfg" \
         --warmup "$warm" --steps "$steps" --threads 2 >"$log" 2>&1
     sed 's/^/   /' "$log" | grep -v '^   result '
     grep -q "^blas: .*$BLASDIR/libopenblas" "$log" ||
@@ -123,12 +126,15 @@ run_moet() {    # CONFIG [keep] -> $OUT/moet[-keep]-CONFIG.result
     MOET_BLAS=$keep "$PY" "$BENCH/run_rss.py" "$res" ./moet train "$OUT/moet-$cfg.yaml" --profile \
         >"$log" 2>&1
     sed 's/^/   /' "$log" | tail -20
-    # moet --profile prints one line per step: profile step=N fwd_ms=.. bwd_ms=.. opt_ms=..
+    # moet --profile prints one line per step: profile step=N fwd_ms=.. bwd_ms=.. opt_ms=.. step_ms=..
     # (fwd: the forward kernels; lm_head+loss run fused in bwd); steps <= $warm are warm-up.
+    # step_ms is the step's whole wall time, so opt here = step - fwd - bwd: the optimizer
+    # plus zeroing the gradients, batch fetch and bookkeeping (torch's data are pre-made).
     awk -v warm="$warm" -v tokens="$(bench_tokens "$cfg")" '
         /^profile / { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
                       if (v["step"] > warm) {
-                          n++; f[n] = v["fwd_ms"]; b[n] = v["bwd_ms"]; o[n] = v["opt_ms"] } }
+                          n++; f[n] = v["fwd_ms"]; b[n] = v["bwd_ms"]
+                          o[n] = v["step_ms"] - v["fwd_ms"] - v["bwd_ms"] } }
         function median(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
                                              if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
                                            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
@@ -145,6 +151,7 @@ for cfg in $CONFIGS; do
     "$PY" "$BENCH/bench_configs.py" formula "$cfg" >/dev/null || die "unknown config $cfg"
 done
 for cfg in $CONFIGS; do
+    run_torch "$cfg" plain
     run_torch "$cfg"
     [ $VARIANTS = 1 ] && run_torch "$cfg" avx512
     [ $VARIANTS = 1 ] && run_moet "$cfg" keep
