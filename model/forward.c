@@ -32,10 +32,10 @@ struct model_acts {
     int B, T, N, L, k, E, nthreads;
     /* kept per layer l (stride N rows): */
     float *x;                    /* (L+1, N, D) residual stream entering layer l; x[L] leaves the last */
-    float *xn1, *rstd1;          /* (L, N, D), (L, N) */
+    float *rstd1;                /* (L, N): norms keep rstd; backward recomputes their outputs */
     float *qkv;                  /* (L, N, QKV) after RoPE */
     float *att, *lse;            /* (L, N, H*hd), (L, B, H, T) */
-    float *xmid, *xn2, *rstd2;   /* (L, N, D) x2, (L, N) */
+    float *xmid, *rstd2;         /* (L, N, D), (L, N) */
     float *rlogits, *probs;      /* (L, N, E) */
     int *topi;                   /* (L, N, k) */
     float *topw;                 /* (L, N, k) */
@@ -47,7 +47,8 @@ struct model_acts {
     int *pos, *kv_start;         /* (N) */
     float *cos_t, *sin_t;        /* (T, hd/2) */
     /* scratch */
-    float *dx, *dxn, *dqkv, *datt, *attn_scr, *xs, *act, *dys, *dh13, *dtopw, *drl, *head;
+    float *xn;                   /* (N, D) the current norm's output, forward and backward */
+    float *dx, *dxn, *dqkv, *datt, *attn_scr, *xs, *act, *dys, *dtopw, *drl, *head; /* dh13 reuses h13 */
     double *row_ce;              /* (head_rows) */
     float *lxa;                  /* LoRA: (L, 4*N + 3*Nk, r) inputs times A, kept for backward */
     int lora_r;
@@ -74,13 +75,11 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     char *p0 = p;
     const size_t f = sizeof(float), i = sizeof(int);
     a->x = carve(&p, (L + 1) * N * D * f);
-    a->xn1 = carve(&p, L * N * D * f);
     a->rstd1 = carve(&p, L * N * f);
     a->qkv = carve(&p, L * N * QKV * f);
     a->att = carve(&p, L * N * Hd * f);
     a->lse = carve(&p, L * N * c->n_heads * f);
     a->xmid = carve(&p, L * N * D * f);
-    a->xn2 = carve(&p, L * N * D * f);
     a->rstd2 = carve(&p, L * N * f);
     a->rlogits = carve(&p, L * N * E * f);
     a->probs = carve(&p, L * N * E * f);
@@ -106,7 +105,7 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->xs = carve(&p, Nk * D * f);
     a->act = carve(&p, Nk * F * f);
     a->dys = carve(&p, Nk * D * f);
-    a->dh13 = carve(&p, Nk * 2 * F * f);
+    a->xn = carve(&p, N * D * f);
     a->dtopw = carve(&p, Nk * f);
     a->drl = carve(&p, N * E * f);
     a->head = carve(&p, (size_t)head_rows((int)V) * V * f);
@@ -265,9 +264,9 @@ static void forward_layers(model *m, model_acts *a, const model_batch *b)
     memset(a->counts, 0, (size_t)a->L * E * sizeof(int));
     for (int l = 0; l < c->n_layers; l++) {
         const model_layer *W = &m->layers[l];
-        float *x = a->x + (size_t)l * Na * D, *xn1 = a->xn1 + (size_t)l * Na * D;
+        float *x = a->x + (size_t)l * Na * D, *xn1 = a->xn, *xn2 = a->xn;
         float *qkv = a->qkv + (size_t)l * Na * QKV, *att = a->att + (size_t)l * Na * Hd;
-        float *xmid = a->xmid + (size_t)l * Na * D, *xn2 = a->xn2 + (size_t)l * Na * D;
+        float *xmid = a->xmid + (size_t)l * Na * D;
         size_t nk = (size_t)l * Na * k;
         PROF(PROF_NORM, fwd, model_rmsnorm_forward(xn1, a->rstd1 + (size_t)l * Na, x, W->attn_norm, N, D, c->norm_eps));
         PROF(PROF_ATTN, fwd, model_gemm(0, 1, N, QKV, D, 1, xn1, D, W->wqkv, D, 0, qkv, QKV));
@@ -419,17 +418,18 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
 
     for (int l = c->n_layers - 1; l >= 0; l--) {
         const model_layer *W = &m->layers[l], *G = &m->glayers[l];
-        float *x = a->x + (size_t)l * Na * D, *xn1 = a->xn1 + (size_t)l * Na * D;
+        float *x = a->x + (size_t)l * Na * D, *xn1 = a->xn, *xn2 = a->xn;
         float *qkv = a->qkv + (size_t)l * Na * QKV, *att = a->att + (size_t)l * Na * Hd;
-        float *xmid = a->xmid + (size_t)l * Na * D, *xn2 = a->xn2 + (size_t)l * Na * D;
+        float *xmid = a->xmid + (size_t)l * Na * D;
         size_t nk = (size_t)l * Na * k;
         /* a->dx holds dL/dx[l+1]: through the MoE block (residual passes it on unchanged) */
         moe_lora ml, *mlp = moe_lora_of(m, a, l, &ml);
-        PROF(PROF_EXPERTS, bwd, {
+        PROF(PROF_NORM, bwd, model_rmsnorm_apply(xn2, xmid, a->rstd2 + (size_t)l * Na, W->ffn_norm, N, D));
+        PROF(PROF_EXPERTS, bwd, { /* dL/dh13 overwrites h13 (each row read before it is written) */
             memset(a->dxn, 0, (size_t)N * D * sizeof(float));
             moe_experts_backward(a->dxn, G->w13, G->w2, a->dtopw, a->dx, a->h13 + nk * 2 * F, a->ye + nk * D, xn2,
                                  W->w13, W->w2, a->off + (size_t)l * (E + 1), a->row_tok + nk, a->slot_row + nk,
-                                 a->topw + nk, a->xs, a->act, a->dys, a->dh13, N, D, F, E, k, mlp);
+                                 a->topw + nk, a->xs, a->act, a->dys, N, D, F, E, k, mlp);
         });
         PROF(PROF_ROUTER, bwd,
              moe_router_backward(a->dxn, G->gate, a->drl, a->dtopw, a->rlogits + (size_t)l * Na * E,
@@ -452,6 +452,9 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
         /* below layer 0's q/k/v only the embedding could want a gradient: a frozen base
          * (LoRA) stops there */
         int need_dx = l > 0 || m->gembed || G->attn_norm;
+        if (dWqkv || lora_site_at(m->lora, l, LORA_Q) || lora_site_at(m->lora, l, LORA_K) ||
+            lora_site_at(m->lora, l, LORA_V))
+            PROF(PROF_NORM, bwd, model_rmsnorm_apply(xn1, x, a->rstd1 + (size_t)l * Na, W->attn_norm, N, D));
         PROF(PROF_ATTN, bwd, {
             attn_backward(a->dqkv, a->datt, att, qkv, a->lse + (size_t)l * Na * H, a->kv_start, b->B, b->T, H, KV,
                           hd, a->attn_scr);

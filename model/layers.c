@@ -32,6 +32,16 @@ void model_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w
     }
 }
 
+void model_rmsnorm_apply(float *y, const float *x, const float *rstd, const float *w, int N, int D)
+{
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *xn = x + (size_t)n * D;
+        float *yn = y + (size_t)n * D, r = rstd[n];
+        for (int d = 0; d < D; d++) yn[d] = w[d] * (xn[d] * r);
+    }
+}
+
 /* With u = x*r: dx = r * (w*dy - u * mean(w*dy*u)); dw = sum_n dy*u.
  * dw is summed over n in a fixed order (parallel over columns), so results are bitwise
  * reproducible whatever the thread timing: resumed runs must match uninterrupted ones. */

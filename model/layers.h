@@ -10,6 +10,9 @@
 
 /* ---- RMSNorm: y = w * x / sqrt(mean(x^2) + eps). x, y (N,D); w (D); rstd (N). */
 void model_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int D, float eps);
+/* y = w * x * rstd with the rstd forward saved: the same floats forward wrote (the
+ * backward pass recomputes normalised inputs instead of keeping them per layer). */
+void model_rmsnorm_apply(float *y, const float *x, const float *rstd, const float *w, int N, int D);
 /* dx (N,D) += d/dx; dw (D) += d/dw (NULL: skip). */
 void model_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
                             const float *rstd, int N, int D);
@@ -126,11 +129,12 @@ void moe_experts_forward(float *out, float *h13, float *ye, float *xs, float *ac
                          const moe_lora *ml);
 /* Backward of the experts and of the weighted combine. dtopw (N,k) = dL/dtopw;
  * dxn (N,D) += input gradient; dw13/dw2 += weight gradients (NULL: frozen).
- * Scratch: xs (Nk,D), act (Nk,F), dys (Nk,D), dh13 (Nk,2F). */
-void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout, const float *h13,
+ * h13 is OVERWRITTEN with dL/dh13 (it is not needed after this; saves a (Nk,2F) buffer).
+ * Scratch: xs (Nk,D), act (Nk,F), dys (Nk,D). */
+void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout, float *h13,
                           const float *ye, const float *xn, const float *w13, const float *w2, const int *off,
                           const int *row_tok, const int *slot_row, const float *topw, float *xs, float *act,
-                          float *dys, float *dh13, int N, int D, int F, int E, int k, const moe_lora *ml);
+                          float *dys, int N, int D, int F, int E, int k, const moe_lora *ml);
 /* Router backward: from dtopw through the renormalisation and softmax, plus the aux loss
  * (dL/dprobs[n,e] += aux_dp[e] for every row) and z-loss (z_w * 2 * lse * p per row).
  * dlogits (N,E) scratch; dWg (E,D) += (NULL: frozen); dxn (N,D) += dlogits Wg. */

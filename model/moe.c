@@ -94,23 +94,23 @@ static void swiglu(float *act, const float *h13, int r0, int r1, int F, int thr)
     }
 }
 
-/* dh13 rows [r0, r1) from dact and h13 */
-static void swiglu_backward(float *dh13, const float *dact, const float *h13, int r0, int r1, int F, int thr)
+/* h13 rows [r0, r1) := dL/dh13, from dact and h13 itself (in place) */
+static void swiglu_backward(float *h13, const float *dact, int r0, int r1, int F, int thr)
 {
 #pragma omp parallel for schedule(static) if (thr)
     for (int r = r0; r < r1; r++) {
-        const float *h1 = h13 + (size_t)r * 2 * F, *h3 = h1 + F, *da = dact + (size_t)r * F;
-        float *d1 = dh13 + (size_t)r * 2 * F, *d3 = d1 + F;
+        float *restrict h1 = h13 + (size_t)r * 2 * F, *restrict h3 = h1 + F;
+        const float *restrict da = dact + (size_t)r * F;
         for (int f = 0; f < F; f++) {
-            float s = sigmoidf(h1[f]), silu = h1[f] * s;
-            d1[f] = da[f] * h3[f] * s * (1.0f + h1[f] * (1.0f - s));
-            d3[f] = da[f] * silu;
+            float x1 = h1[f], x3 = h3[f], s = sigmoidf(x1);
+            h1[f] = da[f] * x3 * s * (1.0f + x1 * (1.0f - s));
+            h3[f] = da[f] * x1 * s;
         }
     }
 }
 
 typedef struct { /* the arguments every expert shares */
-    float *h13, *ye, *xs, *act, *dys, *dh13, *dw13, *dw2;
+    float *h13, *ye, *xs, *act, *dys, *dw13, *dw2;
     const float *xn, *w13, *w2;
     const int *off, *row_tok;
     int D, F, r, need_x, need_act;
@@ -139,7 +139,7 @@ static void expert_backward(const experts_ctx *c, int e, int thr)
     int r0 = c->off[e], r1 = c->off[e + 1], ne = r1 - r0, D = c->D, F = c->F, r = c->r;
     const moe_lora *ml = c->ml;
     float *dy = c->dys + (size_t)r0 * D, *a = c->act + (size_t)r0 * F;
-    float *dh = c->dh13 + (size_t)r0 * 2 * F, *x = c->xs + (size_t)r0 * D;
+    float *dh = c->h13 + (size_t)r0 * 2 * F, *x = c->xs + (size_t)r0 * D; /* dL/dh13 replaces h13 */
     if (!ne) return;
     /* the expert inputs and activations are needed only for weight gradients (a frozen
      * base with no adapter on these projections skips them) */
@@ -149,7 +149,7 @@ static void expert_backward(const experts_ctx *c, int e, int thr)
     if (ml && ml->w2) lora_backward_w(ml->lo, ml->w2, e, dy, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
     model_gemm(0, 0, ne, F, D, 1, dy, D, c->w2 + (size_t)e * D * F, F, 0, a, F); /* act := dact */
     if (ml && ml->w2) lora_backward_x(ml->lo, ml->w2, e, a, F, ne);
-    swiglu_backward(c->dh13, c->act, c->h13, r0, r1, F, thr);
+    swiglu_backward(c->h13, c->act, r0, r1, F, thr);
     if (c->dw13) model_gemm(1, 0, 2 * F, D, ne, 1, dh, 2 * F, x, D, 1, c->dw13 + (size_t)e * 2 * F * D, D);
     /* dxs overwrites dys (this expert's slice of dys is no longer needed) */
     model_gemm(0, 0, ne, D, 2 * F, 1, dh, 2 * F, c->w13 + (size_t)e * 2 * F * D, D, 0, dy, D);
@@ -195,10 +195,10 @@ void moe_experts_forward(float *out, float *h13, float *ye, float *xs, float *ac
     }
 }
 
-void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout, const float *h13,
+void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout, float *h13,
                           const float *ye, const float *xn, const float *w13, const float *w2, const int *off,
                           const int *row_tok, const int *slot_row, const float *topw, float *xs, float *act,
-                          float *dys, float *dh13, int N, int D, int F, int E, int k, const moe_lora *ml)
+                          float *dys, int N, int D, int F, int E, int k, const moe_lora *ml)
 {
     /* combine: out[n] = sum_j w[n,j] ye[r]  ->  dye[r] = w dout[n], dw[n,j] = <dout[n], ye[r]> */
 #pragma omp parallel for schedule(static)
@@ -215,7 +215,7 @@ void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, con
             dtopw[n * k + j] = dot;
         }
     }
-    experts_ctx c = {.h13 = (float *)h13, .ye = (float *)ye, .xs = xs, .act = act, .dys = dys, .dh13 = dh13,
+    experts_ctx c = {.h13 = h13, .ye = (float *)ye, .xs = xs, .act = act, .dys = dys,
                      .dw13 = dw13, .dw2 = dw2, .xn = xn, .w13 = w13, .w2 = w2, .off = off, .row_tok = row_tok,
                      .D = D, .F = F, .r = ml ? ml->lo->lc.r : 0, .ml = ml,
                      .need_x = dw13 || (ml && (ml->w1 || ml->w3)), .need_act = dw2 || (ml && ml->w2)};

@@ -271,10 +271,10 @@ static void test_router_and_experts_backward_match_finite_differences(void **sta
     float aux_dp[4];
     for (int e = 0; e < E; e++) f[e] = cnt[e] / (double)N, aux_dp[e] = c.aux_c * E * f[e] / N;
     float *dxn = calloc(N * D, 4), *dw13 = calloc(E * 2 * F * D, 4), *dw2 = calloc(E * D * F, 4),
-          *dWg = calloc(E * D, 4), *dtw = malloc(Nk * 4), *dys = malloc(Nk * D * 4), *dh = malloc(Nk * 2 * F * 4),
+          *dWg = calloc(E * D, 4), *dtw = malloc(Nk * 4), *dys = malloc(Nk * D * 4),
           *drl = malloc(N * E * 4);
-    moe_experts_backward(dxn, dw13, dw2, dtw, Rr, h13, ye, xn, c.w13, c.w2, off, rt, sr, tw, xs, act, dys, dh, N, D,
-                         F, E, k, NULL);
+    moe_experts_backward(dxn, dw13, dw2, dtw, Rr, h13, ye, xn, c.w13, c.w2, off, rt, sr, tw, xs, act, dys, N, D, F,
+                         E, k, NULL);
     moe_router_backward(dxn, dWg, drl, dtw, lg, pr, ti, tw, aux_dp, c.z_c / N, xn, c.Wg, N, D, E, k);
     c.topi_ref = ti;
     struct { const char *name; float *p; float *g; size_t n; } ps[] = {
@@ -299,7 +299,7 @@ static void test_router_and_experts_backward_match_finite_differences(void **sta
         free(v), free(save);
     }
     free(lg), free(pr), free(tw), free(out), free(ti), free(cnt), free(off), free(rt), free(sr), free(h13), free(ye),
-        free(xs), free(act), free(dxn), free(dw13), free(dw2), free(dWg), free(dtw), free(dys), free(dh), free(drl),
+        free(xs), free(act), free(dxn), free(dw13), free(dw2), free(dWg), free(dtw), free(dys), free(drl),
         free(xn), free(Rr), free(c.Wg), free(c.w13), free(c.w2);
 }
 
@@ -322,10 +322,10 @@ static void run_experts_case(const int *topi, const char *what)
     moe_sort(off, rt, sr, topi, N, E, k);
     float *out = calloc(N * D, 4), *h13 = malloc(Nk * 2 * F * 4), *ye = malloc(Nk * D * 4), *xs = malloc(Nk * D * 4),
           *act = malloc(Nk * F * 4), *dxn = calloc(N * D, 4), *dw13 = calloc(E * 2 * F * D, 4),
-          *dw2 = calloc(E * D * F, 4), *dtw = malloc(Nk * 4), *dys = malloc(Nk * D * 4), *dh = malloc(Nk * 2 * F * 4);
+          *dw2 = calloc(E * D * F, 4), *dtw = malloc(Nk * 4), *dys = malloc(Nk * D * 4);
     moe_experts_forward(out, h13, ye, xs, act, xn, w13, w2, off, rt, sr, tw, N, D, F, E, k, NULL);
-    moe_experts_backward(dxn, dw13, dw2, dtw, dout, h13, ye, xn, w13, w2, off, rt, sr, tw, xs, act, dys, dh, N, D, F,
-                         E, k, NULL);
+    moe_experts_backward(dxn, dw13, dw2, dtw, dout, h13, ye, xn, w13, w2, off, rt, sr, tw, xs, act, dys, N, D, F, E,
+                         k, NULL);
     double *ro = calloc(N * D, 8), *rdx = calloc(N * D, 8), *rdw13 = calloc(E * 2 * F * D, 8),
            *rdw2 = calloc(E * D * F, 8), *rdtw = calloc(Nk, 8);
     for (int n = 0; n < N; n++)
@@ -370,7 +370,7 @@ static void run_experts_case(const int *topi, const char *what)
         assert_true(r < 1e-5);
     }
     free(w13), free(w2), free(xn), free(dout), free(tw), free(out), free(h13), free(ye), free(xs), free(act),
-        free(dxn), free(dw13), free(dw2), free(dtw), free(dys), free(dh), free(ro), free(rdx), free(rdw13), free(rdw2),
+        free(dxn), free(dw13), free(dw2), free(dtw), free(dys), free(ro), free(rdx), free(rdw13), free(rdw2),
         free(rdtw);
 }
 
