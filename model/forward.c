@@ -99,6 +99,12 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->sin_t = carve(&p, (size_t)T * hd / 2 * f);
     a->dx = carve(&p, N * D * f);
     a->dxn = carve(&p, N * D * f);
+    a->dtopw = carve(&p, Nk * f);
+    a->drl = carve(&p, N * E * f);
+    a->row_ce = carve(&p, (size_t)head_rows((int)V) * sizeof(double));
+    /* The layers' scratch and the head's logit chunk are never alive at once (the head runs
+     * between the last layer's forward and its backward): they share one region. */
+    char *shared = p, *layers_end;
     a->dqkv = carve(&p, N * QKV * f);
     a->datt = carve(&p, N * Hd * f);
     a->attn_scr = carve(&p, (size_t)nthreads * attn_scratch_floats(T) * f);
@@ -106,10 +112,10 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->act = carve(&p, Nk * F * f);
     a->dys = carve(&p, Nk * D * f);
     a->xn = carve(&p, N * D * f);
-    a->dtopw = carve(&p, Nk * f);
-    a->drl = carve(&p, N * E * f);
+    layers_end = p;
+    p = shared;
     a->head = carve(&p, (size_t)head_rows((int)V) * V * f);
-    a->row_ce = carve(&p, (size_t)head_rows((int)V) * sizeof(double));
+    if (p < layers_end) p = layers_end;
     a->lxa = lora_r ? carve(&p, L * (4 * N + 3 * Nk) * (size_t)lora_r * f) : NULL;
     a->lora_r = lora_r;
     return (size_t)(p - p0);
