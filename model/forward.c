@@ -40,7 +40,7 @@ struct model_acts {
     int *topi;                   /* (L, N, k) */
     float *topw;                 /* (L, N, k) */
     int *off, *row_tok, *slot_row; /* (L, E+1), (L, Nk), (L, Nk) */
-    float *h13, *ye;             /* (L, Nk, 2F), (L, Nk, D) */
+    float *h13;                  /* (L, Nk, 2F) expert hidden pre-activations [h1 | h3] */
     float *xnf, *rstdf;          /* (N, D), (N) */
     int *counts;                 /* (L, E) */
     /* per batch */
@@ -48,7 +48,7 @@ struct model_acts {
     float *cos_t, *sin_t;        /* (T, hd/2) */
     /* scratch */
     float *xn;                   /* (N, D) the current norm's output, forward and backward */
-    float *dx, *dxn, *dqkv, *datt, *attn_scr, *xs, *act, *dys, *dtopw, *drl, *head; /* dh13 reuses h13 */
+    float *dx, *dxn, *dqkv, *datt, *attn_scr, *xs, *act, *dys, *eg, *erows, *dtopw, *drl, *head; /* dh13: h13 */
     double *row_ce;              /* (head_rows) */
     float *lxa;                  /* LoRA: (L, 4*N + 3*Nk, r) inputs times A, kept for backward */
     int lora_r;
@@ -89,7 +89,6 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->row_tok = carve(&p, L * Nk * i);
     a->slot_row = carve(&p, L * Nk * i);
     a->h13 = carve(&p, L * Nk * 2 * F * f);
-    a->ye = carve(&p, L * Nk * D * f);
     a->xnf = carve(&p, N * D * f);
     a->rstdf = carve(&p, N * f);
     a->counts = carve(&p, L * E * i);
@@ -110,7 +109,9 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->attn_scr = carve(&p, (size_t)nthreads * attn_scratch_floats(T) * f);
     a->xs = carve(&p, Nk * D * f);
     a->act = carve(&p, Nk * F * f);
-    a->dys = carve(&p, Nk * D * f);
+    a->dys = carve(&p, Nk * D * f); /* also the forward's expert outputs ye */
+    a->eg = carve(&p, Nk * F * f);
+    a->erows = carve(&p, 2 * Nk * f);
     a->xn = carve(&p, N * D * f);
     layers_end = p;
     p = shared;
@@ -300,7 +301,7 @@ static void forward_layers(model *m, model_acts *a, const model_batch *b)
         moe_lora ml, *mlp = moe_lora_of(m, a, l, &ml);
         PROF(PROF_EXPERTS, fwd, {
             memcpy(xout, xmid, (size_t)N * D * sizeof(float));
-            moe_experts_forward(xout, a->h13 + nk * 2 * F, a->ye + nk * D, a->xs, a->act, xn2, W->w13, W->w2, off,
+            moe_experts_forward(xout, a->h13 + nk * 2 * F, a->dys, a->xs, a->act, xn2, W->w13, W->w2, off,
                                 a->row_tok + nk, a->slot_row + nk, a->topw + nk, N, D, F, E, k, mlp);
         });
     }
@@ -433,9 +434,9 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
         PROF(PROF_NORM, bwd, model_rmsnorm_apply(xn2, xmid, a->rstd2 + (size_t)l * Na, W->ffn_norm, N, D));
         PROF(PROF_EXPERTS, bwd, { /* dL/dh13 overwrites h13 (each row read before it is written) */
             memset(a->dxn, 0, (size_t)N * D * sizeof(float));
-            moe_experts_backward(a->dxn, G->w13, G->w2, a->dtopw, a->dx, a->h13 + nk * 2 * F, a->ye + nk * D, xn2,
-                                 W->w13, W->w2, a->off + (size_t)l * (E + 1), a->row_tok + nk, a->slot_row + nk,
-                                 a->topw + nk, a->xs, a->act, a->dys, N, D, F, E, k, mlp);
+            moe_experts_backward(a->dxn, G->w13, G->w2, a->dtopw, a->dx, a->h13 + nk * 2 * F, xn2, W->w13, W->w2,
+                                 a->off + (size_t)l * (E + 1), a->row_tok + nk, a->slot_row + nk, a->topw + nk,
+                                 a->xs, a->act, a->dys, a->eg, a->erows, N, D, F, E, k, mlp);
         });
         PROF(PROF_ROUTER, bwd,
              moe_router_backward(a->dxn, G->gate, a->drl, a->dtopw, a->rlogits + (size_t)l * Na * E,

@@ -127,14 +127,15 @@ void moe_experts_forward(float *out, float *h13, float *ye, float *xs, float *ac
                          const float *w13, const float *w2, const int *off, const int *row_tok,
                          const int *slot_row, const float *topw, int N, int D, int F, int E, int k,
                          const moe_lora *ml);
-/* Backward of the experts and of the weighted combine. dtopw (N,k) = dL/dtopw;
- * dxn (N,D) += input gradient; dw13/dw2 += weight gradients (NULL: frozen).
+/* Backward of the experts and of the weighted combine, without the forward's ye (it is
+ * scratch there): dL/dtopw = <dout, ye> is computed as <dout W2, act>. dtopw (N,k) =
+ * dL/dtopw; dxn (N,D) += input gradient; dw13/dw2 += weight gradients (NULL: frozen).
  * h13 is OVERWRITTEN with dL/dh13 (it is not needed after this; saves a (Nk,2F) buffer).
- * Scratch: xs (Nk,D), act (Nk,F), dys (Nk,D). */
+ * Scratch: xs (Nk,D), act (Nk,F), dys (Nk,D), g (Nk,F), rows (2 Nk). */
 void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout, float *h13,
-                          const float *ye, const float *xn, const float *w13, const float *w2, const int *off,
-                          const int *row_tok, const int *slot_row, const float *topw, float *xs, float *act,
-                          float *dys, int N, int D, int F, int E, int k, const moe_lora *ml);
+                          const float *xn, const float *w13, const float *w2, const int *off, const int *row_tok,
+                          const int *slot_row, const float *topw, float *xs, float *act, float *dys, float *g,
+                          float *rows, int N, int D, int F, int E, int k, const moe_lora *ml);
 /* Router backward: from dtopw through the renormalisation and softmax, plus the aux loss
  * (dL/dprobs[n,e] += aux_dp[e] for every row) and z-loss (z_w * 2 * lse * p per row).
  * dlogits (N,E) scratch; dWg (E,D) += (NULL: frozen); dxn (N,D) += dlogits Wg. */

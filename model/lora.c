@@ -273,6 +273,12 @@ void lora_forward(const lora *lo, const lora_site *s, int e, float *y, int ldy, 
     model_gemm(0, 1, rows, s->out, r, lo->scale, xa, r, s->B + (size_t)e * s->out * r, r, 1, y, ldy);
 }
 
+void lora_output(const lora *lo, const lora_site *s, int e, float *y, int ldy, const float *xa, int rows)
+{
+    int r = lo->lc.r;
+    model_gemm(0, 1, rows, s->out, r, lo->scale, xa, r, s->B + (size_t)e * s->out * r, r, 0, y, ldy);
+}
+
 void lora_backward_w(const lora *lo, const lora_site *s, int e, const float *dy, int lddy, const float *x, int ldx,
                      int rows, const float *xa)
 {

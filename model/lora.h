@@ -71,6 +71,8 @@ int lora_reserve(lora *lo, size_t rows, size_t cols, char *err);
  * forward: y (rows, ldy) += s * (drop(x) A^T) B^T, saving xa = drop(x) A^T (rows, r). */
 void lora_forward(const lora *lo, const lora_site *s, int e, float *y, int ldy, const float *x, int ldx, int rows,
                   float *xa);
+/* y (rows, ldy) := s * xa B^T: the adapter's output from a saved xa (what forward added). */
+void lora_output(const lora *lo, const lora_site *s, int e, float *y, int ldy, const float *xa, int rows);
 /* backward, weight part: dB += s dy^T xa, dxa = s dy B (written to lo->scr_a), dA += dxa^T drop(x). */
 void lora_backward_w(const lora *lo, const lora_site *s, int e, const float *dy, int lddy, const float *x, int ldx,
                      int rows, const float *xa);

@@ -94,26 +94,44 @@ static void swiglu(float *act, const float *h13, int r0, int r1, int F, int thr)
     }
 }
 
-/* h13 rows [r0, r1) := dL/dh13, from dact and h13 itself (in place) */
-static void swiglu_backward(float *h13, const float *dact, int r0, int r1, int F, int thr)
+/* h13 rows [r0, r1) := dL/dh13 (in place), from dact = g, or g scaled by a per-row weight
+ * w[r] when w is not NULL */
+static void swiglu_backward(float *h13, const float *g, const float *w, int r0, int r1, int F, int thr)
 {
 #pragma omp parallel for schedule(static) if (thr)
     for (int r = r0; r < r1; r++) {
         float *restrict h1 = h13 + (size_t)r * 2 * F, *restrict h3 = h1 + F;
-        const float *restrict da = dact + (size_t)r * F;
+        const float *restrict da = g + (size_t)r * F;
+        float wr = w ? w[r] : 1.0f;
         for (int f = 0; f < F; f++) {
-            float x1 = h1[f], x3 = h3[f], s = sigmoidf(x1);
-            h1[f] = da[f] * x3 * s * (1.0f + x1 * (1.0f - s));
-            h3[f] = da[f] * x1 * s;
+            float x1 = h1[f], x3 = h3[f], s = sigmoidf(x1), d = w ? da[f] * wr : da[f];
+            h1[f] = d * x3 * s * (1.0f + x1 * (1.0f - s));
+            h3[f] = d * x1 * s;
         }
     }
 }
 
+/* out[r] = <a[r], b[r]> for rows [r0, r1) of two (., n) matrices, summed in double */
+static void row_dots(float *out, const float *a, const float *b, int r0, int r1, int n, int thr)
+{
+#pragma omp parallel for schedule(static) if (thr)
+    for (int r = r0; r < r1; r++) {
+        const float *x = a + (size_t)r * n, *y = b + (size_t)r * n;
+        double acc[MODEL_LANES] = {0}, s = 0;
+        int i = 0;
+        for (; i + MODEL_LANES <= n; i += MODEL_LANES)
+            for (int j = 0; j < MODEL_LANES; j++) acc[j] += x[i + j] * y[i + j];
+        for (; i < n; i++) s += x[i] * y[i];
+        for (int j = 0; j < MODEL_LANES; j++) s += acc[j];
+        out[r] = (float)s;
+    }
+}
+
 typedef struct { /* the arguments every expert shares */
-    float *h13, *ye, *xs, *act, *dys, *dw13, *dw2;
+    float *h13, *ye, *xs, *act, *dys, *g, *roww, *rowdw, *dw13, *dw2;
     const float *xn, *w13, *w2;
     const int *off, *row_tok;
-    int D, F, r, need_x, need_act;
+    int D, F, r, need_x;
     const moe_lora *ml;
 } experts_ctx;
 
@@ -133,33 +151,55 @@ static void expert_forward(const experts_ctx *c, int e, int thr)
     if (ml && ml->w2) lora_forward(ml->lo, ml->w2, e, y, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
 }
 
-/* dys rows of e (dL/dye) in; dys rows of e := dL/dxs out */
+/* The combine out[n] += w ye[r] is not kept (ye is not stored): with du[r] = dL/dout of
+ * row r's token, dL/dw = <du, ye> = <du W2, act> (+ the w2 adapter's share), and
+ * dL/dact = w (du W2). In: dys rows of e = du, roww = w per row. Out: rowdw = dL/dw per
+ * row, dys rows of e := dL/dxs, h13 rows := dL/dh13, weight and adapter gradients. */
 static void expert_backward(const experts_ctx *c, int e, int thr)
 {
     int r0 = c->off[e], r1 = c->off[e + 1], ne = r1 - r0, D = c->D, F = c->F, r = c->r;
     const moe_lora *ml = c->ml;
-    float *dy = c->dys + (size_t)r0 * D, *a = c->act + (size_t)r0 * F;
-    float *dh = c->h13 + (size_t)r0 * 2 * F, *x = c->xs + (size_t)r0 * D; /* dL/dh13 replaces h13 */
+    float *du = c->dys + (size_t)r0 * D, *a = c->act + (size_t)r0 * F, *g = c->g + (size_t)r0 * F;
+    float *dh = c->h13 + (size_t)r0 * 2 * F, *x = c->xs + (size_t)r0 * D;
+    const float *W2 = c->w2 + (size_t)e * D * F;
     if (!ne) return;
-    /* the expert inputs and activations are needed only for weight gradients (a frozen
-     * base with no adapter on these projections skips them) */
+    swiglu(c->act, c->h13, r0, r1, F, thr);
+    model_gemm(0, 0, ne, F, D, 1, du, D, W2, F, 0, g, F); /* g = du W2 */
+    row_dots(c->rowdw, c->g, c->act, r0, r1, F, thr);
+    if (ml && ml->w2) { /* the adapter's part of ye: scale * xa2 B^T, in xs (gathered below) */
+        lora_output(ml->lo, ml->w2, e, x, D, ml->xa2 + (size_t)r0 * r, ne);
+        float *t = c->xs; /* reuse the row-dot for <du, ye_lora> */
+        for (int i = r0; i < r1; i++) {
+            double s = 0;
+            for (int d = 0; d < D; d++) s += (double)du[(size_t)(i - r0) * D + d] * t[(size_t)i * D + d];
+            c->rowdw[i] += (float)s;
+        }
+    }
+    for (int i = 0; i < ne; i++) /* du := dy = w du */
+        for (int d = 0; d < D; d++) du[(size_t)i * D + d] *= c->roww[r0 + i];
+    /* the expert inputs are needed only for weight gradients (a frozen base with no adapter
+     * on these projections skips them) */
     if (c->need_x) gather_rows(c->xs, c->xn, c->row_tok, r0, r1, D, thr);
-    if (c->need_act) swiglu(c->act, c->h13, r0, r1, F, thr);
-    if (c->dw2) model_gemm(1, 0, D, F, ne, 1, dy, D, a, F, 1, c->dw2 + (size_t)e * D * F, F);
-    if (ml && ml->w2) lora_backward_w(ml->lo, ml->w2, e, dy, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
-    model_gemm(0, 0, ne, F, D, 1, dy, D, c->w2 + (size_t)e * D * F, F, 0, a, F); /* act := dact */
-    if (ml && ml->w2) lora_backward_x(ml->lo, ml->w2, e, a, F, ne);
-    swiglu_backward(c->h13, c->act, r0, r1, F, thr);
+    if (c->dw2) model_gemm(1, 0, D, F, ne, 1, du, D, a, F, 1, c->dw2 + (size_t)e * D * F, F);
+    if (ml && ml->w2) {
+        lora_backward_w(ml->lo, ml->w2, e, du, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
+        for (int i = 0; i < ne; i++) /* g := dact = w g, then the adapter's share */
+            for (int f = 0; f < F; f++) g[(size_t)i * F + f] *= c->roww[r0 + i];
+        lora_backward_x(ml->lo, ml->w2, e, g, F, ne);
+        swiglu_backward(c->h13, c->g, NULL, r0, r1, F, thr);
+    } else {
+        swiglu_backward(c->h13, c->g, c->roww, r0, r1, F, thr);
+    }
     if (c->dw13) model_gemm(1, 0, 2 * F, D, ne, 1, dh, 2 * F, x, D, 1, c->dw13 + (size_t)e * 2 * F * D, D);
     /* dxs overwrites dys (this expert's slice of dys is no longer needed) */
-    model_gemm(0, 0, ne, D, 2 * F, 1, dh, 2 * F, c->w13 + (size_t)e * 2 * F * D, D, 0, dy, D);
+    model_gemm(0, 0, ne, D, 2 * F, 1, dh, 2 * F, c->w13 + (size_t)e * 2 * F * D, D, 0, du, D);
     if (ml && ml->w1) {
         lora_backward_w(ml->lo, ml->w1, e, dh, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
-        lora_backward_x(ml->lo, ml->w1, e, dy, D, ne);
+        lora_backward_x(ml->lo, ml->w1, e, du, D, ne);
     }
     if (ml && ml->w3) {
         lora_backward_w(ml->lo, ml->w3, e, dh + F, 2 * F, x, D, ne, ml->xa3 + (size_t)r0 * r);
-        lora_backward_x(ml->lo, ml->w3, e, dy, D, ne);
+        lora_backward_x(ml->lo, ml->w3, e, du, D, ne);
     }
 }
 
@@ -196,36 +236,33 @@ void moe_experts_forward(float *out, float *h13, float *ye, float *xs, float *ac
 }
 
 void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout, float *h13,
-                          const float *ye, const float *xn, const float *w13, const float *w2, const int *off,
-                          const int *row_tok, const int *slot_row, const float *topw, float *xs, float *act,
-                          float *dys, int N, int D, int F, int E, int k, const moe_lora *ml)
+                          const float *xn, const float *w13, const float *w2, const int *off, const int *row_tok,
+                          const int *slot_row, const float *topw, float *xs, float *act, float *dys, float *g,
+                          float *rows, int N, int D, int F, int E, int k, const moe_lora *ml)
 {
-    /* combine: out[n] = sum_j w[n,j] ye[r]  ->  dye[r] = w dout[n], dw[n,j] = <dout[n], ye[r]> */
+    int Nk = N * k;
+    float *roww = rows, *rowdw = rows + Nk;
+    /* combine: out[n] = sum_j w[n,j] ye[r] -> each row r gets its token's dout and weight */
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float *g = dout + (size_t)n * D;
+    for (int n = 0; n < N; n++)
         for (int j = 0; j < k; j++) {
             int r = slot_row[n * k + j];
-            const float *y = ye + (size_t)r * D;
-            float *dy = dys + (size_t)r * D, w = topw[n * k + j], dot = 0;
-            for (int d = 0; d < D; d++) {
-                dot += g[d] * y[d];
-                dy[d] = w * g[d];
-            }
-            dtopw[n * k + j] = dot;
+            memcpy(dys + (size_t)r * D, dout + (size_t)n * D, (size_t)D * sizeof(float));
+            roww[r] = topw[n * k + j];
         }
-    }
-    experts_ctx c = {.h13 = h13, .ye = (float *)ye, .xs = xs, .act = act, .dys = dys,
+    experts_ctx c = {.h13 = h13, .xs = xs, .act = act, .dys = dys, .g = g, .roww = roww, .rowdw = rowdw,
                      .dw13 = dw13, .dw2 = dw2, .xn = xn, .w13 = w13, .w2 = w2, .off = off, .row_tok = row_tok,
                      .D = D, .F = F, .r = ml ? ml->lo->lc.r : 0, .ml = ml,
-                     .need_x = dw13 || (ml && (ml->w1 || ml->w3)), .need_act = dw2 || (ml && ml->w2)};
+                     .need_x = dw13 || (ml && (ml->w1 || ml->w3))};
     run_experts(&c, E, 1);
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float *dx = dxn + (size_t)n * D;
         for (int j = 0; j < k; j++) {
-            const float *g = dys + (size_t)slot_row[n * k + j] * D;
-            for (int d = 0; d < D; d++) dx[d] += g[d];
+            int r = slot_row[n * k + j];
+            const float *gr = dys + (size_t)r * D;
+            for (int d = 0; d < D; d++) dx[d] += gr[d];
+            dtopw[n * k + j] = rowdw[r];
         }
     }
 }

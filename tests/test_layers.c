@@ -273,8 +273,10 @@ static void test_router_and_experts_backward_match_finite_differences(void **sta
     float *dxn = calloc(N * D, 4), *dw13 = calloc(E * 2 * F * D, 4), *dw2 = calloc(E * D * F, 4),
           *dWg = calloc(E * D, 4), *dtw = malloc(Nk * 4), *dys = malloc(Nk * D * 4),
           *drl = malloc(N * E * 4);
-    moe_experts_backward(dxn, dw13, dw2, dtw, Rr, h13, ye, xn, c.w13, c.w2, off, rt, sr, tw, xs, act, dys, N, D, F,
-                         E, k, NULL);
+    float *eg = malloc(Nk * F * 4), *erows = malloc(2 * Nk * 4);
+    moe_experts_backward(dxn, dw13, dw2, dtw, Rr, h13, xn, c.w13, c.w2, off, rt, sr, tw, xs, act, dys, eg, erows, N,
+                         D, F, E, k, NULL);
+    free(eg), free(erows);
     moe_router_backward(dxn, dWg, drl, dtw, lg, pr, ti, tw, aux_dp, c.z_c / N, xn, c.Wg, N, D, E, k);
     c.topi_ref = ti;
     struct { const char *name; float *p; float *g; size_t n; } ps[] = {
@@ -324,8 +326,10 @@ static void run_experts_case(const int *topi, const char *what)
           *act = malloc(Nk * F * 4), *dxn = calloc(N * D, 4), *dw13 = calloc(E * 2 * F * D, 4),
           *dw2 = calloc(E * D * F, 4), *dtw = malloc(Nk * 4), *dys = malloc(Nk * D * 4);
     moe_experts_forward(out, h13, ye, xs, act, xn, w13, w2, off, rt, sr, tw, N, D, F, E, k, NULL);
-    moe_experts_backward(dxn, dw13, dw2, dtw, dout, h13, ye, xn, w13, w2, off, rt, sr, tw, xs, act, dys, N, D, F, E,
-                         k, NULL);
+    float *eg = malloc(Nk * F * 4), *erows = malloc(2 * Nk * 4);
+    moe_experts_backward(dxn, dw13, dw2, dtw, dout, h13, xn, w13, w2, off, rt, sr, tw, xs, act, dys, eg, erows, N, D,
+                         F, E, k, NULL);
+    free(eg), free(erows);
     double *ro = calloc(N * D, 8), *rdx = calloc(N * D, 8), *rdw13 = calloc(E * 2 * F * D, 8),
            *rdw2 = calloc(E * D * F, 8), *rdtw = calloc(Nk, 8);
     for (int n = 0; n < N; n++)
