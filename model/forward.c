@@ -10,14 +10,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Rows of logits alive at once in the fused lm_head + cross-entropy: about 128 MB. Each
- * chunk's dW GEMM reads and writes all of dW (V x D: 64 MB at 32k x 512), so few large
- * chunks matter: on the small bench 256-row chunks cost 530 ms of lm_head+loss per step,
- * 1024-row ones 470 ms, for 120 MB more peak memory. */
-static int head_rows(int V)
+/* Rows of logits alive at once in the fused lm_head + cross-entropy. Each chunk's dW GEMM
+ * reads and writes all of dW (V x D: 64 MB at 32k x 512), so few large chunks matter: on
+ * the small bench 256-row chunks cost 530 ms of lm_head+loss per step, 1024-row ones
+ * 470 ms. The chunk lives in the layers' scratch region (never alive at the same time),
+ * so it takes that region's size: at least 32 MB and at most 128 MB, 64..2048 rows. */
+static int head_rows(size_t V, size_t region_bytes)
 {
-    int r = (32 << 20) / V;
-    return r < 64 ? 64 : r > 2048 ? 2048 : r;
+    const size_t lo = (size_t)32 << 20, hi = (size_t)128 << 20;
+    size_t b = region_bytes < lo ? lo : region_bytes > hi ? hi : region_bytes;
+    size_t r = b / (V * sizeof(float));
+    return r < 64 ? 64 : r > 2048 ? 2048 : (int)r;
 }
 
 /* Time stmt into family fam of direction dir (fwd/bwd) when profiling is on. */
@@ -50,6 +53,7 @@ struct model_acts {
     float *xn;                   /* (N, D) the current norm's output, forward and backward */
     float *dx, *dxn, *dqkv, *datt, *attn_scr, *xs, *act, *dys, *eg, *erows, *dtopw, *drl, *head; /* dh13: h13 */
     double *row_ce;              /* (head_rows) */
+    int head_rows;               /* logit rows per lm_head chunk */
     float *lxa;                  /* LoRA: (L, 4*N + 3*Nk, r) inputs times A, kept for backward */
     int lora_r;
     double f[64], P[64];         /* aux-loss statistics of the last forward (E <= 64) */
@@ -100,7 +104,6 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->dxn = carve(&p, N * D * f);
     a->dtopw = carve(&p, Nk * f);
     a->drl = carve(&p, N * E * f);
-    a->row_ce = carve(&p, (size_t)head_rows((int)V) * sizeof(double));
     /* The layers' scratch and the head's logit chunk are never alive at once (the head runs
      * between the last layer's forward and its backward): they share one region. */
     char *shared = p, *layers_end;
@@ -115,8 +118,10 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->xn = carve(&p, N * D * f);
     layers_end = p;
     p = shared;
-    a->head = carve(&p, (size_t)head_rows((int)V) * V * f);
+    a->head_rows = head_rows(V, (size_t)(layers_end - shared));
+    a->head = carve(&p, (size_t)a->head_rows * V * f);
     if (p < layers_end) p = layers_end;
+    a->row_ce = carve(&p, (size_t)a->head_rows * sizeof(double));
     a->lxa = lora_r ? carve(&p, L * (4 * N + 3 * Nk) * (size_t)lora_r * f) : NULL;
     a->lora_r = lora_r;
     return (size_t)(p - p0);
@@ -343,7 +348,7 @@ static void router_losses(model *m, model_acts *a, int N, model_stats *st)
     st->z = z / rows;
 }
 
-/* lm_head + cross-entropy over head_rows(V)-row chunks. With train, also the backward of both:
+/* lm_head + cross-entropy over a->head_rows-row chunks. With train, also the backward of both:
  * dxn (N,D) = dlogits lm_head, dlm_head += dlogits^T xnf, dlogits = ce_scale (softmax - onehot). */
 static void head(model *m, model_acts *a, const model_batch *b, float *logits_out, int train, double ce_scale,
                  model_stats *st)
@@ -353,7 +358,7 @@ static void head(model *m, model_acts *a, const model_batch *b, float *logits_ou
     long count = 0;
     float *dW = train ? m->glm_head : NULL;
     double *row_ce = a->row_ce; /* per-row losses, summed in order below: reproducible */
-    int chunk = head_rows(V);
+    int chunk = a->head_rows;
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int rows = N - n0 < chunk ? N - n0 : chunk;
         float *lg = logits_out ? logits_out + (size_t)n0 * V : a->head;
