@@ -80,6 +80,21 @@ esac
 grep -q "^blas=$BLASDIR/" "$OUT/sgemm.txt" ||
     echo "   WARNING: sgemm_peak did not load the OpenMP OpenBLAS from $BLASDIR"
 
+# ---- correctness before speed: both engines against the Hugging Face golden data
+SHARED="${SHARED:-$(cd .. && pwd)/shared}"
+GOLDEN="$SHARED/golden/tiny-mixtral"
+echo "== correctness first: the PyTorch reference and moet against $GOLDEN"
+[ -d "$GOLDEN" ] || die "no golden data at $GOLDEN (set SHARED)"
+"$PY" "$BENCH/torch_ref_check.py" "$GOLDEN" >"$OUT/torch-golden.log" 2>&1 ||
+    die "the PyTorch reference does not match the golden data: see $OUT/torch-golden.log"
+echo "   torch reference: $(grep -c '^OK' "$OUT/torch-golden.log") quantities OK (logits, losses, every gradient, 5 AdamW steps, LoRA)"
+if [ -x ./moet ]; then
+    mkdir -p "$OUT/moet-golden"
+    "$PY" tests/golden_forward.py ./moet "$GOLDEN" "$OUT/moet-golden" >"$OUT/moet-golden.log" 2>&1 ||
+        die "moet does not match the golden data: see $OUT/moet-golden.log"
+    echo "   moet: $(tail -1 "$OUT/moet-golden.log")"
+fi
+
 # ---- PyTorch reference: one process per preset
 run_torch() {   # CONFIG [avx512|plain] -> $OUT/torch[-avx512|-plain]-CONFIG.result
     # plain: the issue's setup (OpenMP OpenBLAS, configured kernels, glibc's malloc defaults)
