@@ -120,8 +120,8 @@ static void row_dots(float *out, const float *a, const float *b, int r0, int r1,
         double acc[MODEL_LANES] = {0}, s = 0;
         int i = 0;
         for (; i + MODEL_LANES <= n; i += MODEL_LANES)
-            for (int j = 0; j < MODEL_LANES; j++) acc[j] += x[i + j] * y[i + j];
-        for (; i < n; i++) s += x[i] * y[i];
+            for (int j = 0; j < MODEL_LANES; j++) acc[j] += (double)x[i + j] * y[i + j];
+        for (; i < n; i++) s += (double)x[i] * y[i];
         for (int j = 0; j < MODEL_LANES; j++) s += acc[j];
         out[r] = (float)s;
     }
@@ -168,13 +168,15 @@ static void expert_backward(const experts_ctx *c, int e, int thr)
     row_dots(c->rowdw, c->g, c->act, r0, r1, F, thr);
     if (ml && ml->w2) { /* the adapter's part of ye: scale * xa2 B^T, in xs (gathered below) */
         lora_output(ml->lo, ml->w2, e, x, D, ml->xa2 + (size_t)r0 * r, ne);
-        float *t = c->xs; /* reuse the row-dot for <du, ye_lora> */
+        const float *t = c->xs;
+#pragma omp parallel for schedule(static) if (thr)
         for (int i = r0; i < r1; i++) {
             double s = 0;
             for (int d = 0; d < D; d++) s += (double)du[(size_t)(i - r0) * D + d] * t[(size_t)i * D + d];
             c->rowdw[i] += (float)s;
         }
     }
+#pragma omp parallel for schedule(static) if (thr)
     for (int i = 0; i < ne; i++) /* du := dy = w du */
         for (int d = 0; d < D; d++) du[(size_t)i * D + d] *= c->roww[r0 + i];
     /* the expert inputs are needed only for weight gradients (a frozen base with no adapter
@@ -183,6 +185,7 @@ static void expert_backward(const experts_ctx *c, int e, int thr)
     if (c->dw2) model_gemm(1, 0, D, F, ne, 1, du, D, a, F, 1, c->dw2 + (size_t)e * D * F, F);
     if (ml && ml->w2) {
         lora_backward_w(ml->lo, ml->w2, e, du, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
+#pragma omp parallel for schedule(static) if (thr)
         for (int i = 0; i < ne; i++) /* g := dact = w g, then the adapter's share */
             for (int f = 0; f < F; f++) g[(size_t)i * F + f] *= c->roww[r0 + i];
         lora_backward_x(ml->lo, ml->w2, e, g, F, ne);
