@@ -1,10 +1,17 @@
-/* sha256: a plain, portable SHA-256 (FIPS 180-4).  Speed is not critical here: it
- * hashes tokenizers and checkpoint files (a few hundred MB/s is plenty). */
+/* sha256: SHA-256 (FIPS 180-4), portable, with the x86 SHA extensions where the CPU has
+ * them (checked at run time). It hashes every checkpoint file: 2 GB for a 180 M-parameter
+ * full fine-tune (weights + AdamW state), where the portable code's ~0.5 GB/s was 4 s of
+ * each save and the SHA instructions run at ~2 GB/s. */
 #include "common/sha256.h"
 #include "common/err.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define SHA256_X86 1
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -43,6 +50,73 @@ static void block(uint32_t h[8], const uint8_t *p)
     h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
 }
 
+#ifdef SHA256_X86
+/* nblocks 64-byte blocks with the SHA-NI instructions. The state lives as two vectors,
+ * (a,b,e,f) and (c,d,g,h) in the lane order sha256rnds2 expects; each call to it does two
+ * rounds with the low half of W+K. */
+__attribute__((target("sha,sse4.1"))) static void blocks_shani(uint32_t h[8], const uint8_t *p, size_t nblocks)
+{
+    const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i dcba = _mm_loadu_si128((const __m128i *)&h[0]), hgfe = _mm_loadu_si128((const __m128i *)&h[4]);
+    __m128i badc = _mm_shuffle_epi32(dcba, 0xB1); /* lanes b a d c (lane 0 first) */
+    __m128i efgh = _mm_shuffle_epi32(hgfe, 0x1B); /* lanes h g f e */
+    __m128i abef = _mm_alignr_epi8(badc, efgh, 8); /* lanes f e b a */
+    __m128i cdgh = _mm_blend_epi16(efgh, badc, 0xF0); /* lanes h g d c */
+    for (; nblocks; nblocks--, p += 64) {
+        __m128i abef0 = abef, cdgh0 = cdgh, m[4];
+        for (int j = 0; j < 4; j++) m[j] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * j)), bswap);
+        for (int i = 0; i < 16; i++) { /* rounds 4i .. 4i+3 with W[4i .. 4i+3] = m[i % 4] */
+            __m128i wk = _mm_add_epi32(m[i & 3], _mm_loadu_si128((const __m128i *)&K[4 * i]));
+            cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk);
+            abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(wk, 0x0E));
+            if (i < 12) { /* W[4i+16 ..] from W[4i ..], W[4i+4 ..], W[4i+8 ..], W[4i+12 ..] */
+                __m128i t = _mm_sha256msg1_epu32(m[i & 3], m[(i + 1) & 3]);
+                t = _mm_add_epi32(t, _mm_alignr_epi8(m[(i + 3) & 3], m[(i + 2) & 3], 4));
+                m[i & 3] = _mm_sha256msg2_epu32(t, m[(i + 3) & 3]);
+            }
+        }
+        abef = _mm_add_epi32(abef, abef0);
+        cdgh = _mm_add_epi32(cdgh, cdgh0);
+    }
+    __m128i feba = _mm_shuffle_epi32(abef, 0x1B); /* lanes a b e f */
+    __m128i dchg = _mm_shuffle_epi32(cdgh, 0xB1); /* lanes g h c d */
+    _mm_storeu_si128((__m128i *)&h[0], _mm_blend_epi16(feba, dchg, 0xF0)); /* a b c d */
+    _mm_storeu_si128((__m128i *)&h[4], _mm_alignr_epi8(dchg, feba, 8));   /* e f g h */
+}
+
+static int cpu_has_sha(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 29))) return 0; /* SHA */
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 19)) && (c & (1u << 9)); /* SSE4.1, SSSE3 */
+}
+#endif
+
+static int hw = -1; /* -1: not decided yet */
+
+int sha256_hardware(int enable)
+{
+#ifdef SHA256_X86
+    if (hw < 0 || enable >= 0) hw = cpu_has_sha() && enable != 0;
+    return hw;
+#else
+    (void)enable;
+    return hw = 0;
+#endif
+}
+
+static void blocks(uint32_t h[8], const uint8_t *p, size_t nblocks)
+{
+    if (hw < 0) sha256_hardware(-1);
+#ifdef SHA256_X86
+    if (hw) {
+        blocks_shani(h, p, nblocks);
+        return;
+    }
+#endif
+    for (; nblocks; nblocks--, p += 64) block(h, p);
+}
+
 void sha256_init(sha256_ctx *c)
 {
     static const uint32_t h0[8] = { 0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
@@ -61,10 +135,12 @@ void sha256_update(sha256_ctx *c, const void *data, size_t n)
         memcpy(c->buf + c->nbuf, p, k);
         c->nbuf += k; p += k; n -= k;
         if (c->nbuf < 64) return;
-        block(c->h, c->buf);
+        blocks(c->h, c->buf, 1);
         c->nbuf = 0;
     }
-    for (; n >= 64; p += 64, n -= 64) block(c->h, p);
+    blocks(c->h, p, n / 64);
+    p += n / 64 * 64;
+    n %= 64;
     memcpy(c->buf, p, n);
     c->nbuf = n;
 }

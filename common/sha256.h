@@ -23,6 +23,10 @@ void sha256_final_hex(sha256_ctx *c, char out[65]);
 /* One-shot hash of a buffer. */
 void sha256_hex(const void *data, size_t n, char out[65]);
 
+/* The x86 SHA extensions are used when the CPU has them. enable = 0 forces the portable
+ * code, 1 uses the instructions if present, -1 only reports. Returns 1 if they are in use. */
+int sha256_hardware(int enable);
+
 /* Hash a whole file, read in 1 MiB chunks.  0 ok, -1 with err set (open/read failure). */
 int sha256_file(const char *path, char out[65], char *err);
 

@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/mount.h>
@@ -92,6 +93,36 @@ static void test_sha256_million_a_streamed_in_odd_chunks(void **state)
     }
     sha256_final_hex(&c, hex);
     assert_string_equal(hex, want);
+}
+
+/* The SHA-extension path (when this CPU has it) and the portable one agree on every length
+ * 0..300 and a few big ones, and both pass the FIPS vectors. */
+static void test_sha256_hardware_and_portable_agree(void **state)
+{
+    int hw = sha256_hardware(1);
+    printf("    x86 SHA extensions: %s\n", hw ? "in use" : "not on this CPU (portable code only)");
+    static unsigned char buf[200000];
+    uint32_t x = 12345;
+    for (size_t i = 0; i < sizeof buf; i++) x = x * 1103515245u + 12345u, buf[i] = (unsigned char)(x >> 16);
+    size_t lens[310];
+    int nl = 0;
+    for (size_t n = 0; n <= 300; n++) lens[nl++] = n;
+    lens[nl++] = 4096, lens[nl++] = 65536 + 7, lens[nl++] = sizeof buf;
+    for (int i = 0; i < nl; i++) {
+        char a[65], b[65];
+        sha256_hardware(1);
+        sha256_hex(buf, lens[i], a);
+        sha256_hardware(0);
+        sha256_hex(buf, lens[i], b);
+        assert_string_equal(a, b);
+    }
+    for (int on = 0; on <= 1; on++) {
+        char hex[65];
+        sha256_hardware(on);
+        sha256_hex("abc", 3, hex);
+        assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+    sha256_hardware(1);
 }
 
 static void test_sha256_file_matches_sha256sum(void **state)
@@ -336,6 +367,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sha256_known_vectors),
         cmocka_unit_test(test_sha256_million_a_streamed_in_odd_chunks),
+        cmocka_unit_test(test_sha256_hardware_and_portable_agree),
         cmocka_unit_test(test_sha256_file_matches_sha256sum),
         cmocka_unit_test(test_sha256_file_missing_is_an_error),
         cmocka_unit_test(test_read_file_is_nul_terminated_and_exact),
