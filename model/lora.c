@@ -6,6 +6,7 @@
 #include "model/layers.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,8 +225,17 @@ int lora_reserve(lora *lo, size_t rows, size_t cols, char *err)
     lo->scr_t = malloc(n * sizeof(float));
     lo->scr_a = malloc(rows * (size_t)lo->lc.r * sizeof(float));
     lo->scr_floats = n;
+    lo->scr_cols = cols;
     if (!lo->scr_x || !lo->scr_t || !lo->scr_a) return err_set(err, "out of memory for LoRA scratch");
     return 0;
+}
+
+void lora_scratch_rows(const lora *lo, int row0, lora *view)
+{
+    *view = *lo;
+    view->scr_x += (size_t)row0 * lo->scr_cols;
+    view->scr_t += (size_t)row0 * lo->scr_cols;
+    view->scr_a += (size_t)row0 * lo->lc.r;
 }
 
 /* ------------------------------------------------------------------ dropout */
@@ -255,7 +265,7 @@ static const float *lora_input(const lora *lo, const lora_site *s, int e, const 
     uint64_t key = site_key(lo, s, e);
     float inv = 1.0f / (1.0f - p);
     int in = s->in;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < in; j++)
             lo->scr_x[(size_t)i * in + j] = dropped(key, (uint64_t)i * in + j, p) ? 0 : x[(size_t)i * ldx + j] * inv;
@@ -303,7 +313,7 @@ void lora_backward_x(const lora *lo, const lora_site *s, int e, float *dx, int l
     model_gemm(0, 0, rows, in, r, 1, lo->scr_a, r, A, in, 0, lo->scr_t, in);
     uint64_t key = site_key(lo, s, e);
     float inv = 1.0f / (1.0f - p);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < in; j++)
             if (!dropped(key, (uint64_t)i * in + j, p)) dx[(size_t)i * lddx + j] += lo->scr_t[(size_t)i * in + j] * inv;

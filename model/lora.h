@@ -43,8 +43,12 @@ typedef struct lora {
     uint64_t drop_key;   /* dropout stream of the current micro-batch (lora_set_dropout_key) */
     int training;        /* dropout on (set by model_forward_backward) */
     float *scr_x, *scr_t, *scr_a; /* scratch: dropped input, input-gradient term, dxa */
-    size_t scr_floats;
+    size_t scr_floats, scr_cols;  /* scr_x, scr_t: rows x scr_cols; scr_a: rows x r */
 } lora;
+
+/* A view of lo whose scratch starts at row row0: calls on disjoint row ranges (the experts of
+ * a layer, run side by side on the cores) then never share scratch. */
+void lora_scratch_rows(const lora *lo, int row0, lora *view);
 
 /* Create adapters for m (not attached yet); A ~ kaiming-uniform(a=sqrt(5)) i.e.
  * U(-1/sqrt(in), 1/sqrt(in)), B = 0, seeded; router copies start from m's gates. */

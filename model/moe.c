@@ -60,11 +60,11 @@ void moe_sort(int *off, int *row_tok, int *slot_row, const int *topi, int N, int
  * an expert's elementwise work next to its GEMMs in cache (tiny bench: experts 111 -> 101
  * ms per step with AVX-512 kernels, 136 -> 117 ms backward with AVX2 ones).
  * An expert holding >= 1/threads of the rows (a skewed router) would leave a core idle,
- * so those run first, alone, with threaded GEMMs and loops. LoRA on the experts shares
- * scratch buffers and runs expert by expert. */
+ * so those run first, alone, with threaded GEMMs and loops. Adapters on the experts use
+ * the scratch rows of their expert (lora_scratch_rows), so they run side by side too. */
 
 /* order: experts by rows, largest first; returns how many lead it as "run alone". */
-static int plan_experts(int *order, const int *off, int E, int alone_all)
+static int plan_experts(int *order, const int *off, int E)
 {
     for (int i = 0; i < E; i++) {
         int e = i, ne = off[e + 1] - off[e], j = i;
@@ -72,7 +72,7 @@ static int plan_experts(int *order, const int *off, int E, int alone_all)
         order[j] = e;
     }
     int T = omp_get_max_threads(), total = off[E], alone = 0;
-    if (alone_all || T < 2 || omp_in_parallel()) return E;
+    if (T < 2 || omp_in_parallel()) return E;
     while (alone < E && (long)(off[order[alone] + 1] - off[order[alone]]) * T >= total) alone++;
     return alone;
 }
@@ -142,13 +142,15 @@ static void expert_forward(const experts_ctx *c, int e, int thr)
     float *h = c->h13 + (size_t)r0 * 2 * F, *x = c->xs + (size_t)r0 * D;
     float *y = c->ye + (size_t)r0 * D, *a = c->act + (size_t)r0 * F;
     if (!ne) return;
+    lora lv, *lo = ml ? &lv : NULL; /* the adapters' scratch rows of this expert */
+    if (ml) lora_scratch_rows(ml->lo, r0, &lv);
     gather_rows(c->xs, c->xn, c->row_tok, r0, r1, D, thr);
     model_gemm(0, 1, ne, 2 * F, D, 1, x, D, c->w13 + (size_t)e * 2 * F * D, D, 0, h, 2 * F);
-    if (ml && ml->w1) lora_forward(ml->lo, ml->w1, e, h, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
-    if (ml && ml->w3) lora_forward(ml->lo, ml->w3, e, h + F, 2 * F, x, D, ne, ml->xa3 + (size_t)r0 * r);
+    if (ml && ml->w1) lora_forward(lo, ml->w1, e, h, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
+    if (ml && ml->w3) lora_forward(lo, ml->w3, e, h + F, 2 * F, x, D, ne, ml->xa3 + (size_t)r0 * r);
     swiglu(c->act, c->h13, r0, r1, F, thr);
     model_gemm(0, 1, ne, D, F, 1, a, F, c->w2 + (size_t)e * D * F, F, 0, y, D);
-    if (ml && ml->w2) lora_forward(ml->lo, ml->w2, e, y, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
+    if (ml && ml->w2) lora_forward(lo, ml->w2, e, y, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
 }
 
 /* The combine out[n] += w ye[r] is not kept (ye is not stored): with du[r] = dL/dout of
@@ -163,11 +165,13 @@ static void expert_backward(const experts_ctx *c, int e, int thr)
     float *dh = c->h13 + (size_t)r0 * 2 * F, *x = c->xs + (size_t)r0 * D;
     const float *W2 = c->w2 + (size_t)e * D * F;
     if (!ne) return;
+    lora lv, *lo = ml ? &lv : NULL; /* the adapters' scratch rows of this expert */
+    if (ml) lora_scratch_rows(ml->lo, r0, &lv);
     swiglu(c->act, c->h13, r0, r1, F, thr);
     model_gemm(0, 0, ne, F, D, 1, du, D, W2, F, 0, g, F); /* g = du W2 */
     row_dots(c->rowdw, c->g, c->act, r0, r1, F, thr);
     if (ml && ml->w2) { /* the adapter's part of ye: scale * xa2 B^T, in xs (gathered below) */
-        lora_output(ml->lo, ml->w2, e, x, D, ml->xa2 + (size_t)r0 * r, ne);
+        lora_output(lo, ml->w2, e, x, D, ml->xa2 + (size_t)r0 * r, ne);
         const float *t = c->xs;
 #pragma omp parallel for schedule(static) if (thr)
         for (int i = r0; i < r1; i++) {
@@ -184,11 +188,11 @@ static void expert_backward(const experts_ctx *c, int e, int thr)
     if (c->need_x) gather_rows(c->xs, c->xn, c->row_tok, r0, r1, D, thr);
     if (c->dw2) model_gemm(1, 0, D, F, ne, 1, du, D, a, F, 1, c->dw2 + (size_t)e * D * F, F);
     if (ml && ml->w2) {
-        lora_backward_w(ml->lo, ml->w2, e, du, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
+        lora_backward_w(lo, ml->w2, e, du, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
 #pragma omp parallel for schedule(static) if (thr)
         for (int i = 0; i < ne; i++) /* g := dact = w g, then the adapter's share */
             for (int f = 0; f < F; f++) g[(size_t)i * F + f] *= c->roww[r0 + i];
-        lora_backward_x(ml->lo, ml->w2, e, g, F, ne);
+        lora_backward_x(lo, ml->w2, e, g, F, ne);
         swiglu_backward(c->h13, c->g, NULL, r0, r1, F, thr);
     } else {
         swiglu_backward(c->h13, c->g, c->roww, r0, r1, F, thr);
@@ -197,21 +201,19 @@ static void expert_backward(const experts_ctx *c, int e, int thr)
     /* dxs overwrites dys (this expert's slice of dys is no longer needed) */
     model_gemm(0, 0, ne, D, 2 * F, 1, dh, 2 * F, c->w13 + (size_t)e * 2 * F * D, D, 0, du, D);
     if (ml && ml->w1) {
-        lora_backward_w(ml->lo, ml->w1, e, dh, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
-        lora_backward_x(ml->lo, ml->w1, e, du, D, ne);
+        lora_backward_w(lo, ml->w1, e, dh, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
+        lora_backward_x(lo, ml->w1, e, du, D, ne);
     }
     if (ml && ml->w3) {
-        lora_backward_w(ml->lo, ml->w3, e, dh + F, 2 * F, x, D, ne, ml->xa3 + (size_t)r0 * r);
-        lora_backward_x(ml->lo, ml->w3, e, du, D, ne);
+        lora_backward_w(lo, ml->w3, e, dh + F, 2 * F, x, D, ne, ml->xa3 + (size_t)r0 * r);
+        lora_backward_x(lo, ml->w3, e, du, D, ne);
     }
 }
-
-static int lora_on_experts(const moe_lora *ml) { return ml && (ml->w1 || ml->w2 || ml->w3); }
 
 static void run_experts(const experts_ctx *c, int E, int backward)
 {
     int order[E];
-    int alone = plan_experts(order, c->off, E, lora_on_experts(c->ml));
+    int alone = plan_experts(order, c->off, E);
     for (int i = 0; i < alone; i++)
         backward ? expert_backward(c, order[i], 1) : expert_forward(c, order[i], 1);
 #pragma omp parallel for schedule(dynamic, 1)
