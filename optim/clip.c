@@ -3,7 +3,7 @@
 
 #include <math.h>
 
-double grad_norm(const float *g, size_t n)
+double clip_norm(const float *g, size_t n)
 {
     double ss = 0.0;
     #pragma omp parallel for simd schedule(static) reduction(+:ss)
@@ -20,7 +20,7 @@ float clip_coef(double norm, double max_norm)
 
 double clip_grad_norm(float *g, size_t n, double max_norm)
 {
-    double norm = grad_norm(g, n);
+    double norm = clip_norm(g, n);
     const float c = clip_coef(norm, max_norm);
     if (c != 1.0f) {
         #pragma omp parallel for simd schedule(static)

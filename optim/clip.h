@@ -15,7 +15,7 @@ double clip_grad_norm(float *g, size_t n, double max_norm);
  * over the gradients fewer): the norm (in double), and the factor clip_grad_norm would
  * scale g by: max_norm / (norm + 1e-6) rounded to float, or exactly 1 when it does not
  * clip (coef >= 1, max_norm <= 0 or a non-finite norm). */
-double grad_norm(const float *g, size_t n);
+double clip_norm(const float *g, size_t n);
 float clip_coef(double norm, double max_norm);
 
 #endif

@@ -231,7 +231,7 @@ static void test_clip_leaves_gradients_alone_under_threshold_or_disabled(void **
     assert_memory_equal(g, g0, sizeof g);
 }
 
-/* The trainer fuses clipping into AdamW (grad_norm + clip_coef + adamw_step_scaled); that
+/* The trainer fuses clipping into AdamW (clip_norm + clip_coef + adamw_step_scaled); that
  * must be bit-identical to clip_grad_norm followed by adamw_step, clipped or not. */
 static void test_clip_fused_into_adamw_is_bit_identical(void **state)
 {
@@ -245,7 +245,7 @@ static void test_clip_fused_into_adamw_is_bit_identical(void **state)
         for (int i = 0; i < N; i++) g[i] = gc[i] = 0.3f * rng_normal();
         double n1 = clip_grad_norm(gc, N, max_norm);
         adamw_step(&c, p1, gc, m1, v1, segs, 2, step, 1e-3f);
-        double n2 = grad_norm(g, N);
+        double n2 = clip_norm(g, N);
         float coef = clip_coef(n2, max_norm);
         assert_true(step % 2 ? coef < 1.0f : coef == 1.0f);
         adamw_step_scaled(&c, p2, g, m2, v2, segs, 2, step, 1e-3f, coef);

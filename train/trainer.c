@@ -414,7 +414,7 @@ static int train_step(trainer *tr, step_result *res, char *err)
     res->z = z;
     res->loss = res->ce + tr->aux_coef * aux + tr->z_coef * z;
     double t_opt = now();
-    res->grad_norm = grad_norm(tr->tv.g, tr->tv.total); /* clipping is applied inside AdamW */
+    res->grad_norm = clip_norm(tr->tv.g, tr->tv.total); /* clipping is applied inside AdamW */
     if (!isfinite(res->loss) || !isfinite(res->grad_norm))
         return err_set(err, "non-finite %s at step %d (loss %g, grad_norm %g): stopping; %s",
                        isfinite(res->loss) ? "gradient norm" : "loss", tr->step + 1, res->loss, res->grad_norm,
