@@ -94,17 +94,35 @@ static void swiglu(float *act, const float *h13, int r0, int r1, int F, int thr)
     }
 }
 
-/* h13 rows [r0, r1) := dL/dh13 (in place), from dact = g, or g scaled by a per-row weight
- * w[r] when w is not NULL */
-static void swiglu_backward(float *h13, const float *g, const float *w, int r0, int r1, int F, int thr)
+/* h13 rows [r0, r1) := dL/dh13 (in place), from dact = g */
+static void swiglu_backward(float *h13, const float *g, int r0, int r1, int F, int thr)
 {
 #pragma omp parallel for schedule(static) if (thr)
     for (int r = r0; r < r1; r++) {
         float *restrict h1 = h13 + (size_t)r * 2 * F, *restrict h3 = h1 + F;
         const float *restrict da = g + (size_t)r * F;
-        float wr = w ? w[r] : 1.0f;
         for (int f = 0; f < F; f++) {
-            float x1 = h1[f], x3 = h3[f], s = sigmoidf(x1), d = w ? da[f] * wr : da[f];
+            float x1 = h1[f], x3 = h3[f], s = sigmoidf(x1), d = da[f];
+            h1[f] = d * x3 * s * (1.0f + x1 * (1.0f - s));
+            h3[f] = d * x1 * s;
+        }
+    }
+}
+
+/* The backward's one pass over rows [r0, r1) when no adapter sits on w2: act := silu(h1) h3
+ * (recomputed, for dW2 and dL/dtopw) and h13 := dL/dh13 from dact = w[r] g, the same floats
+ * as swiglu() then swiglu_backward() */
+static void swiglu_recompute_backward(float *act, float *h13, const float *g, const float *w, int r0, int r1, int F,
+                                      int thr)
+{
+#pragma omp parallel for schedule(static) if (thr)
+    for (int r = r0; r < r1; r++) {
+        float *restrict h1 = h13 + (size_t)r * 2 * F, *restrict h3 = h1 + F, *restrict a = act + (size_t)r * F;
+        const float *restrict da = g + (size_t)r * F;
+        float wr = w[r];
+        for (int f = 0; f < F; f++) {
+            float x1 = h1[f], x3 = h3[f], s = sigmoidf(x1), d = da[f] * wr;
+            a[f] = x1 * s * x3;
             h1[f] = d * x3 * s * (1.0f + x1 * (1.0f - s));
             h3[f] = d * x1 * s;
         }
@@ -167,8 +185,11 @@ static void expert_backward(const experts_ctx *c, int e, int thr)
     if (!ne) return;
     lora lv, *lo = ml ? &lv : NULL; /* the adapters' scratch rows of this expert */
     if (ml) lora_scratch_rows(ml->lo, r0, &lv);
-    swiglu(c->act, c->h13, r0, r1, F, thr);
     model_gemm(0, 0, ne, F, D, 1, du, D, W2, F, 0, g, F); /* g = du W2 */
+    if (ml && ml->w2) /* the adapter adds to dact below: SwiGLU's backward waits for it */
+        swiglu(c->act, c->h13, r0, r1, F, thr);
+    else
+        swiglu_recompute_backward(c->act, c->h13, c->g, c->roww, r0, r1, F, thr);
     row_dots(c->rowdw, c->g, c->act, r0, r1, F, thr);
     if (ml && ml->w2) { /* the adapter's part of ye: scale * xa2 B^T, in xs (gathered below) */
         lora_output(lo, ml->w2, e, x, D, ml->xa2 + (size_t)r0 * r, ne);
@@ -193,9 +214,7 @@ static void expert_backward(const experts_ctx *c, int e, int thr)
         for (int i = 0; i < ne; i++) /* g := dact = w g, then the adapter's share */
             for (int f = 0; f < F; f++) g[(size_t)i * F + f] *= c->roww[r0 + i];
         lora_backward_x(lo, ml->w2, e, g, F, ne);
-        swiglu_backward(c->h13, c->g, NULL, r0, r1, F, thr);
-    } else {
-        swiglu_backward(c->h13, c->g, c->roww, r0, r1, F, thr);
+        swiglu_backward(c->h13, c->g, r0, r1, F, thr);
     }
     if (c->dw13) model_gemm(1, 0, 2 * F, D, ne, 1, dh, 2 * F, x, D, 1, c->dw13 + (size_t)e * 2 * F * D, D);
     /* dxs overwrites dys (this expert's slice of dys is no longer needed) */
