@@ -19,18 +19,13 @@ static void block_probs(float *S, const float *Q, const float *K, int ld, int hd
     for (int i = 0; i < m; i++) {
         int t = i0 + i, lo = ks[t] - jlo, hi = t - jlo; /* valid columns [lo, hi] */
         float *s = S + (size_t)i * nj;
-        for (int j = 0; j < lo; j++) s[j] = 0;
-        for (int j = hi + 1; j < nj; j++) s[j] = 0;
         if (lse) {
             float l = lse[t];
+            for (int j = 0; j < lo; j++) s[j] = 0;
+            for (int j = hi + 1; j < nj; j++) s[j] = 0;
             for (int j = lo; j <= hi; j++) s[j] = model_expf(s[j] - l);
         } else {
-            int n = hi - lo + 1;
-            float mx = model_row_max(s + lo, n);
-            double sum = model_row_expsum(s + lo, n, mx, 1);
-            float inv = (float)(1.0 / sum);
-            for (int j = lo; j <= hi; j++) s[j] *= inv;
-            lse_out[t] = mx + (float)log(sum);
+            lse_out[t] = model_softmax_span(s, nj, lo, hi);
         }
     }
 }

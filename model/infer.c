@@ -164,16 +164,7 @@ static void attend_task(struct infer *s, const float *kc, const float *vc, int p
     mm_nt(m, nj, hd, scale, Q, QKV, K, ldk, 0, S, nj); /* S (m, nj) */
     for (int i = 0; i < m; i++) {
         int t = p0 + i0 + i, lo = (W > 0 && t - W + 1 > 0 ? t - W + 1 : 0) - jlo, hi = t - jlo;
-        float *sr = S + (size_t)i * nj, mx = -INFINITY, sum = 0;
-        for (int j = 0; j < lo; j++) sr[j] = 0;
-        for (int j = hi + 1; j < nj; j++) sr[j] = 0;
-        for (int j = lo; j <= hi; j++) mx = sr[j] > mx ? sr[j] : mx;
-        for (int j = lo; j <= hi; j++) {
-            sr[j] = model_expf(sr[j] - mx);
-            sum += sr[j];
-        }
-        float inv = 1.0f / sum;
-        for (int j = lo; j <= hi; j++) sr[j] *= inv;
+        model_softmax_span(S + (size_t)i * nj, nj, lo, hi);
     }
     if (m == 1) cblas_sgemv(CblasRowMajor, CblasTrans, nj, hd, 1, V, ldk, S, 1, 0, O, 1);
     else model_gemm(0, 0, m, hd, nj, 1, S, nj, V, ldk, 0, O, ldo);

@@ -5,6 +5,7 @@
 #ifndef MOET_LAYERS_H
 #define MOET_LAYERS_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -97,6 +98,20 @@ static inline double model_row_expsum(float *z, int n, float shift, int store)
         s += e;
     }
     return s;
+}
+
+/* A score row s (n) of causal attention turned into probabilities: columns outside
+ * [lo, hi] become 0, the rest softmax(s[lo..hi]). Returns the row's log-sum-exp. */
+static inline float model_softmax_span(float *s, int n, int lo, int hi)
+{
+    for (int j = 0; j < lo; j++) s[j] = 0;
+    for (int j = hi + 1; j < n; j++) s[j] = 0;
+    int w = hi - lo + 1;
+    float mx = model_row_max(s + lo, w);
+    double sum = model_row_expsum(s + lo, w, mx, 1);
+    float inv = (float)(1.0 / sum);
+    for (int j = lo; j <= hi; j++) s[j] *= inv;
+    return mx + (float)log(sum);
 }
 
 /* C (M,N) = alpha * op(A) op(B) + beta * C, row-major, through OpenBLAS. */
