@@ -94,43 +94,37 @@ static void swiglu(float *act, const float *h13, int r0, int r1, int F, int thr)
     }
 }
 
-/* h13 rows [r0, r1) := dL/dh13 (in place), from dact = g */
-static void swiglu_backward(float *h13, const float *g, int r0, int r1, int F, int thr)
+/* SwiGLU's backward over rows [r0, r1), in place: h13 := dL/dh13 from dact = g, or w[r] g
+ * when w is not NULL. With act not NULL it also recomputes act = silu(h1) h3 (the floats
+ * swiglu() writes) in the same pass. */
+static void swiglu_backward(float *act, float *h13, const float *g, const float *w, int r0, int r1, int F, int thr)
 {
 #pragma omp parallel for schedule(static) if (thr)
     for (int r = r0; r < r1; r++) {
         float *restrict h1 = h13 + (size_t)r * 2 * F, *restrict h3 = h1 + F;
+        float *restrict a = act ? act + (size_t)r * F : NULL;
         const float *restrict da = g + (size_t)r * F;
+        float wr = w ? w[r] : 1.0f;
         for (int f = 0; f < F; f++) {
-            float x1 = h1[f], x3 = h3[f], s = sigmoidf(x1), d = da[f];
+            float x1 = h1[f], x3 = h3[f], s = sigmoidf(x1), d = w ? da[f] * wr : da[f];
+            if (a) a[f] = x1 * s * x3;
             h1[f] = d * x3 * s * (1.0f + x1 * (1.0f - s));
             h3[f] = d * x1 * s;
         }
     }
 }
 
-/* The backward's one pass over rows [r0, r1) when no adapter sits on w2: act := silu(h1) h3
- * (recomputed, for dW2 and dL/dtopw) and h13 := dL/dh13 from dact = w[r] g, the same floats
- * as swiglu() then swiglu_backward() */
-static void swiglu_recompute_backward(float *act, float *h13, const float *g, const float *w, int r0, int r1, int F,
-                                      int thr)
+/* x rows [r0, r1) (n wide) *= w[r] */
+static void scale_rows(float *x, const float *w, int r0, int r1, int n, int thr)
 {
 #pragma omp parallel for schedule(static) if (thr)
-    for (int r = r0; r < r1; r++) {
-        float *restrict h1 = h13 + (size_t)r * 2 * F, *restrict h3 = h1 + F, *restrict a = act + (size_t)r * F;
-        const float *restrict da = g + (size_t)r * F;
-        float wr = w[r];
-        for (int f = 0; f < F; f++) {
-            float x1 = h1[f], x3 = h3[f], s = sigmoidf(x1), d = da[f] * wr;
-            a[f] = x1 * s * x3;
-            h1[f] = d * x3 * s * (1.0f + x1 * (1.0f - s));
-            h3[f] = d * x1 * s;
-        }
-    }
+    for (int r = r0; r < r1; r++)
+        for (int i = 0; i < n; i++) x[(size_t)r * n + i] *= w[r];
 }
 
-/* out[r] = <a[r], b[r]> for rows [r0, r1) of two (., n) matrices, summed in double */
-static void row_dots(float *out, const float *a, const float *b, int r0, int r1, int n, int thr)
+/* out[r] (+)= <a[r], b[r]> for rows [r0, r1) of two (., n) matrices, summed in double;
+ * add: accumulate instead of overwrite */
+static void row_dots(float *out, const float *a, const float *b, int r0, int r1, int n, int add, int thr)
 {
 #pragma omp parallel for schedule(static) if (thr)
     for (int r = r0; r < r1; r++) {
@@ -141,7 +135,7 @@ static void row_dots(float *out, const float *a, const float *b, int r0, int r1,
             for (int j = 0; j < MODEL_LANES; j++) acc[j] += (double)x[i + j] * y[i + j];
         for (; i < n; i++) s += (double)x[i] * y[i];
         for (int j = 0; j < MODEL_LANES; j++) s += acc[j];
-        out[r] = (float)s;
+        out[r] = add ? out[r] + (float)s : (float)s;
     }
 }
 
@@ -189,32 +183,22 @@ static void expert_backward(const experts_ctx *c, int e, int thr)
     if (ml && ml->w2) /* the adapter adds to dact below: SwiGLU's backward waits for it */
         swiglu(c->act, c->h13, r0, r1, F, thr);
     else
-        swiglu_recompute_backward(c->act, c->h13, c->g, c->roww, r0, r1, F, thr);
-    row_dots(c->rowdw, c->g, c->act, r0, r1, F, thr);
+        swiglu_backward(c->act, c->h13, c->g, c->roww, r0, r1, F, thr);
+    row_dots(c->rowdw, c->g, c->act, r0, r1, F, 0, thr);
     if (ml && ml->w2) { /* the adapter's part of ye: scale * xa2 B^T, in xs (gathered below) */
         lora_output(lo, ml->w2, e, x, D, ml->xa2 + (size_t)r0 * r, ne);
-        const float *t = c->xs;
-#pragma omp parallel for schedule(static) if (thr)
-        for (int i = r0; i < r1; i++) {
-            double s = 0;
-            for (int d = 0; d < D; d++) s += (double)du[(size_t)(i - r0) * D + d] * t[(size_t)i * D + d];
-            c->rowdw[i] += (float)s;
-        }
+        row_dots(c->rowdw, c->dys, c->xs, r0, r1, D, 1, thr);
     }
-#pragma omp parallel for schedule(static) if (thr)
-    for (int i = 0; i < ne; i++) /* du := dy = w du */
-        for (int d = 0; d < D; d++) du[(size_t)i * D + d] *= c->roww[r0 + i];
+    scale_rows(c->dys, c->roww, r0, r1, D, thr); /* du := dy = w du */
     /* the expert inputs are needed only for weight gradients (a frozen base with no adapter
      * on these projections skips them) */
     if (c->need_x) gather_rows(c->xs, c->xn, c->row_tok, r0, r1, D, thr);
     if (c->dw2) model_gemm(1, 0, D, F, ne, 1, du, D, a, F, 1, c->dw2 + (size_t)e * D * F, F);
     if (ml && ml->w2) {
         lora_backward_w(lo, ml->w2, e, du, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
-#pragma omp parallel for schedule(static) if (thr)
-        for (int i = 0; i < ne; i++) /* g := dact = w g, then the adapter's share */
-            for (int f = 0; f < F; f++) g[(size_t)i * F + f] *= c->roww[r0 + i];
+        scale_rows(c->g, c->roww, r0, r1, F, thr); /* g := dact = w g, then the adapter's share */
         lora_backward_x(lo, ml->w2, e, g, F, ne);
-        swiglu_backward(c->h13, c->g, r0, r1, F, thr);
+        swiglu_backward(NULL, c->h13, c->g, NULL, r0, r1, F, thr);
     }
     if (c->dw13) model_gemm(1, 0, 2 * F, D, ne, 1, dh, 2 * F, x, D, 1, c->dw13 + (size_t)e * 2 * F * D, D);
     /* dxs overwrites dys (this expert's slice of dys is no longer needed) */
