@@ -55,8 +55,10 @@ def main(argv):
     line = "  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths)))
     print(line)
     print("-" * len(line))
+    results = {cfg: {e: read_result(os.path.join(out, "%s-%s.result" % (e, cfg))) for e, _, _ in ENGINES}
+               for cfg in configs}
     for cfg in configs:
-        res = {e: read_result(os.path.join(out, "%s-%s.result" % (e, cfg))) for e, _, _ in ENGINES}
+        res = dict(results[cfg])
         if not res["torch-avx512"] and not res["moet-keep"]:  # no AVX-512 variants: moet ran as configured
             res["torch-avx512"], res["moet-keep"] = None, None
         torch_best = max((float(res[e]["tok_s"]) for e in ("torch-plain", "torch", "torch-avx512") if res[e]),
@@ -95,17 +97,16 @@ def main(argv):
     print("moet: fwd = forward kernels; its lm_head + cross-entropy run fused with their backward and count in bwd")
     print("torch-plain: the issue's setup (OpenMP OpenBLAS, configured kernels, glibc malloc defaults); torch: "
           "+ GLIBC_TUNABLES (no mmap/trim per step); torch-avx512: + OPENBLAS_CORETYPE=SkylakeX")
-    targets(out, configs)
+    targets(results, configs)
     return 0
 
 
-def targets(out, configs):
-    """The issue's targets, checked against this run's numbers."""
+def targets(results, configs):
+    """The issue's targets, checked against this run's numbers (results: config -> engine -> result)."""
     tok = {}
     rss = {}
     for cfg in configs:
-        for e, _, _ in ENGINES:
-            r = read_result(os.path.join(out, "%s-%s.result" % (e, cfg)))
+        for e, r in results[cfg].items():
             if r:
                 tok[e, cfg] = float(r["tok_s"])
                 rss[e, cfg] = float(r.get("peak_rss_kib", "nan"))
