@@ -19,16 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static char dir[64];
-
-static const char *tmp_path(const char *name)
-{
-    static char p[4][256];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(p[k], sizeof p[k], "%s/%s", dir, name);
-    return p[k];
-}
+#include "tests/tmpdir.h"
 
 static const char *tokenizer_path(void)
 {
@@ -521,17 +512,9 @@ static void test_bad_input_is_one_error_and_leaves_the_old_file(void **state)
     unmake(&fx);
 }
 
-static int setup(void **state)
-{
-    snprintf(dir, sizeof dir, "/tmp/test_gguf.XXXXXX");
-    return mkdtemp(dir) ? 0 : -1;
-}
+static int setup(void **state) { return tmpdir_make("test_gguf"); }
 
-static int teardown(void **state)
-{
-    char err[ERR_MAX];
-    return fs_rm_rf(dir, err);
-}
+static int teardown(void **state) { return tmpdir_remove(); }
 
 int main(void)
 {

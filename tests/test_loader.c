@@ -19,16 +19,7 @@
 #define T 8
 #define VOCAB 1000
 
-static char dir[64];
-
-static const char *path_of(const char *name)
-{
-    static char p[8][256];
-    static int k;
-    k = (k + 1) % 8;
-    snprintf(p[k], sizeof p[k], "%s/%s", dir, name);
-    return p[k];
-}
+#include "tests/tmpdir.h"
 
 /* Rows first..first+rows-1: token 0 = row number, the rest derived from it;
  * loss_mask and doc_start are functions of (row, t) too. */
@@ -166,7 +157,7 @@ static void test_seek_to_a_saved_cursor_reproduces_the_remaining_batches(void **
 
 static void test_eval_mode_gives_the_same_first_batches_every_time(void **state)
 {
-    const char *val[1] = {path_of("part-*.h5")};
+    const char *val[1] = {tmp_path("part-*.h5")};
     loader *L = open_or_fail(val, 1, 2, 0, 0);
     loader_batch b;
     assert_int_equal(loader_batch_alloc(&b, 2, T, NULL), 0);
@@ -184,7 +175,7 @@ static void test_eval_mode_gives_the_same_first_batches_every_time(void **state)
 static void test_globs_expand_sorted_and_entries_keep_their_order(void **state)
 {
     /* part-a has rows 0..4, part-b 5..11, part-c 12..15, created in the order b, c, a */
-    const char *g[2] = {path_of("extra.h5"), path_of("part-*.h5")};
+    const char *g[2] = {tmp_path("extra.h5"), tmp_path("part-*.h5")};
     loader *L = open_or_fail(g, 2, 1, 0, 0);
     assert_int_equal(loader_n_files(L), 4);
     assert_non_null(strstr(loader_file_path(L, 0), "extra.h5"));
@@ -205,12 +196,12 @@ static void test_missing_files_and_bad_sets_are_errors(void **state)
 {
     char err[ERR_MAX] = "";
     loader *L = (loader *)1;
-    const char *missing[2] = {three[0], path_of("nope.h5")};
+    const char *missing[2] = {three[0], tmp_path("nope.h5")};
     assert_int_equal(loader_open(&L, missing, 2, T, VOCAB, 1, 0, 0, err), -1);
     assert_null(L);
     assert_non_null(strstr(err, "nope.h5: No such file or directory"));
 
-    const char *nomatch[1] = {path_of("zz-*.h5")};
+    const char *nomatch[1] = {tmp_path("zz-*.h5")};
     assert_int_equal(loader_open(&L, nomatch, 1, T, VOCAB, 1, 0, 0, err), -1);
     assert_non_null(strstr(err, "no data file matches"));
 
@@ -220,8 +211,8 @@ static void test_missing_files_and_bad_sets_are_errors(void **state)
     assert_int_equal(loader_open(&L, three, 3, T + 1, VOCAB, 1, 0, 0, err), -1);
     assert_non_null(strstr(err, "expected seq_len 9"));
 
-    write_rows(path_of("other-tok.h5"), 0, 2, "ffff");
-    const char *mixed[2] = {three[0], path_of("other-tok.h5")};
+    write_rows(tmp_path("other-tok.h5"), 0, 2, "ffff");
+    const char *mixed[2] = {three[0], tmp_path("other-tok.h5")};
     assert_int_equal(loader_open(&L, mixed, 2, T, VOCAB, 1, 0, 0, err), -1);
     assert_non_null(strstr(err, "different tokenizers"));
 }
@@ -229,7 +220,7 @@ static void test_missing_files_and_bad_sets_are_errors(void **state)
 static void test_reader_thread_errors_arrive_after_the_good_batches(void **state)
 {
     /* rows 0..9 where row 6 holds token 900 and the file claims vocab_size 500 */
-    const char *p = path_of("badrow.h5");
+    const char *p = tmp_path("badrow.h5");
     shard_info meta = {.vocab_size = VOCAB, .bos_id = 1, .eos_id = 2};
     char err[ERR_MAX] = "";
     shard_writer *w;
@@ -279,24 +270,18 @@ static void test_prefetch_hides_reading_from_a_slow_consumer(void **state)
 
 static int setup(void **state)
 {
-    snprintf(dir, sizeof dir, "/tmp/moet_test_loader_XXXXXX");
-    if (!mkdtemp(dir)) return -1;
-    write_rows(path_of("part-b.h5"), 5, 7, "");
-    write_rows(path_of("part-c.h5"), 12, 4, "");
-    write_rows(path_of("part-a.h5"), 0, 5, "");
-    write_rows(path_of("extra.h5"), 100, 2, "");
+    if (tmpdir_make("moet_test_loader")) return -1;
+    write_rows(tmp_path("part-b.h5"), 5, 7, "");
+    write_rows(tmp_path("part-c.h5"), 12, 4, "");
+    write_rows(tmp_path("part-a.h5"), 0, 5, "");
+    write_rows(tmp_path("extra.h5"), 100, 2, "");
     static char p[3][256];
     const char *names[3] = {"part-a.h5", "part-b.h5", "part-c.h5"};
     for (int i = 0; i < 3; i++) snprintf(p[i], sizeof p[i], "%s/%s", dir, names[i]), three[i] = p[i];
     return 0;
 }
 
-static int teardown(void **state)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
-}
+static int teardown(void **state) { return tmpdir_remove(); }
 
 int main(void)
 {

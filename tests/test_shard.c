@@ -16,16 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char dir[64];
-
-static const char *tmp_path(const char *name)
-{
-    static char p[4][256];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(p[k], sizeof p[k], "%s/%s", dir, name);
-    return p[k];
-}
+#include "tests/tmpdir.h"
 
 static int file_exists(const char *p)
 {
@@ -334,18 +325,9 @@ static void test_mask_shape_must_match_tokens(void **state)
     assert_non_null(strstr(err, "/doc_start is [3, 7] but /tokens is [3, 8]"));
 }
 
-static int setup(void **state)
-{
-    snprintf(dir, sizeof dir, "/tmp/moet_test_shard_XXXXXX");
-    return mkdtemp(dir) ? 0 : -1;
-}
+static int setup(void **state) { return tmpdir_make("moet_test_shard"); }
 
-static int teardown(void **state)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
-}
+static int teardown(void **state) { return tmpdir_remove(); }
 
 int main(void)
 {
