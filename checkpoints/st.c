@@ -21,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -319,19 +318,12 @@ static int shard_load(shard *s, const char *path, char *err)
 {
     memset(s, 0, sizeof *s);
     if (!(s->path = strdup(path))) return err_set(err, "%s: out of memory", path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return err_set(err, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    int fd = fs_open_regular(path, &s->len, err);
+    if (fd < 0) return -1;
+    if (s->len < 8) {
         close(fd);
-        return err_set(err, "%s: not a regular file", path);
+        return err_set(err, "%s: file is too short for safetensors (%zu bytes, need at least 8)", path, s->len);
     }
-    if (st.st_size < 8) {
-        close(fd);
-        return err_set(err, "%s: file is too short for safetensors (%lld bytes, need at least 8)",
-                       path, (long long)st.st_size);
-    }
-    s->len = (size_t)st.st_size;
     void *map = mmap(NULL, s->len, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (map == MAP_FAILED) return err_set(err, "%s: mmap failed: %s", path, strerror(errno));

@@ -14,10 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int fs_read_file(const char *path, char **buf, size_t *len, char *err)
+int fs_open_regular(const char *path, size_t *size, char *err)
 {
-    *buf = NULL;
-    *len = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return err_set(err, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
@@ -25,7 +23,17 @@ int fs_read_file(const char *path, char **buf, size_t *len, char *err)
         close(fd);
         return err_set(err, "%s: not a regular file", path);
     }
-    size_t cap = (size_t)st.st_size, n = 0;
+    *size = (size_t)st.st_size;
+    return fd;
+}
+
+int fs_read_file(const char *path, char **buf, size_t *len, char *err)
+{
+    *buf = NULL;
+    *len = 0;
+    size_t cap, n = 0;
+    int fd = fs_open_regular(path, &cap, err);
+    if (fd < 0) return -1;
     char *p = malloc(cap + 1);
     if (!p) { close(fd); return err_set(err, "%s: out of memory (%zu bytes)", path, cap); }
     for (;;) {

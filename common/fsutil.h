@@ -10,6 +10,10 @@
 
 #include <stddef.h>
 
+/* Open a regular file for reading: the fd, its size in *size; -1 with err set ("PATH: cannot
+ * open: ...", "PATH: not a regular file") otherwise. */
+int fs_open_regular(const char *path, size_t *size, char *err);
+
 /* Read a whole file into a malloc'd buffer with a NUL after the last byte (so text
  * files can be used as C strings).  *len excludes the NUL.  Caller frees *buf. */
 int fs_read_file(const char *path, char **buf, size_t *len, char *err);

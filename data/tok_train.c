@@ -31,7 +31,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -202,14 +201,9 @@ static int count_words(counter *c, const unsigned char *s, size_t n)
 
 static int count_file(counter *c, const char *path, size_t *bytes, char *err)
 {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return err_set(err, "cannot open '%s': %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return err_set(err, "'%s' is not a regular file", path);
-    }
-    size_t n = (size_t)st.st_size;
+    size_t n;
+    int fd = fs_open_regular(path, &n, err);
+    if (fd < 0) return -1;
     *bytes += n;
     if (!n) {
         close(fd);
