@@ -12,24 +12,16 @@ import os
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import sttools  # noqa: E402
+from make_shard import write_shard  # noqa: E402
 
 
 def make_shard(path, ids, labels, vocab, bos=1, eos=2):
     rows = ids.reshape(-1, ids.shape[-1])
-    mask = (labels.reshape(-1, ids.shape[-1]) != -100).astype(np.uint8)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("tokens", data=rows.astype(np.uint16 if vocab <= 65536 else np.uint32))
-        f.create_dataset("loss_mask", data=mask)
-        f.attrs["format"] = "moet-shard-1"
-        f.attrs["vocab_size"] = vocab
-        f.attrs["bos_id"] = bos
-        f.attrs["eos_id"] = eos
-        f.attrs["tokenizer_sha256"] = ""
+    write_shard(path, rows, vocab, labels.reshape(-1, ids.shape[-1]) != -100, bos=bos, eos=eos)
 
 
 def main():

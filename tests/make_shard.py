@@ -10,6 +10,19 @@ import h5py
 import numpy as np
 
 
+def write_shard(path, tokens, vocab, loss_mask=None, doc_start=None, bos=1, eos=2, tokenizer_sha256=""):
+    """tokens (rows, seq) as a moet-shard-1 file (uint16 when the vocabulary fits, else
+    uint32), with the optional loss_mask / doc_start datasets and the format's attributes."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("tokens", data=np.asarray(tokens).astype(np.uint16 if vocab <= 65536 else np.uint32))
+        if loss_mask is not None:
+            f.create_dataset("loss_mask", data=np.asarray(loss_mask, dtype=np.uint8))
+        if doc_start is not None:
+            f.create_dataset("doc_start", data=np.asarray(doc_start, dtype=np.uint8))
+        f.attrs.update(dict(format="moet-shard-1", vocab_size=vocab, bos_id=bos, eos_id=eos,
+                            tokenizer_sha256=tokenizer_sha256))
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     out, rows, seq, vocab = args[0], int(args[1]), int(args[2]), int(args[3])
@@ -27,16 +40,7 @@ def main():
     if "--doc-every" in sys.argv:
         n = int(sys.argv[sys.argv.index("--doc-every") + 1])
         doc[:, ::n] = 1
-    with h5py.File(out, "w") as f:
-        f.create_dataset("tokens", data=tok.astype(np.uint16 if vocab <= 65536 else np.uint32))
-        if "--no-mask" not in sys.argv:
-            f.create_dataset("loss_mask", data=mask)
-        f.create_dataset("doc_start", data=doc)
-        f.attrs["format"] = "moet-shard-1"
-        f.attrs["vocab_size"] = vocab
-        f.attrs["bos_id"] = 1
-        f.attrs["eos_id"] = 2
-        f.attrs["tokenizer_sha256"] = ""
+    write_shard(out, tok, vocab, None if "--no-mask" in sys.argv else mask, doc)
 
 
 if __name__ == "__main__":

@@ -132,17 +132,15 @@ def moet_yaml(name, out_dir, steps, shard):
 
 def write_shard(name, path, batches):
     """Random tokens (seed 1) for `batches` batches as a moet-shard-1 HDF5 file."""
-    import h5py
     import numpy as np
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from make_shard import write_shard
     p, a = PRESETS[name], arch(name)
     rng = np.random.default_rng(1)
     dtype = np.uint16 if a["vocab_size"] <= 65536 else np.uint32
     tokens = rng.integers(0, a["vocab_size"], (batches * p["batch"], p["seq"]), dtype=dtype)
     tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("tokens", data=tokens)
-        f.attrs.update(dict(format="moet-shard-1", vocab_size=a["vocab_size"], bos_id=1,
-                            eos_id=2, tokenizer_sha256="none: random tokens for make bench"))
+    write_shard(tmp, tokens, a["vocab_size"], tokenizer_sha256="none: random tokens for make bench")
     os.replace(tmp, path)
 
 
