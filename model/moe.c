@@ -60,7 +60,8 @@ void moe_sort(int *off, int *row_tok, int *slot_row, const int *topi, int N, int
  * an expert's elementwise work next to its GEMMs in cache (tiny bench: experts 111 -> 101
  * ms per step with AVX-512 kernels, 136 -> 117 ms backward with AVX2 ones).
  * An expert holding >= 1/threads of the rows (a skewed router) would leave a core idle,
- * so those run first, alone, with threaded GEMMs and loops. Adapters on the experts use
+ * so those run first, alone, with threaded GEMMs and loops (every loop here is threaded
+ * only outside a parallel region, as OpenBLAS's GEMMs are). Adapters on the experts use
  * the scratch rows of their expert (lora_scratch_rows), so they run side by side too. */
 
 /* order: experts by rows, largest first; returns how many lead it as "run alone". */
@@ -77,16 +78,16 @@ static int plan_experts(int *order, const int *off, int E)
     return alone;
 }
 
-static void gather_rows(float *xs, const float *xn, const int *row_tok, int r0, int r1, int D, int thr)
+static void gather_rows(float *xs, const float *xn, const int *row_tok, int r0, int r1, int D)
 {
-#pragma omp parallel for schedule(static) if (thr)
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
     for (int r = r0; r < r1; r++) memcpy(xs + (size_t)r * D, xn + (size_t)row_tok[r] * D, (size_t)D * sizeof(float));
 }
 
 /* act (rows,F) = silu(h1) * h3 where each h13 row is [h1 (F) | h3 (F)]; rows [r0, r1). */
-static void swiglu(float *act, const float *h13, int r0, int r1, int F, int thr)
+static void swiglu(float *act, const float *h13, int r0, int r1, int F)
 {
-#pragma omp parallel for schedule(static) if (thr)
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
     for (int r = r0; r < r1; r++) {
         const float *h1 = h13 + (size_t)r * 2 * F, *h3 = h1 + F;
         float *a = act + (size_t)r * F;
@@ -97,9 +98,9 @@ static void swiglu(float *act, const float *h13, int r0, int r1, int F, int thr)
 /* SwiGLU's backward over rows [r0, r1), in place: h13 := dL/dh13 from dact = g, or w[r] g
  * when w is not NULL. With act not NULL it also recomputes act = silu(h1) h3 (the floats
  * swiglu() writes) in the same pass. */
-static void swiglu_backward(float *act, float *h13, const float *g, const float *w, int r0, int r1, int F, int thr)
+static void swiglu_backward(float *act, float *h13, const float *g, const float *w, int r0, int r1, int F)
 {
-#pragma omp parallel for schedule(static) if (thr)
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
     for (int r = r0; r < r1; r++) {
         float *restrict h1 = h13 + (size_t)r * 2 * F, *restrict h3 = h1 + F;
         float *restrict a = act ? act + (size_t)r * F : NULL;
@@ -115,18 +116,18 @@ static void swiglu_backward(float *act, float *h13, const float *g, const float 
 }
 
 /* x rows [r0, r1) (n wide) *= w[r] */
-static void scale_rows(float *x, const float *w, int r0, int r1, int n, int thr)
+static void scale_rows(float *x, const float *w, int r0, int r1, int n)
 {
-#pragma omp parallel for schedule(static) if (thr)
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
     for (int r = r0; r < r1; r++)
         for (int i = 0; i < n; i++) x[(size_t)r * n + i] *= w[r];
 }
 
 /* out[r] (+)= <a[r], b[r]> for rows [r0, r1) of two (., n) matrices, summed in double;
  * add: accumulate instead of overwrite */
-static void row_dots(float *out, const float *a, const float *b, int r0, int r1, int n, int add, int thr)
+static void row_dots(float *out, const float *a, const float *b, int r0, int r1, int n, int add)
 {
-#pragma omp parallel for schedule(static) if (thr)
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
     for (int r = r0; r < r1; r++) {
         const float *x = a + (size_t)r * n, *y = b + (size_t)r * n;
         double acc[MODEL_LANES] = {0}, s = 0;
@@ -147,7 +148,7 @@ typedef struct { /* the arguments every expert shares */
     const moe_lora *ml;
 } experts_ctx;
 
-static void expert_forward(const experts_ctx *c, int e, int thr)
+static void expert_forward(const experts_ctx *c, int e)
 {
     int r0 = c->off[e], r1 = c->off[e + 1], ne = r1 - r0, D = c->D, F = c->F, r = c->r;
     const moe_lora *ml = c->ml;
@@ -156,11 +157,11 @@ static void expert_forward(const experts_ctx *c, int e, int thr)
     if (!ne) return;
     lora lv, *lo = ml ? &lv : NULL; /* the adapters' scratch rows of this expert */
     if (ml) lora_scratch_rows(ml->lo, r0, &lv);
-    gather_rows(c->xs, c->xn, c->row_tok, r0, r1, D, thr);
+    gather_rows(c->xs, c->xn, c->row_tok, r0, r1, D);
     model_gemm(0, 1, ne, 2 * F, D, 1, x, D, c->w13 + (size_t)e * 2 * F * D, D, 0, h, 2 * F);
     if (ml && ml->w1) lora_forward(lo, ml->w1, e, h, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
     if (ml && ml->w3) lora_forward(lo, ml->w3, e, h + F, 2 * F, x, D, ne, ml->xa3 + (size_t)r0 * r);
-    swiglu(c->act, c->h13, r0, r1, F, thr);
+    swiglu(c->act, c->h13, r0, r1, F);
     model_gemm(0, 1, ne, D, F, 1, a, F, c->w2 + (size_t)e * D * F, F, 0, y, D);
     if (ml && ml->w2) lora_forward(lo, ml->w2, e, y, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
 }
@@ -169,7 +170,7 @@ static void expert_forward(const experts_ctx *c, int e, int thr)
  * row r's token, dL/dw = <du, ye> = <du W2, act> (+ the w2 adapter's share), and
  * dL/dact = w (du W2). In: dys rows of e = du, roww = w per row. Out: rowdw = dL/dw per
  * row, dys rows of e := dL/dxs, h13 rows := dL/dh13, weight and adapter gradients. */
-static void expert_backward(const experts_ctx *c, int e, int thr)
+static void expert_backward(const experts_ctx *c, int e)
 {
     int r0 = c->off[e], r1 = c->off[e + 1], ne = r1 - r0, D = c->D, F = c->F, r = c->r;
     const moe_lora *ml = c->ml;
@@ -181,24 +182,24 @@ static void expert_backward(const experts_ctx *c, int e, int thr)
     if (ml) lora_scratch_rows(ml->lo, r0, &lv);
     model_gemm(0, 0, ne, F, D, 1, du, D, W2, F, 0, g, F); /* g = du W2 */
     if (ml && ml->w2) /* the adapter adds to dact below: SwiGLU's backward waits for it */
-        swiglu(c->act, c->h13, r0, r1, F, thr);
+        swiglu(c->act, c->h13, r0, r1, F);
     else
-        swiglu_backward(c->act, c->h13, c->g, c->roww, r0, r1, F, thr);
-    row_dots(c->rowdw, c->g, c->act, r0, r1, F, 0, thr);
+        swiglu_backward(c->act, c->h13, c->g, c->roww, r0, r1, F);
+    row_dots(c->rowdw, c->g, c->act, r0, r1, F, 0);
     if (ml && ml->w2) { /* the adapter's part of ye: scale * xa2 B^T, in xs (gathered below) */
         lora_output(lo, ml->w2, e, x, D, ml->xa2 + (size_t)r0 * r, ne);
-        row_dots(c->rowdw, c->dys, c->xs, r0, r1, D, 1, thr);
+        row_dots(c->rowdw, c->dys, c->xs, r0, r1, D, 1);
     }
-    scale_rows(c->dys, c->roww, r0, r1, D, thr); /* du := dy = w du */
+    scale_rows(c->dys, c->roww, r0, r1, D); /* du := dy = w du */
     /* the expert inputs are needed only for weight gradients (a frozen base with no adapter
      * on these projections skips them) */
-    if (c->need_x) gather_rows(c->xs, c->xn, c->row_tok, r0, r1, D, thr);
+    if (c->need_x) gather_rows(c->xs, c->xn, c->row_tok, r0, r1, D);
     if (c->dw2) model_gemm(1, 0, D, F, ne, 1, du, D, a, F, 1, c->dw2 + (size_t)e * D * F, F);
     if (ml && ml->w2) {
         lora_backward_w(lo, ml->w2, e, du, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
-        scale_rows(c->g, c->roww, r0, r1, F, thr); /* g := dact = w g, then the adapter's share */
+        scale_rows(c->g, c->roww, r0, r1, F); /* g := dact = w g, then the adapter's share */
         lora_backward_x(lo, ml->w2, e, g, F, ne);
-        swiglu_backward(NULL, c->h13, c->g, NULL, r0, r1, F, thr);
+        swiglu_backward(NULL, c->h13, c->g, NULL, r0, r1, F);
     }
     if (c->dw13) model_gemm(1, 0, 2 * F, D, ne, 1, dh, 2 * F, x, D, 1, c->dw13 + (size_t)e * 2 * F * D, D);
     /* dxs overwrites dys (this expert's slice of dys is no longer needed) */
@@ -218,10 +219,10 @@ static void run_experts(const experts_ctx *c, int E, int backward)
     int order[E];
     int alone = plan_experts(order, c->off, E);
     for (int i = 0; i < alone; i++)
-        backward ? expert_backward(c, order[i], 1) : expert_forward(c, order[i], 1);
+        backward ? expert_backward(c, order[i]) : expert_forward(c, order[i]);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int i = alone; i < E; i++)
-        backward ? expert_backward(c, order[i], 0) : expert_forward(c, order[i], 0);
+        backward ? expert_backward(c, order[i]) : expert_forward(c, order[i]);
 }
 
 void moe_experts_forward(float *out, float *h13, float *ye, float *xs, float *act, const float *xn,
