@@ -92,24 +92,28 @@ static int cpu_has_sha(void)
 }
 #endif
 
-static int hw = -1; /* -1: not decided yet */
+/* -1: not decided yet. Read and written atomically: checkpoint, tokenizer and export code
+ * may hash from different threads, and the first of them decides. */
+static int hw = -1;
 
 int sha256_hardware(int enable)
 {
+    int h = __atomic_load_n(&hw, __ATOMIC_RELAXED);
 #ifdef SHA256_X86
-    if (hw < 0 || enable >= 0) hw = cpu_has_sha() && enable != 0;
-    return hw;
+    if (h < 0 || enable >= 0) __atomic_store_n(&hw, h = cpu_has_sha() && enable != 0, __ATOMIC_RELAXED);
 #else
     (void)enable;
-    return hw = 0;
+    __atomic_store_n(&hw, h = 0, __ATOMIC_RELAXED);
 #endif
+    return h;
 }
 
 static void blocks(uint32_t h[8], const uint8_t *p, size_t nblocks)
 {
-    if (hw < 0) sha256_hardware(-1);
+    int use = __atomic_load_n(&hw, __ATOMIC_RELAXED);
+    if (use < 0) use = sha256_hardware(-1);
 #ifdef SHA256_X86
-    if (hw) {
+    if (use) {
         blocks_shani(h, p, nblocks);
         return;
     }
