@@ -2,6 +2,7 @@
  * that model/forward.c and model/moe.c call around each adapted projection. */
 #include "model/lora.h"
 #include "common/err.h"
+#include "common/par.h"
 #include "common/rng.h"
 #include "model/layers.h"
 
@@ -265,10 +266,10 @@ static const float *lora_input(const lora *lo, const lora_site *s, int e, const 
     uint64_t key = site_key(lo, s, e);
     float inv = 1.0f / (1.0f - p);
     int in = s->in;
-#pragma omp parallel for schedule(static) if (!omp_in_parallel())
-    for (int i = 0; i < rows; i++)
+    PAR_FOR(schedule(static), i, 0, rows,
         for (int j = 0; j < in; j++)
             lo->scr_x[(size_t)i * in + j] = dropped(key, (uint64_t)i * in + j, p) ? 0 : x[(size_t)i * ldx + j] * inv;
+    );
     *ld = in;
     return lo->scr_x;
 }
@@ -313,8 +314,8 @@ void lora_backward_x(const lora *lo, const lora_site *s, int e, float *dx, int l
     model_gemm(0, 0, rows, in, r, 1, lo->scr_a, r, A, in, 0, lo->scr_t, in);
     uint64_t key = site_key(lo, s, e);
     float inv = 1.0f / (1.0f - p);
-#pragma omp parallel for schedule(static) if (!omp_in_parallel())
-    for (int i = 0; i < rows; i++)
+    PAR_FOR(schedule(static), i, 0, rows,
         for (int j = 0; j < in; j++)
             if (!dropped(key, (uint64_t)i * in + j, p)) dx[(size_t)i * lddx + j] += lo->scr_t[(size_t)i * in + j] * inv;
+    );
 }

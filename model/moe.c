@@ -1,5 +1,6 @@
 /* moe: router (softmax, top-k, renormalised weights), dropless experts run as one GEMM per
  * expert on the rows routed to it (sorted by expert), and their backward passes. */
+#include "common/par.h"
 #include "model/layers.h"
 #include "model/lora.h"
 
@@ -80,19 +81,18 @@ static int plan_experts(int *order, const int *off, int E)
 
 static void gather_rows(float *xs, const float *xn, const int *row_tok, int r0, int r1, int D)
 {
-#pragma omp parallel for schedule(static) if (!omp_in_parallel())
-    for (int r = r0; r < r1; r++) memcpy(xs + (size_t)r * D, xn + (size_t)row_tok[r] * D, (size_t)D * sizeof(float));
+    PAR_FOR(schedule(static), r, r0, r1,
+            memcpy(xs + (size_t)r * D, xn + (size_t)row_tok[r] * D, (size_t)D * sizeof(float)););
 }
 
 /* act (rows,F) = silu(h1) * h3 where each h13 row is [h1 (F) | h3 (F)]; rows [r0, r1). */
 static void swiglu(float *act, const float *h13, int r0, int r1, int F)
 {
-#pragma omp parallel for schedule(static) if (!omp_in_parallel())
-    for (int r = r0; r < r1; r++) {
+    PAR_FOR(schedule(static), r, r0, r1,
         const float *h1 = h13 + (size_t)r * 2 * F, *h3 = h1 + F;
         float *a = act + (size_t)r * F;
         for (int f = 0; f < F; f++) a[f] = h1[f] * sigmoidf(h1[f]) * h3[f];
-    }
+    );
 }
 
 /* SwiGLU's backward over rows [r0, r1), in place: h13 := dL/dh13 from dact = g, or w[r] g
@@ -100,8 +100,7 @@ static void swiglu(float *act, const float *h13, int r0, int r1, int F)
  * swiglu() writes) in the same pass. */
 static void swiglu_backward(float *act, float *h13, const float *g, const float *w, int r0, int r1, int F)
 {
-#pragma omp parallel for schedule(static) if (!omp_in_parallel())
-    for (int r = r0; r < r1; r++) {
+    PAR_FOR(schedule(static), r, r0, r1,
         float *restrict h1 = h13 + (size_t)r * 2 * F, *restrict h3 = h1 + F;
         float *restrict a = act ? act + (size_t)r * F : NULL;
         const float *restrict da = g + (size_t)r * F;
@@ -112,23 +111,20 @@ static void swiglu_backward(float *act, float *h13, const float *g, const float 
             h1[f] = d * x3 * s * (1.0f + x1 * (1.0f - s));
             h3[f] = d * x1 * s;
         }
-    }
+    );
 }
 
 /* x rows [r0, r1) (n wide) *= w[r] */
 static void scale_rows(float *x, const float *w, int r0, int r1, int n)
 {
-#pragma omp parallel for schedule(static) if (!omp_in_parallel())
-    for (int r = r0; r < r1; r++)
-        for (int i = 0; i < n; i++) x[(size_t)r * n + i] *= w[r];
+    PAR_FOR(schedule(static), r, r0, r1, for (int i = 0; i < n; i++) x[(size_t)r * n + i] *= w[r];);
 }
 
 /* out[r] (+)= <a[r], b[r]> for rows [r0, r1) of two (., n) matrices, summed in double;
  * add: accumulate instead of overwrite */
 static void row_dots(float *out, const float *a, const float *b, int r0, int r1, int n, int add)
 {
-#pragma omp parallel for schedule(static) if (!omp_in_parallel())
-    for (int r = r0; r < r1; r++) {
+    PAR_FOR(schedule(static), r, r0, r1,
         const float *x = a + (size_t)r * n, *y = b + (size_t)r * n;
         double acc[MODEL_LANES] = {0}, s = 0;
         int i = 0;
@@ -137,7 +133,7 @@ static void row_dots(float *out, const float *a, const float *b, int r0, int r1,
         for (; i < n; i++) s += (double)x[i] * y[i];
         for (int j = 0; j < MODEL_LANES; j++) s += acc[j];
         out[r] = add ? out[r] + (float)s : (float)s;
-    }
+    );
 }
 
 typedef struct { /* the arguments every expert shares */

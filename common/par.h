@@ -1,0 +1,31 @@
+/* par: OpenMP loops for helpers that may run inside a parallel region.
+ *
+ * libgomp keeps a team between regions only when it has several threads and is not nested;
+ * a nested region (a helper called by experts that run side by side on the cores) or a
+ * one-thread region allocates and frees its team each time, even when an if() clause turns
+ * it off. PAR_FOR runs the loop inline in those cases instead of opening a region, so a
+ * training step makes no allocation (tests/test_noalloc.c) and pays no team start-up.
+ *
+ *   PAR_FOR(schedule(static), r, r0, r1, body...)  ==  for (int r = r0; r < r1; r++) { body }
+ *   split over the threads with "#pragma omp parallel for schedule(static)" when at top level. */
+#ifndef MOET_PAR_H
+#define MOET_PAR_H
+
+#include <omp.h>
+
+/* 1 when a loop should run inline: inside any parallel region, or with one thread */
+static inline int par_inline(void) { return omp_get_level() > 0 || omp_get_max_threads() < 2; }
+
+#define PAR_PRAGMA_(x) _Pragma(#x)
+#define PAR_FOR(clauses, i, lo, hi, ...)                                                        \
+    do {                                                                                        \
+        int par_lo_ = (lo), par_hi_ = (hi);                                                     \
+        if (par_inline()) {                                                                     \
+            for (int i = par_lo_; i < par_hi_; i++) { __VA_ARGS__ }                             \
+        } else {                                                                                \
+            PAR_PRAGMA_(omp parallel for clauses)                                               \
+            for (int i = par_lo_; i < par_hi_; i++) { __VA_ARGS__ }                             \
+        }                                                                                       \
+    } while (0)
+
+#endif
