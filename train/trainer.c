@@ -508,7 +508,11 @@ static void print_profile(trainer *tr)
 {
     static const char *names[PROF_NFAM] = {"embedding", "norms", "attention", "router", "experts", "lm_head+loss",
                                            "lora"};
-    int n = tr->prof_steps ? tr->prof_steps : 1;
+    if (!tr->prof_steps) { /* e.g. resumed at max_steps, or stopped in the first step */
+        printf("\nprofile: no steps were timed (the first step is a warm-up and is not counted)\n");
+        return;
+    }
+    int n = tr->prof_steps;
     double fwd = 0, bwd = 0, total = tr->t_step / n * 1e3;
     for (int f = 0; f < PROF_NFAM; f++) fwd += tr->prof.fwd[f], bwd += tr->prof.bwd[f];
     printf("\nprofile over %d steps (ms per optimizer step; lm_head+loss runs fused forward+backward):\n", tr->prof_steps);
