@@ -121,9 +121,15 @@ moet_trainer_available() {
     [ -x ./moet ] && ./moet train --help 2>&1 | grep -q -- '--profile'
 }
 
-run_moet() {    # CONFIG [keep] -> $OUT/moet[-keep]-CONFIG.result
+run_moet() {    # CONFIG [keep|pthread] -> $OUT/moet[-keep|-pthread]-CONFIG.result
+    # keep: OpenBLAS's configured kernels; pthread: the pthread build of OpenBLAS swapped in
+    # (LD_LIBRARY_PATH wins over moet's RUNPATH) to measure what the OpenMP build buys
     local cfg=$1 eng=moet${2:+-$2}
-    local res="$OUT/$eng-$1.result" log="$OUT/$eng-$1.log" keep=${2:+keep}
+    local res="$OUT/$eng-$1.result" log="$OUT/$eng-$1.log" keep= lib=$LD_LIBRARY_PATH
+    case ${2:-} in
+        keep) keep=keep ;;
+        pthread) lib=/usr/lib/x86_64-linux-gnu/openblas-pthread ;;
+    esac
     rm -f "$res"
     if ! moet_trainer_available; then
         echo "== moet $cfg"
@@ -138,8 +144,12 @@ run_moet() {    # CONFIG [keep] -> $OUT/moet[-keep]-CONFIG.result
     "$PY" "$BENCH/bench_configs.py" yaml "$cfg" "$OUT/run-$cfg" $((warm + steps)) \
         "$OUT/tokens-$cfg.h5" >"$OUT/moet-$cfg.yaml" || die "cannot write the moet config"
     rm -rf "$OUT/run-$cfg"
-    MOET_BLAS=$keep "$PY" "$BENCH/run_rss.py" "$res" ./moet train "$OUT/moet-$cfg.yaml" --profile \
-        >"$log" 2>&1
+    LD_LIBRARY_PATH=$lib MOET_BLAS=$keep "$PY" "$BENCH/run_rss.py" "$res" ./moet train "$OUT/moet-$cfg.yaml" \
+        --profile >"$log" 2>&1
+    if [ "${2:-}" = pthread ] && ! grep -q "^compute: .*pthread build" "$log"; then
+        echo "   WARNING: the pthread OpenBLAS was not loaded (apt install libopenblas0-pthread); not counted"
+        rm -f "$res"
+    fi
     sed 's/^/   /' "$log" | tail -20
     # moet --profile prints one line per step: profile step=N fwd_ms=.. bwd_ms=.. opt_ms=.. step_ms=..
     # (fwd: the forward kernels; lm_head+loss run fused in bwd); steps <= $warm are warm-up.
@@ -172,6 +182,10 @@ for cfg in $CONFIGS; do
     [ $VARIANTS = 1 ] && run_moet "$cfg" keep
     run_moet "$cfg"
 done
+# the pthread build of OpenBLAS, once (tiny, or the first preset): its threads and
+# moet's OpenMP threads oversubscribe the cores
+first=${CONFIGS%% *}
+[ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 ] && run_moet "$first" pthread
 
 echo "== results (median step times; tok/s = batch*seq / (fwd + bwd + opt))"
 "$PY" "$BENCH/bench_table.py" "$OUT" "$PEAK" "$PEAK512" $CONFIGS | tee "$OUT/table.txt"
