@@ -8,15 +8,15 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 cd "$work"
-"$PY" "$here/make_shard.py" train.h5 32 64 256 1
+"$PY" "$here/make_shard.py" train.h5 64 128 256 1
 for lora in off on; do
     cat > $lora.yaml <<YAML
 run: {name: prof, dir: $work/run-$lora}
 model:
-  arch: {vocab_size: 256, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2,
+  arch: {vocab_size: 256, hidden_size: 128, intermediate_size: 192, num_hidden_layers: 2,
          num_attention_heads: 4, num_key_value_heads: 2, num_local_experts: 4, num_experts_per_tok: 2}
-data: {train: [train.h5], seq_len: 64}
-train: {batch_size: 4, max_steps: 6, log_every: 3}
+data: {train: [train.h5], seq_len: 128}
+train: {batch_size: 8, max_steps: 6, log_every: 3}
 optim: {lr: 1e-3}
 YAML
     [ $lora = on ] && echo "lora: {enabled: true, r: 4, alpha: 8}" >> $lora.yaml
