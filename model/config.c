@@ -88,9 +88,18 @@ int model_config_from_json(model_config *c, const char *json, char *err)
     c->init_std = std;
     if (c->sliding_window < 0) c->sliding_window = 0;
 
-    if (c->vocab < 1 || c->dim < 1 || c->ffn < 1 || c->n_layers < 1 || c->n_heads < 1 || c->n_kv_heads < 1 ||
-        c->head_dim < 2)
-        err_set(err, "config.json: sizes must be positive");
+    const struct {
+        const char *key;
+        int v;
+    } sizes[] = {{"vocab_size", c->vocab}, {"hidden_size", c->dim}, {"intermediate_size", c->ffn},
+                 {"num_hidden_layers", c->n_layers}, {"num_attention_heads", c->n_heads},
+                 {"num_key_value_heads", c->n_kv_heads}, {"head_dim", c->head_dim}};
+    const char *bad = NULL;
+    int badv = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes && !bad; i++)
+        if (sizes[i].v < 1) bad = sizes[i].key, badv = sizes[i].v;
+    if (bad)
+        err_set(err, "config.json: %s is %d, must be positive", bad, badv);
     else if (c->head_dim % 2)
         err_set(err, "config.json: head_dim %d must be even for RoPE", c->head_dim);
     else if (c->n_heads % c->n_kv_heads)

@@ -70,6 +70,21 @@ YAML
 $MOET train "$W/cfg.yaml" >"$W/train.log" 2>&1 || { cat "$W/train.log"; fail "moet train on prep output"; }
 [ "$(grep -c '"loss"' "$W/run/metrics.jsonl")" = 3 ] || fail "expected 3 logged steps"
 grep -q '"val_loss"' "$W/run/metrics.jsonl" || fail "no eval on the val shards"
+echo "== val shards of another tokenizer are refused like train shards"
+"$PY" - "$W/othertok.h5" "$(dirname "$0")" <<'PY'
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from make_shard import write_shard
+write_shard(sys.argv[1], np.ones((4, 64), np.int64), 512, tokenizer_sha256="ab" * 32)
+PY
+set +e
+$MOET train "$W/cfg.yaml" run.dir="$W/run2" "data.val=[$W/othertok.h5]" >/dev/null 2>"$W/err"
+rc=$?
+set -e
+cat "$W/err"
+[ $rc = 1 ] && [ "$(wc -l < "$W/err")" = 1 ] || fail "val shard of another tokenizer: rc $rc"
+grep -q "data.val: .*othertok.h5 was made with a different tokenizer" "$W/err" || fail "message"
 
 echo "== bad jsonl lines: reported as file:line, skipped"
 $MOET prep --tokenizer "$TINY" --out "$W/bad" --seq-len 16 $D/prep_bad.jsonl >"$W/bad.out" 2>"$W/bad.err"

@@ -53,4 +53,26 @@ fi
 before=$(sha256sum good/checkpoints/step_00000003/model.safetensors)
 expect_error "resume never over a run" "already holds checkpoints" cfg.yaml run.dir=$work/good train.resume=never
 [ "$(sha256sum good/checkpoints/step_00000003/model.safetensors)" = "$before" ] || { echo "FAIL checkpoint changed"; fail=1; }
+# resume with a changed model, data or batch is refused (the checkpoint's config says what the run
+# was), and neither the checkpoints nor the run's config.yaml change; optim / max_steps may change
+cfg_before=$(sha256sum good/config.yaml)
+expect_error "resume with another arch" "another model.arch .*another run.dir" cfg.yaml run.dir=$work/good \
+    train.max_steps=4 model.arch.num_local_experts=8
+expect_error "resume with another batch" "another train.batch_size" cfg.yaml run.dir=$work/good train.max_steps=4 \
+    train.batch_size=4
+expect_error "resume with another seq_len" "another data.seq_len" cfg.yaml run.dir=$work/good train.max_steps=4 \
+    data.seq_len=16
+expect_error "resume with another seed" "another run.seed" cfg.yaml run.dir=$work/good train.max_steps=4 run.seed=9
+expect_error "bad value over a good run" "model.arch" cfg.yaml run.dir=$work/good model.arch.hidden_size=-5
+[ "$(sha256sum good/config.yaml)" = "$cfg_before" ] || { echo "FAIL config.yaml of the run replaced by a refused one"; fail=1; }
+[ "$(sha256sum good/checkpoints/step_00000003/model.safetensors)" = "$before" ] || { echo "FAIL checkpoint changed"; fail=1; }
+if "$MOET" train cfg.yaml run.dir=$work/good train.max_steps=4 optim.lr=5e-4 --quiet >out.log 2>err.log &&
+   [ -e good/checkpoints/step_00000004/model.safetensors ] && grep -q "lr: 0.0005" good/config.yaml; then
+    echo "ok   resume with a new lr and max_steps continues to step 4"
+else
+    echo "FAIL resume with a new lr: $(cat err.log)"; fail=1
+fi
+# a config that fails leaves no run dir behind
+expect_error "failing config, fresh dir" "model.arch: .*hidden_size is -5, must be positive" cfg.yaml run.dir=$work/never model.arch.hidden_size=-5
+[ ! -e never ] || { echo "FAIL a refused config created its run dir"; fail=1; }
 exit $fail

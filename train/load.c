@@ -41,7 +41,8 @@ int load_run_config(const cfg *c, model_config *mc, char *err)
     cJSON_Delete(base);
     int rc = model_config_from_json(mc, s, err);
     free(s);
-    return rc ? err_wrap(err, "model") : 0;
+    if (rc && c->model.init_from) return err_wrap(err, "model (%s with model.arch over it)", c->model.init_from);
+    return rc ? err_wrap(err, "model.arch") : 0;
 }
 
 int load_run_base(const cfg *c, model *m, int with_grads, char *err)

@@ -170,12 +170,15 @@ static int setup_data(trainer *tr, char *err)
     if (c->tokenizer) { /* shards must come from this tokenizer */
         char hex[65];
         if (sha256_file(c->tokenizer, hex, err)) return err_wrap(err, "tokenizer");
-        for (int i = 0; i < loader_n_files(tr->train); i++) {
-            const shard_info *si = loader_file_info(tr->train, i);
-            if (si->tokenizer_sha256[0] && strcmp(si->tokenizer_sha256, hex))
-                return err_set(err, "data.train: %s was made with a different tokenizer than %s (sha256 %.12s vs %.12s)",
-                               loader_file_path(tr->train, i), c->tokenizer, si->tokenizer_sha256, hex);
-        }
+        loader *ls[2] = {tr->train, tr->val};
+        for (int k = 0; k < 2 && ls[k]; k++)
+            for (int i = 0; i < loader_n_files(ls[k]); i++) {
+                const shard_info *si = loader_file_info(ls[k], i);
+                if (si->tokenizer_sha256[0] && strcmp(si->tokenizer_sha256, hex))
+                    return err_set(err, "data.%s: %s was made with a different tokenizer than %s (sha256 %.12s vs %.12s)",
+                                   k ? "val" : "train", loader_file_path(ls[k], i), c->tokenizer, si->tokenizer_sha256,
+                                   hex);
+            }
     }
     int k = c->train.grad_accum;
     tr->mb = calloc((size_t)k, sizeof *tr->mb);
@@ -252,6 +255,68 @@ static int save_checkpoint(trainer *tr, char *err)
     int rc = ckpt_save(tr->ckpt_root, tr->step, files, 3, state, c->train.keep_checkpoints, tr->last_ckpt, err);
     free(state), free(mcfg), free(w), free(mv), free(mnames);
     return rc;
+}
+
+static int same_str(const char *a, const char *b) { return (!a && !b) || (a && b && !strcmp(a, b)); }
+
+static int same_list(char **a, int na, char **b, int nb)
+{
+    if (na != nb) return 0;
+    for (int i = 0; i < na; i++)
+        if (strcmp(a[i], b[i])) return 0;
+    return 1;
+}
+
+static int same_json(const char *a, const char *b)
+{
+    if (!a || !b) return !a && !b;
+    cJSON *x = cJSON_Parse(a), *y = cJSON_Parse(b);
+    int same = x && y && cJSON_Compare(x, y, 1);
+    cJSON_Delete(x);
+    cJSON_Delete(y);
+    return same;
+}
+
+/* A resumed run must be the same run: the model, the data and its order, and the batch come
+ * from the checkpoint's config (trainer_state.json); the optimizer, max_steps, eval and
+ * logging may change. Names the first key that differs. */
+static int check_resume_config(const cfg *now, const char *dir, char *err)
+{
+    char *text;
+    if (ckpt_read_state(dir, &text, err)) return -1;
+    cJSON *st = cJSON_Parse(text);
+    free(text);
+    char *cj = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(st, "config"));
+    cJSON_Delete(st);
+    if (!cj) return err_set(err, "%s/trainer_state.json: no config", dir);
+    cfg was;
+    int rc = cfg_from_json(&was, cj, err);
+    free(cj);
+    if (rc) return err_wrap(err, "%s/trainer_state.json: config", dir);
+    const char *key = NULL;
+    if (!same_str(now->model.init_from, was.model.init_from)) key = "model.init_from";
+    else if (!same_json(now->model.arch_json, was.model.arch_json)) key = "model.arch";
+    else if (!same_list(now->data.train, now->data.n_train, was.data.train, was.data.n_train)) key = "data.train";
+    else if (now->data.seq_len != was.data.seq_len) key = "data.seq_len";
+    else if (now->data.shuffle != was.data.shuffle) key = "data.shuffle";
+    else if (now->data.document_mask != was.data.document_mask) key = "data.document_mask";
+    else if (now->train.batch_size != was.train.batch_size) key = "train.batch_size";
+    else if (now->train.grad_accum != was.train.grad_accum) key = "train.grad_accum";
+    else if (now->run.seed != was.run.seed) key = "run.seed";
+    else if (now->lora.enabled != was.lora.enabled) key = "lora.enabled";
+    else if (now->lora.enabled &&
+             (now->lora.r != was.lora.r || now->lora.alpha != was.lora.alpha || now->lora.rslora != was.lora.rslora ||
+              now->lora.train_router != was.lora.train_router ||
+              !same_list(now->lora.targets, now->lora.n_targets, was.lora.targets, was.lora.n_targets)))
+        key = "lora (r, alpha, rslora, targets, train_router)";
+    else if (now->lora.enabled && now->lora.dropout != was.lora.dropout) key = "lora.dropout";
+    cfg_free(&was);
+    if (key)
+        return err_set(err, "train.resume: %s was trained with another %s than this config: a resumed run keeps its "
+                            "model, data and batch (only optim, max_steps, eval, save and log settings may change); "
+                            "use the original value or another run.dir",
+                       dir, key);
+    return 0;
 }
 
 static int restore_state(trainer *tr, const char *dir, char *err)
@@ -345,16 +410,22 @@ static int evaluate(trainer *tr, double *val_loss, long *targets, char *err)
     if (loader_seek(tr->val, (loader_pos){0, 0}, err)) return -1;
     double ce = 0;
     long cnt = 0;
+    model_prof *prof = tr->m.prof; /* --profile times training steps, not evaluation */
+    tr->m.prof = NULL;
     for (int i = 0; i < max; i++) {
         loader_batch *b = &tr->mb[0];
         if (loader_next(tr->val, b, err)) return err_wrap(err, "data.val");
         batch_labels(tr->labels, b);
         model_batch mb = {b->batch_size, b->seq_len, b->tokens, tr->labels, b->doc_start, tr->c->data.document_mask};
         model_stats st;
-        if (model_forward(&tr->m, tr->acts, &mb, 0, 0, NULL, &st, err)) return -1;
+        if (model_forward(&tr->m, tr->acts, &mb, 0, 0, NULL, &st, err)) {
+            tr->m.prof = prof;
+            return -1;
+        }
         ce += st.ce_sum;
         cnt += st.n_targets;
     }
+    tr->m.prof = prof;
     *val_loss = cnt ? ce / cnt : NAN;
     *targets = cnt;
     return 0;
@@ -547,13 +618,9 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
 {
     trainer tr = {.c = c, .o = o, .last_loss = NAN, .last_val_loss = NAN};
     int rc = -1;
-    char resume[4096] = "", p[4096];
+    char resume[4096] = "", p[4096], *yaml = NULL;
     snprintf(tr.run_dir, sizeof tr.run_dir, "%s", c->run.dir);
     fs_path_join(tr.ckpt_root, sizeof tr.ckpt_root, tr.run_dir, "checkpoints");
-    if (fs_mkdir_p(tr.run_dir, err)) {
-        err_wrap(err, "run.dir");
-        goto out;
-    }
     if (c->train.resume == CFG_RESUME_PATH) {
         snprintf(resume, sizeof resume, "%s", c->train.resume_path);
         if (!ckpt_is_checkpoint(resume)) {
@@ -570,20 +637,21 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
         }
         if (skipped) fprintf(stderr, "moet train: skipped %d damaged checkpoint(s) in %s\n", skipped, tr.ckpt_root);
     }
-    /* the resolved config, for the record */
-    char *yaml = NULL;
+    /* the resolved config, printed now and written once the run is set up (a config that
+     * fails below never replaces the run's good config.yaml) */
     size_t ylen = 0;
     FILE *ym = open_memstream(&yaml, &ylen);
     cfg_print_yaml(c, ym);
     fclose(ym);
     if (!o->quiet) printf("%s", yaml);
-    fs_path_join(p, sizeof p, tr.run_dir, "config.yaml");
-    int w = fs_write_atomic(p, yaml, ylen, err);
-    free(yaml);
-    if (w) goto out;
 
-    if (build_model(&tr, resume[0] ? resume : NULL, err) || setup_optimizer(&tr, err) || setup_data(&tr, err))
+    if ((resume[0] && check_resume_config(c, resume, err)) || build_model(&tr, resume[0] ? resume : NULL, err) ||
+        setup_optimizer(&tr, err) || setup_data(&tr, err))
         goto out;
+    if (fs_mkdir_p(tr.run_dir, err)) { /* only now: a config that fails above leaves no run dir behind */
+        err_wrap(err, "run.dir");
+        goto out;
+    }
     rng_seed(&tr.rng, c->run.seed, 0x7261696eULL);
     fs_path_join(p, sizeof p, tr.run_dir, "metrics.jsonl");
     if (resume[0]) {
@@ -592,6 +660,9 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     } else if (fs_exists(p) && trim_metrics(p, 0, err)) { /* a fresh run starts a fresh log */
         goto out;
     }
+    fs_path_join(p, sizeof p, tr.run_dir, "config.yaml");
+    if (fs_write_atomic(p, yaml, ylen, err)) goto out;
+    fs_path_join(p, sizeof p, tr.run_dir, "metrics.jsonl");
     tr.metrics = fopen(p, "a");
     if (!tr.metrics) {
         err_set(err, "%s: %s", p, strerror(errno));
@@ -646,6 +717,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     if (o->profile) print_profile(&tr);
     rc = 0;
 out:
+    free(yaml);
     trainer_free(&tr);
     return rc;
 }
