@@ -126,8 +126,9 @@ int lora_create(lora **out, const model *m, const lora_config *lc, uint64_t seed
     }
     for (int j = 0; j < lo->tab.n; j++) { /* kaiming-uniform A, zero B */
         const model_tensor *t = &lo->tab.t[j];
-        size_t len = strlen(t->name);
-        if (len < 15 || strcmp(t->name + len - 15, ".lora_A.weight") != 0) continue;
+        static const char suffix[] = ".lora_A.weight";
+        size_t len = strlen(t->name), ns = sizeof suffix - 1;
+        if (len < ns || strcmp(t->name + len - ns, suffix) != 0) continue;
         rng_state r;
         rng_seed(&r, seed, 0x4c6f5241ULL + (uint64_t)j);
         double bound = 1.0 / sqrt((double)t->shape[1]);

@@ -39,3 +39,23 @@ got = float(open("eval.log").read().split()[1])
 assert abs(got - evals[-1]["val_loss"]) < 1e-6, (got, evals[-1]["val_loss"])
 print(f"ce {train[0]['ce_loss']:.3f} -> {train[-1]['ce_loss']:.3f}; val_loss {evals[-1]['val_loss']:.4f} == moet eval {got:.4f}")
 PY
+# A fresh LoRA run (PEFT init: A kaiming-uniform, B zero; router frozen) learns: every logged
+# grad_norm > 0 and the loss falls (a zero A would leave every gradient at 0 and the loss flat)
+cat > lora.yaml <<YAML
+run: {name: lo, dir: $work/runl}
+model:
+  arch: {vocab_size: 256, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2,
+         num_attention_heads: 4, num_key_value_heads: 2, num_local_experts: 4, num_experts_per_tok: 2}
+data: {train: [train.h5], seq_len: 64}
+train: {batch_size: 4, max_steps: 30, log_every: 5}
+optim: {lr: 1e-2}
+lora: {enabled: true, r: 8, alpha: 16, targets: [q_proj, k_proj, v_proj, o_proj, w1, w2, w3]}
+YAML
+"$MOET" train lora.yaml --quiet
+"$PY" - <<'PY'
+import json
+rows = [json.loads(l) for l in open("runl/metrics.jsonl") if '"loss"' in l]
+assert all(r["grad_norm"] > 0 for r in rows), [r["grad_norm"] for r in rows]
+assert rows[-1]["ce_loss"] < rows[0]["ce_loss"] - 0.1, (rows[0]["ce_loss"], rows[-1]["ce_loss"])
+print(f"fresh LoRA: ce {rows[0]['ce_loss']:.3f} -> {rows[-1]['ce_loss']:.3f}, grad_norm {rows[0]['grad_norm']:.3f}")
+PY

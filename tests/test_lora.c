@@ -155,6 +155,62 @@ static void test_merged_weights_give_the_adapted_logits_and_base_stays_frozen(vo
     model_free(&f.m);
 }
 
+/* A fresh adapter is PEFT's init: every A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming-uniform,
+ * a = sqrt(5)), every B = 0; so the first backward gives B a gradient and training moves.
+ * Statistics per A tensor (n = r*in >= 72 values): all inside the bound, none zero, and the
+ * standard deviation within 35% of bound/sqrt(3) (the uniform's; 5 sigma of its sampling
+ * error at n = 72 is ~30%). */
+static void test_a_fresh_adapter_has_kaiming_a_zero_b_and_learns(void **state)
+{
+    model_config c;
+    model m;
+    char err[ERR_MAX];
+    assert_int_equal(model_config_from_json(&c, CFG, err), 0);
+    assert_int_equal(model_create(&m, &c, 0, err), 0);
+    model_init_random(&m, 11);
+    lora_config lc = {.r = 3, .alpha = 6, .targets = 1u << LORA_Q | 1u << LORA_O | 1u << LORA_W1 | 1u << LORA_W2};
+    lora *lo;
+    assert_int_equal(lora_create(&lo, &m, &lc, 5, err), 0);
+    int n_a = 0, n_b = 0;
+    for (int j = 0; j < lo->tab.n; j++) {
+        const model_tensor *t = &lo->tab.t[j];
+        const float *w = lo->w + t->offset;
+        if (strstr(t->name, ".lora_B.")) {
+            n_b++;
+            for (size_t k = 0; k < t->numel; k++) assert_true(w[k] == 0.0f);
+            continue;
+        }
+        assert_non_null(strstr(t->name, ".lora_A."));
+        n_a++;
+        double bound = 1.0 / sqrt((double)t->shape[1]), ss = 0;
+        for (size_t k = 0; k < t->numel; k++) {
+            assert_true(fabs(w[k]) <= bound && w[k] != 0.0f);
+            ss += (double)w[k] * w[k];
+        }
+        double sd = sqrt(ss / t->numel), want = bound / sqrt(3.0);
+        if (fabs(sd - want) > 0.35 * want) fail_msg("%s: sd %.4f, uniform's %.4f", t->name, sd, want);
+    }
+    assert_int_equal(n_a, n_b);
+    assert_true(n_a >= 4);
+    /* one backward: B gets a gradient (A's is zero while B is zero, as in PEFT) */
+    lora_attach(&m, lo);
+    model_acts *a;
+    int32_t tok[2 * 10];
+    for (int i = 0; i < 20; i++) tok[i] = (i * 7 + 3) % 60;
+    model_batch b = {2, 10, tok, NULL, NULL, 0};
+    assert_int_equal(model_acts_create(&a, &m, 2, 10, err), 0);
+    model_stats st;
+    assert_int_equal(model_forward_backward(&m, a, &b, 1.0 / 18, 0.1, 0, 1, &st, err), 0);
+    double gb = 0;
+    for (int j = 0; j < lo->tab.n; j++)
+        if (strstr(lo->tab.t[j].name, ".lora_B."))
+            for (size_t k = 0; k < lo->tab.t[j].numel; k++) gb += fabs(lo->g[lo->tab.t[j].offset + k]);
+    assert_true(gb > 1e-6);
+    model_acts_free(a);
+    lora_free(lo);
+    model_free(&m);
+}
+
 static void test_peft_files_round_trip_and_bad_configs_are_refused(void **state)
 {
     fixture f;
@@ -213,6 +269,7 @@ int main(void)
         cmocka_unit_test(test_adapter_gradients_with_dropout_match_finite_differences),
         cmocka_unit_test(test_merged_weights_give_the_adapted_logits_and_base_stays_frozen),
         cmocka_unit_test(test_peft_files_round_trip_and_bad_configs_are_refused),
+        cmocka_unit_test(test_a_fresh_adapter_has_kaiming_a_zero_b_and_learns),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
