@@ -72,6 +72,33 @@ if "$MOET" train cfg.yaml run.dir=$work/good train.max_steps=4 optim.lr=5e-4 --q
 else
     echo "FAIL resume with a new lr: $(cat err.log)"; fail=1
 fi
+# a tampered trainer_state.json (not covered by the sha256s) is one line, not a crash
+cp -r good tamper
+"$PY" - tamper/checkpoints/step_00000004/trainer_state.json <<'PY'
+import json, sys
+p = sys.argv[1]; s = json.load(open(p)); s["rng"][1] = 1; json.dump(s, open(p, "w"))
+PY
+expect_error "tampered rng" "trainer_state.json: step, data position or rng" cfg.yaml run.dir=$work/tamper \
+    train.max_steps=5 optim.lr=5e-4
+# resuming from an older checkpoint by path into a run that holds newer ones would overwrite them
+expect_error "resume path under newer checkpoints" "already holds other checkpoints than .*step_00000003" cfg.yaml \
+    run.dir=$work/good train.max_steps=5 optim.lr=5e-4 train.resume=$work/good/checkpoints/step_00000003
+# every checkpoint damaged: not started over (the damaged ones stay for a person to look at)
+cp -r good dmg
+for f in dmg/checkpoints/*/optimizer.safetensors; do printf 'X' | dd of="$f" bs=1 seek=100 conv=notrunc 2>/dev/null; done
+expect_error "all checkpoints damaged" "every checkpoint in .* is damaged" cfg.yaml run.dir=$work/dmg train.max_steps=5 \
+    optim.lr=5e-4
+[ "$(ls dmg/checkpoints | wc -l)" = "$(ls good/checkpoints | wc -l)" ] || { echo "FAIL damaged checkpoints removed"; fail=1; }
+# two trainers on one run dir: the second is refused while the first holds the run's lock
+# (held here by flock(1), the same flock(2) lock moet takes), and the run's files stay as they were
+mkdir -p busy && flock busy/.moet-train.lock sleep 3 &
+pid=$!
+for i in $(seq 30); do [ -e busy/.moet-train.lock ] && break; sleep 0.1; done
+sleep 0.2
+expect_error "second trainer on a busy run dir" "another moet train is using it" cfg.yaml run.dir=$work/busy
+[ "$(ls -A busy)" = ".moet-train.lock" ] || { echo "FAIL the refused trainer wrote into the busy run dir: $(ls -A busy)"; fail=1; }
+wait $pid
+"$MOET" train cfg.yaml run.dir=$work/busy --quiet >/dev/null 2>&1 || { echo "FAIL run dir free again"; fail=1; }
 # a config that fails leaves no run dir behind
 expect_error "failing config, fresh dir" "model.arch: .*hidden_size is -5, must be positive" cfg.yaml run.dir=$work/never model.arch.hidden_size=-5
 [ ! -e never ] || { echo "FAIL a refused config created its run dir"; fail=1; }

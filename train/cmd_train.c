@@ -13,8 +13,10 @@ static const char usage[] =
     "  optim.lr=1e-4 or data.train=[a.h5,b.h5] apply before validation. Writes\n"
     "  RUN_DIR/config.yaml, metrics.jsonl and checkpoints/step_NNNNNNNN; resumes from the\n"
     "  newest checkpoint by default. Ctrl-C / SIGTERM save a checkpoint and exit 0.\n"
-    "  --profile prints time per kernel family; --print-config checks the config and prints\n"
-    "  it resolved (every default filled in) without training.\n";
+    "  --profile prints time per kernel family; --quiet prints nothing but errors (and the\n"
+    "  profile when asked; metrics.jsonl is written as always); --print-config checks the\n"
+    "  config's keys and values and prints it resolved (every default filled in) without\n"
+    "  training (the model, data and tokenizer files are checked when training starts).\n";
 
 int cmd_train(int argc, char **argv)
 {

@@ -18,12 +18,16 @@
 
 #include <cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
+#include <unistd.h>
 
 static volatile sig_atomic_t stop_signal;
 
@@ -72,6 +76,8 @@ typedef struct {
     double t_opt, t_step, t_data; /* --profile: optimizer, whole steps, data wait */
     double t_fb;           /* wall time inside model_forward_backward */
     int prof_steps;
+    int lock_fd;           /* RUN_DIR/.moet-train.lock, held while training (-1: none) */
+    int made_run_dir;      /* this process created run_dir (removed again if setup fails) */
 } trainer;
 
 /* ------------------------------------------------------------------ setup */
@@ -331,13 +337,21 @@ static int restore_state(trainer *tr, const char *dir, char *err)
     const cJSON *tok = cJSON_GetObjectItemCaseSensitive(st, "tokens_seen");
     const cJSON *ep = cJSON_GetObjectItemCaseSensitive(d, "epoch"), *ix = cJSON_GetObjectItemCaseSensitive(d, "index");
     int rc = -1;
-    if (!cJSON_IsNumber(step) || !cJSON_IsNumber(ep) || !cJSON_IsNumber(ix) || cJSON_GetArraySize(r) != 4) {
-        err_set(err, "%s/trainer_state.json: missing step, data position or rng", dir);
+    int ok = cJSON_IsNumber(step) && cJSON_IsNumber(ep) && cJSON_IsNumber(ix) && cJSON_IsArray(r) &&
+             cJSON_GetArraySize(r) == 4 && step->valuedouble >= 0 && step->valuedouble <= 1e9 &&
+             step->valuedouble == (int)step->valuedouble && ep->valuedouble >= 0 && ix->valuedouble >= 0;
+    for (int i = 0; ok && i < 4; i++) { /* 16 hex digits each */
+        const cJSON *h = cJSON_GetArrayItem(r, i);
+        char *end;
+        ok = cJSON_IsString(h) && strlen(h->valuestring) == 16;
+        if (ok) tr->rng.s[i] = strtoull(h->valuestring, &end, 16), ok = *end == 0;
+    }
+    if (!ok) {
+        err_set(err, "%s/trainer_state.json: step, data position or rng missing or out of range", dir);
         goto out;
     }
     tr->step = step->valueint;
     tr->tokens_seen = cJSON_IsNumber(tok) ? (long long)tok->valuedouble : 0;
-    for (int i = 0; i < 4; i++) tr->rng.s[i] = strtoull(cJSON_GetArrayItem(r, i)->valuestring, NULL, 16);
     if (loader_seek(tr->train, (loader_pos){(int64_t)ep->valuedouble, (int64_t)ix->valuedouble}, err)) goto out;
     /* optimizer moments */
     char p[4096];
@@ -616,15 +630,40 @@ static void trainer_free(trainer *tr)
 
 int trainer_run(const cfg *c, const trainer_opts *o, char *err)
 {
-    trainer tr = {.c = c, .o = o, .last_loss = NAN, .last_val_loss = NAN};
+    trainer tr = {.c = c, .o = o, .last_loss = NAN, .last_val_loss = NAN, .lock_fd = -1};
     int rc = -1;
     char resume[4096] = "", p[4096], *yaml = NULL;
     snprintf(tr.run_dir, sizeof tr.run_dir, "%s", c->run.dir);
     fs_path_join(tr.ckpt_root, sizeof tr.ckpt_root, tr.run_dir, "checkpoints");
+    /* one trainer per run dir, decided before looking for checkpoints to resume */
+    tr.made_run_dir = !fs_exists(tr.run_dir);
+    if (fs_mkdir_p(tr.run_dir, err)) {
+        tr.made_run_dir = 0;
+        err_wrap(err, "run.dir");
+        goto out;
+    }
+    fs_path_join(p, sizeof p, tr.run_dir, ".moet-train.lock");
+    tr.lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (tr.lock_fd < 0 || flock(tr.lock_fd, LOCK_EX | LOCK_NB)) {
+        err_set(err, "run.dir %s: %s", tr.run_dir,
+                tr.lock_fd < 0 ? strerror(errno) : "another moet train is using it (wait for it, or use another run.dir)");
+        goto out;
+    }
     if (c->train.resume == CFG_RESUME_PATH) {
         snprintf(resume, sizeof resume, "%s", c->train.resume_path);
         if (!ckpt_is_checkpoint(resume)) {
             err_set(err, "train.resume: '%s' is not a training checkpoint", resume);
+            goto out;
+        }
+        /* this run will save into ckpt_root: any checkpoint there but the one resumed from
+         * would be overwritten or rotated away */
+        char latest[4096], a[PATH_MAX], b[PATH_MAX];
+        int skipped;
+        if (ckpt_find_latest(tr.ckpt_root, latest, sizeof latest, &skipped, err)) goto out;
+        if ((latest[0] && !(realpath(latest, a) && realpath(resume, b) && !strcmp(a, b))) || skipped) {
+            err_set(err, "train.resume: %s already holds %s than %s, which this run would overwrite: resume from "
+                         "the newest one or use another run.dir",
+                    tr.ckpt_root, latest[0] ? "other checkpoints" : "damaged checkpoints", resume);
             goto out;
         }
     } else {
@@ -633,6 +672,12 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
         if (c->train.resume == CFG_RESUME_NEVER && (resume[0] || skipped)) { /* never overwrite a run */
             err_set(err, "train.resume is never but %s already holds checkpoints: use another run.dir or remove them",
                     tr.ckpt_root);
+            goto out;
+        }
+        if (skipped && !resume[0]) { /* starting over would overwrite them: let a person look first */
+            err_set(err, "every checkpoint in %s is damaged (%d): not starting over them; move them away, or set "
+                         "train.resume to a checkpoint",
+                    tr.ckpt_root, skipped);
             goto out;
         }
         if (skipped) fprintf(stderr, "moet train: skipped %d damaged checkpoint(s) in %s\n", skipped, tr.ckpt_root);
@@ -648,10 +693,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     if ((resume[0] && check_resume_config(c, resume, err)) || build_model(&tr, resume[0] ? resume : NULL, err) ||
         setup_optimizer(&tr, err) || setup_data(&tr, err))
         goto out;
-    if (fs_mkdir_p(tr.run_dir, err)) { /* only now: a config that fails above leaves no run dir behind */
-        err_wrap(err, "run.dir");
-        goto out;
-    }
+    tr.made_run_dir = 0; /* from here on the run dir is the run's */
     rng_seed(&tr.rng, c->run.seed, 0x7261696eULL);
     fs_path_join(p, sizeof p, tr.run_dir, "metrics.jsonl");
     if (resume[0]) {
@@ -668,7 +710,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
         err_set(err, "%s: %s", p, strerror(errno));
         goto out;
     }
-    print_summary(&tr, resume[0] ? resume : NULL);
+    if (!o->quiet) print_summary(&tr, resume[0] ? resume : NULL);
 
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
@@ -719,5 +761,11 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
 out:
     free(yaml);
     trainer_free(&tr);
+    if (tr.made_run_dir) { /* setup failed in a run dir this process created: leave nothing behind */
+        fs_path_join(p, sizeof p, tr.run_dir, ".moet-train.lock");
+        unlink(p);
+        rmdir(tr.run_dir);
+    }
+    if (tr.lock_fd >= 0) close(tr.lock_fd);
     return rc;
 }
