@@ -7,6 +7,7 @@
 #include <cJSON.h>
 #include <dirent.h>
 #include <glob.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,9 +168,28 @@ int export_sums(const char *dir, char *err)
     return rc;
 }
 
-int export_begin(const char *out, int force, char *tmp, size_t cap, char *err)
+/* 1 when directory `outer` is `inner` or holds it (both resolved; inner must exist) */
+static int dir_holds(const char *outer, const char *inner)
 {
-    if (fs_exists(out) && !force) return err_set(err, "%s already exists (use --force to replace it)", out);
+    char a[PATH_MAX], b[PATH_MAX];
+    if (!realpath(outer, a) || !realpath(inner, b)) return 0;
+    size_t n = strlen(a);
+    return !strncmp(a, b, n) && (b[n] == 0 || b[n] == '/' || (n == 1 && a[0] == '/'));
+}
+
+int export_begin(const char *out, const char *src, int force, char *tmp, size_t cap, char *err)
+{
+    if (fs_exists(out)) {
+        if (dir_holds(out, src))
+            return err_set(err, "%s is or holds the source %s: export somewhere else", out, src);
+        if (!force) return err_set(err, "%s already exists (use --force to replace it)", out);
+        char sums[4200];
+        fs_path_join(sums, sizeof sums, out, "SHA256SUMS");
+        if (!fs_is_dir(out) || !fs_exists(sums))
+            return err_set(err, "%s exists and is not a moet export (no SHA256SUMS): --force replaces only an earlier "
+                                "export",
+                           out);
+    }
     return fs_dir_begin(out, tmp, cap, err);
 }
 

@@ -48,6 +48,20 @@ before=$(sha256sum hf/model.safetensors)
 "$MOET" export "$G/model" hf --format hf --dtype f16 --force > /dev/null
 [ "$(sha256sum hf/model.safetensors)" != "$before" ] && [ "$("$PY" -c 'import json;print(json.load(open("hf/config.json"))["dtype"])')" = float16 ]
 ls -d hf.* 2>/dev/null && { echo "leftover temp dirs"; exit 1; }
+# OUT/ is OUT: a trailing slash replaces the same export
+"$MOET" export "$G/model" hf/ --format hf --force > /dev/null
+[ "$("$PY" -c 'import json;print(json.load(open("hf/config.json"))["dtype"])')" = float32 ]
+ls -d hf.* hf/hf* 2>/dev/null && { echo "trailing slash: leftovers"; exit 1; }
+# --force never replaces what is not an export, nor the source itself or a dir holding it
+mkdir -p notexport && echo keep > notexport/mine.txt && echo keep > plainfile
+for out in notexport plainfile "$work/srccopy" "$work"; do
+    [ "$out" = "$work/srccopy" ] && cp -r "$G/model" "$work/srccopy"
+    src="$G/model"; case $out in "$work"*) src="$work/srccopy" ;; esac
+    if "$MOET" export "$src" "$out" --format hf --force 2>err.log; then echo "--force replaced $out"; exit 1; fi
+    [ "$(wc -l < err.log)" = 1 ] || { cat err.log; exit 1; }
+    echo "refused: $(cat err.log)"
+done
+[ -s notexport/mine.txt ] && [ -s plainfile ] && [ -s "$work/srccopy/model.safetensors" ]
 # bad requests
 if "$MOET" export "$G/model" p --format peft 2>err.log; then exit 1; fi; grep -q "not a LoRA checkpoint" err.log
 if "$MOET" export "$G/model" x --format onnx 2>err.log; then exit 1; fi; grep -q "format must be" err.log

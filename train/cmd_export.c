@@ -98,6 +98,10 @@ int cmd_export(int argc, char **argv)
         fputs(usage, stderr);
         return 2;
     }
+    char outbuf[4096]; /* OUT_DIR/ is OUT_DIR: the temp dir and the rename go next to it */
+    snprintf(outbuf, sizeof outbuf, "%s", out);
+    for (size_t n = strlen(outbuf); n > 1 && outbuf[n - 1] == '/'; n--) outbuf[n - 1] = 0;
+    out = outbuf;
     st_dtype dt;
     if (!strcmp(dtype_s, "f32")) dt = ST_F32;
     else if (!strcmp(dtype_s, "bf16")) dt = ST_BF16;
@@ -131,7 +135,7 @@ int cmd_export(int argc, char **argv)
                 tok_vocab_size(t), s.m.c.vocab);
         goto fail;
     }
-    if (export_begin(out, force, tmp, sizeof tmp, err)) goto fail;
+    if (export_begin(out, in, force, tmp, sizeof tmp, err)) goto fail;
     begun = 1;
     if (!strcmp(format, "gguf")) {
         const char *dn = dt == ST_F32 ? "f32" : dt == ST_BF16 ? "bf16" : "f16";
