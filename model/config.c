@@ -70,7 +70,28 @@ int model_config_from_json(model_config *c, const char *json, char *err)
         get_num(o, "initializer_range", 0.02, &std, err))
         goto out;
     /* rope_theta moved into rope_parameters in transformers 5; accept either. */
-    get_num(o, "rope_theta", 1e6, &theta, NULL);
+    if (get_num(o, "rope_theta", 1e6, &theta, err)) goto out;
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(o, "rope_scaling");
+    if (rs && !cJSON_IsNull(rs)) {
+        err_set(err, "config.json: rope_scaling is not supported (only default RoPE)");
+        goto out;
+    }
+    /* HF applies these in training only; moet has neither, so a non-zero value would train
+     * another model than the config says */
+    const char *zero_only[] = {"router_jitter_noise", "attention_dropout"};
+    for (int i = 0; i < 2; i++) {
+        double v;
+        if (get_num(o, zero_only[i], 0, &v, err)) goto out;
+        if (v != 0) {
+            err_set(err, "config.json: %s %g is not supported (moet trains without it): set it to 0", zero_only[i], v);
+            goto out;
+        }
+    }
+    const cJSON *tie_v = cJSON_GetObjectItemCaseSensitive(o, "tie_word_embeddings");
+    if (tie_v && !cJSON_IsNull(tie_v) && !cJSON_IsBool(tie_v)) {
+        err_set(err, "config.json: 'tie_word_embeddings' must be true or false");
+        goto out;
+    }
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(o, "rope_parameters");
     if (cJSON_IsObject(rp)) {
         const cJSON *rt = cJSON_GetObjectItemCaseSensitive(rp, "rope_type");
@@ -100,6 +121,8 @@ int model_config_from_json(model_config *c, const char *json, char *err)
         if (sizes[i].v < 1) bad = sizes[i].key, badv = sizes[i].v;
     if (bad)
         err_set(err, "config.json: %s is %d, must be positive", bad, badv);
+    else if (c->max_pos < 1)
+        err_set(err, "config.json: max_position_embeddings is %d, must be positive", c->max_pos);
     else if (c->head_dim % 2)
         err_set(err, "config.json: head_dim %d must be even for RoPE", c->head_dim);
     else if (c->n_heads % c->n_kv_heads)

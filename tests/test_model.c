@@ -63,6 +63,15 @@ static void test_config_rejects_inconsistent_shapes_with_a_clear_message(void **
         {"{\"model_type\":\"llama\",\"vocab_size\":40}", "model_type 'llama' is not supported"},
         {"{\"vocab_size\":40,\"hidden_size\":16,\"intermediate_size\":12,\"num_hidden_layers\":1,"
          "\"num_attention_heads\":4,\"head_dim\":5}", "must be even"},
+#define BASE "\"vocab_size\":40,\"hidden_size\":16,\"intermediate_size\":12,\"num_hidden_layers\":1,\"num_attention_heads\":4,"
+        {"{" BASE "\"num_key_value_heads\":0}", "num_key_value_heads is 0, must be positive"},
+        {"{" BASE "\"rope_theta\":\"10000\"}", "'rope_theta' must be a number"},
+        {"{" BASE "\"rope_scaling\":{\"type\":\"linear\",\"factor\":2}}", "rope_scaling is not supported"},
+        {"{" BASE "\"router_jitter_noise\":0.01}", "router_jitter_noise 0.01 is not supported"},
+        {"{" BASE "\"attention_dropout\":0.1}", "attention_dropout 0.1 is not supported"},
+        {"{" BASE "\"tie_word_embeddings\":\"maybe\"}", "'tie_word_embeddings' must be true or false"},
+        {"{" BASE "\"max_position_embeddings\":-5}", "max_position_embeddings is -5"},
+#undef BASE
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         model_config c;

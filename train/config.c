@@ -177,6 +177,16 @@ static int closeness(const char *name, const char *c)
     return d <= 2 || 3 * d <= ln ? d : -1;
 }
 
+/* model.arch: the keys of transformers' MixtralConfig (and what HF writes into config.json);
+ * model/config.c refuses the values moet does not implement. */
+static const char *const arch_keys[] = {
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "initializer_range",
+    "rms_norm_eps", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings",
+    "rope_theta", "rope_scaling", "rope_parameters", "sliding_window", "attention_dropout", "num_experts_per_tok",
+    "num_local_experts", "output_router_logits", "router_aux_loss_coef", "router_jitter_noise", "model_type",
+    "architectures", "torch_dtype", "dtype", "transformers_version"};
+
 /* Fill buf with a suggestion for unknown key `name` in section sec (NULL: top level). */
 static void suggest(const char *sec, const char *name, char *buf, size_t size)
 {
@@ -386,6 +396,20 @@ static int set_key(const ctx *x, cfg *c, const ckey *k, const ytnode *n)
         return 0;
     case KT_ARCH: {
         if (n->kind != YT_MAP) return fail(x, n->line, path, "a mapping of config.json keys", n);
+        for (int i = 0; i < n->n; i++) { /* a typo would otherwise leave the default in place */
+            const char *key = n->keys[i], *best = NULL;
+            int known = 0, best_d = 1 << 30;
+            for (size_t a = 0; a < sizeof arch_keys / sizeof *arch_keys && !known; a++) {
+                known = !strcmp(key, arch_keys[a]);
+                int d = closeness(key, arch_keys[a]);
+                if (d >= 0 && d < best_d) best = arch_keys[a], best_d = d;
+            }
+            if (known) continue;
+            char wb[256], hint[96] = "";
+            if (best) snprintf(hint, sizeof hint, " (did you mean '%s'?)", best);
+            return err_set(x->err, "%sunknown key '%s.%s'%s: model.arch takes Mixtral config.json keys",
+                           where(x, n->key_lines[i], wb, sizeof wb), path, key, hint);
+        }
         cJSON *j = yt_to_json(n);
         char *s = j ? cJSON_PrintUnformatted(j) : NULL;
         cJSON_Delete(j);
