@@ -446,7 +446,7 @@ static void test_print_and_json_round_trip_to_an_equal_config(void **state)
     /* Values that need care when printed: strings that look typed, quotes, escapes. */
     if (parse(&c, err, minimal, "run.name=\"yes\"", "tokenizer=\"1e5\"", "train.resume=\"true\"",
               "data.val=[\"a \\\"b\\\"\\n\", 'x: y', '#z', null.h5]", "optim.lr=0.1",
-              "model.arch={\"odd key\": [1, {a: b}], n: ~}", NULL))
+              "model.arch={architectures: [\"odd: value\", 1, {a: b}], pad_token_id: ~}", NULL))
         fail_msg("%s", err);
     assert_int_equal(c.train.resume, CFG_RESUME_PATH); /* quoted "true" is a path, not a bool */
     assert_string_equal(c.data.val[0], "a \"b\"\n");
