@@ -91,15 +91,11 @@ static loader_pos advance(const loader *L, loader_pos p)
     return p;
 }
 
-/* Reads batch pos into b.  Thread-side: uses perm, never the shared fields. */
-static int read_batch(loader *L, loader_pos pos, loader_batch *b, char *err)
+/* Reads entries [k0, k0 + n) of the epoch's order (perm when shuffled) into b's first n rows. */
+static int read_rows(loader *L, int64_t k0, int n, loader_batch *b, char *err)
 {
-    if (L->shuffle && L->perm_epoch != pos.epoch) {
-        make_perm(L->perm, L->rows, L->seed, pos.epoch);
-        L->perm_epoch = pos.epoch;
-    }
-    for (int i = 0; i < L->B; i++) {
-        int64_t k = pos.index * L->B + i, g = L->shuffle ? L->perm[k] : k;
+    for (int i = 0; i < n; i++) {
+        int64_t k = k0 + i, g = L->shuffle ? L->perm[k] : k;
         int lo = 0, hi = L->n_files - 1;  /* the file holding global row g */
         while (lo < hi) {
             int mid = (lo + hi + 1) / 2;
@@ -112,6 +108,16 @@ static int read_batch(loader *L, loader_pos pos, loader_batch *b, char *err)
             return -1;
     }
     return 0;
+}
+
+/* Reads batch pos into b.  Thread-side: uses perm, never the shared fields. */
+static int read_batch(loader *L, loader_pos pos, loader_batch *b, char *err)
+{
+    if (L->shuffle && L->perm_epoch != pos.epoch) {
+        make_perm(L->perm, L->rows, L->seed, pos.epoch);
+        L->perm_epoch = pos.epoch;
+    }
+    return read_rows(L, pos.index * L->B, L->B, b, err);
 }
 
 static void *reader_main(void *arg)
@@ -197,6 +203,17 @@ int loader_next(loader *L, loader_batch *b, char *err)
     pthread_mutex_unlock(&L->mu);
     L->consume = advance(L, L->consume);
     return 0;
+}
+
+int loader_read_tail(loader *L, loader_batch *b, int *n, char *err)
+{
+    *n = (int)(L->rows - L->per_epoch * L->B);
+    if (L->shuffle) return err_set(err, "loader: the tail of a shuffled epoch is not fixed");
+    if (b->batch_size != L->B || b->seq_len != L->T)
+        return err_set(err, "loader: batch buffer is [%d, %d], the loader gives [%d, %d]", b->batch_size,
+                       b->seq_len, L->B, L->T);
+    stop_thread(L); /* the shard files are not read from two threads */
+    return read_rows(L, L->per_epoch * L->B, *n, b, err);
 }
 
 loader_pos loader_cursor(const loader *L) { return L->consume; }

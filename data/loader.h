@@ -14,7 +14,8 @@
  * sees exactly the batches the uninterrupted run would have seen.
  *
  * Eval: open the val files with shuffle = 0, loader_seek to {0, 0}, and take
- * min(eval_batches, loader_batches_per_epoch) batches: the same rows every time.
+ * min(eval_batches, loader_batches_per_epoch) batches: the same rows every time; a whole-set
+ * eval adds the tail (loader_read_tail).
  *
  * A background thread (started by the first loader_next, restarted by loader_seek)
  * keeps two batches ready, so the training step does not wait on disk; errors it
@@ -50,6 +51,11 @@ int loader_open(loader **out, const char *const *files, int n_files, int seq_len
 
 /* Copy the next batch into b (allocated with loader_batch_alloc for this B, T). */
 int loader_next(loader *L, loader_batch *b, char *err);
+
+/* Eval of a whole set (shuffle = 0): the rows after the last full batch, the tail an epoch
+ * drops, into b's first *n rows (*n in [0, batch_size)). Stops the read-ahead: loader_seek
+ * before the next loader_next. */
+int loader_read_tail(loader *L, loader_batch *b, int *n, char *err);
 
 loader_pos loader_cursor(const loader *L);               /* of the next loader_next */
 int loader_seek(loader *L, loader_pos pos, char *err);    /* index <= batches_per_epoch */

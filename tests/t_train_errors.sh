@@ -37,6 +37,9 @@ expect_error "truncated shard" "trunc.h5" cfg.yaml 'data.train=[trunc.h5]'
 expect_error "unwritable run dir" "run.dir" cfg.yaml run.dir=/dev/null/run
 expect_error "missing config" "no_such.yaml" no_such.yaml
 expect_error "init_from not a model" "model.init_from" cfg.yaml model.init_from=/tmp
+expect_error "tokenizer not a tokenizer" "tokenizer: cfg.yaml: not valid JSON" cfg.yaml tokenizer=cfg.yaml
+expect_error "tokenizer larger than the model" "has 32000 tokens, more than the model's vocab_size 300" cfg.yaml \
+    tokenizer=$SHARED/data/mistral-tokenizer/tokenizer.json
 "$MOET" train --help > /dev/null || { echo "FAIL --help"; fail=1; }
 
 # NaN: an absurd lr blows the weights up; the run stops with one line and keeps step 1.

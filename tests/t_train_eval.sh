@@ -59,3 +59,29 @@ assert all(r["grad_norm"] > 0 for r in rows), [r["grad_norm"] for r in rows]
 assert rows[-1]["ce_loss"] < rows[0]["ce_loss"] - 0.1, (rows[0]["ce_loss"], rows[-1]["ce_loss"])
 print(f"fresh LoRA: ce {rows[0]['ce_loss']:.3f} -> {rows[-1]['ce_loss']:.3f}, grad_norm {rows[0]['grad_norm']:.3f}")
 PY
+# moet eval counts every row, the last partial batch included: batch sizes 1, 3 and 8 over the
+# 8 val rows give the same targets and loss (to 1e-5: the rows are batched differently)
+for bs in 1 3 8; do "$MOET" eval run/checkpoints/step_00000040 --data val.h5 --batch-size $bs > eval$bs.log; done
+"$PY" - <<'PY'
+import re
+got = {}
+for bs in (1, 3, 8):
+    t = open(f"eval{bs}.log").read()
+    got[bs] = (float(t.split()[1]), int(re.search(r"(\d+) targets", t).group(1)), int(re.search(r"in (\d+) rows", t).group(1)))
+assert len({g[1] for g in got.values()}) == 1 and all(g[2] == 8 for g in got.values()), got
+assert max(g[0] for g in got.values()) - min(g[0] for g in got.values()) < 1e-5, got
+print("eval over every row:", got)
+PY
+# no target at all (every loss_mask 0) is an error, not a NaN loss with exit 0
+"$PY" - "$here" <<'PY'
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from make_shard import write_shard
+write_shard("nomask.h5", np.ones((4, 64), np.int64), 256, loss_mask=np.zeros((4, 64), np.uint8))
+PY
+if "$MOET" eval run/checkpoints/step_00000040 --data nomask.h5 > /dev/null 2> err.log; then
+    echo "FAIL: eval without targets exited 0"; exit 1
+fi
+grep -q "no target tokens in the 4 evaluated rows" err.log && [ "$(wc -l < err.log)" = 1 ]
+echo "no targets: $(cat err.log)"

@@ -4,6 +4,7 @@
 #include "common/err.h"
 #include "data/loader.h"
 #include "train/cmd.h"
+#include "train/eval.h"
 #include "train/load.h"
 
 #include <glob.h>
@@ -82,26 +83,18 @@ int cmd_eval(int argc, char **argv)
         loader_batch_alloc(&b, B, T, err) || model_acts_create(&a, &m, B, T, err))
         goto fail;
     labels = malloc((size_t)B * T * sizeof *labels);
-    int64_t nb = loader_batches_per_epoch(L);
-    if (maxb > 0 && maxb < nb) nb = maxb;
-    double ce = 0;
-    long cnt = 0;
+    if (!labels) {
+        err_set(err, "out of memory");
+        goto fail;
+    }
     struct timespec s0, s1;
     clock_gettime(CLOCK_MONOTONIC, &s0);
-    for (int64_t i = 0; i < nb; i++) {
-        if (loader_next(L, &b, err)) goto fail;
-        for (int j = 0; j < B * T; j++) labels[j] = b.loss_mask[j] ? b.tokens[j] : -100;
-        model_batch mb = {B, T, b.tokens, labels, b.doc_start, docmask};
-        model_stats st;
-        if (model_forward(&m, a, &mb, 0, 0, NULL, &st, err)) goto fail;
-        ce += st.ce_sum;
-        cnt += st.n_targets;
-    }
+    eval_result r;
+    if (eval_run(&m, a, L, maxb, docmask, &b, labels, &r, err)) goto fail;
     clock_gettime(CLOCK_MONOTONIC, &s1);
     double secs = (s1.tv_sec - s0.tv_sec) + (s1.tv_nsec - s0.tv_nsec) * 1e-9;
-    double vl = cnt ? ce / cnt : NAN;
-    printf("val_loss %.6f  val_ppl %.4f  (%ld targets in %lld batches of %dx%d, %.0f tok/s)\n", vl, exp(vl), cnt,
-           (long long)nb, B, T, nb * B * T / secs);
+    printf("val_loss %.6f  val_ppl %.4f  (%ld targets in %lld rows of %d tokens, batch %d, %.0f tok/s)\n", r.loss,
+           exp(r.loss), r.targets, (long long)r.rows, T, B, r.rows * T / secs);
     rc = 0;
     goto done;
 fail:

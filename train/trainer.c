@@ -1,5 +1,6 @@
 /* trainer: the training loop of `moet train`. */
 #include "train/trainer.h"
+#include "train/eval.h"
 #include "train/load.h"
 #include "checkpoints/ckpt.h"
 #include "checkpoints/hf.h"
@@ -10,6 +11,7 @@
 #include "common/rng.h"
 #include "common/sha256.h"
 #include "data/loader.h"
+#include "data/tok.h"
 #include "model/lora.h"
 #include "model/model.h"
 #include "optim/adamw.h"
@@ -173,8 +175,15 @@ static int setup_data(trainer *tr, char *err)
     if (c->data.n_val &&
         loader_open(&tr->val, (const char *const *)c->data.val, c->data.n_val, T, tr->m.c.vocab, B, 0, 0, err))
         return err_wrap(err, "data.val");
-    if (c->tokenizer) { /* shards must come from this tokenizer */
+    if (c->tokenizer) { /* a tokenizer the model can use, and the shards must come from it */
         char hex[65];
+        tok *t;
+        if (tok_load(&t, c->tokenizer, err)) return err_wrap(err, "tokenizer");
+        int nv = tok_vocab_size(t);
+        tok_free(t);
+        if (nv > tr->m.c.vocab)
+            return err_set(err, "tokenizer: %s has %d tokens, more than the model's vocab_size %d", c->tokenizer, nv,
+                           tr->m.c.vocab);
         if (sha256_file(c->tokenizer, hex, err)) return err_wrap(err, "tokenizer");
         loader *ls[2] = {tr->train, tr->val};
         for (int k = 0; k < 2 && ls[k]; k++)
@@ -418,30 +427,15 @@ static void batch_labels(int32_t *labels, const loader_batch *b)
 
 static int evaluate(trainer *tr, double *val_loss, long *targets, char *err)
 {
-    int max = tr->c->train.eval_batches;
-    int64_t nb = loader_batches_per_epoch(tr->val);
-    if (max <= 0 || max > nb) max = (int)nb;
-    if (loader_seek(tr->val, (loader_pos){0, 0}, err)) return -1;
-    double ce = 0;
-    long cnt = 0;
     model_prof *prof = tr->m.prof; /* --profile times training steps, not evaluation */
     tr->m.prof = NULL;
-    for (int i = 0; i < max; i++) {
-        loader_batch *b = &tr->mb[0];
-        if (loader_next(tr->val, b, err)) return err_wrap(err, "data.val");
-        batch_labels(tr->labels, b);
-        model_batch mb = {b->batch_size, b->seq_len, b->tokens, tr->labels, b->doc_start, tr->c->data.document_mask};
-        model_stats st;
-        if (model_forward(&tr->m, tr->acts, &mb, 0, 0, NULL, &st, err)) {
-            tr->m.prof = prof;
-            return -1;
-        }
-        ce += st.ce_sum;
-        cnt += st.n_targets;
-    }
+    eval_result r;
+    int rc = eval_run(&tr->m, tr->acts, tr->val, tr->c->train.eval_batches, tr->c->data.document_mask, &tr->mb[0],
+                      tr->labels, &r, err);
     tr->m.prof = prof;
-    *val_loss = cnt ? ce / cnt : NAN;
-    *targets = cnt;
+    if (rc) return err_wrap(err, "data.val");
+    *val_loss = r.loss;
+    *targets = r.targets;
     return 0;
 }
 

@@ -1,0 +1,40 @@
+/* eval: validation cross-entropy over whole batches and the set's last partial batch. */
+#include "train/eval.h"
+#include "common/err.h"
+
+#include <math.h>
+
+static int eval_rows(model *m, model_acts *a, const loader_batch *b, int rows, int doc_mask, int32_t *labels,
+                     double *ce, long *cnt, char *err)
+{
+    int n = rows * b->seq_len;
+    for (int i = 0; i < n; i++) labels[i] = b->loss_mask[i] ? b->tokens[i] : -100;
+    model_batch mb = {rows, b->seq_len, b->tokens, labels, b->doc_start, doc_mask};
+    model_stats st;
+    if (model_forward(m, a, &mb, 0, 0, NULL, &st, err)) return -1;
+    *ce += st.ce_sum;
+    *cnt += st.n_targets;
+    return 0;
+}
+
+int eval_run(model *m, model_acts *a, loader *L, int64_t max_batches, int doc_mask, loader_batch *b,
+             int32_t *labels, eval_result *r, char *err)
+{
+    int64_t nb = loader_batches_per_epoch(L);
+    int whole = max_batches <= 0 || max_batches >= nb, tail = 0;
+    if (!whole) nb = max_batches;
+    double ce = 0;
+    long cnt = 0;
+    if (loader_seek(L, (loader_pos){0, 0}, err)) return -1;
+    for (int64_t i = 0; i < nb; i++)
+        if (loader_next(L, b, err) || eval_rows(m, a, b, b->batch_size, doc_mask, labels, &ce, &cnt, err)) return -1;
+    if (whole && (loader_read_tail(L, b, &tail, err) ||
+                  (tail > 0 && eval_rows(m, a, b, tail, doc_mask, labels, &ce, &cnt, err))))
+        return -1;
+    r->rows = nb * b->batch_size + tail;
+    r->targets = cnt;
+    if (!cnt) return err_set(err, "no target tokens in the %lld evaluated rows (is every loss_mask 0?)", (long long)r->rows);
+    r->loss = ce / cnt;
+    if (!isfinite(r->loss)) return err_set(err, "the loss over %ld targets is %g: the model's outputs are not finite", cnt, r->loss);
+    return 0;
+}
