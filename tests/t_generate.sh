@@ -120,8 +120,8 @@ expect 1 "--tokenizer that does not exist" "tokenizer nope.json .* does not exis
 expect 1 "tokenizer bigger than the model" "more than the model's vocab_size" "$G" --prompt hi \
     --tokenizer "$SHARED/data/mistral-tokenizer/tokenizer.json"
 expect 1 "empty prompt" "prompt is empty" "$G" --prompt ""
-expect 1 "negative temperature" "temperature must be >= 0" "$G" --prompt hi --temperature -1
-expect 1 "top-p above 1" "top-p must be in" "$G" --prompt hi --top-p 1.5
+expect 2 "negative temperature" "temperature must be >= 0" "$G" --prompt hi --temperature -1
+expect 2 "top-p above 1" "top-p must be in" "$G" --prompt hi --top-p 1.5
 expect 1 "LoRA checkpoint with a broken config" "config" lora --prompt hi
 expect 2 "no prompt" "--prompt TEXT is required" "$G"
 expect 2 "not a number" "--max-new-tokens needs a number" "$G" --prompt hi --max-new-tokens ten

@@ -17,4 +17,9 @@ int cmd_forward(int argc, char **argv);
 /* True when argv holds -h or --help. */
 int cmd_wants_help(int argc, char **argv);
 
+/* Flag values, strictly: the whole string is the number, finite, within [lo, hi].
+ * 0 ok (*out set), -1 not (the caller says which flag and exits 2). */
+int cmd_long(const char *s, long lo, long hi, long *out);
+int cmd_double(const char *s, double lo, double hi, double *out);
+
 #endif

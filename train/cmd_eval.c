@@ -47,10 +47,18 @@ int cmd_eval(int argc, char **argv)
     char **files = calloc((size_t)argc, sizeof *files);
     int nf = 0, B = 1, maxb = 0, docmask = 0, in_data = 0;
     for (int i = 1; i < argc; i++) {
+        long v;
         if (!strcmp(argv[i], "--data")) in_data = 1;
-        else if (!strcmp(argv[i], "--batch-size") && i + 1 < argc) B = atoi(argv[++i]), in_data = 0;
-        else if (!strcmp(argv[i], "--max-batches") && i + 1 < argc) maxb = atoi(argv[++i]), in_data = 0;
-        else if (!strcmp(argv[i], "--document-mask")) docmask = 1, in_data = 0;
+        else if ((!strcmp(argv[i], "--batch-size") || !strcmp(argv[i], "--max-batches")) && i + 1 < argc) {
+            int bs = !strcmp(argv[i], "--batch-size");
+            if (cmd_long(argv[i + 1], bs, 1 << 30, &v)) {
+                fprintf(stderr, "moet eval: %s needs an integer %s, not '%s'\n", argv[i], bs ? ">= 1" : ">= 0 (0: all)",
+                        argv[i + 1]);
+                free(files);
+                return 2;
+            }
+            *(bs ? &B : &maxb) = (int)v, in_data = 0, i++;
+        } else if (!strcmp(argv[i], "--document-mask")) docmask = 1, in_data = 0;
         else if (argv[i][0] == '-') {
             fprintf(stderr, "moet eval: unknown option '%s'\n%s", argv[i], usage);
             free(files);

@@ -52,7 +52,7 @@ static int parse_size(const char *s, size_t *out)
 {
     char *end;
     double v = strtod(s, &end);
-    if (end == s || v <= 0) return -1;
+    if (end == s || !(v > 0) || v > 1e15) return -1; /* NaN, inf and absurd sizes too */
     double mul = 1;
     if (!strcasecmp(end, "KB")) mul = 1e3;
     else if (!strcasecmp(end, "MB")) mul = 1e6;
@@ -61,6 +61,7 @@ static int parse_size(const char *s, size_t *out)
     else if (!strcasecmp(end, "MiB")) mul = 1048576.0;
     else if (!strcasecmp(end, "GiB")) mul = 1073741824.0;
     else if (*end) return -1;
+    if (v * mul < 1 || v * mul > 1e15) return -1;
     *out = (size_t)(v * mul);
     return 0;
 }

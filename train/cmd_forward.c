@@ -61,9 +61,14 @@ int cmd_forward(int argc, char **argv)
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
         else if (!strcmp(argv[i], "--grads")) grads = 1;
         else if (!strcmp(argv[i], "--lora") && i + 1 < argc) lora_dir = argv[++i];
-        else if (!strcmp(argv[i], "--z-loss") && i + 1 < argc) z_coef = atof(argv[++i]);
-        else if (!strcmp(argv[i], "--clip-grad-norm") && i + 1 < argc) clip = atof(argv[++i]);
-        else if (argv[i][0] != '-' && !dir) dir = argv[i];
+        else if ((!strcmp(argv[i], "--z-loss") || !strcmp(argv[i], "--clip-grad-norm")) && i + 1 < argc) {
+            int z = !strcmp(argv[i], "--z-loss");
+            if (cmd_double(argv[i + 1], 0, 1e30, z ? &z_coef : &clip)) {
+                fprintf(stderr, "moet forward: %s needs a number >= 0, not '%s'\n", argv[i], argv[i + 1]);
+                return 2;
+            }
+            i++;
+        } else if (argv[i][0] != '-' && !dir) dir = argv[i];
         else {
             fprintf(stderr, "moet forward: unexpected argument '%s'\n%s", argv[i], usage);
             return 2;

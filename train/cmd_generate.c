@@ -12,6 +12,8 @@
 #include "train/load.h"
 
 #include <cJSON.h>
+#include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,6 +167,7 @@ static int parse_args(gen_opts *o, int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end = NULL;
+        errno = 0;
         int takes = 1;
         if (!strcmp(a, "--prompt") && v) o->prompt = v;
         else if (!strcmp(a, "--tokenizer") && v) o->tokenizer = v;
@@ -185,8 +188,9 @@ static int parse_args(gen_opts *o, int argc, char **argv)
                 return 2;
             }
         }
-        if (end && (end == v || *end)) {
-            fprintf(stderr, "moet generate: %s needs a number, not '%s'\n", a, v);
+        if (end && (end == v || *end || errno == ERANGE || (!strcmp(a, "--seed") && !isdigit((unsigned char)v[0])))) {
+            fprintf(stderr, "moet generate: %s needs a number%s, not '%s'\n", a,
+                    !strcmp(a, "--seed") ? " in [0, 2^64)" : "", v);
             return 2;
         }
         i += takes;
@@ -198,6 +202,11 @@ static int parse_args(gen_opts *o, int argc, char **argv)
     }
     if (o->max_new < 0) {
         fprintf(stderr, "moet generate: --max-new-tokens must be >= 0\n");
+        return 2;
+    }
+    char err[ERR_MAX];
+    if (sample_check(&o->sp, err)) { /* a usage error like the rest of the flags */
+        fprintf(stderr, "moet generate: %s\n", err);
         return 2;
     }
     return 0;

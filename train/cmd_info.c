@@ -30,9 +30,14 @@ int cmd_info(int argc, char **argv)
     int B = 0, T = 0, lora_r = 0;
     size_t lora_params = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--batch") && i + 1 < argc) B = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--seq-len") && i + 1 < argc) T = atoi(argv[++i]);
-        else if (argv[i][0] != '-' && !path) path = argv[i];
+        if ((!strcmp(argv[i], "--batch") || !strcmp(argv[i], "--seq-len")) && i + 1 < argc) {
+            long v;
+            if (cmd_long(argv[i + 1], 1, 1 << 24, &v)) {
+                fprintf(stderr, "moet info: %s needs an integer in [1, %d], not '%s'\n", argv[i], 1 << 24, argv[i + 1]);
+                return 2;
+            }
+            *(!strcmp(argv[i], "--batch") ? &B : &T) = (int)v, i++;
+        } else if (argv[i][0] != '-' && !path) path = argv[i];
         else {
             fprintf(stderr, "moet info: unexpected argument '%s'\n%s", argv[i], usage);
             return 2;

@@ -38,16 +38,6 @@ static int usage_error(const char *fmt, const char *arg)
     return 2;
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 typedef struct {
     int tty, progress_open;
 } term;
@@ -98,14 +88,20 @@ int cmd_prep(int argc, char **argv)
         char *end;
         if (!strcmp(name, "--tokenizer")) o.tokenizer = val;
         else if (!strcmp(name, "--out")) o.out_dir = val;
-        else if (!strcmp(name, "--seq-len") || !strcmp(name, "--threads")) {
-            if (parse_long(val, 1, 1 << 24, &v)) {
-                rc = usage_error("%s wants a positive integer", name);
+        else if (!strcmp(name, "--seq-len")) { /* a row needs 2 tokens for one target, as train does */
+            if (cmd_long(val, 2, 1 << 24, &v)) {
+                rc = usage_error("%s wants an integer in [2, 16777216]", name);
                 goto out;
             }
-            *(!strcmp(name, "--seq-len") ? &o.seq_len : &o.threads) = (int)v;
+            o.seq_len = (int)v;
+        } else if (!strcmp(name, "--threads")) { /* more than 1024 threads only overflows stacks */
+            if (cmd_long(val, 1, 1024, &v)) {
+                rc = usage_error("%s wants an integer in [1, 1024]", name);
+                goto out;
+            }
+            o.threads = (int)v;
         } else if (!strcmp(name, "--rows-per-shard")) {
-            if (parse_long(val, 1, 1L << 40, &v)) {
+            if (cmd_long(val, 1, 1L << 40, &v)) {
                 rc = usage_error("%s wants a positive integer", name);
                 goto out;
             }

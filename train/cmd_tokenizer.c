@@ -26,16 +26,6 @@ static void progress(void *ctx, const char *line)
     fprintf(stderr, "moet tokenizer: %s\n", line);
 }
 
-static int parse_int(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 int cmd_tokenizer(int argc, char **argv)
 {
     if (cmd_wants_help(argc, argv)) {
@@ -55,13 +45,13 @@ int cmd_tokenizer(int argc, char **argv)
         const char *a = argv[i];
         int has_val = i + 1 < argc;
         if (!strcmp(a, "--vocab-size") && has_val) {
-            if (parse_int(argv[++i], 1, 1L << 24, &vocab)) {
+            if (cmd_long(argv[++i], 1, 1L << 24, &vocab)) {
                 fprintf(stderr, "moet tokenizer: --vocab-size wants a positive integer, not '%s'\n", argv[i]);
                 free(inputs);
                 return 2;
             }
         } else if (!strcmp(a, "--min-frequency") && has_val) {
-            if (parse_int(argv[++i], 1, 1L << 40, &min_freq)) {
+            if (cmd_long(argv[++i], 1, 1L << 40, &min_freq)) {
                 fprintf(stderr, "moet tokenizer: --min-frequency wants a positive integer, not '%s'\n", argv[i]);
                 free(inputs);
                 return 2;
