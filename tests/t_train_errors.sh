@@ -37,6 +37,7 @@ expect_error "truncated shard" "trunc.h5" cfg.yaml 'data.train=[trunc.h5]'
 expect_error "unwritable run dir" "run.dir" cfg.yaml run.dir=/dev/null/run
 expect_error "missing config" "no_such.yaml" no_such.yaml
 expect_error "init_from not a model" "model.init_from" cfg.yaml model.init_from=/tmp
+expect_error "lora keys without lora.enabled" "lora.r is set but lora.enabled is not" cfg.yaml lora.r=4 lora.alpha=8
 expect_error "tokenizer not a tokenizer" "tokenizer: cfg.yaml: not valid JSON" cfg.yaml tokenizer=cfg.yaml
 expect_error "tokenizer larger than the model" "has 32000 tokens, more than the model's vocab_size 300" cfg.yaml \
     tokenizer=$SHARED/data/mistral-tokenizer/tokenizer.json
@@ -102,6 +103,15 @@ expect_error "second trainer on a busy run dir" "another moet train is using it"
 [ "$(ls -A busy)" = ".moet-train.lock" ] || { echo "FAIL the refused trainer wrote into the busy run dir: $(ls -A busy)"; fail=1; }
 wait $pid
 "$MOET" train cfg.yaml run.dir=$work/busy --quiet >/dev/null 2>&1 || { echo "FAIL run dir free again"; fail=1; }
+# lora.init_from an adapter that differs from the lora section: the differing field is named
+"$MOET" train cfg.yaml run.dir=$work/lo lora.enabled=true lora.r=4 lora.alpha=8 --quiet >/dev/null 2>&1 ||
+    { echo "FAIL LoRA run"; fail=1; }
+expect_error "init_from adapter with another rslora" "the adapter's rslora is false, the config's lora.rslora is true" \
+    cfg.yaml run.dir=$work/lo2 lora.enabled=true lora.r=4 lora.alpha=8 lora.rslora=true \
+    lora.init_from=$work/lo/checkpoints/step_00000003
+expect_error "init_from adapter with other targets" "the adapter's targets is q_proj,k_proj,v_proj,o_proj, the config's lora.targets is q_proj" \
+    cfg.yaml run.dir=$work/lo2 lora.enabled=true lora.r=4 lora.alpha=8 'lora.targets=[q_proj]' \
+    lora.init_from=$work/lo/checkpoints/step_00000003
 # a config that fails leaves no run dir behind
 expect_error "failing config, fresh dir" "model.arch: .*hidden_size is -5, must be positive" cfg.yaml run.dir=$work/never model.arch.hidden_size=-5
 [ ! -e never ] || { echo "FAIL a refused config created its run dir"; fail=1; }

@@ -8,6 +8,7 @@
 #include "train/cmd.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +30,11 @@ static int read_ids(const st_file *f, const char *name, int32_t **out, int *B, i
     const st_tensor *t = st_find(f, name);
     *out = NULL;
     if (!t) return 0;
-    if (t->ndim != 2 || t->shape[0] < 1 || t->shape[1] < 1)
+    if (t->ndim != 2)
         return err_set(err, "batch: '%s' must be 2-D [B,T], not %d-D", name, t->ndim);
+    if (t->shape[0] < 1 || t->shape[1] < 1 || t->shape[0] > (1 << 20) || t->shape[1] > (1 << 20))
+        return err_set(err, "batch: '%s' has shape [%lld,%lld]: B and T must be in [1, 2^20]", name,
+                       (long long)t->shape[0], (long long)t->shape[1]);
     if (*B && (t->shape[0] != *B || t->shape[1] != *T))
         return err_set(err, "batch: labels shape [%lld,%lld] differs from input_ids [%d,%d]",
                        (long long)t->shape[0], (long long)t->shape[1], *B, *T);
@@ -42,7 +46,14 @@ static int read_ids(const st_file *f, const char *name, int32_t **out, int *B, i
         free(tmp);
         return err_wrap(err, "batch: '%s'", name);
     }
-    for (int64_t i = 0; i < t->numel; i++) (*out)[i] = tmp[i] < -2147483647 || tmp[i] > 2147483647 ? -1 : (int32_t)tmp[i];
+    for (int64_t i = 0; i < t->numel; i++) { /* labels may be -100; nothing may leave int32 */
+        if (tmp[i] < INT32_MIN || tmp[i] > INT32_MAX) {
+            err_set(err, "batch: '%s' holds %lld at position %lld, outside int32", name, (long long)tmp[i], (long long)i);
+            free(tmp);
+            return -1;
+        }
+        (*out)[i] = (int32_t)tmp[i];
+    }
     free(tmp);
     return 0;
 }

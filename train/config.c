@@ -486,6 +486,12 @@ static int cross_checks(const ctx *x, cfg *c, const ytnode *root)
         return err_set(x->err, "%strain.eval_every: %d but data.val lists no files",
                        where(x, key_line(root, "train", "eval_every"), wb, sizeof wb),
                        c->train.eval_every);
+    if (!c->lora.enabled && (c->lora.r || c->lora.alpha) && key_line(root, "lora", "enabled") == -2) {
+        int l = key_line(root, "lora", c->lora.r ? "r" : "alpha");
+        return err_set(x->err, "%slora.%s is set but lora.enabled is not: add lora.enabled: true for LoRA, or "
+                               "lora.enabled: false to train the full model",
+                       where(x, l, wb, sizeof wb), c->lora.r ? "r" : "alpha");
+    }
     if (c->lora.init_from && !c->lora.enabled)
         return err_set(x->err, "%slora.init_from: an adapter is given but lora.enabled is false",
                        where(x, key_line(root, "lora", "init_from"), wb, sizeof wb));

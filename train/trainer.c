@@ -104,11 +104,25 @@ static int cfg_lora(const cfg *c, lora_config *lc, char *err)
 /* An adapter loaded from disk must be the one the config describes. */
 static int same_lora(const lora_config *want, const lora_config *got, const char *dir, char *err)
 {
-    if (want->r != got->r || want->alpha != got->alpha || want->targets != got->targets ||
-        want->rslora != got->rslora || want->train_router != got->train_router)
-        return err_set(err, "%s: adapter (r %d, alpha %g, %s targets%s) differs from the config's lora section "
-                            "(r %d, alpha %g)", dir, got->r, got->alpha, got->targets == want->targets ? "same" : "other",
-                       got->train_router ? ", router" : "", want->r, want->alpha);
+    char a[64] = "", b[64] = "";
+    const char *what = NULL;
+    if (want->r != got->r) what = "r", snprintf(a, sizeof a, "%d", got->r), snprintf(b, sizeof b, "%d", want->r);
+    else if (want->alpha != got->alpha)
+        what = "alpha", snprintf(a, sizeof a, "%g", got->alpha), snprintf(b, sizeof b, "%g", want->alpha);
+    else if (want->rslora != got->rslora)
+        what = "rslora", snprintf(a, sizeof a, "%s", got->rslora ? "true" : "false"),
+        snprintf(b, sizeof b, "%s", want->rslora ? "true" : "false");
+    else if (want->train_router != got->train_router)
+        what = "train_router", snprintf(a, sizeof a, "%s", got->train_router ? "true" : "false"),
+        snprintf(b, sizeof b, "%s", want->train_router ? "true" : "false");
+    else if (want->targets != got->targets) {
+        what = "targets";
+        for (int t = 0; t < LORA_NT; t++) {
+            if (got->targets >> t & 1) snprintf(a + strlen(a), sizeof a - strlen(a), "%s%s", a[0] ? "," : "", lora_target_name(t));
+            if (want->targets >> t & 1) snprintf(b + strlen(b), sizeof b - strlen(b), "%s%s", b[0] ? "," : "", lora_target_name(t));
+        }
+    }
+    if (what) return err_set(err, "%s: the adapter's %s is %s, the config's lora.%s is %s", dir, what, a, what, b);
     return 0;
 }
 
