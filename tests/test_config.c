@@ -210,9 +210,18 @@ static void test_type_and_range_errors_name_the_key_and_the_value(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) expect_error(cases[i][0], cases[i][1]);
     cfg c;
     char err[ERR_MAX];
-    assert_int_equal(parse(&c, err, minimal, "optim.schedule=wsd", "optim.warmup_steps=90", NULL), -1);
-    assert_string_equal(err, "optim.decay_steps: warmup_steps + decay_steps (90 + 20) is more than "
+    assert_int_equal(parse(&c, err, minimal, "optim.schedule=wsd", "optim.warmup_steps=90", "optim.decay_steps=20", NULL),
+                     -1);
+    assert_string_equal(err, "command line: optim.decay_steps: warmup_steps + decay_steps (90 + 20) is more than "
                              "train.max_steps (100)");
+    /* not given, wsd's decay is the last fifth, or what the warmup leaves */
+    assert_int_equal(parse(&c, err, minimal, "optim.schedule=wsd", "optim.warmup_steps=90", NULL), 0);
+    assert_int_equal(c.optim.decay_steps, 10);
+    cfg_free(&c);
+    /* other schedules have no decay phase to set */
+    assert_int_equal(parse(&c, err, minimal, "optim.schedule=cosine", "optim.decay_steps=20", NULL), -1);
+    assert_string_equal(err, "command line: optim.decay_steps: only the wsd schedule has a decay phase (schedule is "
+                             "cosine)");
 }
 
 static void test_errors_in_the_file_carry_its_line_number(void **state)

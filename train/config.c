@@ -123,6 +123,7 @@ static const struct { const char *name, *path; } aliases[] = {
 typedef struct {
     const char *name;   /* file name for "FILE:LINE: ", or NULL */
     char *err;
+    int snapshot;       /* a resolved config read back (trainer_state.json): written by moet, maybe an older one */
 } ctx;
 
 /* "FILE:LINE: " / "line N: " / "command line: " / "config JSON: " / "" for a node's line. */
@@ -475,7 +476,17 @@ static int cross_checks(const ctx *x, cfg *c, const ytnode *root)
         return err_set(x->err, "%soptim.warmup_steps: %d is more than train.max_steps (%d)",
                        where(x, key_line(root, "optim", "warmup_steps"), wb, sizeof wb),
                        c->optim.warmup_steps, c->train.max_steps);
-    if (c->optim.decay_steps < 0) c->optim.decay_steps = c->train.max_steps / 5;
+    int decay_given = c->optim.decay_steps >= 0;
+    if (decay_given && c->optim.schedule != SCHED_WSD && !x->snapshot)
+        return err_set(x->err, "%soptim.decay_steps: only the wsd schedule has a decay phase (schedule is %s)",
+                       where(x, key_line(root, "optim", "decay_steps"), wb, sizeof wb),
+                       c->optim.schedule == SCHED_COSINE ? "cosine" : c->optim.schedule == SCHED_LINEAR ? "linear"
+                                                                                               : "constant");
+    if (!decay_given) { /* wsd's default: the last fifth, or what warmup leaves of it */
+        c->optim.decay_steps = c->train.max_steps / 5;
+        if (c->optim.warmup_steps + c->optim.decay_steps > c->train.max_steps)
+            c->optim.decay_steps = c->train.max_steps - c->optim.warmup_steps;
+    }
     if (c->optim.schedule == SCHED_WSD &&
         c->optim.warmup_steps + c->optim.decay_steps > c->train.max_steps)
         return err_set(x->err, "%soptim.decay_steps: warmup_steps + decay_steps (%d + %d) is more "
@@ -610,7 +621,7 @@ int cfg_from_json(cfg *c, const char *json, char *err)
     ytarena a = {0};
     ytnode *root = yt_from_json(&a, j);
     cJSON_Delete(j);
-    ctx x = {.name = NULL, .err = err};
+    ctx x = {.name = NULL, .err = err, .snapshot = 1};
     int rc = root ? cfg_from_tree(c, root, &x) : err_set(err, "out of memory");
     yt_arena_free(&a);
     return rc;

@@ -84,7 +84,8 @@ static cJSON *cfg_build(const cfg *c)
     add(s, "schedule", cJSON_CreateString(sched_name(c->optim.schedule)), &ok);
     add(s, "warmup_steps", cJSON_CreateNumber(c->optim.warmup_steps), &ok);
     add(s, "min_lr_ratio", cJSON_CreateNumber(c->optim.min_lr_ratio), &ok);
-    add(s, "decay_steps", cJSON_CreateNumber(c->optim.decay_steps), &ok);
+    add(s, "decay_steps", /* only wsd has a decay phase: null elsewhere (the key is refused there) */
+        c->optim.schedule == SCHED_WSD ? cJSON_CreateNumber(c->optim.decay_steps) : cJSON_CreateNull(), &ok);
 
     s = section(r, "lora", &ok);
     add(s, "enabled", cJSON_CreateBool(c->lora.enabled), &ok);
