@@ -2,12 +2,14 @@
 #include "train/cmd.h"
 
 #include "common/err.h"
+#include "common/fsutil.h"
 #include "data/tok.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void usage(FILE *f)
 {
@@ -72,6 +74,19 @@ int cmd_tokenizer(int argc, char **argv)
         return 2;
     }
     if (min_freq > 0x7fffffff) min_freq = 0x7fffffff;
+    /* where the result goes is checked before the (long) training, not at its end */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", out);
+    char *slash = strrchr(dir, '/');
+    if (slash) slash == dir ? (void)(dir[1] = 0) : (void)(*slash = 0);
+    else snprintf(dir, sizeof dir, ".");
+    if (fs_is_dir(out) || access(dir, W_OK)) {
+        fprintf(stderr, "moet tokenizer: --out %s: %s\n", out,
+                fs_is_dir(out) ? "is a directory (give a file such as DIR/tokenizer.json)"
+                               : "its directory does not exist or is not writable");
+        free(inputs);
+        return 1;
+    }
     char err[ERR_MAX];
     int rc = tok_train_progress(inputs, n_in, (int)vocab, (int)min_freq, out, progress, NULL, err);
     free(inputs);

@@ -80,6 +80,7 @@ typedef struct {
     int prof_steps;
     int lock_fd;           /* RUN_DIR/.moet-train.lock, held while training (-1: none) */
     int made_run_dir;      /* this process created run_dir (removed again if setup fails) */
+    int warned_no_targets; /* a step without target tokens was reported */
 } trainer;
 
 /* ------------------------------------------------------------------ setup */
@@ -502,6 +503,11 @@ static int train_step(trainer *tr, step_result *res, char *err)
         res->tokens += b->batch_size * b->seq_len;
     }
     res->targets = total;
+    if (!total && !tr->warned_no_targets) { /* the CE gradient is zero: say so once, not per step */
+        fprintf(stderr, "moet train: step %d has no target tokens (every loss_mask 0 in its batch): its update is "
+                        "weight decay and momentum only (said once)\n", tr->step + 1);
+        tr->warned_no_targets = 1;
+    }
     res->ce = total ? ce_sum / total : 0;
     res->aux = aux;
     res->z = z;
