@@ -86,7 +86,7 @@ typedef struct {
 /* ------------------------------------------------------------------ setup */
 
 /* lora.* of the config as a lora_config. */
-static int cfg_lora(const cfg *c, lora_config *lc, char *err)
+static int adapter_config(const cfg *c, lora_config *lc, char *err)
 {
     memset(lc, 0, sizeof *lc);
     lc->r = c->lora.r;
@@ -146,7 +146,7 @@ static int build_model(trainer *tr, const char *resume_dir, char *err)
     }
     lora_config lc, got;
     const char *from = resume_dir ? resume_dir : c->lora.init_from;
-    if (cfg_lora(c, &lc, err) || lora_create(&tr->lo, &tr->m, &lc, c->run.seed, err)) return -1;
+    if (adapter_config(c, &lc, err) || lora_create(&tr->lo, &tr->m, &lc, c->run.seed, err)) return -1;
     if (from) {
         if (peft_read_config(from, &got, NULL, 0, err) || same_lora(&lc, &got, from, err) ||
             peft_load_weights(tr->lo, from, err))
