@@ -60,7 +60,7 @@ expect_error "resume never over a run" "already holds checkpoints" cfg.yaml run.
 # resume with a changed model, data or batch is refused (the checkpoint's config says what the run
 # was), and neither the checkpoints nor the run's config.yaml change; optim / max_steps may change
 cfg_before=$(sha256sum good/config.yaml)
-expect_error "resume with another arch" "another model.arch .*another run.dir" cfg.yaml run.dir=$work/good \
+expect_error "resume with another arch" "another model \(model.init_from / model.arch\) .*another run.dir" cfg.yaml run.dir=$work/good \
     train.max_steps=4 model.arch.num_local_experts=8
 expect_error "resume with another batch" "another train.batch_size" cfg.yaml run.dir=$work/good train.max_steps=4 \
     train.batch_size=4
@@ -70,9 +70,10 @@ expect_error "resume with another seed" "another run.seed" cfg.yaml run.dir=$wor
 expect_error "bad value over a good run" "model.arch" cfg.yaml run.dir=$work/good model.arch.hidden_size=-5
 [ "$(sha256sum good/config.yaml)" = "$cfg_before" ] || { echo "FAIL config.yaml of the run replaced by a refused one"; fail=1; }
 [ "$(sha256sum good/checkpoints/step_00000003/model.safetensors)" = "$before" ] || { echo "FAIL checkpoint changed"; fail=1; }
-if "$MOET" train cfg.yaml run.dir=$work/good train.max_steps=4 optim.lr=5e-4 --quiet >out.log 2>err.log &&
+if "$MOET" train cfg.yaml run.dir=$work/good train.max_steps=4 optim.lr=5e-4 model.arch.model_type=mixtral --quiet \
+       >out.log 2>err.log &&
    [ -e good/checkpoints/step_00000004/model.safetensors ] && grep -q "lr: 0.0005" good/config.yaml; then
-    echo "ok   resume with a new lr and max_steps continues to step 4"
+    echo "ok   resume with a new lr and max_steps (and the same model written differently) continues to step 4"
 else
     echo "FAIL resume with a new lr: $(cat err.log)"; fail=1
 fi
@@ -85,7 +86,7 @@ PY
 expect_error "tampered rng" "trainer_state.json: step, data position or rng" cfg.yaml run.dir=$work/tamper \
     train.max_steps=5 optim.lr=5e-4
 # resuming from an older checkpoint by path into a run that holds newer ones would overwrite them
-expect_error "resume path under newer checkpoints" "already holds other checkpoints than .*step_00000003" cfg.yaml \
+expect_error "resume path under newer checkpoints" "already holds newer or other checkpoints .*train.resume: auto" cfg.yaml \
     run.dir=$work/good train.max_steps=5 optim.lr=5e-4 train.resume=$work/good/checkpoints/step_00000003
 # every checkpoint damaged: not started over (the damaged ones stay for a person to look at)
 cp -r good dmg
@@ -93,14 +94,13 @@ for f in dmg/checkpoints/*/optimizer.safetensors; do printf 'X' | dd of="$f" bs=
 expect_error "all checkpoints damaged" "every checkpoint in .* is damaged" cfg.yaml run.dir=$work/dmg train.max_steps=5 \
     optim.lr=5e-4
 [ "$(ls dmg/checkpoints | wc -l)" = "$(ls good/checkpoints | wc -l)" ] || { echo "FAIL damaged checkpoints removed"; fail=1; }
-# two trainers on one run dir: the second is refused while the first holds the run's lock
-# (held here by flock(1), the same flock(2) lock moet takes), and the run's files stay as they were
-mkdir -p busy && flock busy/.moet-train.lock sleep 3 &
+# two trainers on one run dir: the second is refused while the first holds the run dir's lock
+# (held here by flock(1) on the directory, the same flock(2) lock moet takes), and writes nothing
+mkdir -p busy && flock busy sleep 3 &
 pid=$!
-for i in $(seq 30); do [ -e busy/.moet-train.lock ] && break; sleep 0.1; done
-sleep 0.2
+sleep 0.5
 expect_error "second trainer on a busy run dir" "another moet train is using it" cfg.yaml run.dir=$work/busy
-[ "$(ls -A busy)" = ".moet-train.lock" ] || { echo "FAIL the refused trainer wrote into the busy run dir: $(ls -A busy)"; fail=1; }
+[ -z "$(ls -A busy)" ] || { echo "FAIL the refused trainer wrote into the busy run dir: $(ls -A busy)"; fail=1; }
 wait $pid
 "$MOET" train cfg.yaml run.dir=$work/busy --quiet >/dev/null 2>&1 || { echo "FAIL run dir free again"; fail=1; }
 # lora.init_from an adapter that differs from the lora section: the differing field is named

@@ -85,3 +85,14 @@ if "$MOET" eval run/checkpoints/step_00000040 --data nomask.h5 > /dev/null 2> er
 fi
 grep -q "no target tokens in the 4 evaluated rows" err.log && [ "$(wc -l < err.log)" = 1 ]
 echo "no targets: $(cat err.log)"
+# an eval that gives no number (a val set without targets) warns, logs null and keeps training
+# (the run reaches max_steps and saves); tools/report.py reads such a log
+if "$MOET" train cfg.yaml run.dir=$work/runnv 'data.val=[nomask.h5]' train.max_steps=4 train.eval_every=2 \
+       train.save_every=0 --quiet >/dev/null 2>err.log && [ -e runnv/checkpoints/step_00000004/model.safetensors ]; then
+    grep -q "eval at step 2: data.val: no target tokens" err.log
+    [ "$(grep -c '"val_loss": null' runnv/metrics.jsonl)" = 2 ]
+    "$PY" "$here/../tools/report.py" runnv >/dev/null
+    echo "eval without a number: $(head -1 err.log)"
+else
+    echo "FAIL: a val set without targets stopped the run: $(cat err.log)"; exit 1
+fi

@@ -15,7 +15,8 @@ import sys
 
 def load(run):
     rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl")) if x.strip()]
-    return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+    # an eval that gave no number (no targets, non-finite) is logged with val_loss null
+    return [r for r in rows if "loss" in r], [r for r in rows if r.get("val_loss") is not None]
 
 
 def polyline(pts, x0, y0, w, h, xmax, ymin, ymax, color, width=1.5):

@@ -98,7 +98,7 @@ int cmd_eval(int argc, char **argv)
     struct timespec s0, s1;
     clock_gettime(CLOCK_MONOTONIC, &s0);
     eval_result r;
-    if (eval_run(&m, a, L, maxb, docmask, &b, labels, &r, err)) goto fail;
+    if (eval_run(&m, a, L, maxb, docmask, &b, labels, &r, err)) goto fail; /* no loss is a failure here too */
     clock_gettime(CLOCK_MONOTONIC, &s1);
     double secs = (s1.tv_sec - s0.tv_sec) + (s1.tv_nsec - s0.tv_nsec) * 1e-9;
     printf("val_loss %.6f  val_ppl %.4f  (%ld targets in %lld rows of %d tokens, batch %d, %.0f tok/s)\n", r.loss,

@@ -397,7 +397,7 @@ static int set_key(const ctx *x, cfg *c, const ckey *k, const ytnode *n)
         return 0;
     case KT_ARCH: {
         if (n->kind != YT_MAP) return fail(x, n->line, path, "a mapping of config.json keys", n);
-        for (int i = 0; i < n->n; i++) { /* a typo would otherwise leave the default in place */
+        for (int i = 0; i < n->n && !x->snapshot; i++) { /* a typo would otherwise leave the default in place */
             const char *key = n->keys[i], *best = NULL;
             int known = 0, best_d = 1 << 30;
             for (size_t a = 0; a < sizeof arch_keys / sizeof *arch_keys && !known; a++) {

@@ -33,8 +33,14 @@ int eval_run(model *m, model_acts *a, loader *L, int64_t max_batches, int doc_ma
         return -1;
     r->rows = nb * b->batch_size + tail;
     r->targets = cnt;
-    if (!cnt) return err_set(err, "no target tokens in the %lld evaluated rows (is every loss_mask 0?)", (long long)r->rows);
-    r->loss = ce / cnt;
-    if (!isfinite(r->loss)) return err_set(err, "the loss over %ld targets is %g: the model's outputs are not finite", cnt, r->loss);
+    r->loss = cnt ? ce / cnt : NAN;
+    if (!cnt) {
+        err_set(err, "no target tokens in the %lld evaluated rows (is every loss_mask 0?)", (long long)r->rows);
+        return 1;
+    }
+    if (!isfinite(r->loss)) {
+        err_set(err, "the loss over %ld targets is %g: the model's outputs are not finite", cnt, r->loss);
+        return 1;
+    }
     return 0;
 }

@@ -14,8 +14,9 @@ typedef struct {
 
 /* Evaluate the first max_batches batches of L (opened with shuffle 0), or with max_batches
  * <= 0 (or >= its batches) every row, the last partial batch included. b: a batch of L's
- * [B, T]; labels: B*T scratch; a: an arena for [B, T]. No target at all, or a non-finite
- * loss, is an error (one line in err). */
+ * [B, T]; labels: B*T scratch; a: an arena for [B, T]. Returns 0; 1 when the rows give no
+ * loss (no target at all, or a non-finite loss: r->loss is NaN, the reason in err); -1 on
+ * an error (unreadable data), one line in err. */
 int eval_run(model *m, model_acts *a, loader *L, int64_t max_batches, int doc_mask, loader_batch *b,
              int32_t *labels, eval_result *r, char *err);
 

@@ -78,8 +78,8 @@ typedef struct {
     double t_opt, t_step, t_data; /* --profile: optimizer, whole steps, data wait */
     double t_fb;           /* wall time inside model_forward_backward */
     int prof_steps;
-    int lock_fd;           /* RUN_DIR/.moet-train.lock, held while training (-1: none) */
-    int made_run_dir;      /* this process created run_dir (removed again if setup fails) */
+    int lock_fd;           /* RUN_DIR itself, flock'ed while training (-1: none) */
+    int made_run_dir;      /* this process created run_dir and holds its lock (removed if setup fails) */
     int warned_no_targets; /* a step without target tokens was reported */
 } trainer;
 
@@ -287,8 +287,6 @@ static int save_checkpoint(trainer *tr, char *err)
     return rc;
 }
 
-static int same_str(const char *a, const char *b) { return (!a && !b) || (a && b && !strcmp(a, b)); }
-
 static int same_list(char **a, int na, char **b, int nb)
 {
     if (na != nb) return 0;
@@ -297,14 +295,24 @@ static int same_list(char **a, int na, char **b, int nb)
     return 1;
 }
 
-static int same_json(const char *a, const char *b)
+/* The same network: shapes, routing, RoPE, norm (not loss weights, ids or init) */
+static int same_model(const model_config *a, const model_config *b)
 {
-    if (!a || !b) return !a && !b;
-    cJSON *x = cJSON_Parse(a), *y = cJSON_Parse(b);
-    int same = x && y && cJSON_Compare(x, y, 1);
-    cJSON_Delete(x);
-    cJSON_Delete(y);
-    return same;
+    return a->vocab == b->vocab && a->dim == b->dim && a->ffn == b->ffn && a->n_layers == b->n_layers &&
+           a->n_heads == b->n_heads && a->n_kv_heads == b->n_kv_heads && a->head_dim == b->head_dim &&
+           a->n_experts == b->n_experts && a->top_k == b->top_k && a->norm_eps == b->norm_eps &&
+           a->rope_theta == b->rope_theta && a->tie_embeddings == b->tie_embeddings &&
+           a->sliding_window == b->sliding_window;
+}
+
+static unsigned target_bits(char **names, int n)
+{
+    unsigned bits = 0;
+    for (int i = 0; i < n; i++) {
+        int t = lora_target_parse(names[i]);
+        if (t >= 0) bits |= 1u << t;
+    }
+    return bits;
 }
 
 /* A resumed run must be the same run: the model, the data and its order, and the batch come
@@ -323,9 +331,25 @@ static int check_resume_config(const cfg *now, const char *dir, char *err)
     int rc = cfg_from_json(&was, cj, err);
     free(cj);
     if (rc) return err_wrap(err, "%s/trainer_state.json: config", dir);
+    /* the model as resolved (init_from's config.json with model.arch over it): the same network
+     * written differently, or a base model that moved, is the same run; a full run's checkpoint
+     * holds its own config.json, which stands in when the old init_from is gone */
+    model_config mnow, mwas;
+    char e2[ERR_MAX], cj_path[4200];
+    fs_path_join(cj_path, sizeof cj_path, dir, "config.json");
+    int have_was = load_run_config(&was, &mwas, e2) == 0;
+    if (!have_was && fs_exists(cj_path)) {
+        char *t = NULL;
+        size_t len;
+        have_was = fs_read_file(cj_path, &t, &len, e2) == 0 && model_config_from_json(&mwas, t, e2) == 0;
+        free(t);
+    }
     const char *key = NULL;
-    if (!same_str(now->model.init_from, was.model.init_from)) key = "model.init_from";
-    else if (!same_json(now->model.arch_json, was.model.arch_json)) key = "model.arch";
+    if (load_run_config(now, &mnow, err)) {
+        cfg_free(&was);
+        return -1;
+    }
+    if (have_was && !same_model(&mnow, &mwas)) key = "model (model.init_from / model.arch)";
     else if (!same_list(now->data.train, now->data.n_train, was.data.train, was.data.n_train)) key = "data.train";
     else if (now->data.seq_len != was.data.seq_len) key = "data.seq_len";
     else if (now->data.shuffle != was.data.shuffle) key = "data.shuffle";
@@ -337,7 +361,7 @@ static int check_resume_config(const cfg *now, const char *dir, char *err)
     else if (now->lora.enabled &&
              (now->lora.r != was.lora.r || now->lora.alpha != was.lora.alpha || now->lora.rslora != was.lora.rslora ||
               now->lora.train_router != was.lora.train_router ||
-              !same_list(now->lora.targets, now->lora.n_targets, was.lora.targets, was.lora.n_targets)))
+              target_bits(now->lora.targets, now->lora.n_targets) != target_bits(was.lora.targets, was.lora.n_targets)))
         key = "lora (r, alpha, rslora, targets, train_router)";
     else if (now->lora.enabled && now->lora.dropout != was.lora.dropout) key = "lora.dropout";
     cfg_free(&was);
@@ -448,10 +472,10 @@ static int evaluate(trainer *tr, double *val_loss, long *targets, char *err)
     int rc = eval_run(&tr->m, tr->acts, tr->val, tr->c->train.eval_batches, tr->c->data.document_mask, &tr->mb[0],
                       tr->labels, &r, err);
     tr->m.prof = prof;
-    if (rc) return err_wrap(err, "data.val");
+    if (rc) err_wrap(err, "data.val");
     *val_loss = r.loss;
     *targets = r.targets;
-    return 0;
+    return rc;
 }
 
 /* ------------------------------------------------------------------ the loop */
@@ -566,7 +590,16 @@ static int log_eval(trainer *tr, char *err)
 {
     double vl = 0, t0 = now();
     long n = 0;
-    if (evaluate(tr, &vl, &n, err)) return -1;
+    int rc = evaluate(tr, &vl, &n, err);
+    if (rc < 0) return -1;
+    if (rc > 0) { /* no number (no targets, or not finite): say so, log null, keep training */
+        fprintf(stderr, "moet train: eval at step %d: %s\n", tr->step, err);
+        if (tr->metrics) {
+            fprintf(tr->metrics, "{\"step\": %d, \"val_loss\": null, \"val_ppl\": null}\n", tr->step);
+            fflush(tr->metrics);
+        }
+        return 0;
+    }
     tr->last_val_loss = vl;
     if (!tr->o->quiet) printf("eval step %d | val_loss %.4f | val_ppl %.3f | %ld targets, %.1fs\n", tr->step, vl, exp(vl), n,
                               now() - t0);
@@ -649,19 +682,27 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     char resume[4096] = "", p[4096], *yaml = NULL;
     snprintf(tr.run_dir, sizeof tr.run_dir, "%s", c->run.dir);
     fs_path_join(tr.ckpt_root, sizeof tr.ckpt_root, tr.run_dir, "checkpoints");
-    /* one trainer per run dir, decided before looking for checkpoints to resume */
-    tr.made_run_dir = !fs_exists(tr.run_dir);
+    /* one trainer per run dir, decided before looking for checkpoints to resume: a flock on
+     * the directory itself (no lock file to leave behind or to unlink under another trainer) */
+    int existed = fs_exists(tr.run_dir);
     if (fs_mkdir_p(tr.run_dir, err)) {
-        tr.made_run_dir = 0;
         err_wrap(err, "run.dir");
         goto out;
     }
-    fs_path_join(p, sizeof p, tr.run_dir, ".moet-train.lock");
-    tr.lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (tr.lock_fd < 0 || flock(tr.lock_fd, LOCK_EX | LOCK_NB)) {
-        err_set(err, "run.dir %s: %s", tr.run_dir,
-                tr.lock_fd < 0 ? strerror(errno) : "another moet train is using it (wait for it, or use another run.dir)");
+    tr.lock_fd = open(tr.run_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (tr.lock_fd < 0) {
+        err_set(err, "run.dir %s: %s", tr.run_dir, strerror(errno));
         goto out;
+    }
+    if (flock(tr.lock_fd, LOCK_EX | LOCK_NB)) {
+        if (errno == EWOULDBLOCK) {
+            err_set(err, "run.dir %s: another moet train is using it (wait for it, or use another run.dir)", tr.run_dir);
+            goto out;
+        } /* a filesystem without flock (some NFS / Lustre mounts): train, but say it is unguarded */
+        fprintf(stderr, "moet train: run.dir %s: cannot lock it (%s): nothing stops a second trainer there\n",
+                tr.run_dir, strerror(errno));
+    } else {
+        tr.made_run_dir = !existed;
     }
     if (c->train.resume == CFG_RESUME_PATH) {
         snprintf(resume, sizeof resume, "%s", c->train.resume_path);
@@ -674,10 +715,11 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
         char latest[4096], a[PATH_MAX], b[PATH_MAX];
         int skipped;
         if (ckpt_find_latest(tr.ckpt_root, latest, sizeof latest, &skipped, err)) goto out;
-        if ((latest[0] && !(realpath(latest, a) && realpath(resume, b) && !strcmp(a, b))) || skipped) {
-            err_set(err, "train.resume: %s already holds %s than %s, which this run would overwrite: resume from "
-                         "the newest one or use another run.dir",
-                    tr.ckpt_root, latest[0] ? "other checkpoints" : "damaged checkpoints", resume);
+        int other = latest[0] && !(realpath(latest, a) && realpath(resume, b) && !strcmp(a, b));
+        if (other || skipped) {
+            err_set(err, "train.resume: %s already holds %s, which this run would overwrite: set train.resume: "
+                         "auto to continue this run from its newest checkpoint, or use another run.dir",
+                    tr.ckpt_root, other ? "newer or other checkpoints than the one given" : "damaged checkpoints");
             goto out;
         }
     } else {
@@ -761,7 +803,11 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
         avg = tr.step - first == 1 ? r.seconds : 0.9 * avg + 0.1 * r.seconds;
         if (tr.step % c->train.log_every == 0 || tr.step == c->train.max_steps)
             log_step(&tr, &r, now() - t_start, avg);
-        if (tr.val && c->train.eval_every > 0 && tr.step % c->train.eval_every == 0 && log_eval(&tr, err)) goto out;
+        if (tr.val && c->train.eval_every > 0 && tr.step % c->train.eval_every == 0 && log_eval(&tr, err)) {
+            char e2[ERR_MAX]; /* the val data failed: keep this step's weights before stopping */
+            if (save_checkpoint(&tr, e2) == 0 && !o->quiet) printf("saved %s\n", tr.last_ckpt);
+            goto out;
+        }
         int last = tr.step == c->train.max_steps;
         if ((c->train.save_every > 0 && tr.step % c->train.save_every == 0) || last || stop_signal) {
             if (save_checkpoint(&tr, err)) goto out;
@@ -775,11 +821,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
 out:
     free(yaml);
     trainer_free(&tr);
-    if (tr.made_run_dir) { /* setup failed in a run dir this process created: leave nothing behind */
-        fs_path_join(p, sizeof p, tr.run_dir, ".moet-train.lock");
-        unlink(p);
-        rmdir(tr.run_dir);
-    }
+    if (tr.made_run_dir) rmdir(tr.run_dir); /* setup failed in a run dir this process created (and locked) */
     if (tr.lock_fd >= 0) close(tr.lock_fd);
     return rc;
 }
