@@ -186,7 +186,7 @@ static const char *const arch_keys[] = {
     "rms_norm_eps", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings",
     "rope_theta", "rope_scaling", "rope_parameters", "sliding_window", "attention_dropout", "num_experts_per_tok",
     "num_local_experts", "output_router_logits", "router_aux_loss_coef", "router_jitter_noise", "model_type",
-    "architectures", "torch_dtype", "dtype", "transformers_version"};
+    "architectures", "torch_dtype", "dtype", "transformers_version", "_name_or_path"};
 
 /* Fill buf with a suggestion for unknown key `name` in section sec (NULL: top level). */
 static void suggest(const char *sec, const char *name, char *buf, size_t size)
