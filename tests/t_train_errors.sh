@@ -96,9 +96,9 @@ expect_error "all checkpoints damaged" "every checkpoint in .* is damaged" cfg.y
 [ "$(ls dmg/checkpoints | wc -l)" = "$(ls good/checkpoints | wc -l)" ] || { echo "FAIL damaged checkpoints removed"; fail=1; }
 # two trainers on one run dir: the second is refused while the first holds the run dir's lock
 # (held here by flock(1) on the directory, the same flock(2) lock moet takes), and writes nothing
-mkdir -p busy && flock busy sleep 3 &
+mkdir -p busy && flock busy sleep 5 &
 pid=$!
-sleep 0.5
+for i in $(seq 50); do flock -n busy true || break; sleep 0.1; done  # until the lock is held
 expect_error "second trainer on a busy run dir" "another moet train is using it" cfg.yaml run.dir=$work/busy
 [ -z "$(ls -A busy)" ] || { echo "FAIL the refused trainer wrote into the busy run dir: $(ls -A busy)"; fail=1; }
 wait $pid
