@@ -129,4 +129,6 @@ fi
 # a config that fails leaves no run dir behind
 expect_error "failing config, fresh dir" "model.arch: .*hidden_size is -5, must be positive" cfg.yaml run.dir=$work/never model.arch.hidden_size=-5
 [ ! -e never ] || { echo "FAIL a refused config created its run dir"; fail=1; }
+expect_error "failing config, fresh nested dir" "hidden_size is -5" cfg.yaml run.dir=$work/nest/a/run model.arch.hidden_size=-5
+[ ! -e nest ] || { echo "FAIL a refused config left parents of its run dir: $(find nest)"; fail=1; }
 exit $fail

@@ -79,7 +79,7 @@ typedef struct {
     double t_fb;           /* wall time inside model_forward_backward */
     int prof_steps;
     int lock_fd;           /* RUN_DIR itself, flock'ed while training (-1: none) */
-    int made_run_dir;      /* this process created run_dir and holds its lock (removed if setup fails) */
+    int made_run_dir;      /* levels of run_dir this process created (it holds the lock; removed if setup fails) */
     int warned_no_targets; /* a step without target tokens was reported */
 } trainer;
 
@@ -675,6 +675,32 @@ static void trainer_free(trainer *tr)
     lora_free(tr->lo);
 }
 
+/* How many trailing levels of path do not exist yet ("runs/a/b" with only runs/: 2). */
+static int missing_levels(const char *path)
+{
+    char d[4096];
+    snprintf(d, sizeof d, "%s", path);
+    int n = 0;
+    while (d[0] && !fs_exists(d)) {
+        n++;
+        char *sl = strrchr(d, '/');
+        if (!sl || sl == d) break;
+        *sl = 0;
+    }
+    return n;
+}
+
+/* rmdir path and then its parents, n levels in all, stopping at the first that is not empty. */
+static void remove_levels(char *path, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (rmdir(path)) return;
+        char *sl = strrchr(path, '/');
+        if (!sl || sl == path) return;
+        *sl = 0;
+    }
+}
+
 int trainer_run(const cfg *c, const trainer_opts *o, char *err)
 {
     trainer tr = {.c = c, .o = o, .last_loss = NAN, .last_val_loss = NAN, .lock_fd = -1};
@@ -684,7 +710,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     fs_path_join(tr.ckpt_root, sizeof tr.ckpt_root, tr.run_dir, "checkpoints");
     /* one trainer per run dir, decided before looking for checkpoints to resume: a flock on
      * the directory itself (no lock file to leave behind or to unlink under another trainer) */
-    int existed = fs_exists(tr.run_dir);
+    int made = missing_levels(tr.run_dir);
     if (fs_mkdir_p(tr.run_dir, err)) {
         err_wrap(err, "run.dir");
         goto out;
@@ -702,7 +728,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
         fprintf(stderr, "moet train: run.dir %s: cannot lock it (%s): nothing stops a second trainer there\n",
                 tr.run_dir, strerror(errno));
     } else {
-        tr.made_run_dir = !existed;
+        tr.made_run_dir = made;
     }
     if (c->train.resume == CFG_RESUME_PATH) {
         snprintf(resume, sizeof resume, "%s", c->train.resume_path);
@@ -821,7 +847,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
 out:
     free(yaml);
     trainer_free(&tr);
-    if (tr.made_run_dir) rmdir(tr.run_dir); /* setup failed in a run dir this process created (and locked) */
+    remove_levels(tr.run_dir, tr.made_run_dir); /* setup failed in a run dir this process made (and locked) */
     if (tr.lock_fd >= 0) close(tr.lock_fd);
     return rc;
 }
