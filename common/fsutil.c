@@ -288,3 +288,29 @@ int fs_dir_commit(const char *tmp, const char *final, char *err)
     parent_dir(final, dir, sizeof dir);
     return fs_fsync_dir(dir, err);
 }
+
+/* How many trailing levels of path do not exist yet ("runs/a/b" with only runs/: 2). */
+int fs_missing_levels(const char *path)
+{
+    char d[4096];
+    snprintf(d, sizeof d, "%s", path);
+    int n = 0;
+    while (d[0] && !fs_exists(d)) {
+        n++;
+        char *sl = strrchr(d, '/');
+        if (!sl || sl == d) break;
+        *sl = 0;
+    }
+    return n;
+}
+
+/* rmdir path and then its parents, n levels in all, stopping at the first that is not empty. */
+void fs_remove_levels(char *path, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (rmdir(path)) return;
+        char *sl = strrchr(path, '/');
+        if (!sl || sl == path) return;
+        *sl = 0;
+    }
+}

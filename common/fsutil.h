@@ -68,4 +68,10 @@ int fs_exists(const char *path);
 int fs_dir_begin(const char *final, char *tmp, size_t cap, char *err);
 int fs_dir_commit(const char *tmp, const char *final, char *err);
 
+/* How many trailing levels of path do not exist yet ("runs/a/b" with only runs/: 2), and
+ * rmdir path then its parents, n levels in all, stopping at the first that is not empty
+ * (path is cut short as it goes): a command removes the directories it made for nothing. */
+int fs_missing_levels(const char *path);
+void fs_remove_levels(char *path, int n);
+
 #endif

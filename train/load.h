@@ -19,6 +19,12 @@ int load_run_base(const cfg *c, model *m, int with_grads, char *err);
  * *state (may be NULL) the checkpoint's trainer_state.json text (NULL for an HF dir). */
 int load_any_model(const char *path, model *m, lora **lo, char **state, char *err);
 
+/* A resume of checkpoint dir under config now must be the same run: the same resolved model,
+ * data files, seq_len, shuffle, document mask, batch, grad accumulation, seed and LoRA settings
+ * as the checkpoint's own config (trainer_state.json); optim, max_steps, eval, save and log
+ * settings may change. 0 ok; -1 with the first differing key named in err. */
+int load_check_resume(const cfg *now, const char *dir, char *err);
+
 /* The tokenizer.json that goes with path: given (an error if it does not exist), else the
  * run's `tokenizer`, else model.init_from/tokenizer.json (both from state_json, the
  * checkpoint's trainer_state.json, may be NULL), else path/tokenizer.json. out is "" when

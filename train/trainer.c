@@ -287,92 +287,6 @@ static int save_checkpoint(trainer *tr, char *err)
     return rc;
 }
 
-static int same_list(char **a, int na, char **b, int nb)
-{
-    if (na != nb) return 0;
-    for (int i = 0; i < na; i++)
-        if (strcmp(a[i], b[i])) return 0;
-    return 1;
-}
-
-/* The same network: shapes, routing, RoPE, norm (not loss weights, ids or init) */
-static int same_model(const model_config *a, const model_config *b)
-{
-    return a->vocab == b->vocab && a->dim == b->dim && a->ffn == b->ffn && a->n_layers == b->n_layers &&
-           a->n_heads == b->n_heads && a->n_kv_heads == b->n_kv_heads && a->head_dim == b->head_dim &&
-           a->n_experts == b->n_experts && a->top_k == b->top_k && a->norm_eps == b->norm_eps &&
-           a->rope_theta == b->rope_theta && a->tie_embeddings == b->tie_embeddings &&
-           a->sliding_window == b->sliding_window;
-}
-
-static unsigned target_bits(char **names, int n)
-{
-    unsigned bits = 0;
-    for (int i = 0; i < n; i++) {
-        int t = lora_target_parse(names[i]);
-        if (t >= 0) bits |= 1u << t;
-    }
-    return bits;
-}
-
-/* A resumed run must be the same run: the model, the data and its order, and the batch come
- * from the checkpoint's config (trainer_state.json); the optimizer, max_steps, eval and
- * logging may change. Names the first key that differs. */
-static int check_resume_config(const cfg *now, const char *dir, char *err)
-{
-    char *text;
-    if (ckpt_read_state(dir, &text, err)) return -1;
-    cJSON *st = cJSON_Parse(text);
-    free(text);
-    char *cj = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(st, "config"));
-    cJSON_Delete(st);
-    if (!cj) return err_set(err, "%s/trainer_state.json: no config", dir);
-    cfg was;
-    int rc = cfg_from_json(&was, cj, err);
-    free(cj);
-    if (rc) return err_wrap(err, "%s/trainer_state.json: config", dir);
-    /* the model as resolved (init_from's config.json with model.arch over it): the same network
-     * written differently, or a base model that moved, is the same run; a full run's checkpoint
-     * holds its own config.json, which stands in when the old init_from is gone */
-    model_config mnow, mwas;
-    char e2[ERR_MAX], cj_path[4200];
-    fs_path_join(cj_path, sizeof cj_path, dir, "config.json");
-    int have_was = load_run_config(&was, &mwas, e2) == 0;
-    if (!have_was && fs_exists(cj_path)) {
-        char *t = NULL;
-        size_t len;
-        have_was = fs_read_file(cj_path, &t, &len, e2) == 0 && model_config_from_json(&mwas, t, e2) == 0;
-        free(t);
-    }
-    const char *key = NULL;
-    if (load_run_config(now, &mnow, err)) {
-        cfg_free(&was);
-        return -1;
-    }
-    if (have_was && !same_model(&mnow, &mwas)) key = "model (model.init_from / model.arch)";
-    else if (!same_list(now->data.train, now->data.n_train, was.data.train, was.data.n_train)) key = "data.train";
-    else if (now->data.seq_len != was.data.seq_len) key = "data.seq_len";
-    else if (now->data.shuffle != was.data.shuffle) key = "data.shuffle";
-    else if (now->data.document_mask != was.data.document_mask) key = "data.document_mask";
-    else if (now->train.batch_size != was.train.batch_size) key = "train.batch_size";
-    else if (now->train.grad_accum != was.train.grad_accum) key = "train.grad_accum";
-    else if (now->run.seed != was.run.seed) key = "run.seed";
-    else if (now->lora.enabled != was.lora.enabled) key = "lora.enabled";
-    else if (now->lora.enabled &&
-             (now->lora.r != was.lora.r || now->lora.alpha != was.lora.alpha || now->lora.rslora != was.lora.rslora ||
-              now->lora.train_router != was.lora.train_router ||
-              target_bits(now->lora.targets, now->lora.n_targets) != target_bits(was.lora.targets, was.lora.n_targets)))
-        key = "lora (r, alpha, rslora, targets, train_router)";
-    else if (now->lora.enabled && now->lora.dropout != was.lora.dropout) key = "lora.dropout";
-    cfg_free(&was);
-    if (key)
-        return err_set(err, "train.resume: %s was trained with another %s than this config: a resumed run keeps its "
-                            "model, data and batch (only optim, max_steps, eval, save and log settings may change); "
-                            "use the original value or another run.dir",
-                       dir, key);
-    return 0;
-}
-
 static int restore_state(trainer *tr, const char *dir, char *err)
 {
     char *text;
@@ -675,32 +589,6 @@ static void trainer_free(trainer *tr)
     lora_free(tr->lo);
 }
 
-/* How many trailing levels of path do not exist yet ("runs/a/b" with only runs/: 2). */
-static int missing_levels(const char *path)
-{
-    char d[4096];
-    snprintf(d, sizeof d, "%s", path);
-    int n = 0;
-    while (d[0] && !fs_exists(d)) {
-        n++;
-        char *sl = strrchr(d, '/');
-        if (!sl || sl == d) break;
-        *sl = 0;
-    }
-    return n;
-}
-
-/* rmdir path and then its parents, n levels in all, stopping at the first that is not empty. */
-static void remove_levels(char *path, int n)
-{
-    for (int i = 0; i < n; i++) {
-        if (rmdir(path)) return;
-        char *sl = strrchr(path, '/');
-        if (!sl || sl == path) return;
-        *sl = 0;
-    }
-}
-
 int trainer_run(const cfg *c, const trainer_opts *o, char *err)
 {
     trainer tr = {.c = c, .o = o, .last_loss = NAN, .last_val_loss = NAN, .lock_fd = -1};
@@ -710,7 +598,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     fs_path_join(tr.ckpt_root, sizeof tr.ckpt_root, tr.run_dir, "checkpoints");
     /* one trainer per run dir, decided before looking for checkpoints to resume: a flock on
      * the directory itself (no lock file to leave behind or to unlink under another trainer) */
-    int made = missing_levels(tr.run_dir);
+    int made = fs_missing_levels(tr.run_dir);
     if (fs_mkdir_p(tr.run_dir, err)) {
         err_wrap(err, "run.dir");
         goto out;
@@ -772,7 +660,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     fclose(ym);
     if (!o->quiet) printf("%s", yaml);
 
-    if ((resume[0] && check_resume_config(c, resume, err)) || build_model(&tr, resume[0] ? resume : NULL, err) ||
+    if ((resume[0] && load_check_resume(c, resume, err)) || build_model(&tr, resume[0] ? resume : NULL, err) ||
         setup_optimizer(&tr, err) || setup_data(&tr, err))
         goto out;
     tr.made_run_dir = 0; /* from here on the run dir is the run's */
@@ -847,7 +735,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
 out:
     free(yaml);
     trainer_free(&tr);
-    remove_levels(tr.run_dir, tr.made_run_dir); /* setup failed in a run dir this process made (and locked) */
+    fs_remove_levels(tr.run_dir, tr.made_run_dir); /* setup failed in a run dir this process made (and locked) */
     if (tr.lock_fd >= 0) close(tr.lock_fd);
     return rc;
 }
