@@ -290,10 +290,21 @@ int fs_dir_commit(const char *tmp, const char *final, char *err)
 }
 
 /* How many trailing levels of path do not exist yet ("runs/a/b" with only runs/: 2). */
+/* path without trailing slashes; 0 when it has a ".." component (whose levels are not
+ * simply its prefixes: nothing is counted or removed then) */
+static int plain_path(const char *path, char *d, size_t cap)
+{
+    snprintf(d, cap, "%s", path);
+    for (size_t n = strlen(d); n > 1 && d[n - 1] == '/'; n--) d[n - 1] = 0;
+    for (const char *p = d; (p = strstr(p, "..")); p += 2)
+        if ((p == d || p[-1] == '/') && (p[2] == 0 || p[2] == '/')) return 0;
+    return 1;
+}
+
 int fs_missing_levels(const char *path)
 {
     char d[4096];
-    snprintf(d, sizeof d, "%s", path);
+    if (!plain_path(path, d, sizeof d)) return 0;
     int n = 0;
     while (d[0] && !fs_exists(d)) {
         n++;
@@ -307,6 +318,9 @@ int fs_missing_levels(const char *path)
 /* rmdir path and then its parents, n levels in all, stopping at the first that is not empty. */
 void fs_remove_levels(char *path, int n)
 {
+    char d[4096];
+    if (!plain_path(path, d, sizeof d)) return;
+    snprintf(path, strlen(path) + 1, "%s", d); /* d is never longer */
     for (int i = 0; i < n; i++) {
         if (rmdir(path)) return;
         char *sl = strrchr(path, '/');

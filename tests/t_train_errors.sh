@@ -94,13 +94,14 @@ for f in dmg/checkpoints/*/optimizer.safetensors; do printf 'X' | dd of="$f" bs=
 expect_error "all checkpoints damaged" "every checkpoint in .* is damaged" cfg.yaml run.dir=$work/dmg train.max_steps=5 \
     optim.lr=5e-4
 [ "$(ls dmg/checkpoints | wc -l)" = "$(ls good/checkpoints | wc -l)" ] || { echo "FAIL damaged checkpoints removed"; fail=1; }
-# two trainers on one run dir: the second is refused while the first holds the run dir's lock
-# (held here by flock(1) on the directory, the same flock(2) lock moet takes), and writes nothing
-mkdir -p busy && flock busy sleep 5 &
+# two trainers on one run dir: the second is refused while the first holds the run's lock
+# (held here by flock(1) on RUN_DIR/.moet-train.lock, the same flock(2) lock moet takes), and
+# it writes nothing there
+mkdir -p busy && flock busy/.moet-train.lock sleep 5 &
 pid=$!
-for i in $(seq 50); do flock -n busy true || break; sleep 0.1; done  # until the lock is held
+for i in $(seq 50); do [ -e busy/.moet-train.lock ] && ! flock -n busy/.moet-train.lock true && break; sleep 0.1; done
 expect_error "second trainer on a busy run dir" "another moet train is using it" cfg.yaml run.dir=$work/busy
-[ -z "$(ls -A busy)" ] || { echo "FAIL the refused trainer wrote into the busy run dir: $(ls -A busy)"; fail=1; }
+[ "$(ls -A busy)" = ".moet-train.lock" ] || { echo "FAIL the refused trainer wrote into the busy run dir: $(ls -A busy)"; fail=1; }
 wait $pid
 "$MOET" train cfg.yaml run.dir=$work/busy --quiet >/dev/null 2>&1 || { echo "FAIL run dir free again"; fail=1; }
 # lora.init_from an adapter that differs from the lora section: the differing field is named
@@ -126,9 +127,31 @@ if "$MOET" train cfg.yaml run.dir=$work/nomask 'data.train=[nomask.h5]' --quiet 
 else
     echo "FAIL no targets: $(cat err.log)"; fail=1
 fi
+# the base model of a resume: a full run resumes with its init_from moved away (the weights
+# are in the checkpoint); a LoRA run whose init_from now names another model of the same
+# shape is refused (its adapter was trained against the old base's weights)
+"$MOET" train cfg.yaml run.dir=$work/b1 train.max_steps=1 --quiet >/dev/null 2>&1
+"$MOET" train cfg.yaml run.dir=$work/b2 train.max_steps=1 run.seed=5 --quiet >/dev/null 2>&1
+cp -r b1/checkpoints/step_00000001 base1 && cp -r b2/checkpoints/step_00000001 base2
+"$MOET" train cfg.yaml run.dir=$work/fromb model.init_from=$work/base1 'model.arch={}' train.max_steps=2 --quiet >/dev/null 2>&1
+mv base1 base1.moved
+if "$MOET" train cfg.yaml run.dir=$work/fromb model.init_from=$work/base1 'model.arch={}' train.max_steps=3 --quiet \
+       >/dev/null 2>err.log && [ -e fromb/checkpoints/step_00000003 ]; then
+    echo "ok   full run resumes with its base model moved away"
+else
+    echo "FAIL full run with its base moved: $(cat err.log)"; fail=1
+fi
+mv base1.moved base1
+"$MOET" train cfg.yaml run.dir=$work/lob model.init_from=$work/base1 'model.arch={}' lora.enabled=true lora.r=4 \
+    lora.alpha=8 train.max_steps=2 --quiet >/dev/null 2>&1
+expect_error "LoRA resume on another base" "another model.init_from \(the LoRA base" cfg.yaml run.dir=$work/lob \
+    model.init_from=$work/base2 'model.arch={}' lora.enabled=true lora.r=4 lora.alpha=8 train.max_steps=3
 # a config that fails leaves no run dir behind
 expect_error "failing config, fresh dir" "model.arch: .*hidden_size is -5, must be positive" cfg.yaml run.dir=$work/never model.arch.hidden_size=-5
 [ ! -e never ] || { echo "FAIL a refused config created its run dir"; fail=1; }
-expect_error "failing config, fresh nested dir" "hidden_size is -5" cfg.yaml run.dir=$work/nest/a/run model.arch.hidden_size=-5
+expect_error "failing config, fresh nested dir" "hidden_size is -5" cfg.yaml run.dir=$work/nest/a/run/ model.arch.hidden_size=-5
 [ ! -e nest ] || { echo "FAIL a refused config left parents of its run dir: $(find nest)"; fail=1; }
+mkdir keepme  # an existing empty dir reached through '..' is not "made" by the failing run
+expect_error "failing config, run.dir through .." "hidden_size is -5" cfg.yaml run.dir=$work/new/../keepme model.arch.hidden_size=-5
+[ -d keepme ] || { echo "FAIL a failing run removed a directory it did not make"; fail=1; }
 exit $fail

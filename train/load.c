@@ -7,6 +7,7 @@
 #include "common/fsutil.h"
 
 #include <cJSON.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,6 +105,8 @@ out:
     return rc;
 }
 
+static int same_str(const char *a, const char *b) { return (!a && !b) || (a && b && !strcmp(a, b)); }
+
 static int same_list(char **a, int na, char **b, int nb)
 {
     if (na != nb) return 0;
@@ -148,25 +151,35 @@ int load_check_resume(const cfg *now, const char *dir, char *err)
     int rc = cfg_from_json(&was, cj, err);
     free(cj);
     if (rc) return err_wrap(err, "%s/trainer_state.json: config", dir);
-    /* the model as resolved (init_from's config.json with model.arch over it): the same network
-     * written differently, or a base model that moved, is the same run; a full run's checkpoint
-     * holds its own config.json, which stands in when the old init_from is gone */
+    /* The model as resolved (init_from's config.json with model.arch over it), so the same
+     * network written differently resumes. A full run's weights come from the checkpoint, whose
+     * config.json is the truth, and its init_from may since have moved or gone. A LoRA run's
+     * base comes from init_from: a different base there (same shapes, other weights) is another
+     * run, unless the old one is gone (moved). */
     model_config mnow, mwas;
-    char e2[ERR_MAX], cj_path[4200];
+    char e2[ERR_MAX], cj_path[4200], a[PATH_MAX], b[PATH_MAX];
     fs_path_join(cj_path, sizeof cj_path, dir, "config.json");
-    int have_was = load_run_config(&was, &mwas, e2) == 0;
-    if (!have_was && fs_exists(cj_path)) {
+    int have_was = 0;
+    if (!was.lora.enabled && fs_exists(cj_path)) {
         char *t = NULL;
         size_t len;
         have_was = fs_read_file(cj_path, &t, &len, e2) == 0 && model_config_from_json(&mwas, t, e2) == 0;
         free(t);
     }
-    const char *key = NULL;
-    if (load_run_config(now, &mnow, err)) {
+    if (!have_was) have_was = load_run_config(&was, &mwas, e2) == 0;
+    int same_source = same_str(now->model.init_from, was.model.init_from) &&
+                      same_str(now->model.arch_json, was.model.arch_json);
+    int have_now = load_run_config(now, &mnow, e2) == 0;
+    if (!have_now && !(same_source && !was.lora.enabled)) { /* a full run may resume with its base gone */
         cfg_free(&was);
-        return -1;
+        return err_set(err, "%s", e2);
     }
-    if (have_was && !same_model(&mnow, &mwas)) key = "model (model.init_from / model.arch)";
+    const char *key = NULL;
+    if (have_now && have_was && !same_model(&mnow, &mwas)) key = "model (model.init_from / model.arch)";
+    else if (was.lora.enabled && !same_str(now->model.init_from, was.model.init_from) && was.model.init_from &&
+             now->model.init_from && realpath(was.model.init_from, a) &&
+             !(realpath(now->model.init_from, b) && !strcmp(a, b)))
+        key = "model.init_from (the LoRA base, still at its old path)";
     else if (!same_list(now->data.train, now->data.n_train, was.data.train, was.data.n_train)) key = "data.train";
     else if (now->data.seq_len != was.data.seq_len) key = "data.seq_len";
     else if (now->data.shuffle != was.data.shuffle) key = "data.shuffle";

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -78,7 +79,7 @@ typedef struct {
     double t_opt, t_step, t_data; /* --profile: optimizer, whole steps, data wait */
     double t_fb;           /* wall time inside model_forward_backward */
     int prof_steps;
-    int lock_fd;           /* RUN_DIR itself, flock'ed while training (-1: none) */
+    int lock_fd;           /* RUN_DIR/.moet-train.lock, flock'ed while training (-1: none) */
     int made_run_dir;      /* levels of run_dir this process created (it holds the lock; removed if setup fails) */
     int warned_no_targets; /* a step without target tokens was reported */
 } trainer;
@@ -382,7 +383,7 @@ static int evaluate(trainer *tr, double *val_loss, long *targets, char *err)
 {
     model_prof *prof = tr->m.prof; /* --profile times training steps, not evaluation */
     tr->m.prof = NULL;
-    eval_result r;
+    eval_result r = {.loss = NAN};
     int rc = eval_run(&tr->m, tr->acts, tr->val, tr->c->train.eval_batches, tr->c->data.document_mask, &tr->mb[0],
                       tr->labels, &r, err);
     tr->m.prof = prof;
@@ -508,6 +509,7 @@ static int log_eval(trainer *tr, char *err)
     if (rc < 0) return -1;
     if (rc > 0) { /* no number (no targets, or not finite): say so, log null, keep training */
         fprintf(stderr, "moet train: eval at step %d: %s\n", tr->step, err);
+        tr->last_val_loss = NAN; /* the card and trainer_state.json do not carry an older number */
         if (tr->metrics) {
             fprintf(tr->metrics, "{\"step\": %d, \"val_loss\": null, \"val_ppl\": null}\n", tr->step);
             fflush(tr->metrics);
@@ -597,13 +599,17 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     snprintf(tr.run_dir, sizeof tr.run_dir, "%s", c->run.dir);
     fs_path_join(tr.ckpt_root, sizeof tr.ckpt_root, tr.run_dir, "checkpoints");
     /* one trainer per run dir, decided before looking for checkpoints to resume: a flock on
-     * the directory itself (no lock file to leave behind or to unlink under another trainer) */
+     * RUN_DIR/.moet-train.lock, opened for writing (NFS emulates flock with fcntl locks, which
+     * need that). The file is unlinked only by a holder that made the run dir and failed its
+     * setup; so a lock won on a file no longer at that path (dev/ino differ) means another
+     * trainer came and went in between: refused like a busy one. */
     int made = fs_missing_levels(tr.run_dir);
     if (fs_mkdir_p(tr.run_dir, err)) {
         err_wrap(err, "run.dir");
         goto out;
     }
-    tr.lock_fd = open(tr.run_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    fs_path_join(p, sizeof p, tr.run_dir, ".moet-train.lock");
+    tr.lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (tr.lock_fd < 0) {
         err_set(err, "run.dir %s: %s", tr.run_dir, strerror(errno));
         goto out;
@@ -612,10 +618,16 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
         if (errno == EWOULDBLOCK) {
             err_set(err, "run.dir %s: another moet train is using it (wait for it, or use another run.dir)", tr.run_dir);
             goto out;
-        } /* a filesystem without flock (some NFS / Lustre mounts): train, but say it is unguarded */
+        } /* a filesystem without flock: train, but say it is unguarded */
         fprintf(stderr, "moet train: run.dir %s: cannot lock it (%s): nothing stops a second trainer there\n",
                 tr.run_dir, strerror(errno));
     } else {
+        struct stat held, now_at;
+        if (fstat(tr.lock_fd, &held) || stat(p, &now_at) || held.st_dev != now_at.st_dev ||
+            held.st_ino != now_at.st_ino) {
+            err_set(err, "run.dir %s: another moet train used it while this one started: try again", tr.run_dir);
+            goto out;
+        }
         tr.made_run_dir = made;
     }
     if (c->train.resume == CFG_RESUME_PATH) {
@@ -735,7 +747,11 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
 out:
     free(yaml);
     trainer_free(&tr);
-    fs_remove_levels(tr.run_dir, tr.made_run_dir); /* setup failed in a run dir this process made (and locked) */
+    if (tr.made_run_dir) { /* setup failed in a run dir this process made (and locked): leave nothing */
+        fs_path_join(p, sizeof p, tr.run_dir, ".moet-train.lock");
+        unlink(p);
+        fs_remove_levels(tr.run_dir, tr.made_run_dir);
+    }
     if (tr.lock_fd >= 0) close(tr.lock_fd);
     return rc;
 }
