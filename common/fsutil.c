@@ -290,14 +290,17 @@ int fs_dir_commit(const char *tmp, const char *final, char *err)
 }
 
 /* How many trailing levels of path do not exist yet ("runs/a/b" with only runs/: 2). */
-/* path without trailing slashes; 0 when it has a ".." component (whose levels are not
+/* path without trailing slashes; 0 when it has a "." or ".." component (whose levels are not
  * simply its prefixes: nothing is counted or removed then) */
 static int plain_path(const char *path, char *d, size_t cap)
 {
     snprintf(d, cap, "%s", path);
     for (size_t n = strlen(d); n > 1 && d[n - 1] == '/'; n--) d[n - 1] = 0;
-    for (const char *p = d; (p = strstr(p, "..")); p += 2)
-        if ((p == d || p[-1] == '/') && (p[2] == 0 || p[2] == '/')) return 0;
+    for (const char *p = d; *p; p++) {
+        if (p != d && p[-1] != '/') continue; /* the start of a component */
+        size_t len = strcspn(p, "/");
+        if ((len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.')) return 0;
+    }
     return 1;
 }
 

@@ -146,6 +146,11 @@ mv base1.moved base1
     lora.alpha=8 train.max_steps=2 --quiet >/dev/null 2>&1
 expect_error "LoRA resume on another base" "another model.init_from \(the LoRA base" cfg.yaml run.dir=$work/lob \
     model.init_from=$work/base2 'model.arch={}' lora.enabled=true lora.r=4 lora.alpha=8 train.max_steps=3
+expect_error "LoRA resume on a random base" "another model.init_from \(the LoRA base" cfg.yaml run.dir=$work/lob \
+    lora.enabled=true lora.r=4 lora.alpha=8 train.max_steps=3
+"$MOET" train cfg.yaml run.dir=$work/lor lora.enabled=true lora.r=4 lora.alpha=8 train.max_steps=2 --quiet >/dev/null 2>&1
+expect_error "LoRA resume from a random base onto a given one" "another model.init_from \(the LoRA base" cfg.yaml \
+    run.dir=$work/lor model.init_from=$work/base1 'model.arch={}' lora.enabled=true lora.r=4 lora.alpha=8 train.max_steps=3
 # a config that fails leaves no run dir behind
 expect_error "failing config, fresh dir" "model.arch: .*hidden_size is -5, must be positive" cfg.yaml run.dir=$work/never model.arch.hidden_size=-5
 [ ! -e never ] || { echo "FAIL a refused config created its run dir"; fail=1; }

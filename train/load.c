@@ -176,10 +176,10 @@ int load_check_resume(const cfg *now, const char *dir, char *err)
     }
     const char *key = NULL;
     if (have_now && have_was && !same_model(&mnow, &mwas)) key = "model (model.init_from / model.arch)";
-    else if (was.lora.enabled && !same_str(now->model.init_from, was.model.init_from) && was.model.init_from &&
-             now->model.init_from && realpath(was.model.init_from, a) &&
-             !(realpath(now->model.init_from, b) && !strcmp(a, b)))
-        key = "model.init_from (the LoRA base, still at its old path)";
+    else if (was.lora.enabled && !same_str(now->model.init_from, was.model.init_from) &&
+             (!was.model.init_from || !now->model.init_from || /* a random base vs a given one */
+              (realpath(was.model.init_from, a) && !(realpath(now->model.init_from, b) && !strcmp(a, b)))))
+        key = "model.init_from (the LoRA base)";
     else if (!same_list(now->data.train, now->data.n_train, was.data.train, was.data.n_train)) key = "data.train";
     else if (now->data.seq_len != was.data.seq_len) key = "data.seq_len";
     else if (now->data.shuffle != was.data.shuffle) key = "data.shuffle";
