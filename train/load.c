@@ -61,6 +61,16 @@ int load_run_base(const cfg *c, model *m, int with_grads, char *err)
     return 0;
 }
 
+/* The run's config as a checkpoint's trainer_state.json (parsed: state) records it. */
+static int state_config(const cJSON *state, const char *dir, cfg *c, char *err)
+{
+    char *cj = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(state, "config"));
+    if (!cj) return err_set(err, "%s/trainer_state.json: no config", dir);
+    int rc = cfg_from_json(c, cj, err);
+    free(cj);
+    return rc ? err_wrap(err, "%s/trainer_state.json: config", dir) : 0;
+}
+
 int load_any_model(const char *path, model *m, lora **lo, char **state, char *err)
 {
     char *st = NULL;
@@ -77,13 +87,7 @@ int load_any_model(const char *path, model *m, lora **lo, char **state, char *er
     }
     /* LoRA checkpoint: rebuild the run's base, then the adapter on top */
     cfg c;
-    char *cj = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(js, "config"));
-    int crc = cfg_from_json(&c, cj, err);
-    free(cj);
-    if (crc) {
-        err_wrap(err, "%s/trainer_state.json: config", path);
-        goto out;
-    }
+    if (state_config(js, path, &c, err)) goto out;
     lora_config lc;
     if (load_run_base(&c, m, 0, err)) {
         cfg_free(&c);
@@ -144,28 +148,18 @@ int load_check_resume(const cfg *now, const char *dir, char *err)
     if (ckpt_read_state(dir, &text, err)) return -1;
     cJSON *st = cJSON_Parse(text);
     free(text);
-    char *cj = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(st, "config"));
-    cJSON_Delete(st);
-    if (!cj) return err_set(err, "%s/trainer_state.json: no config", dir);
     cfg was;
-    int rc = cfg_from_json(&was, cj, err);
-    free(cj);
-    if (rc) return err_wrap(err, "%s/trainer_state.json: config", dir);
+    int rc = state_config(st, dir, &was, err);
+    cJSON_Delete(st);
+    if (rc) return -1;
     /* The model as resolved (init_from's config.json with model.arch over it), so the same
      * network written differently resumes. A full run's weights come from the checkpoint, whose
      * config.json is the truth, and its init_from may since have moved or gone. A LoRA run's
      * base comes from init_from: a different base there (same shapes, other weights) is another
      * run, unless the old one is gone (moved). */
     model_config mnow, mwas;
-    char e2[ERR_MAX], cj_path[4200], a[PATH_MAX], b[PATH_MAX];
-    fs_path_join(cj_path, sizeof cj_path, dir, "config.json");
-    int have_was = 0;
-    if (!was.lora.enabled && fs_exists(cj_path)) {
-        char *t = NULL;
-        size_t len;
-        have_was = fs_read_file(cj_path, &t, &len, e2) == 0 && model_config_from_json(&mwas, t, e2) == 0;
-        free(t);
-    }
+    char e2[ERR_MAX], a[PATH_MAX], b[PATH_MAX];
+    int have_was = !was.lora.enabled && ckpt_read_config(dir, &mwas, e2) == 0;
     if (!have_was) have_was = load_run_config(&was, &mwas, e2) == 0;
     int same_source = same_str(now->model.init_from, was.model.init_from) &&
                       same_str(now->model.arch_json, was.model.arch_json);
