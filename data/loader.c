@@ -342,6 +342,12 @@ void loader_close(loader *L)
     free(L);
 }
 
+void loader_batch_labels(const loader_batch *b, int rows, int32_t *labels)
+{
+    size_t n = (size_t)rows * b->seq_len;
+    for (size_t i = 0; i < n; i++) labels[i] = b->loss_mask[i] ? b->tokens[i] : -100;
+}
+
 int loader_batch_alloc(loader_batch *b, int batch_size, int seq_len, char *err)
 {
     size_t n = (size_t)batch_size * seq_len;

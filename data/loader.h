@@ -70,6 +70,8 @@ double loader_wait_seconds(const loader *L);  /* total time loader_next blocked 
 void loader_close(loader *L);  /* NULL is a no-op */
 
 int loader_batch_alloc(loader_batch *b, int batch_size, int seq_len, char *err);
+/* Labels of b's first rows rows for the model: the token where loss_mask is 1, else -100. */
+void loader_batch_labels(const loader_batch *b, int rows, int32_t *labels);
 void loader_batch_free(loader_batch *b);
 
 #endif

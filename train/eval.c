@@ -7,8 +7,7 @@
 static int eval_rows(model *m, model_acts *a, const loader_batch *b, int rows, int doc_mask, int32_t *labels,
                      double *ce, long *cnt, char *err)
 {
-    int n = rows * b->seq_len;
-    for (int i = 0; i < n; i++) labels[i] = b->loss_mask[i] ? b->tokens[i] : -100;
+    loader_batch_labels(b, rows, labels);
     model_batch mb = {rows, b->seq_len, b->tokens, labels, b->doc_start, doc_mask};
     model_stats st;
     if (model_forward(m, a, &mb, 0, 0, NULL, &st, err)) return -1;

@@ -373,12 +373,6 @@ static int trim_metrics(const char *path, int step, char *err)
 
 /* ------------------------------------------------------------------ eval */
 
-static void batch_labels(int32_t *labels, const loader_batch *b)
-{
-    int n = b->batch_size * b->seq_len;
-    for (int i = 0; i < n; i++) labels[i] = b->loss_mask[i] ? b->tokens[i] : -100;
-}
-
 static int evaluate(trainer *tr, double *val_loss, long *targets, char *err)
 {
     model_prof *prof = tr->m.prof; /* --profile times training steps, not evaluation */
@@ -425,7 +419,7 @@ static int train_step(trainer *tr, step_result *res, char *err)
     double ce_sum = 0, aux = 0, z = 0;
     for (int i = 0; i < k; i++) {
         const loader_batch *b = &tr->mb[i];
-        batch_labels(tr->labels, b);
+        loader_batch_labels(b, b->batch_size, tr->labels);
         model_batch mb = {b->batch_size, b->seq_len, b->tokens, tr->labels, b->doc_start, c->data.document_mask};
         model_stats st;
         if (tr->lo) lora_set_dropout_key(tr->lo, c->run.seed, (uint64_t)tr->step, i);
