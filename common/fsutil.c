@@ -65,7 +65,7 @@ int fs_read_file(const char *path, char **buf, size_t *len, char *err)
 }
 
 /* The directory part of path ("." when there is none). */
-static void parent_dir(const char *path, char *out, size_t cap)
+void fs_parent_dir(const char *path, char *out, size_t cap)
 {
     const char *slash = strrchr(path, '/');
     if (!slash) { snprintf(out, cap, "."); return; }
@@ -132,7 +132,7 @@ int fs_atomic_commit(fs_atomic *w, char *err)
         return err_set(err, "%s: rename failed: %s", w->path, strerror(e));
     }
     char dir[sizeof w->path];
-    parent_dir(w->path, dir, sizeof dir);
+    fs_parent_dir(w->path, dir, sizeof dir);
     return fs_fsync_dir(dir, err);
 }
 
@@ -285,17 +285,21 @@ int fs_dir_commit(const char *tmp, const char *final, char *err)
             return err_set(err, "%s: rename from %s failed: %s", final, tmp, strerror(errno));
     }
     char dir[PATH_MAX];
-    parent_dir(final, dir, sizeof dir);
+    fs_parent_dir(final, dir, sizeof dir);
     return fs_fsync_dir(dir, err);
 }
 
-/* How many trailing levels of path do not exist yet ("runs/a/b" with only runs/: 2). */
+void fs_trim_slashes(char *path)
+{
+    for (size_t n = strlen(path); n > 1 && path[n - 1] == '/'; n--) path[n - 1] = 0;
+}
+
 /* path without trailing slashes; 0 when it has a "." or ".." component (whose levels are not
  * simply its prefixes: nothing is counted or removed then) */
 static int plain_path(const char *path, char *d, size_t cap)
 {
     snprintf(d, cap, "%s", path);
-    for (size_t n = strlen(d); n > 1 && d[n - 1] == '/'; n--) d[n - 1] = 0;
+    fs_trim_slashes(d);
     for (const char *p = d; *p; p++) {
         if (p != d && p[-1] != '/') continue; /* the start of a component */
         size_t len = strcspn(p, "/");

@@ -68,6 +68,11 @@ int fs_exists(const char *path);
 int fs_dir_begin(const char *final, char *tmp, size_t cap, char *err);
 int fs_dir_commit(const char *tmp, const char *final, char *err);
 
+/* The directory part of path: "a/b" -> "a", "b" -> ".", "/b" -> "/". */
+void fs_parent_dir(const char *path, char *out, size_t cap);
+/* Drop trailing slashes in place ("out/" -> "out"; "/" stays). */
+void fs_trim_slashes(char *path);
+
 /* How many trailing levels of path do not exist yet ("runs/a/b" with only runs/: 2), and
  * rmdir path then its parents, n levels in all, stopping at the first that is not empty
  * (path is cut short as it goes): a command removes the directories it made for nothing. */

@@ -101,7 +101,7 @@ int cmd_export(int argc, char **argv)
     }
     char outbuf[4096]; /* OUT_DIR/ is OUT_DIR: the temp dir and the rename go next to it */
     snprintf(outbuf, sizeof outbuf, "%s", out);
-    for (size_t n = strlen(outbuf); n > 1 && outbuf[n - 1] == '/'; n--) outbuf[n - 1] = 0;
+    fs_trim_slashes(outbuf);
     out = outbuf;
     st_dtype dt;
     if (!strcmp(dtype_s, "f32")) dt = ST_F32;

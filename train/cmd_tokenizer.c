@@ -76,10 +76,7 @@ int cmd_tokenizer(int argc, char **argv)
     if (min_freq > 0x7fffffff) min_freq = 0x7fffffff;
     /* where the result goes is checked before the (long) training, not at its end */
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s", out);
-    char *slash = strrchr(dir, '/');
-    if (slash) slash == dir ? (void)(dir[1] = 0) : (void)(*slash = 0);
-    else snprintf(dir, sizeof dir, ".");
+    fs_parent_dir(out, dir, sizeof dir);
     if (fs_is_dir(out) || access(dir, W_OK)) {
         fprintf(stderr, "moet tokenizer: --out %s: %s\n", out,
                 fs_is_dir(out) ? "is a directory (give a file such as DIR/tokenizer.json)"
