@@ -7,7 +7,6 @@
 #include "model/layers.h"
 
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

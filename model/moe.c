@@ -73,8 +73,8 @@ static int plan_experts(int *order, const int *off, int E)
         for (; j > 0 && off[order[j - 1] + 1] - off[order[j - 1]] < ne; j--) order[j] = order[j - 1];
         order[j] = e;
     }
+    if (par_inline()) return E; /* one thread, or already inside a parallel region: nothing to split */
     int T = omp_get_max_threads(), total = off[E], alone = 0;
-    if (T < 2 || omp_in_parallel()) return E;
     while (alone < E && (long)(off[order[alone] + 1] - off[order[alone]]) * T >= total) alone++;
     return alone;
 }
