@@ -1,8 +1,10 @@
 """Write a moet-shard-1 HDF5 file of random tokens (for trainer tests).
 
-usage: make_shard.py OUT.h5 ROWS SEQ VOCAB [SEED] [--no-mask] [--doc-every N]
+usage: make_shard.py OUT.h5 ROWS SEQ VOCAB [SEED] [--no-mask | --zero-mask] [--doc-every N]
 Tokens are drawn from a skewed distribution with local repetition so a model can learn
-something; loss_mask masks the first quarter of every other row (like chat prompts).
+something; loss_mask masks the first quarter of every other row (like chat prompts);
+--no-mask writes no loss_mask (every position a target), --zero-mask one that is all 0
+(no target at all).
 """
 import sys
 
@@ -35,6 +37,8 @@ def main():
     tok[:, 0] = 1
     mask = np.ones((rows, seq), dtype=np.uint8)
     mask[::2, : seq // 4] = 0
+    if "--zero-mask" in sys.argv:
+        mask[:] = 0
     doc = np.zeros((rows, seq), dtype=np.uint8)
     doc[:, 0] = 1
     if "--doc-every" in sys.argv:

@@ -114,13 +114,7 @@ expect_error "init_from adapter with other targets" "the adapter's targets is q_
     cfg.yaml run.dir=$work/lo2 lora.enabled=true lora.r=4 lora.alpha=8 'lora.targets=[q_proj]' \
     lora.init_from=$work/lo/checkpoints/step_00000003
 # a shard without targets trains (nothing to learn) but says so once on stderr
-"$PY" - "$here" <<'PY'
-import sys
-import numpy as np
-sys.path.insert(0, sys.argv[1])
-from make_shard import write_shard
-write_shard("nomask.h5", np.ones((4, 32), np.int64), 300, loss_mask=np.zeros((4, 32), np.uint8))
-PY
+"$PY" "$here/make_shard.py" nomask.h5 4 32 300 1 --zero-mask
 if "$MOET" train cfg.yaml run.dir=$work/nomask 'data.train=[nomask.h5]' --quiet >/dev/null 2>err.log &&
    [ "$(wc -l < err.log)" = 1 ] && grep -q "step 1 has no target tokens" err.log; then
     echo "ok   no targets: $(cat err.log)"
