@@ -129,14 +129,20 @@ static int same_model(const model_config *a, const model_config *b)
            a->sliding_window == b->sliding_window;
 }
 
-static unsigned target_bits(char **names, int n)
+int load_lora_config(const cfg *c, lora_config *lc, char *err)
 {
-    unsigned bits = 0;
-    for (int i = 0; i < n; i++) {
-        int t = lora_target_parse(names[i]);
-        if (t >= 0) bits |= 1u << t;
+    memset(lc, 0, sizeof *lc);
+    lc->r = c->lora.r;
+    lc->alpha = c->lora.alpha;
+    lc->rslora = c->lora.rslora;
+    lc->dropout = c->lora.dropout;
+    lc->train_router = c->lora.train_router;
+    for (int i = 0; i < c->lora.n_targets; i++) {
+        int t = lora_target_parse(c->lora.targets[i]);
+        if (t < 0) return err_set(err, "lora.targets: unknown target '%s'", c->lora.targets[i]);
+        lc->targets |= 1u << t;
     }
-    return bits;
+    return 0;
 }
 
 /* A resumed run must be the same run: the model, the data and its order, and the batch come
@@ -182,12 +188,14 @@ int load_check_resume(const cfg *now, const char *dir, char *err)
     else if (now->train.grad_accum != was.train.grad_accum) key = "train.grad_accum";
     else if (now->run.seed != was.run.seed) key = "run.seed";
     else if (now->lora.enabled != was.lora.enabled) key = "lora.enabled";
-    else if (now->lora.enabled &&
-             (now->lora.r != was.lora.r || now->lora.alpha != was.lora.alpha || now->lora.rslora != was.lora.rslora ||
-              now->lora.train_router != was.lora.train_router ||
-              target_bits(now->lora.targets, now->lora.n_targets) != target_bits(was.lora.targets, was.lora.n_targets)))
-        key = "lora (r, alpha, rslora, targets, train_router)";
-    else if (now->lora.enabled && now->lora.dropout != was.lora.dropout) key = "lora.dropout";
+    else if (now->lora.enabled) { /* the same adapter: shape, scale and what it trains */
+        lora_config ln, lw;
+        if (load_lora_config(now, &ln, e2) || load_lora_config(&was, &lw, e2) || ln.r != lw.r || ln.alpha != lw.alpha ||
+            ln.rslora != lw.rslora || ln.train_router != lw.train_router || ln.targets != lw.targets)
+            key = "lora (r, alpha, rslora, targets, train_router)";
+        else if (ln.dropout != lw.dropout)
+            key = "lora.dropout";
+    }
     cfg_free(&was);
     if (key)
         return err_set(err, "train.resume: %s was trained with another %s than this config: a resumed run keeps its "

@@ -19,6 +19,9 @@ int load_run_base(const cfg *c, model *m, int with_grads, char *err);
  * *state (may be NULL) the checkpoint's trainer_state.json text (NULL for an HF dir). */
 int load_any_model(const char *path, model *m, lora **lo, char **state, char *err);
 
+/* lora.* of a config as a lora_config (targets as bits). 0, or -1 for an unknown target. */
+int load_lora_config(const cfg *c, lora_config *lc, char *err);
+
 /* A resume of checkpoint dir under config now must be the same run: the same resolved model,
  * data files, seq_len, shuffle, document mask, batch, grad accumulation, seed and LoRA settings
  * as the checkpoint's own config (trainer_state.json); optim, max_steps, eval, save and log

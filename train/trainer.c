@@ -86,23 +86,6 @@ typedef struct {
 
 /* ------------------------------------------------------------------ setup */
 
-/* lora.* of the config as a lora_config. */
-static int adapter_config(const cfg *c, lora_config *lc, char *err)
-{
-    memset(lc, 0, sizeof *lc);
-    lc->r = c->lora.r;
-    lc->alpha = c->lora.alpha;
-    lc->rslora = c->lora.rslora;
-    lc->dropout = c->lora.dropout;
-    lc->train_router = c->lora.train_router;
-    for (int i = 0; i < c->lora.n_targets; i++) {
-        int t = lora_target_parse(c->lora.targets[i]);
-        if (t < 0) return err_set(err, "lora.targets: unknown target '%s'", c->lora.targets[i]);
-        lc->targets |= 1u << t;
-    }
-    return 0;
-}
-
 /* An adapter loaded from disk must be the one the config describes. */
 static int same_lora(const lora_config *want, const lora_config *got, const char *dir, char *err)
 {
@@ -147,7 +130,7 @@ static int build_model(trainer *tr, const char *resume_dir, char *err)
     }
     lora_config lc, got;
     const char *from = resume_dir ? resume_dir : c->lora.init_from;
-    if (adapter_config(c, &lc, err) || lora_create(&tr->lo, &tr->m, &lc, c->run.seed, err)) return -1;
+    if (load_lora_config(c, &lc, err) || lora_create(&tr->lo, &tr->m, &lc, c->run.seed, err)) return -1;
     if (from) {
         if (peft_read_config(from, &got, NULL, 0, err) || same_lora(&lc, &got, from, err) ||
             peft_load_weights(tr->lo, from, err))
