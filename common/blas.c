@@ -45,7 +45,9 @@ void blas_describe(char *buf, size_t n)
     const char *core = openblas_get_corename();
     const char *from = getenv("MOET_BLAS_FROM");
     int par = openblas_get_parallel(); /* 0 serial, 1 pthreads, 2 OpenMP */
-    const char *build = par == 2 ? "OpenMP build" : par == 1 ? "pthread build: its threads and moet's compete" : "serial build";
+    const char *build = par == 2   ? "OpenMP build"
+                        : par == 1 ? "pthread build: its threads and moet's compete"
+                                   : "serial build";
     if (from)
         snprintf(buf, n, "OpenBLAS %s kernels (AVX-512, chosen at runtime over OPENBLAS_CORETYPE=%s; MOET_BLAS=keep "
                          "keeps it), %s, %d threads",

@@ -48,7 +48,8 @@ static int read_ids(const st_file *f, const char *name, int32_t **out, int *B, i
     }
     for (int64_t i = 0; i < t->numel; i++) { /* labels may be -100; nothing may leave int32 */
         if (tmp[i] < INT32_MIN || tmp[i] > INT32_MAX) {
-            err_set(err, "batch: '%s' holds %lld at position %lld, outside int32", name, (long long)tmp[i], (long long)i);
+            err_set(err, "batch: '%s' holds %lld at position %lld, outside int32", name, (long long)tmp[i],
+                    (long long)i);
             free(tmp);
             return -1;
         }

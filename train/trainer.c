@@ -86,6 +86,14 @@ typedef struct {
 
 /* ------------------------------------------------------------------ setup */
 
+/* "q_proj,v_proj" for the target bits */
+static void target_names(unsigned bits, char *buf, size_t n)
+{
+    buf[0] = 0;
+    for (int t = 0; t < LORA_NT; t++)
+        if (bits >> t & 1) snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", buf[0] ? "," : "", lora_target_name(t));
+}
+
 /* An adapter loaded from disk must be the one the config describes. */
 static int same_lora(const lora_config *want, const lora_config *got, const char *dir, char *err)
 {
@@ -100,13 +108,8 @@ static int same_lora(const lora_config *want, const lora_config *got, const char
     else if (want->train_router != got->train_router)
         what = "train_router", snprintf(a, sizeof a, "%s", got->train_router ? "true" : "false"),
         snprintf(b, sizeof b, "%s", want->train_router ? "true" : "false");
-    else if (want->targets != got->targets) {
-        what = "targets";
-        for (int t = 0; t < LORA_NT; t++) {
-            if (got->targets >> t & 1) snprintf(a + strlen(a), sizeof a - strlen(a), "%s%s", a[0] ? "," : "", lora_target_name(t));
-            if (want->targets >> t & 1) snprintf(b + strlen(b), sizeof b - strlen(b), "%s%s", b[0] ? "," : "", lora_target_name(t));
-        }
-    }
+    else if (want->targets != got->targets)
+        what = "targets", target_names(got->targets, a, sizeof a), target_names(want->targets, b, sizeof b);
     if (what) return err_set(err, "%s: the adapter's %s is %s, the config's lora.%s is %s", dir, what, a, what, b);
     return 0;
 }
@@ -189,7 +192,8 @@ static int setup_data(trainer *tr, char *err)
             for (int i = 0; i < loader_n_files(ls[k]); i++) {
                 const shard_info *si = loader_file_info(ls[k], i);
                 if (si->tokenizer_sha256[0] && strcmp(si->tokenizer_sha256, hex))
-                    return err_set(err, "data.%s: %s was made with a different tokenizer than %s (sha256 %.12s vs %.12s)",
+                    return err_set(err,
+                                   "data.%s: %s was made with a different tokenizer than %s (sha256 %.12s vs %.12s)",
                                    k ? "val" : "train", loader_file_path(ls[k], i), c->tokenizer, si->tokenizer_sha256,
                                    hex);
             }
@@ -593,7 +597,8 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     }
     if (flock(tr.lock_fd, LOCK_EX | LOCK_NB)) {
         if (errno == EWOULDBLOCK) {
-            err_set(err, "run.dir %s: another moet train is using it (wait for it, or use another run.dir)", tr.run_dir);
+            err_set(err, "run.dir %s: another moet train is using it (wait for it, or use another run.dir)",
+                    tr.run_dir);
             goto out;
         } /* a filesystem without flock: train, but say it is unguarded */
         fprintf(stderr, "moet train: run.dir %s: cannot lock it (%s): nothing stops a second trainer there\n",
