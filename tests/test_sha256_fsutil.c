@@ -362,6 +362,30 @@ static void test_dir_commit_builds_in_temp_and_never_replaces(void **state)
     assert_int_equal(fs_rm_rf(tmp, err), 0);
 }
 
+/* err_quote: what reaches an error line from user input is printable and bounded. */
+static void test_err_quote_escapes_controls_invalid_utf8_and_cuts(void **state)
+{
+    char b[64];
+    assert_string_equal(err_quote(b, sizeof b, "WZ\x13;\x1b[31m", -1, 64), "WZ\\x13;\\x1B[31m");
+    assert_string_equal(err_quote(b, sizeof b, "caf\xc3\xa9 \xe2\x96\x81x", -1, 64), "caf\xc3\xa9 \xe2\x96\x81x");
+    assert_string_equal(err_quote(b, sizeof b, "\xc3\x28\xff\xc0\xaf", -1, 64), "\\xC3(\\xFF\\xC0\\xAF");
+    assert_string_equal(err_quote(b, sizeof b, "\xed\xa0\x80", -1, 64), "\\xED\\xA0\\x80"); /* surrogate */
+    assert_string_equal(err_quote(b, sizeof b, "\xc2\x85", -1, 64), "\\xC2\\x85");          /* C1 NEL */
+    assert_string_equal(err_quote(b, sizeof b, "a'b\"c\\", -1, 64), "a\\'b\\\"c\\\\");
+    assert_string_equal(err_quote(b, sizeof b, "a\0b", 3, 64), "a\\x00b");
+    assert_string_equal(err_quote(b, sizeof b, "abcdefghij", -1, 4), "abcd...");
+    char big[1000];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    err_quote(b, sizeof b, big, -1, 1000);
+    assert_true(strlen(b) < sizeof b);
+    assert_string_equal(b + strlen(b) - 3, "...");
+    assert_string_equal(err_q(NULL, -1), "(null)");
+    const char *q1 = err_q("one", -1), *q2 = err_q("two\n", -1);
+    assert_string_equal(q1, "one"); /* two calls in one err_set stay distinct */
+    assert_string_equal(q2, "two\\x0A");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -378,6 +402,7 @@ int main(void)
         cmocka_unit_test(test_mkdir_p_nested_existing_and_blocked),
         cmocka_unit_test(test_rm_rf_removes_tree_but_not_symlink_targets),
         cmocka_unit_test(test_path_join_and_predicates),
+        cmocka_unit_test(test_err_quote_escapes_controls_invalid_utf8_and_cuts),
         cmocka_unit_test(test_dir_commit_builds_in_temp_and_never_replaces),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
