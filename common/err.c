@@ -74,7 +74,9 @@ char *err_quote(char *dst, int cap, const char *s, long len, int max_chars)
         } else if (u[i] == '\'' || u[i] == '"' || u[i] == '\\') {
             tmp[0] = '\\', tmp[1] = (char)u[i], tl = 2, adv = 1;
         } else {
-            tl = snprintf(tmp, sizeof tmp, "\\x%02X", u[i]), adv = 1;
+            static const char hex[] = "0123456789ABCDEF";
+            tmp[0] = '\\', tmp[1] = 'x', tmp[2] = hex[u[i] >> 4], tmp[3] = hex[u[i] & 15];
+            tl = 4, adv = 1;
         }
         if (chars >= max_chars || o + tl + 4 > cap) {
             memcpy(dst + o, "...", 3); /* each step left room for these and the NUL */
