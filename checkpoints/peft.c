@@ -61,8 +61,8 @@ int peft_read_config(const char *dir, lora_config *lc, char *base, size_t cap, c
     {
         int t = cJSON_IsString(it) ? lora_target_parse(it->valuestring) : -1;
         if (t < 0) {
-            err_set(err, "%s: target module '%s' is not one moet adapts (q_proj k_proj v_proj o_proj w1 w2 w3)", p,
-                    cJSON_IsString(it) ? it->valuestring : "?");
+            err_set(err, "%s: target module '%s' is not one moet adapts (q_proj k_proj v_proj o_proj, and w1 w2 w3 or "
+                         "gate_proj down_proj up_proj)", p, cJSON_IsString(it) ? err_q(it->valuestring, -1) : "?");
             goto out;
         }
         lc->targets |= 1u << t;
@@ -126,7 +126,7 @@ out:
     return rc;
 }
 
-char *peft_config_json(const lora_config *lc, const char *base_model)
+char *peft_config_json(const lora_config *lc, int family, const char *base_model)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddObjectToObject(o, "alpha_pattern");
@@ -152,7 +152,7 @@ char *peft_config_json(const lora_config *lc, const char *base_model)
     cJSON_AddNullToObject(o, "revision");
     cJSON *tm = cJSON_AddArrayToObject(o, "target_modules");
     for (int t = 0; t < LORA_NT; t++)
-        if (lc->targets >> t & 1) cJSON_AddItemToArray(tm, cJSON_CreateString(lora_target_name(t)));
+        if (lc->targets >> t & 1) cJSON_AddItemToArray(tm, cJSON_CreateString(lora_target_name(t, family)));
     cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM");
     cJSON_AddBoolToObject(o, "use_dora", 0);
     cJSON_AddBoolToObject(o, "use_rslora", lc->rslora);
@@ -175,7 +175,7 @@ st_out *peft_weight_list(const lora *lo, st_dtype dt)
 int peft_save(const lora *lo, const char *dir, const char *base_model, st_dtype dt, char *err)
 {
     char p[4096];
-    char *cfg = peft_config_json(&lo->lc, base_model);
+    char *cfg = peft_config_json(&lo->lc, lo->family, base_model);
     fs_path_join(p, sizeof p, dir, "adapter_config.json");
     int rc = fs_write_atomic(p, cfg, strlen(cfg), err);
     free(cfg);

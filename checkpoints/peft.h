@@ -20,7 +20,7 @@ int peft_read_config(const char *dir, lora_config *lc, char *base, size_t cap, c
 int peft_load_weights(lora *lo, const char *dir, char *err);
 
 /* adapter_config.json text (malloc'd). */
-char *peft_config_json(const lora_config *lc, const char *base_model);
+char *peft_config_json(const lora_config *lc, int family, const char *base_model);
 
 /* st_out list of lo's tensors (malloc'd, lo->tab.n entries). */
 st_out *peft_weight_list(const lora *lo, st_dtype dt);

@@ -8,6 +8,7 @@
  * converted and written. */
 #include "checkpoints/st.h"
 #include "common/err.h"
+#include "common/half.h"
 #include "common/fsutil.h"
 
 #include <cJSON.h>
@@ -53,51 +54,10 @@ int st_dtype_parse(const char *name, st_dtype *out)
     return -1;
 }
 
-static uint32_t f2u(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
-static float u2f(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
-
-uint16_t st_f32_to_bf16(float x)
-{
-    uint32_t u = f2u(x);
-    if (isnan(x)) return 0x7FC0;                     /* as torch: canonical quiet NaN */
-    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
-}
-
-float st_bf16_to_f32(uint16_t h) { return u2f((uint32_t)h << 16); }
-
-uint16_t st_f32_to_f16(float x)
-{
-    uint32_t u = f2u(x);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
-    uint32_t a = u & 0x7FFFFFFF;
-    if (a >= 0x7F800000) {                           /* inf, or NaN keeping its top bits */
-        if (a == 0x7F800000) return sign | 0x7C00;
-        return sign | 0x7E00 | (uint16_t)((a >> 13) & 0x3FF);
-    }
-    if (a >= 0x477FF000) return sign | 0x7C00;       /* >= 65520 rounds to inf */
-    if (a >= 0x38800000) {                           /* normal half: rebias, round */
-        uint32_t r = a - (112u << 23);
-        return sign | (uint16_t)((r + 0xFFF + ((r >> 13) & 1)) >> 13);
-    }
-    if (a < 0x33000000) return sign;                 /* <= 2^-25: rounds to zero */
-    /* Subnormal half: value / 2^-24 = mant * 2^(e-126), rounded to nearest even. */
-    uint32_t e = a >> 23, mant = (a & 0x7FFFFF) | 0x800000;
-    int s = 126 - (int)e;                            /* 14..24 */
-    uint32_t q = mant >> s, rem = mant & ((1u << s) - 1), half = 1u << (s - 1);
-    if (rem > half || (rem == half && (q & 1))) q++;
-    return sign | (uint16_t)q;
-}
-
-float st_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1F, m = h & 0x3FF;
-    if (e == 0) {                                    /* zero / subnormal: m * 2^-24 */
-        float v = (float)m * 0x1p-24f;
-        return sign ? -v : v;
-    }
-    if (e == 31) return u2f(sign | 0x7F800000 | (m << 13));
-    return u2f(sign | ((e + 112) << 23) | (m << 13));
-}
+uint16_t st_f32_to_bf16(float x) { return half_f32_to_bf16(x); }
+float st_bf16_to_f32(uint16_t h) { return half_bf16_to_f32(h); }
+uint16_t st_f32_to_f16(float x) { return half_f32_to_f16(x); }
+float st_f16_to_f32(uint16_t h) { return half_f16_to_f32(h); }
 
 /* ---- reader ------------------------------------------------------------------------ */
 

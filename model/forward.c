@@ -1,5 +1,15 @@
 /* forward: the whole-model passes. One arena (model_acts) holds every activation kept for
- * backward plus the scratch of one layer, sized from the config before the first step. */
+ * backward plus the scratch of one layer, sized from the config before the first step.
+ *
+ * A layer: x -> RMSNorm -> q|k|v projection (+ bias, + adapters) -> q/k norms -> clip ->
+ * RoPE -> attention -> o_proj (+ bias) -> residual -> RMSNorm -> router + experts and/or a
+ * dense MLP (a dense layer's MLP, or Qwen2-MoE's sigmoid-gated shared expert) -> residual.
+ * What a family has is in model_config (model/family.h); absent parts are skipped.
+ *
+ * Activation checkpointing (model_acts_create_ckpt): every per-layer array below has one
+ * slot instead of L; the forward keeps only x (each layer's input) and the routing
+ * statistics, and the backward re-runs a layer's forward into the slot right before that
+ * layer's backward. The same kernels in the same order: results are bit-identical. */
 #include "common/err.h"
 #include "model/layers.h"
 #include "model/lora.h"
@@ -24,39 +34,45 @@ static int head_rows(size_t V, size_t region_bytes)
 }
 
 /* Time stmt into family fam of direction dir (fwd/bwd) when profiling is on. */
-#define PROF(fam, dir, stmt)                                                                                          \
+#define PROF(fam, dir, ...)                                                                                           \
     do {                                                                                                              \
         double t0_ = m->prof ? omp_get_wtime() : 0;                                                                   \
-        stmt;                                                                                                         \
+        __VA_ARGS__;                                                                                                  \
         if (m->prof) m->prof->dir[fam] += omp_get_wtime() - t0_;                                                      \
-    } while (0) /* rows of logits alive at once in the fused lm_head + cross-entropy */
+    } while (0)
 
 struct model_acts {
-    int B, T, N, L, k, E, nthreads;
-    /* kept per layer l (stride N rows): */
+    int B, T, N, L, k, E, nthreads, ckpt, S; /* S: slots of the per-layer arrays (L, or 1 with ckpt) */
+    int Fs;                      /* largest dense MLP / shared expert */
+    /* kept per layer: */
     float *x;                    /* (L+1, N, D) residual stream entering layer l; x[L] leaves the last */
-    float *rstd1;                /* (L, N): norms keep rstd; backward recomputes their outputs */
-    float *qkv;                  /* (L, N, QKV) after RoPE */
-    float *att, *lse;            /* (L, N, H*hd), (L, B, H, T) */
-    float *xmid, *rstd2;         /* (L, N, D), (L, N) */
-    float *rlogits, *probs;      /* (L, N, E) */
-    int *topi;                   /* (L, N, k) */
-    float *topw;                 /* (L, N, k) */
-    int *off, *row_tok, *slot_row; /* (L, E+1), (L, Nk), (L, Nk) */
-    float *h13;                  /* (L, Nk, 2F) expert hidden pre-activations [h1 | h3] */
-    float *xnf, *rstdf;          /* (N, D), (N) */
     int *counts;                 /* (L, E) */
+    double *Psum, *zsum;         /* (L, E), (L): router probability and lse^2 sums of the forward */
+    /* per slot s (stride N rows): */
+    float *rstd1;                /* (S, N): norms keep rstd; backward recomputes their outputs */
+    float *qkv;                  /* (S, N, QKV) after norms, clip and RoPE */
+    float *qkv0, *qkr;           /* (S, N, QKV) projection output (q/k norm or clip), (S, N, nq+nk) norm rstd */
+    float *att, *lse;            /* (S, N, H*hd), (S, B, H, T) */
+    float *xmid, *rstd2;         /* (S, N, D), (S, N) */
+    float *rlogits, *probs;      /* (S, N, E) */
+    int *topi;                   /* (S, N, k) */
+    float *topw;                 /* (S, N, k) */
+    int *off, *row_tok, *slot_row; /* (S, E+1), (S, Nk), (S, Nk) */
+    float *h13;                  /* (S, Nk, 2F) expert hidden pre-activations [h1 | h3] */
+    float *sh13, *sw;            /* (S, N, 2Fs) the dense MLP's [h1 | h3], (S, N) its per-row weight */
+    float *xnf, *rstdf;          /* (N, D), (N) */
     /* per batch */
     int *pos, *kv_start;         /* (N) */
+    int *ident, dense_off[2];    /* (N) identity rows, {0, N}: the dense MLP as one "expert" */
     float *cos_t, *sin_t;        /* (T, hd/2) */
     /* scratch */
     float *xn;                   /* (N, D) the current norm's output, forward and backward */
-    float *dx, *dxn, *dqkv, *datt, *attn_scr, *xs, *act, *dys, *eg, *erows, *dtopw, *drl, *head; /* dh13: h13 */
+    float *dx, *dxn, *dqkv, *datt, *attn_scr, *xs, *act, *dys, *eg, *erows, *dtopw, *drl, *dsw, *qkvn, *head;
     double *row_ce;              /* (head_rows) */
     int head_rows;               /* logit rows per lm_head chunk */
-    float *lxa;                  /* LoRA: (L, 4*N + 3*Nk, r) inputs times A, kept for backward */
+    float *lxa;                  /* LoRA: (S, 7N + 3Nk, r) inputs times A, kept for backward */
     int lora_r;
-    double f[64], P[64];         /* aux-loss statistics of the last forward (E <= 64) */
+    double *f, *P;               /* (E) aux-loss statistics of the last forward */
     size_t bytes;
     char *mem;
 };
@@ -68,52 +84,81 @@ static void *carve(char **p, size_t bytes)
     return r;
 }
 
+static int max_dense_ffn(const model_config *c)
+{
+    int m = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        if (model_layer_dense_ffn(c, l) > m) m = model_layer_dense_ffn(c, l);
+    return m;
+}
+
+/* q/k norm groups: per head (Qwen3-MoE) or one over the whole projection (OLMoE). */
+static int qk_groups(const model_config *c, int k_part)
+{
+    if (c->qk_norm == QK_NORM_HEAD) return k_part ? c->n_kv_heads : c->n_heads;
+    return c->qk_norm == QK_NORM_FULL ? 1 : 0;
+}
+
 /* Assign every pointer of a from base (NULL base: just count bytes). */
-static size_t layout(struct model_acts *a, const model_config *c, int B, int T, int nthreads, int lora_r,
+static size_t layout(struct model_acts *a, const model_config *c, int B, int T, int nthreads, int lora_r, int ckpt,
                      char *base)
 {
     size_t N = (size_t)B * T, L = c->n_layers, D = c->dim, E = c->n_experts, k = c->top_k, F = c->ffn;
     size_t hd = c->head_dim, Hd = c->n_heads * hd, QKV = (c->n_heads + 2 * c->n_kv_heads) * hd, Nk = N * k;
-    size_t V = c->vocab;
+    size_t V = c->vocab, S = ckpt ? 1 : L, Fs = (size_t)max_dense_ffn(c);
+    size_t nqk = (size_t)qk_groups(c, 0) + qk_groups(c, 1);
+    int pre = c->qk_norm || c->clip_qkv > 0;
+    size_t wide = Nk * F > N * Fs ? Nk * F : N * Fs; /* act / eg serve the experts and the dense MLP */
     char *p = base ? base : (char *)64; /* aligned dummy so sizes include padding */
     char *p0 = p;
-    const size_t f = sizeof(float), i = sizeof(int);
+    const size_t f = sizeof(float), i = sizeof(int), d = sizeof(double);
     a->x = carve(&p, (L + 1) * N * D * f);
-    a->rstd1 = carve(&p, L * N * f);
-    a->qkv = carve(&p, L * N * QKV * f);
-    a->att = carve(&p, L * N * Hd * f);
-    a->lse = carve(&p, L * N * c->n_heads * f);
-    a->xmid = carve(&p, L * N * D * f);
-    a->rstd2 = carve(&p, L * N * f);
-    a->rlogits = carve(&p, L * N * E * f);
-    a->probs = carve(&p, L * N * E * f);
-    a->topi = carve(&p, L * Nk * i);
-    a->topw = carve(&p, L * Nk * f);
-    a->off = carve(&p, L * (E + 1) * i);
-    a->row_tok = carve(&p, L * Nk * i);
-    a->slot_row = carve(&p, L * Nk * i);
-    a->h13 = carve(&p, L * Nk * 2 * F * f);
+    a->counts = carve(&p, L * E * i);
+    a->Psum = carve(&p, L * E * d);
+    a->zsum = carve(&p, L * d);
+    a->f = carve(&p, E * d);
+    a->P = carve(&p, E * d);
+    a->rstd1 = carve(&p, S * N * f);
+    a->qkv = carve(&p, S * N * QKV * f);
+    a->qkv0 = pre ? carve(&p, S * N * QKV * f) : NULL;
+    a->qkr = nqk ? carve(&p, S * N * nqk * f) : NULL;
+    a->att = carve(&p, S * N * Hd * f);
+    a->lse = carve(&p, S * N * c->n_heads * f);
+    a->xmid = carve(&p, S * N * D * f);
+    a->rstd2 = carve(&p, S * N * f);
+    a->rlogits = carve(&p, S * N * E * f);
+    a->probs = carve(&p, S * N * E * f);
+    a->topi = carve(&p, S * Nk * i);
+    a->topw = carve(&p, S * Nk * f);
+    a->off = carve(&p, S * (E + 1) * i);
+    a->row_tok = carve(&p, S * Nk * i);
+    a->slot_row = carve(&p, S * Nk * i);
+    a->h13 = carve(&p, S * Nk * 2 * F * f);
+    a->sh13 = Fs ? carve(&p, S * N * 2 * Fs * f) : NULL;
+    a->sw = Fs ? carve(&p, S * N * f) : NULL;
     a->xnf = carve(&p, N * D * f);
     a->rstdf = carve(&p, N * f);
-    a->counts = carve(&p, L * E * i);
     a->pos = carve(&p, N * i);
     a->kv_start = carve(&p, N * i);
+    a->ident = carve(&p, N * i);
     a->cos_t = carve(&p, (size_t)T * hd / 2 * f);
     a->sin_t = carve(&p, (size_t)T * hd / 2 * f);
     a->dx = carve(&p, N * D * f);
     a->dxn = carve(&p, N * D * f);
     a->dtopw = carve(&p, Nk * f);
     a->drl = carve(&p, N * E * f);
+    a->dsw = Fs ? carve(&p, N * f) : NULL;
     /* The layers' scratch and the head's logit chunk are never alive at once (the head runs
      * between the last layer's forward and its backward): they share one region. */
     char *shared = p, *layers_end;
     a->dqkv = carve(&p, N * QKV * f);
+    a->qkvn = c->clip_qkv > 0 ? carve(&p, N * QKV * f) : NULL;
     a->datt = carve(&p, N * Hd * f);
     a->attn_scr = carve(&p, (size_t)nthreads * attn_scratch_floats(T) * f);
     a->xs = carve(&p, Nk * D * f);
-    a->act = carve(&p, Nk * F * f);
+    a->act = carve(&p, wide * f);
     a->dys = carve(&p, Nk * D * f); /* also the forward's expert outputs ye */
-    a->eg = carve(&p, Nk * F * f);
+    a->eg = carve(&p, wide * f);
     a->erows = carve(&p, 2 * Nk * f);
     a->xn = carve(&p, N * D * f);
     layers_end = p;
@@ -122,29 +167,36 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->head = carve(&p, (size_t)a->head_rows * V * f);
     if (p < layers_end) p = layers_end;
     a->row_ce = carve(&p, (size_t)a->head_rows * sizeof(double));
-    a->lxa = lora_r ? carve(&p, L * (4 * N + 3 * Nk) * (size_t)lora_r * f) : NULL;
+    a->lxa = lora_r ? carve(&p, S * (7 * N + 3 * Nk) * (size_t)lora_r * f) : NULL;
     a->lora_r = lora_r;
     return (size_t)(p - p0);
 }
 
-size_t model_acts_bytes(const model_config *c, int B, int T, int lora_r)
+size_t model_acts_bytes_ckpt(const model_config *c, int B, int T, int lora_r, int ckpt)
 {
     struct model_acts a;
-    return layout(&a, c, B, T, omp_get_max_threads(), lora_r, NULL);
+    return layout(&a, c, B, T, omp_get_max_threads(), lora_r, ckpt, NULL);
 }
 
-/* Saved LoRA input projection of layer l, target t. */
-static float *lora_xa(const model_acts *a, int l, int t)
+size_t model_acts_bytes(const model_config *c, int B, int T, int lora_r)
+{
+    return model_acts_bytes_ckpt(c, B, T, lora_r, 0);
+}
+
+/* Saved LoRA input projection of layer slot s, site t: attention (4 N), experts (3 Nk),
+ * dense MLP (3 N). */
+static float *lora_xa(const model_acts *a, int s, int t)
 {
     size_t N = a->N, Nk = N * a->k, r = a->lora_r;
-    size_t base = (size_t)l * (4 * N + 3 * Nk) * r;
-    return a->lxa + base + (t < LORA_W1 ? t * N * r : 4 * N * r + (t - LORA_W1) * Nk * r);
+    size_t base = (size_t)s * (7 * N + 3 * Nk) * r;
+    if (t < LORA_W1) return a->lxa + base + t * N * r;
+    if (t < LORA_S1) return a->lxa + base + 4 * N * r + (t - LORA_W1) * Nk * r;
+    return a->lxa + base + (4 * N + 3 * Nk) * r + (t - LORA_S1) * N * r;
 }
 
-int model_acts_create(model_acts **out, const model *m, int B, int T, char *err)
+int model_acts_create_ckpt(model_acts **out, const model *m, int B, int T, int ckpt, char *err)
 {
     const model_config *c = &m->c;
-    if (c->n_experts > 64) return err_set(err, "at most 64 experts are supported (got %d)", c->n_experts);
     struct model_acts *a = calloc(1, sizeof *a);
     if (!a) return err_set(err, "out of memory");
     a->B = B;
@@ -153,24 +205,30 @@ int model_acts_create(model_acts **out, const model *m, int B, int T, char *err)
     a->L = c->n_layers;
     a->k = c->top_k;
     a->E = c->n_experts;
+    a->ckpt = ckpt;
+    a->S = ckpt ? 1 : c->n_layers;
+    a->Fs = max_dense_ffn(c);
     a->nthreads = omp_get_max_threads();
     int lr = m->lora ? m->lora->lc.r : 0;
-    a->bytes = layout(a, c, B, T, a->nthreads, lr, NULL);
+    a->bytes = layout(a, c, B, T, a->nthreads, lr, ckpt, NULL);
     if (posix_memalign((void **)&a->mem, 64, a->bytes)) {
         double gib = a->bytes / 1073741824.0;
         free(a);
         return err_set(err, "out of memory allocating %.2f GiB of activations for batch %dx%d", gib, B, T);
     }
-    layout(a, c, B, T, a->nthreads, lr, a->mem);
+    layout(a, c, B, T, a->nthreads, lr, ckpt, a->mem);
     if (m->lora) {
         size_t rows = (size_t)a->N * c->top_k, cols = c->dim;
+        if ((size_t)a->N > rows) rows = a->N;
         if ((size_t)c->n_heads * c->head_dim > cols) cols = (size_t)c->n_heads * c->head_dim;
         if ((size_t)c->ffn > cols) cols = c->ffn;
+        if ((size_t)a->Fs > cols) cols = a->Fs;
         if (lora_reserve(m->lora, rows, cols, err)) {
             model_acts_free(a);
             return -1;
         }
     }
+    for (int n = 0; n < a->N; n++) a->ident[n] = n;
     /* RoPE tables in double, like the float64 reference: inv_freq[i] = theta^(-2i/hd). */
     int half = c->head_dim / 2;
     for (int t = 0; t < T; t++)
@@ -183,6 +241,11 @@ int model_acts_create(model_acts **out, const model *m, int B, int T, char *err)
     return 0;
 }
 
+int model_acts_create(model_acts **out, const model *m, int B, int T, char *err)
+{
+    return model_acts_create_ckpt(out, m, B, T, 0, err);
+}
+
 void model_acts_free(model_acts *a)
 {
     if (!a) return;
@@ -192,14 +255,17 @@ void model_acts_free(model_acts *a)
 
 const int *model_expert_counts(const model_acts *a) { return a->counts; }
 
+/* Slot of layer l's per-layer arrays. */
+static inline int slot(const model_acts *a, int l) { return a->ckpt ? 0 : l; }
+
 const float *model_router_logits(const model_acts *a, int l)
 {
-    return a->rlogits + (size_t)l * a->N * a->E;
+    return a->rlogits + (size_t)slot(a, l) * a->N * a->E;
 }
 
 const int *model_routing(const model_acts *a, int l, const float **weights)
 {
-    size_t nk = (size_t)l * a->N;
+    size_t nk = (size_t)slot(a, l) * a->N;
     if (weights) *weights = a->topw + nk * a->k;
     return a->topi + nk * a->k;
 }
@@ -220,6 +286,8 @@ static void setup_positions(model_acts *a, const model *m, const model_batch *b)
             a->kv_start[n] = lo;
         }
     }
+    a->dense_off[0] = 0;
+    a->dense_off[1] = b->B * b->T;
 }
 
 static int check_batch(const model *m, const model_acts *a, const model_batch *b, char *err)
@@ -245,105 +313,178 @@ static inline int target_of(const model_batch *b, int n)
     return b->labels ? b->labels[n + 1] : b->tokens[n + 1];
 }
 
-/* The experts' adapters of layer l, or NULL when it has none. */
-static moe_lora *moe_lora_of(const model *m, const model_acts *a, int l, moe_lora *ml)
+/* The adapters of layer l's experts (w = LORA_W1) or dense MLP (w = LORA_S1), or NULL. */
+static moe_lora *moe_lora_of(const model *m, const model_acts *a, int l, int w, moe_lora *ml)
 {
+    int s = slot(a, l);
     ml->lo = m->lora;
-    ml->w1 = lora_site_at(m->lora, l, LORA_W1);
-    ml->w2 = lora_site_at(m->lora, l, LORA_W2);
-    ml->w3 = lora_site_at(m->lora, l, LORA_W3);
+    ml->w1 = lora_site_at(m->lora, l, w);
+    ml->w2 = lora_site_at(m->lora, l, w + 1);
+    ml->w3 = lora_site_at(m->lora, l, w + 2);
     if (!ml->w1 && !ml->w2 && !ml->w3) return NULL;
-    ml->xa1 = lora_xa(a, l, LORA_W1);
-    ml->xa2 = lora_xa(a, l, LORA_W2);
-    ml->xa3 = lora_xa(a, l, LORA_W3);
+    ml->xa1 = lora_xa(a, s, w);
+    ml->xa2 = lora_xa(a, s, w + 1);
+    ml->xa3 = lora_xa(a, s, w + 2);
     return ml;
 }
 
 /* x (N,D) = embed[tokens] */
-static void embed_forward(float *x, const float *embed, const int32_t *tokens, int N, int D)
+static void embed_forward(float *x, const model_mat *embed, const int32_t *tokens, int N, int D)
 {
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) memcpy(x + (size_t)n * D, embed + (size_t)tokens[n] * D, (size_t)D * sizeof(float));
+    for (int n = 0; n < N; n++) model_mat_row(embed, tokens[n], x + (size_t)n * D);
+}
+
+/* Column of q, k, v inside a qkv row for LoRA sites Q, K, V. */
+static int qkv_col(const model_config *c, int t)
+{
+    int hd = c->head_dim;
+    return t == LORA_Q ? 0 : t == LORA_K ? c->n_heads * hd : (c->n_heads + c->n_kv_heads) * hd;
+}
+
+static void clip_forward(float *qkv, int N, int QKV, float cl)
+{
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < QKV; j++) {
+            float *v = qkv + (size_t)n * QKV + j;
+            *v = *v < -cl ? -cl : *v > cl ? cl : *v;
+        }
+}
+
+/* q/k norms of layer l on qkv (in place) from the projection output src, saving rstd. */
+static void qk_norm_forward(const model *m, const model_layer *W, float *qkv, const float *src, float *qkr, int N)
+{
+    const model_config *c = &m->c;
+    int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, QKV = (H + 2 * KV) * hd;
+    int gq = qk_groups(c, 0), gk = qk_groups(c, 1);
+    model_groupnorm_forward(qkv, qkr, src, QKV, 0, gq, H * hd / gq, W->q_norm, N, c->norm_eps);
+    model_groupnorm_forward(qkv, qkr + (size_t)N * gq, src, QKV, H * hd, gk, KV * hd / gk, W->k_norm, N, c->norm_eps);
+}
+
+/* Layer l's forward from x[l] into slot s. With stats, it also counts routing picks and
+ * sums the router statistics (a recompute for backward leaves those alone). */
+static void forward_layer(model *m, model_acts *a, const model_batch *b, int l, int stats)
+{
+    const model_config *c = &m->c;
+    const model_tiles *T = &m->tiles;
+    int N = b->B * b->T, Na = a->N, D = c->dim, E = c->n_experts, k = c->top_k, F = c->ffn, s = slot(a, l);
+    int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, Hd = H * hd, QKV = (H + 2 * KV) * hd;
+    int moe = model_layer_is_moe(c, l), Fs = model_layer_dense_ffn(c, l);
+    const model_layer *W = &m->layers[l];
+    float *x = a->x + (size_t)l * Na * D, *xn1 = a->xn, *xn2 = a->xn;
+    float *qkv = a->qkv + (size_t)s * Na * QKV, *att = a->att + (size_t)s * Na * Hd;
+    float *qkv0 = a->qkv0 ? a->qkv0 + (size_t)s * Na * QKV : qkv; /* the projection's output */
+    float *xmid = a->xmid + (size_t)s * Na * D;
+    size_t nk = (size_t)s * Na * k;
+    PROF(PROF_NORM, fwd, model_rmsnorm_forward(xn1, a->rstd1 + (size_t)s * Na, x, W->attn_norm, N, D, c->norm_eps));
+    PROF(PROF_ATTN, fwd, {
+        model_mm_xwt(T, N, 1, xn1, D, &W->wqkv, 0, qkv0, QKV);
+        if (W->bqkv) model_bias_add(qkv0, QKV, W->bqkv, QKV, N);
+    });
+    for (int t = LORA_Q; t <= LORA_V; t++) { /* adapters act on the projections, before norms and RoPE */
+        const lora_site *st = lora_site_at(m->lora, l, t);
+        if (st) PROF(PROF_LORA, fwd, lora_forward(m->lora, st, 0, qkv0 + qkv_col(c, t), QKV, xn1, D, N, lora_xa(a, s, t)));
+    }
+    PROF(PROF_ATTN, fwd, {
+        if (qkv0 != qkv) memcpy(qkv, qkv0, (size_t)N * QKV * sizeof(float));
+        if (c->qk_norm) qk_norm_forward(m, W, qkv, qkv0, a->qkr + (size_t)s * Na * (qk_groups(c, 0) + qk_groups(c, 1)), N);
+        if (c->clip_qkv > 0) clip_forward(qkv, N, QKV, (float)c->clip_qkv);
+        attn_rope(qkv, a->pos, a->cos_t, a->sin_t, N, H, KV, hd, 0);
+        attn_forward(att, a->lse + (size_t)s * Na * H, qkv, a->kv_start, b->B, b->T, H, KV, hd, a->attn_scr);
+        memcpy(xmid, x, (size_t)N * D * sizeof(float));
+        model_mm_xwt(T, N, 1, att, Hd, &W->wo, 1, xmid, D);
+        if (W->bo) model_bias_add(xmid, D, W->bo, D, N);
+    });
+    const lora_site *so = lora_site_at(m->lora, l, LORA_O);
+    if (so) PROF(PROF_LORA, fwd, lora_forward(m->lora, so, 0, xmid, D, att, Hd, N, lora_xa(a, s, LORA_O)));
+    PROF(PROF_NORM, fwd, model_rmsnorm_forward(xn2, a->rstd2 + (size_t)s * Na, xmid, W->ffn_norm, N, D, c->norm_eps));
+    float *xout = a->x + (size_t)(l + 1) * Na * D;
+    memcpy(xout, xmid, (size_t)N * D * sizeof(float));
+    if (moe) {
+        int *off = a->off + (size_t)s * (E + 1);
+        float *rl = a->rlogits + (size_t)s * Na * E, *pr = a->probs + (size_t)s * Na * E;
+        PROF(PROF_ROUTER, fwd, {
+            if (stats) memset(a->counts + (size_t)l * E, 0, (size_t)E * sizeof(int));
+            moe_route(rl, pr, a->topi + nk, a->topw + nk, stats ? a->counts + (size_t)l * E : NULL, xn2, W->gate, N,
+                      D, E, k, !c->topk_raw);
+            moe_sort(off, a->row_tok + nk, a->slot_row + nk, a->topi + nk, N, E, k);
+            if (stats) { /* sums in a fixed order: P_e and lse^2 of the aux and z losses */
+                double *P = a->Psum + (size_t)l * E, z = 0;
+                for (int e = 0; e < E; e++) P[e] = 0;
+                for (int n = 0; n < N; n++) {
+                    const float *p = pr + (size_t)n * E, *zl = rl + (size_t)n * E;
+                    float mx = zl[0];
+                    double se = 0;
+                    for (int e = 0; e < E; e++) {
+                        P[e] += p[e];
+                        mx = zl[e] > mx ? zl[e] : mx;
+                    }
+                    for (int e = 0; e < E; e++) se += exp(zl[e] - mx);
+                    double lse = mx + log(se);
+                    z += lse * lse;
+                }
+                a->zsum[l] = z;
+            }
+        });
+        moe_lora ml, *mlp = moe_lora_of(m, a, l, LORA_W1, &ml);
+        PROF(PROF_EXPERTS, fwd,
+             moe_experts_forward(T, xout, a->h13 + nk * 2 * F, a->dys, a->xs, a->act, xn2, W->w13, W->w2, off,
+                                 a->row_tok + nk, a->slot_row + nk, a->topw + nk, N, D, F, E, k, mlp));
+    }
+    if (Fs) { /* the dense MLP, weight 1 per row, or the shared expert, weight sigmoid(x . gate) */
+        float *w = a->sw + (size_t)s * Na;
+        moe_lora ml, *mlp = moe_lora_of(m, a, l, LORA_S1, &ml);
+        PROF(PROF_EXPERTS, fwd, {
+            if (W->sgate) {
+                model_gemm(0, 1, N, 1, D, 1, xn2, D, W->sgate, D, 0, w, 1);
+                for (int n = 0; n < N; n++) w[n] = 1.0f / (1.0f + expf(-w[n]));
+            } else {
+                for (int n = 0; n < N; n++) w[n] = 1.0f;
+            }
+            moe_experts_forward(T, xout, a->sh13 + (size_t)s * Na * 2 * a->Fs, a->dys, a->xs, a->act, xn2, &W->sw13,
+                                &W->sw2, a->dense_off, a->ident, a->ident, w, N, D, Fs, 1, 1, mlp);
+        });
+    }
 }
 
 static void forward_layers(model *m, model_acts *a, const model_batch *b)
 {
     const model_config *c = &m->c;
-    int N = b->B * b->T, Na = a->N, D = c->dim, E = c->n_experts, k = c->top_k, F = c->ffn;
-    int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, Hd = H * hd, QKV = (H + 2 * KV) * hd;
+    int N = b->B * b->T, D = c->dim;
     setup_positions(a, m, b);
-    PROF(PROF_EMBED, fwd, embed_forward(a->x, m->embed, b->tokens, N, D));
-    memset(a->counts, 0, (size_t)a->L * E * sizeof(int));
-    for (int l = 0; l < c->n_layers; l++) {
-        const model_layer *W = &m->layers[l];
-        float *x = a->x + (size_t)l * Na * D, *xn1 = a->xn, *xn2 = a->xn;
-        float *qkv = a->qkv + (size_t)l * Na * QKV, *att = a->att + (size_t)l * Na * Hd;
-        float *xmid = a->xmid + (size_t)l * Na * D;
-        size_t nk = (size_t)l * Na * k;
-        PROF(PROF_NORM, fwd, model_rmsnorm_forward(xn1, a->rstd1 + (size_t)l * Na, x, W->attn_norm, N, D, c->norm_eps));
-        PROF(PROF_ATTN, fwd, model_gemm(0, 1, N, QKV, D, 1, xn1, D, W->wqkv, D, 0, qkv, QKV));
-        for (int t = LORA_Q; t <= LORA_V; t++) { /* adapters act on q/k/v before RoPE */
-            const lora_site *s = lora_site_at(m->lora, l, t);
-            int col = t == LORA_Q ? 0 : t == LORA_K ? H * hd : (H + KV) * hd;
-            if (s) PROF(PROF_LORA, fwd, lora_forward(m->lora, s, 0, qkv + col, QKV, xn1, D, N, lora_xa(a, l, t)));
-        }
-        PROF(PROF_ATTN, fwd, {
-            attn_rope(qkv, a->pos, a->cos_t, a->sin_t, N, H, KV, hd, 0);
-            attn_forward(att, a->lse + (size_t)l * Na * H, qkv, a->kv_start, b->B, b->T, H, KV, hd, a->attn_scr);
-            memcpy(xmid, x, (size_t)N * D * sizeof(float));
-            model_gemm(0, 1, N, D, Hd, 1, att, Hd, W->wo, Hd, 1, xmid, D);
-        });
-        const lora_site *so = lora_site_at(m->lora, l, LORA_O);
-        if (so) PROF(PROF_LORA, fwd, lora_forward(m->lora, so, 0, xmid, D, att, Hd, N, lora_xa(a, l, LORA_O)));
-        PROF(PROF_NORM, fwd, model_rmsnorm_forward(xn2, a->rstd2 + (size_t)l * Na, xmid, W->ffn_norm, N, D, c->norm_eps));
-        int *off = a->off + (size_t)l * (E + 1);
-        PROF(PROF_ROUTER, fwd, {
-            moe_route(a->rlogits + (size_t)l * Na * E, a->probs + (size_t)l * Na * E, a->topi + nk, a->topw + nk,
-                      a->counts + (size_t)l * E, xn2, W->gate, N, D, E, k);
-            moe_sort(off, a->row_tok + nk, a->slot_row + nk, a->topi + nk, N, E, k);
-        });
-        float *xout = a->x + (size_t)(l + 1) * Na * D;
-        moe_lora ml, *mlp = moe_lora_of(m, a, l, &ml);
-        PROF(PROF_EXPERTS, fwd, {
-            memcpy(xout, xmid, (size_t)N * D * sizeof(float));
-            moe_experts_forward(xout, a->h13 + nk * 2 * F, a->dys, a->xs, a->act, xn2, W->w13, W->w2, off,
-                                a->row_tok + nk, a->slot_row + nk, a->topw + nk, N, D, F, E, k, mlp);
-        });
-    }
+    PROF(PROF_EMBED, fwd, embed_forward(a->x, &m->embed, b->tokens, N, D));
+    memset(a->counts, 0, (size_t)a->L * a->E * sizeof(int));
+    for (int l = 0; l < c->n_layers; l++) forward_layer(m, a, b, l, 1);
     PROF(PROF_NORM, fwd,
-         model_rmsnorm_forward(a->xnf, a->rstdf, a->x + (size_t)c->n_layers * Na * D, m->final_norm, N, D,
+         model_rmsnorm_forward(a->xnf, a->rstdf, a->x + (size_t)c->n_layers * a->N * D, m->final_norm, N, D,
                                c->norm_eps));
 }
 
-/* Load-balancing (aux) and z losses over all layers' router rows, HF's concatenation. */
+/* Load-balancing (aux) and z losses over all MoE layers' router rows, HF's concatenation. */
 static void router_losses(model *m, model_acts *a, int N, model_stats *st)
 {
     const model_config *c = &m->c;
     int E = c->n_experts, L = c->n_layers;
-    double rows = (double)L * N, aux = 0, z = 0;
+    double rows = (double)model_moe_layers(c) * N, aux = 0, z = 0;
+    if (rows == 0) {
+        st->aux = st->z = 0;
+        return;
+    }
     for (int e = 0; e < E; e++) {
         long cnt = 0;
-        for (int l = 0; l < L; l++) cnt += a->counts[l * E + e];
-        a->f[e] = cnt / rows;
         a->P[e] = 0;
-    }
-    for (int l = 0; l < L; l++)
-        for (int n = 0; n < N; n++) {
-            const float *p = a->probs + ((size_t)l * a->N + n) * E, *zl = a->rlogits + ((size_t)l * a->N + n) * E;
-            float mx = zl[0];
-            double s = 0;
-            for (int e = 0; e < E; e++) {
-                a->P[e] += p[e];
-                mx = zl[e] > mx ? zl[e] : mx;
+        for (int l = 0; l < L; l++)
+            if (model_layer_is_moe(c, l)) {
+                cnt += a->counts[l * E + e];
+                a->P[e] += a->Psum[(size_t)l * E + e];
             }
-            for (int e = 0; e < E; e++) s += exp(zl[e] - mx);
-            double lse = mx + log(s);
-            z += lse * lse;
-        }
-    for (int e = 0; e < E; e++) {
+        a->f[e] = cnt / rows;
         a->P[e] /= rows;
         aux += a->f[e] * a->P[e];
     }
+    for (int l = 0; l < L; l++)
+        if (model_layer_is_moe(c, l)) z += a->zsum[l];
     st->aux = E * aux;
     st->z = z / rows;
 }
@@ -362,7 +503,7 @@ static void head(model *m, model_acts *a, const model_batch *b, float *logits_ou
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int rows = N - n0 < chunk ? N - n0 : chunk;
         float *lg = logits_out ? logits_out + (size_t)n0 * V : a->head;
-        model_gemm(0, 1, rows, V, D, 1, a->xnf + (size_t)n0 * D, D, m->lm_head, D, 0, lg, V);
+        model_mm_xwt(&m->tiles, rows, 1, a->xnf + (size_t)n0 * D, D, &m->lm_head, 0, lg, V);
 #pragma omp parallel for schedule(static)
         for (int i = 0; i < rows; i++) {
             int y = target_of(b, n0 + i);
@@ -385,7 +526,7 @@ static void head(model *m, model_acts *a, const model_batch *b, float *logits_ou
             if (row_ce[i] != -1.0) ce_sum += row_ce[i], count++; /* -1 marks "no target" */
         if (train) {
             if (dW) model_gemm(1, 0, V, D, rows, 1, lg, V, a->xnf + (size_t)n0 * D, D, 1, dW, D);
-            model_gemm(0, 0, rows, D, V, 1, lg, V, m->lm_head, D, 0, a->dxn + (size_t)n0 * D, D);
+            model_mm_xw(&m->tiles, rows, 1, lg, V, &m->lm_head, 0, a->dxn + (size_t)n0 * D, D);
         }
     }
     st->ce_sum = ce_sum;
@@ -405,13 +546,123 @@ int model_forward(model *m, model_acts *a, const model_batch *b, float aux_coef,
     return 0;
 }
 
+/* The gradient through clip (zero where the forward clamped: |pre-clip| > c, torch's
+ * clamp passes it at the bounds) and the q/k norms: dqkv (N, QKV) becomes dL/d(projection
+ * output), from the kept projection output qkv0. */
+static void qk_backward(model *m, model_acts *a, const model_layer *W, model_grads *G, int s, int N)
+{
+    const model_config *c = &m->c;
+    int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, QKV = (H + 2 * KV) * hd, Na = a->N;
+    int gq = qk_groups(c, 0), gk = qk_groups(c, 1);
+    const float *qkv0 = a->qkv0 + (size_t)s * Na * QKV;
+    const float *qkr = c->qk_norm ? a->qkr + (size_t)s * Na * (gq + gk) : NULL;
+    if (c->clip_qkv > 0) { /* the pre-clip values again: the norms' output, or v as projected */
+        float cl = (float)c->clip_qkv, *pre = a->qkvn;
+        memcpy(pre, qkv0, (size_t)N * QKV * sizeof(float));
+        if (c->qk_norm) qk_norm_forward(m, W, pre, qkv0, (float *)qkr, N); /* the same rstd rewritten */
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < QKV; j++)
+                if (fabsf(pre[(size_t)n * QKV + j]) > cl) a->dqkv[(size_t)n * QKV + j] = 0;
+    }
+    if (c->qk_norm) {
+        model_groupnorm_backward(a->dqkv, G->q_norm, a->dqkv, qkv0, QKV, 0, gq, H * hd / gq, W->q_norm, qkr, N);
+        model_groupnorm_backward(a->dqkv, G->k_norm, a->dqkv, qkv0, QKV, H * hd, gk, KV * hd / gk, W->k_norm,
+                                 qkr + (size_t)N * gq, N);
+    }
+}
+
+/* Layer l's backward: a->dx holds dL/dx[l+1] and becomes dL/dx[l]. */
+static void backward_layer(model *m, model_acts *a, const model_batch *b, int l, const float *aux_dp, float z_w)
+{
+    const model_config *c = &m->c;
+    const model_tiles *T = &m->tiles;
+    int N = b->B * b->T, Na = a->N, D = c->dim, E = c->n_experts, k = c->top_k, F = c->ffn, s = slot(a, l);
+    int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, Hd = H * hd, QKV = (H + 2 * KV) * hd;
+    int moe = model_layer_is_moe(c, l), Fs = model_layer_dense_ffn(c, l);
+    const model_layer *W = &m->layers[l];
+    model_grads *G = &m->glayers[l];
+    float *x = a->x + (size_t)l * Na * D, *xn1 = a->xn, *xn2 = a->xn;
+    float *qkv = a->qkv + (size_t)s * Na * QKV, *att = a->att + (size_t)s * Na * Hd;
+    float *xmid = a->xmid + (size_t)s * Na * D;
+    size_t nk = (size_t)s * Na * k;
+    /* a->dx holds dL/dx[l+1]: through the MLP block (residual passes it on unchanged) */
+    PROF(PROF_NORM, bwd, model_rmsnorm_apply(xn2, xmid, a->rstd2 + (size_t)s * Na, W->ffn_norm, N, D));
+    memset(a->dxn, 0, (size_t)N * D * sizeof(float));
+    if (moe) {
+        moe_lora ml, *mlp = moe_lora_of(m, a, l, LORA_W1, &ml);
+        PROF(PROF_EXPERTS, bwd, /* dL/dh13 overwrites h13 (each row read before it is written) */
+             moe_experts_backward(T, a->dxn, G->w13, G->w2, a->dtopw, a->dx, a->h13 + nk * 2 * F, xn2, W->w13, W->w2,
+                                  a->off + (size_t)s * (E + 1), a->row_tok + nk, a->slot_row + nk, a->topw + nk,
+                                  a->xs, a->act, a->dys, a->eg, a->erows, N, D, F, E, k, mlp));
+        PROF(PROF_ROUTER, bwd,
+             moe_router_backward(a->dxn, G->gate, a->drl, a->dtopw, a->rlogits + (size_t)s * Na * E,
+                                 a->probs + (size_t)s * Na * E, a->topi + nk, a->topw + nk, aux_dp, z_w, xn2, W->gate,
+                                 N, D, E, k, !c->topk_raw));
+    }
+    if (Fs) {
+        const float *w = a->sw + (size_t)s * Na;
+        moe_lora ml, *mlp = moe_lora_of(m, a, l, LORA_S1, &ml);
+        PROF(PROF_EXPERTS, bwd, {
+            moe_experts_backward(T, a->dxn, G->sw13, G->sw2, a->dsw, a->dx, a->sh13 + (size_t)s * Na * 2 * a->Fs, xn2,
+                                 &W->sw13, &W->sw2, a->dense_off, a->ident, a->ident, w, a->xs, a->act, a->dys, a->eg,
+                                 a->erows, N, D, Fs, 1, 1, mlp);
+            if (W->sgate) { /* w = sigmoid(g): dg = dw w (1 - w) */
+                for (int n = 0; n < N; n++) a->dsw[n] *= w[n] * (1.0f - w[n]);
+                if (G->sgate) model_gemm(1, 0, 1, D, N, 1, a->dsw, 1, xn2, D, 1, G->sgate, D);
+                model_gemm(0, 0, N, D, 1, 1, a->dsw, 1, W->sgate, D, 1, a->dxn, D);
+            }
+        });
+    }
+    PROF(PROF_NORM, bwd,
+         model_rmsnorm_backward(a->dx, G->ffn_norm, a->dxn, xmid, W->ffn_norm, a->rstd2 + (size_t)s * Na, N, D));
+    /* attention block: xmid = x + att Wo^T (+ bo) */
+    float *dWo = G->wo, *dWqkv = G->wqkv;
+    PROF(PROF_ATTN, bwd, {
+        if (G->bo) model_bias_backward(G->bo, a->dx, D, D, N);
+        if (dWo) model_gemm(1, 0, D, Hd, N, 1, a->dx, D, att, Hd, 1, dWo, Hd);
+        model_mm_xw(T, N, 1, a->dx, D, &W->wo, 0, a->datt, Hd);
+    });
+    const lora_site *so = lora_site_at(m->lora, l, LORA_O);
+    if (so)
+        PROF(PROF_LORA, bwd, {
+            lora_backward_w(m->lora, so, 0, a->dx, D, att, Hd, N, lora_xa(a, s, LORA_O));
+            lora_backward_x(m->lora, so, 0, a->datt, Hd, N);
+        });
+    /* below layer 0's q/k/v only the embedding could want a gradient: a frozen base
+     * (LoRA) stops there */
+    int need_dx = l > 0 || m->gembed || G->attn_norm;
+    if (dWqkv || lora_site_at(m->lora, l, LORA_Q) || lora_site_at(m->lora, l, LORA_K) ||
+        lora_site_at(m->lora, l, LORA_V))
+        PROF(PROF_NORM, bwd, model_rmsnorm_apply(xn1, x, a->rstd1 + (size_t)s * Na, W->attn_norm, N, D));
+    PROF(PROF_ATTN, bwd, {
+        attn_backward(a->dqkv, a->datt, att, qkv, a->lse + (size_t)s * Na * H, a->kv_start, b->B, b->T, H, KV, hd,
+                      a->attn_scr);
+        attn_rope(a->dqkv, a->pos, a->cos_t, a->sin_t, N, H, KV, hd, 1);
+        if (a->qkv0) qk_backward(m, a, W, G, s, N);
+        if (G->bqkv) model_bias_backward(G->bqkv, a->dqkv, QKV, QKV, N);
+        if (dWqkv) model_gemm(1, 0, QKV, D, N, 1, a->dqkv, QKV, xn1, D, 1, dWqkv, D);
+        if (need_dx) model_mm_xw(T, N, 1, a->dqkv, QKV, &W->wqkv, 0, a->dxn, D);
+    });
+    for (int t = LORA_Q; t <= LORA_V; t++) {
+        const lora_site *st = lora_site_at(m->lora, l, t);
+        if (!st) continue;
+        PROF(PROF_LORA, bwd, {
+            lora_backward_w(m->lora, st, 0, a->dqkv + qkv_col(c, t), QKV, xn1, D, N, lora_xa(a, s, t));
+            if (need_dx) lora_backward_x(m->lora, st, 0, a->dxn, D, N);
+        });
+    }
+    if (need_dx)
+        PROF(PROF_NORM, bwd,
+             model_rmsnorm_backward(a->dx, G->attn_norm, a->dxn, x, W->attn_norm, a->rstd1 + (size_t)s * Na, N, D));
+}
+
 int model_forward_backward(model *m, model_acts *a, const model_batch *b, double ce_scale, double aux_coef,
                            double z_coef, int n_micro, model_stats *st, char *err)
 {
     if (check_batch(m, a, b, err)) return -1;
     const model_config *c = &m->c;
-    int N = b->B * b->T, Na = a->N, D = c->dim, E = c->n_experts, k = c->top_k, F = c->ffn;
-    int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, Hd = H * hd, QKV = (H + 2 * KV) * hd;
+    int N = b->B * b->T, Na = a->N, D = c->dim, E = c->n_experts;
     if (m->lora) m->lora->training = 1; /* dropout on */
     forward_layers(m, a, b);
     PROF(PROF_ROUTER, fwd, router_losses(m, a, N, st));
@@ -421,77 +672,22 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
 
     memset(a->dx, 0, (size_t)N * D * sizeof(float));
     PROF(PROF_NORM, bwd,
-         model_rmsnorm_backward(a->dx, m->gfinal_norm, a->dxn, a->x + (size_t)c->n_layers * Na * D,
-                                m->final_norm, a->rstdf, N, D));
-    double rows = (double)c->n_layers * N;
+         model_rmsnorm_backward(a->dx, m->gfinal_norm, a->dxn, a->x + (size_t)c->n_layers * Na * D, m->final_norm,
+                                a->rstdf, N, D));
+    double rows = (double)model_moe_layers(c) * N;
     float aux_dp[E];
-    for (int e = 0; e < E; e++) aux_dp[e] = (float)(aux_scale * E * a->f[e] / rows);
-    float z_w = (float)(z_scale / rows);
+    for (int e = 0; e < E; e++) aux_dp[e] = rows > 0 ? (float)(aux_scale * E * a->f[e] / rows) : 0;
+    float z_w = rows > 0 ? (float)(z_scale / rows) : 0;
 
     for (int l = c->n_layers - 1; l >= 0; l--) {
-        const model_layer *W = &m->layers[l], *G = &m->glayers[l];
-        float *x = a->x + (size_t)l * Na * D, *xn1 = a->xn, *xn2 = a->xn;
-        float *qkv = a->qkv + (size_t)l * Na * QKV, *att = a->att + (size_t)l * Na * Hd;
-        float *xmid = a->xmid + (size_t)l * Na * D;
-        size_t nk = (size_t)l * Na * k;
-        /* a->dx holds dL/dx[l+1]: through the MoE block (residual passes it on unchanged) */
-        moe_lora ml, *mlp = moe_lora_of(m, a, l, &ml);
-        PROF(PROF_NORM, bwd, model_rmsnorm_apply(xn2, xmid, a->rstd2 + (size_t)l * Na, W->ffn_norm, N, D));
-        PROF(PROF_EXPERTS, bwd, { /* dL/dh13 overwrites h13 (each row read before it is written) */
-            memset(a->dxn, 0, (size_t)N * D * sizeof(float));
-            moe_experts_backward(a->dxn, G->w13, G->w2, a->dtopw, a->dx, a->h13 + nk * 2 * F, xn2, W->w13, W->w2,
-                                 a->off + (size_t)l * (E + 1), a->row_tok + nk, a->slot_row + nk, a->topw + nk,
-                                 a->xs, a->act, a->dys, a->eg, a->erows, N, D, F, E, k, mlp);
-        });
-        PROF(PROF_ROUTER, bwd,
-             moe_router_backward(a->dxn, G->gate, a->drl, a->dtopw, a->rlogits + (size_t)l * Na * E,
-                                 a->probs + (size_t)l * Na * E, a->topi + nk, a->topw + nk, aux_dp, z_w, xn2,
-                                 W->gate, N, D, E, k));
-        PROF(PROF_NORM, bwd,
-             model_rmsnorm_backward(a->dx, G->ffn_norm, a->dxn, xmid, W->ffn_norm, a->rstd2 + (size_t)l * Na, N, D));
-        /* attention block: xmid = x + att Wo^T */
-        float *dWo = G->wo, *dWqkv = G->wqkv;
-        PROF(PROF_ATTN, bwd, {
-            if (dWo) model_gemm(1, 0, D, Hd, N, 1, a->dx, D, att, Hd, 1, dWo, Hd);
-            model_gemm(0, 0, N, Hd, D, 1, a->dx, D, W->wo, Hd, 0, a->datt, Hd);
-        });
-        const lora_site *so = lora_site_at(m->lora, l, LORA_O);
-        if (so)
-            PROF(PROF_LORA, bwd, {
-                lora_backward_w(m->lora, so, 0, a->dx, D, att, Hd, N, lora_xa(a, l, LORA_O));
-                lora_backward_x(m->lora, so, 0, a->datt, Hd, N);
-            });
-        /* below layer 0's q/k/v only the embedding could want a gradient: a frozen base
-         * (LoRA) stops there */
-        int need_dx = l > 0 || m->gembed || G->attn_norm;
-        if (dWqkv || lora_site_at(m->lora, l, LORA_Q) || lora_site_at(m->lora, l, LORA_K) ||
-            lora_site_at(m->lora, l, LORA_V))
-            PROF(PROF_NORM, bwd, model_rmsnorm_apply(xn1, x, a->rstd1 + (size_t)l * Na, W->attn_norm, N, D));
-        PROF(PROF_ATTN, bwd, {
-            attn_backward(a->dqkv, a->datt, att, qkv, a->lse + (size_t)l * Na * H, a->kv_start, b->B, b->T, H, KV,
-                          hd, a->attn_scr);
-            attn_rope(a->dqkv, a->pos, a->cos_t, a->sin_t, N, H, KV, hd, 1);
-            if (dWqkv) model_gemm(1, 0, QKV, D, N, 1, a->dqkv, QKV, xn1, D, 1, dWqkv, D);
-            if (need_dx) model_gemm(0, 0, N, D, QKV, 1, a->dqkv, QKV, W->wqkv, D, 0, a->dxn, D);
-        });
-        for (int t = LORA_Q; t <= LORA_V; t++) {
-            const lora_site *s = lora_site_at(m->lora, l, t);
-            int col = t == LORA_Q ? 0 : t == LORA_K ? H * hd : (H + KV) * hd;
-            if (!s) continue;
-            PROF(PROF_LORA, bwd, {
-                lora_backward_w(m->lora, s, 0, a->dqkv + col, QKV, xn1, D, N, lora_xa(a, l, t));
-                if (need_dx) lora_backward_x(m->lora, s, 0, a->dxn, D, N);
-            });
-        }
-        if (need_dx)
-            PROF(PROF_NORM, bwd,
-                 model_rmsnorm_backward(a->dx, G->attn_norm, a->dxn, x, W->attn_norm, a->rstd1 + (size_t)l * Na, N,
-                                        D));
+        if (a->ckpt) forward_layer(m, a, b, l, 0); /* this layer's activations again, into the slot */
+        backward_layer(m, a, b, l, aux_dp, z_w);
     }
     float *dE = m->gembed;
     if (dE)
         PROF(PROF_EMBED, bwd, {
             for (int n = 0; n < N; n++) {
+                if (b->tokens[n] == c->pad_id) continue; /* nn.Embedding's padding_idx gets no gradient */
                 float *g = dE + (size_t)b->tokens[n] * D;
                 const float *d = a->dx + (size_t)n * D;
                 for (int i = 0; i < D; i++) g[i] += d[i];

@@ -89,3 +89,67 @@ void attn_rope(float *qkv, const int *pos, const float *cos_t, const float *sin_
         }
     }
 }
+
+void model_groupnorm_forward(float *y, float *rstd, const float *x, int ld, int c0, int ng, int g, const float *w,
+                             int N, float eps)
+{
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < ng; h++) {
+            const float *xh = x + (size_t)n * ld + c0 + (size_t)h * g;
+            float *yh = y + (size_t)n * ld + c0 + (size_t)h * g;
+            float ss = 0;
+            for (int d = 0; d < g; d++) ss += xh[d] * xh[d];
+            float r = 1.0f / sqrtf(ss / g + eps);
+            rstd[(size_t)n * ng + h] = r;
+            for (int d = 0; d < g; d++) yh[d] = w[d] * (xh[d] * r);
+        }
+}
+
+/* As model_rmsnorm_backward, per group: dx = r * (w*dy - u * mean(w*dy*u)), u = x*r. */
+void model_groupnorm_backward(float *dx, float *dw, const float *dy, const float *x, int ld, int c0, int ng, int g,
+                              const float *w, const float *rstd, int N)
+{
+    if (dw) { /* before dx: dx may overwrite dy */
+        enum { COLS = 64 };
+#pragma omp parallel for schedule(static)
+        for (int d0 = 0; d0 < g; d0 += COLS) {
+            int d1 = d0 + COLS < g ? d0 + COLS : g;
+            for (int n = 0; n < N; n++)
+                for (int h = 0; h < ng; h++) {
+                    size_t o = (size_t)n * ld + c0 + (size_t)h * g;
+                    float r = rstd[(size_t)n * ng + h];
+                    for (int d = d0; d < d1; d++) dw[d] += dy[o + d] * x[o + d] * r;
+                }
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < ng; h++) {
+            size_t o = (size_t)n * ld + c0 + (size_t)h * g;
+            const float *xh = x + o, *dyh = dy + o;
+            float *dxh = dx + o;
+            float r = rstd[(size_t)n * ng + h], dot = 0;
+            for (int d = 0; d < g; d++) dot += w[d] * dyh[d] * xh[d];
+            dot *= r / g;
+            for (int d = 0; d < g; d++) dxh[d] = r * (w[d] * dyh[d] - xh[d] * r * dot);
+        }
+}
+
+void model_bias_add(float *y, int ld, const float *b, int n, int N)
+{
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < N; r++)
+        for (int j = 0; j < n; j++) y[(size_t)r * ld + j] += b[j];
+}
+
+void model_bias_backward(float *db, const float *dy, int ld, int n, int N)
+{
+    enum { COLS = 64 };
+#pragma omp parallel for schedule(static)
+    for (int j0 = 0; j0 < n; j0 += COLS) {
+        int j1 = j0 + COLS < n ? j0 + COLS : n;
+        for (int r = 0; r < N; r++)
+            for (int j = j0; j < j1; j++) db[j] += dy[(size_t)r * ld + j];
+    }
+}

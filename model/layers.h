@@ -1,4 +1,4 @@
-/* layers: the kernels of one Mixtral block and its head, each a forward/backward pair.
+/* layers: the kernels of one decoder block and its head, each a forward/backward pair.
  * Internal to model/ (model.h is the public API). N = B*T tokens, rows are tokens.
  * Backward functions ADD into their input-gradient outputs (residual streams sum) and
  * into weight gradients; a NULL weight gradient means "frozen, skip it". */
@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "model/model.h"
+
 /* ---- RMSNorm: y = w * x / sqrt(mean(x^2) + eps). x, y (N,D); w (D); rstd (N). */
 void model_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int D, float eps);
 /* y = w * x * rstd with the rstd forward saved: the same floats forward wrote (the
@@ -17,6 +19,21 @@ void model_rmsnorm_apply(float *y, const float *x, const float *rstd, const floa
 /* dx (N,D) += d/dx; dw (D) += d/dw (NULL: skip). */
 void model_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
                             const float *rstd, int N, int D);
+
+/* ---- RMSNorm over groups inside rows (the q/k norms): columns [c0, c0 + ng*g) of each row of
+ * x (N, ld) form ng groups of g floats, each normalised on its own with the same weight w (g):
+ * Qwen3-MoE's per-head norm is ng = heads, g = head_dim; OLMoE's whole-projection norm ng = 1.
+ * y may be x (in place); rstd (N, ng). */
+void model_groupnorm_forward(float *y, float *rstd, const float *x, int ld, int c0, int ng, int g, const float *w,
+                             int N, float eps);
+/* dx := d/dx (written, may alias dy) from dy, the norm's input x and rstd; dw += (NULL: skip),
+ * summed in a fixed order. */
+void model_groupnorm_backward(float *dx, float *dw, const float *dy, const float *x, int ld, int c0, int ng, int g,
+                              const float *w, const float *rstd, int N);
+/* y (N, ld) columns [0, n) += b (n) */
+void model_bias_add(float *y, int ld, const float *b, int n, int N);
+/* db (n) += column sums of dy (N, ld) columns [0, n), in a fixed order. */
+void model_bias_backward(float *db, const float *dy, int ld, int n, int N);
 
 /* ---- RoPE, rotate_half convention, in place on the q and k parts of qkv (N, QKV) where
  * QKV = (H + 2*KV) * hd and each row is [q heads | k heads | v heads].
@@ -118,6 +135,19 @@ static inline float model_softmax_span(float *s, int n, int lo, int hi)
 void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                 int ldb, float beta, float *C, int ldc);
 
+/* Products with a weight matrix W (N rows, K cols) of any store (model/gemm.c); T holds the
+ * widening tiles of a 16-bit store (unused for fp32).
+ * Y (M, ldy) = alpha * X (M, K) W^T + beta * Y */
+void model_mm_xwt(const model_tiles *T, int M, float alpha, const float *X, int ldx, const model_mat *W, float beta,
+                  float *Y, int ldy);
+/* dX (M, lddx) = alpha * dY (M, N) W + beta * dX */
+void model_mm_xw(const model_tiles *T, int M, float alpha, const float *dY, int lddy, const model_mat *W, float beta,
+                 float *dX, int lddx);
+/* Row r of W as fp32 (K floats). */
+void model_mat_row(const model_mat *W, int r, float *dst);
+/* Floats one thread's tile needs for every low-precision matrix of m. */
+size_t model_gemm_tile_floats(const model *m);
+
 #endif
 
 /* ---- Mixture of experts. k = top_k, Nk = N*k routed rows. */
@@ -129,31 +159,33 @@ typedef struct {
     float *xa1, *xa2, *xa3;
 } moe_lora;
 /* Router: logits (N,E) = xn (N,D) Wg^T; probs (N,E) = softmax; topi/topw (N,k) the top-k
- * experts and their probabilities renormalised to sum 1; counts (E) += picks. */
+ * experts and their probabilities, renormalised to sum 1 when norm_topk; counts (E) += picks. */
 void moe_route(float *logits, float *probs, int *topi, float *topw, int *counts, const float *xn, const float *Wg,
-               int N, int D, int E, int k);
+               int N, int D, int E, int k, int norm_topk);
 /* Counting sort of the (token, slot) pairs by expert: off (E+1) row ranges, row_tok (Nk)
  * token of each sorted row, slot_row (Nk) sorted row of pair n*k+j. */
 void moe_sort(int *off, int *row_tok, int *slot_row, const int *topi, int N, int E, int k);
 /* Experts, one GEMM per expert over its contiguous rows: xs (Nk,D) gathered inputs,
  * h13 (Nk,2F) = xs W13^T (saved), act (Nk,F) = silu(h1)*h3 (scratch), ye (Nk,D) = act W2^T
- * (saved); out (N,D) += sum_j topw[n,j] * ye[slot_row[n,j]]. */
-void moe_experts_forward(float *out, float *h13, float *ye, float *xs, float *act, const float *xn,
-                         const float *w13, const float *w2, const int *off, const int *row_tok,
-                         const int *slot_row, const float *topw, int N, int D, int F, int E, int k,
+ * (scratch); out (N,D) += sum_j topw[n,j] * ye[slot_row[n,j]]. w13, w2: [E] matrices
+ * (2F x D and D x F); T: their widening tiles. A dense MLP (or shared expert) is the case
+ * E = k = 1 with off = {0, N}, identity row_tok / slot_row and topw its per-row weight. */
+void moe_experts_forward(const model_tiles *T, float *out, float *h13, float *ye, float *xs, float *act,
+                         const float *xn, const model_mat *w13, const model_mat *w2, const int *off,
+                         const int *row_tok, const int *slot_row, const float *topw, int N, int D, int F, int E, int k,
                          const moe_lora *ml);
 /* Backward of the experts and of the weighted combine, without the forward's ye (it is
  * scratch there): dL/dtopw = <dout, ye> is computed as <dout W2, act>. dtopw (N,k) =
- * dL/dtopw; dxn (N,D) += input gradient; dw13/dw2 += weight gradients (NULL: frozen).
- * h13 is OVERWRITTEN with dL/dh13 (it is not needed after this; saves a (Nk,2F) buffer).
- * Scratch: xs (Nk,D), act (Nk,F), dys (Nk,D), g (Nk,F), rows (2 Nk). */
-void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout, float *h13,
-                          const float *xn, const float *w13, const float *w2, const int *off, const int *row_tok,
-                          const int *slot_row, const float *topw, float *xs, float *act, float *dys, float *g,
-                          float *rows, int N, int D, int F, int E, int k, const moe_lora *ml);
-/* Router backward: from dtopw through the renormalisation and softmax, plus the aux loss
+ * dL/dtopw; dxn (N,D) += input gradient; dw13/dw2 += weight gradients (NULL: frozen; fp32
+ * [E][2F,D] and [E][D,F]). h13 is OVERWRITTEN with dL/dh13 (it is not needed after this;
+ * saves a (Nk,2F) buffer). Scratch: xs (Nk,D), act (Nk,F), dys (Nk,D), g (Nk,F), rows (2 Nk). */
+void moe_experts_backward(const model_tiles *T, float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout,
+                          float *h13, const float *xn, const model_mat *w13, const model_mat *w2, const int *off,
+                          const int *row_tok, const int *slot_row, const float *topw, float *xs, float *act,
+                          float *dys, float *g, float *rows, int N, int D, int F, int E, int k, const moe_lora *ml);
+/* Router backward: from dtopw through the renormalisation (norm_topk) and softmax, plus the aux loss
  * (dL/dprobs[n,e] += aux_dp[e] for every row) and z-loss (z_w * 2 * lse * p per row).
  * dlogits (N,E) scratch; dWg (E,D) += (NULL: frozen); dxn (N,D) += dlogits Wg. */
 void moe_router_backward(float *dxn, float *dWg, float *dlogits, const float *dtopw, const float *logits,
                          const float *probs, const int *topi, const float *topw, const float *aux_dp, float z_w,
-                         const float *xn, const float *Wg, int N, int D, int E, int k);
+                         const float *xn, const float *Wg, int N, int D, int E, int k, int norm_topk);

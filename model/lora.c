@@ -4,6 +4,7 @@
 #include "common/err.h"
 #include "common/par.h"
 #include "common/rng.h"
+#include "model/family.h"
 #include "model/layers.h"
 
 #include <math.h>
@@ -11,28 +12,57 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const target_names[LORA_NT] = {"q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3"};
+static const char *const attn_names[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
+/* the MLP targets in LORA_W1, W2, W3 order (gate, down, up) */
+static const int proj_of[3] = {PROJ_GATE, PROJ_DOWN, PROJ_UP};
 
-const char *lora_target_name(int t) { return t >= 0 && t < LORA_NT ? target_names[t] : "?"; }
+const char *lora_target_name(int t, int family)
+{
+    if (t >= 0 && t < 4) return attn_names[t];
+    if (t >= LORA_W1 && t < LORA_NT) return model_family_get(family)->proj[proj_of[t - LORA_W1]];
+    return "?";
+}
 
 int lora_target_parse(const char *name)
 {
     for (int t = 0; t < LORA_NT; t++)
-        if (!strcmp(name, target_names[t])) return t;
+        for (int f = 0; f < FAM_N; f++)
+            if (!strcmp(name, lora_target_name(t, f))) return t;
     return -1;
 }
 
-/* in/out features of target t in m. */
-static void dims(const model_config *c, int t, int *in, int *out)
+int lora_targets_check(const char *const *names, int n, int family, char *err)
 {
-    int hd = c->head_dim;
+    for (int i = 0; i < n; i++) {
+        int t = lora_target_parse(names[i]);
+        if (t < 0) return err_set(err, "lora.targets: unknown target '%s'", err_q(names[i], -1));
+        if (strcmp(names[i], lora_target_name(t, family)) != 0)
+            return err_set(err, "lora.targets: '%s' is not a %s module name; this model calls it '%s'",
+                           err_q(names[i], -1), model_family_get(family)->model_type, lora_target_name(t, family));
+    }
+    return 0;
+}
+
+/* The user target of a site. */
+static int target_of(int site) { return site >= LORA_S1 ? LORA_W1 + (site - LORA_S1) : site; }
+
+/* in/out features of site t in layer l; 0 when layer l has no such module. */
+static void dims(const model_config *c, int l, int t, int *in, int *out)
+{
+    int hd = c->head_dim, F = c->ffn, Fs = model_layer_dense_ffn(c, l);
+    *in = *out = 0;
+    if (t >= LORA_W1 && t <= LORA_W3 && !model_layer_is_moe(c, l)) return;
+    if (t >= LORA_S1 && !Fs) return;
     switch (t) {
     case LORA_Q: *in = c->dim, *out = c->n_heads * hd; break;
     case LORA_K:
     case LORA_V: *in = c->dim, *out = c->n_kv_heads * hd; break;
     case LORA_O: *in = c->n_heads * hd, *out = c->dim; break;
-    case LORA_W2: *in = c->ffn, *out = c->dim; break;
-    default: *in = c->dim, *out = c->ffn; break; /* w1, w3 */
+    case LORA_W2: *in = F, *out = c->dim; break;
+    case LORA_W1:
+    case LORA_W3: *in = c->dim, *out = F; break;
+    case LORA_S2: *in = Fs, *out = c->dim; break;
+    default: *in = c->dim, *out = Fs; break; /* S1, S3 */
     }
 }
 
@@ -53,11 +83,23 @@ static void add_tensor(model_table *tab, size_t *cap, const char *name, int64_t 
     tab->total += x->numel;
 }
 
-/* Site prefix in PEFT naming, e.g. base_model.model.model.layers.3.self_attn.q_proj */
-static void site_prefix(char *buf, size_t n, int l, int t, int e)
+/* HF module path of site t of layer l (expert e), e.g. model.layers.3.self_attn.q_proj,
+ * model.layers.3.mlp.experts.5.gate_proj, model.layers.3.mlp.shared_expert.up_proj. */
+static void module_path(char *buf, size_t n, const model_config *c, int l, int t, int e)
 {
-    if (t <= LORA_O) snprintf(buf, n, "base_model.model.model.layers.%d.self_attn.%s", l, target_names[t]);
-    else snprintf(buf, n, "base_model.model.model.layers.%d.block_sparse_moe.experts.%d.%s", l, e, target_names[t]);
+    const model_family *F = model_family_get(c->family);
+    if (t <= LORA_O) snprintf(buf, n, "model.layers.%d.self_attn.%s", l, attn_names[t]);
+    else if (t <= LORA_W3)
+        snprintf(buf, n, "model.layers.%d.%s.experts.%d.%s", l, F->moe_prefix, e, F->proj[proj_of[t - LORA_W1]]);
+    else
+        snprintf(buf, n, "model.layers.%d.%s.%s", l, model_layer_is_moe(c, l) ? "mlp.shared_expert" : "mlp",
+                 F->proj[proj_of[t - LORA_S1]]);
+}
+
+static void router_name(char *buf, size_t n, const model_config *c, int l, int peft)
+{
+    snprintf(buf, n, "%smodel.layers.%d.%s.gate.weight", peft ? "base_model.model." : "", l,
+             model_family_get(c->family)->moe_prefix);
 }
 
 int lora_create(lora **out, const model *m, const lora_config *lc, uint64_t seed, char *err)
@@ -66,48 +108,56 @@ int lora_create(lora **out, const model *m, const lora_config *lc, uint64_t seed
     if (lc->r < 1) return err_set(err, "lora.r must be >= 1");
     if (!lc->targets && !lc->train_router) return err_set(err, "lora: no targets");
     lora *lo = calloc(1, sizeof *lo);
+    if (!lo) return err_set(err, "out of memory for LoRA adapters");
     lo->lc = *lc;
+    lo->family = c->family;
     lo->scale = (float)(lc->rslora ? lc->alpha / sqrt((double)lc->r) : lc->alpha / lc->r);
     lo->L = c->n_layers;
-    lo->sites = calloc((size_t)c->n_layers * LORA_NT, sizeof *lo->sites);
+    lo->sites = calloc((size_t)c->n_layers * LORA_NS, sizeof *lo->sites);
     size_t cap = 0;
     char pre[160], name[200];
     /* table first (offsets), then the buffer */
     for (int l = 0; l < c->n_layers; l++) {
-        for (int t = 0; t < LORA_NT; t++) {
-            if (!(lc->targets >> t & 1)) continue;
-            int in, o, ne = t >= LORA_W1 ? c->n_experts : 1;
-            dims(c, t, &in, &o);
+        for (int t = 0; t < LORA_NS; t++) {
+            int in, o, ne = t >= LORA_W1 && t <= LORA_W3 ? c->n_experts : 1;
+            dims(c, l, t, &in, &o);
+            if (!(lc->targets >> target_of(t) & 1) || !in) continue;
             /* all experts' A, then all B: expert e's A sits at A + e*r*in */
             for (int e = 0; e < ne; e++) {
-                site_prefix(pre, sizeof pre, l, t, e);
-                snprintf(name, sizeof name, "%s.lora_A.weight", pre);
+                module_path(pre, sizeof pre, c, l, t, e);
+                snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", pre);
                 add_tensor(&lo->tab, &cap, name, lc->r, in);
             }
             for (int e = 0; e < ne; e++) {
-                site_prefix(pre, sizeof pre, l, t, e);
-                snprintf(name, sizeof name, "%s.lora_B.weight", pre);
+                module_path(pre, sizeof pre, c, l, t, e);
+                snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", pre);
                 add_tensor(&lo->tab, &cap, name, o, lc->r);
             }
         }
-        if (lc->train_router) {
-            snprintf(name, sizeof name, "base_model.model.model.layers.%d.block_sparse_moe.gate.weight", l);
+        if (lc->train_router && model_layer_is_moe(c, l)) {
+            router_name(name, sizeof name, c, l, 1);
             add_tensor(&lo->tab, &cap, name, c->n_experts, c->dim);
         }
     }
-    lo->w = calloc(lo->tab.total, sizeof(float));
-    lo->g = calloc(lo->tab.total, sizeof(float));
-    if (!lo->w || !lo->g || !lo->sites) {
+    lo->w = calloc(lo->tab.total + 1, sizeof(float));
+    lo->g = calloc(lo->tab.total + 1, sizeof(float));
+    if (!lo->w || !lo->g || !lo->sites || (lo->tab.n && !lo->tab.t)) {
         lora_free(lo);
         return err_set(err, "out of memory for LoRA adapters");
     }
+    if (!lo->tab.n) {
+        lora_free(lo);
+        return err_set(err, "lora.targets: none of the targets exists in this model");
+    }
     int i = 0;
     for (int l = 0; l < c->n_layers; l++) {
-        for (int t = 0; t < LORA_NT; t++) {
-            if (!(lc->targets >> t & 1)) continue;
-            lora_site *s = &lo->sites[l * LORA_NT + t];
-            dims(c, t, &s->in, &s->out);
-            s->n = t >= LORA_W1 ? c->n_experts : 1;
+        for (int t = 0; t < LORA_NS; t++) {
+            int in, o;
+            dims(c, l, t, &in, &o);
+            if (!(lc->targets >> target_of(t) & 1) || !in) continue;
+            lora_site *s = &lo->sites[l * LORA_NS + t];
+            s->in = in, s->out = o;
+            s->n = t >= LORA_W1 && t <= LORA_W3 ? c->n_experts : 1;
             s->layer = l;
             s->target = t;
             s->A = lo->w + lo->tab.t[i].offset;
@@ -116,11 +166,9 @@ int lora_create(lora **out, const model *m, const lora_config *lc, uint64_t seed
             s->dB = lo->g + lo->tab.t[i + s->n].offset;
             i += 2 * s->n;
         }
-        if (lc->train_router) {
+        if (lc->train_router && model_layer_is_moe(c, l)) {
             const model_tensor *gt = &lo->tab.t[i++];
-            char gname[96];
-            snprintf(gname, sizeof gname, "model.layers.%d.block_sparse_moe.gate.weight", l);
-            memcpy(lo->w + gt->offset, m->w + model_find(m, gname)->offset, gt->numel * sizeof(float));
+            memcpy(lo->w + gt->offset, m->layers[l].gate, gt->numel * sizeof(float));
         }
     }
     for (int j = 0; j < lo->tab.n; j++) { /* kaiming-uniform A, zero B */
@@ -148,14 +196,14 @@ void lora_free(lora *lo)
 const lora_site *lora_site_at(const lora *lo, int l, int t)
 {
     if (!lo) return NULL;
-    const lora_site *s = &lo->sites[l * LORA_NT + t];
+    const lora_site *s = &lo->sites[l * LORA_NS + t];
     return s->A ? s : NULL;
 }
 
-static float *router_copy(lora *lo, int l)
+static float *router_copy(lora *lo, const model_config *c, int l)
 {
-    char name[96];
-    snprintf(name, sizeof name, "base_model.model.model.layers.%d.block_sparse_moe.gate.weight", l);
+    char name[128];
+    router_name(name, sizeof name, c, l, 1);
     for (int i = 0; i < lo->tab.n; i++)
         if (!strcmp(lo->tab.t[i].name, name)) return lo->w + lo->tab.t[i].offset;
     return NULL;
@@ -166,49 +214,91 @@ void lora_attach(model *m, lora *lo)
     m->lora = lo;
     if (!lo->lc.train_router) return;
     for (int l = 0; l < m->c.n_layers; l++) {
-        float *w = router_copy(lo, l);
+        float *w = router_copy(lo, &m->c, l);
+        if (!w) continue;
         m->layers[l].gate = w;
         m->glayers[l].gate = lo->g + (w - lo->w);
     }
 }
 
-void lora_merge(model *m)
+/* The fp32 base matrix of site t (expert e) of layer l in the stacked layout, with its
+ * row offset: q/k/v inside wqkv, w1/w3 inside an expert's w13, gate/up inside sw13. */
+static const model_mat *site_base(const model *m, int l, int t, int e, int *row0)
+{
+    const model_config *c = &m->c;
+    const model_layer *W = &m->layers[l];
+    int hd = c->head_dim;
+    *row0 = 0;
+    switch (t) {
+    case LORA_Q: return &W->wqkv;
+    case LORA_K: *row0 = c->n_heads * hd; return &W->wqkv;
+    case LORA_V: *row0 = (c->n_heads + c->n_kv_heads) * hd; return &W->wqkv;
+    case LORA_O: return &W->wo;
+    case LORA_W1: return &W->w13[e];
+    case LORA_W3: *row0 = c->ffn; return &W->w13[e];
+    case LORA_W2: return &W->w2[e];
+    case LORA_S1: return &W->sw13;
+    case LORA_S3: *row0 = model_layer_dense_ffn(c, l); return &W->sw13;
+    default: return &W->sw2;
+    }
+}
+
+int lora_merge(model *m, char *err)
 {
     lora *lo = m->lora;
-    if (!lo) return;
+    if (!lo) return 0;
+    if (m->base_dtype != MODEL_F32)
+        return err_set(err, "merging adapters into a %s base in memory is not supported (export merges tensor by "
+                            "tensor)", model_dtype_name(m->base_dtype));
     const model_config *c = &m->c;
-    int hd = c->head_dim, D = c->dim, F = c->ffn, r = lo->lc.r;
+    int r = lo->lc.r;
     for (int l = 0; l < c->n_layers; l++) {
         model_layer *W = &m->layers[l];
-        for (int t = 0; t < LORA_NT; t++) {
+        for (int t = 0; t < LORA_NS; t++) {
             const lora_site *s = lora_site_at(lo, l, t);
             if (!s) continue;
             for (int e = 0; e < s->n; e++) {
-                float *base;
-                switch (t) {
-                case LORA_Q: base = W->wqkv; break;
-                case LORA_K: base = W->wqkv + (size_t)c->n_heads * hd * D; break;
-                case LORA_V: base = W->wqkv + (size_t)(c->n_heads + c->n_kv_heads) * hd * D; break;
-                case LORA_O: base = W->wo; break;
-                case LORA_W1: base = W->w13 + (size_t)e * 2 * F * D; break;
-                case LORA_W3: base = W->w13 + (size_t)e * 2 * F * D + (size_t)F * D; break;
-                default: base = W->w2 + (size_t)e * D * F; break;
-                }
+                int row0;
+                const model_mat *bm = site_base(m, l, t, e, &row0);
+                float *base = (float *)bm->p[0] + (size_t)row0 * bm->cols;
                 /* W (out, in) += s * B (out, r) A (r, in) */
                 model_gemm(0, 0, s->out, s->in, r, lo->scale, s->B + (size_t)e * s->out * r, r,
                            s->A + (size_t)e * r * s->in, s->in, 1, base, s->in);
             }
         }
-        if (lo->lc.train_router) {
-            char name[96];
-            snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.gate.weight", l);
-            float *g = m->w + model_find(m, name)->offset;
-            memcpy(g, W->gate, (size_t)c->n_experts * D * sizeof(float));
+        float *copy = lo->lc.train_router ? router_copy(lo, c, l) : NULL;
+        if (copy) {
+            char name[128];
+            router_name(name, sizeof name, c, l, 0);
+            const model_tensor *gt = model_find(m, name);
+            float *g = m->w + gt->offset;
+            memcpy(g, copy, (size_t)c->n_experts * c->dim * sizeof(float));
             W->gate = g;
             m->glayers[l].gate = m->g ? m->g + (g - m->w) : NULL;
         }
     }
     m->lora = NULL;
+    return 0;
+}
+
+int lora_delta(const lora *lo, const model *m, const char *name, float *delta)
+{
+    const model_config *c = &m->c;
+    char path[160], want[200];
+    int r = lo->lc.r;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int t = 0; t < LORA_NS; t++) {
+            const lora_site *s = lora_site_at(lo, l, t);
+            for (int e = 0; s && e < s->n; e++) {
+                module_path(path, sizeof path, c, l, t, e);
+                snprintf(want, sizeof want, "%s.weight", path);
+                if (strcmp(want, name) != 0) continue;
+                model_gemm(0, 0, s->out, s->in, r, lo->scale, s->B + (size_t)e * s->out * r, r,
+                           s->A + (size_t)e * r * s->in, s->in, 0, delta, s->in);
+                return 1;
+            }
+        }
+    return 0;
 }
 
 void lora_set_dropout_key(lora *lo, uint64_t seed, uint64_t step, int micro)

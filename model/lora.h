@@ -1,6 +1,9 @@
 /* lora: low-rank adapters as PEFT defines them, y = W x + s * B (A drop(x)) with
- * s = alpha / r (rsLoRA: alpha / sqrt(r)), on any of q/k/v/o_proj and the experts' w1/w2/w3
- * (one adapter per expert), plus an optional fully trained router (PEFT modules_to_save).
+ * s = alpha / r (rsLoRA: alpha / sqrt(r)), on any of q/k/v/o_proj and the MLP projections
+ * (the family's names: Mixtral w1/w2/w3, the others gate_proj/down_proj/up_proj), which adapt
+ * every expert (one adapter each) and the dense MLP / shared expert where a layer has one,
+ * as PEFT's target_modules matching does; plus an optional fully trained router (PEFT
+ * modules_to_save).
  * The adapters live in their own flat buffer with PEFT tensor names; the base model stays
  * frozen (no gradients, no optimizer state, its dW GEMMs skipped). */
 #ifndef MOET_LORA_H
@@ -10,11 +13,19 @@
 
 #include "model/model.h"
 
+/* Targets (what lora.targets names): attention, and the MLP's gate (w1), down (w2), up (w3).
+ * Sites (where adapters sit): the targets, with W* on the experts and S* on a layer's dense
+ * MLP or shared expert. */
 enum { LORA_Q, LORA_K, LORA_V, LORA_O, LORA_W1, LORA_W2, LORA_W3, LORA_NT };
+enum { LORA_S1 = LORA_NT, LORA_S2, LORA_S3, LORA_NS };
 
-/* "q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3" */
-const char *lora_target_name(int t);
-int lora_target_parse(const char *name); /* -1 if unknown */
+/* The family's name of target t: "q_proj" ... "o_proj", then "w1" "w2" "w3" (Mixtral) or
+ * "gate_proj" "down_proj" "up_proj" (the others). */
+const char *lora_target_name(int t, int family);
+/* Target of a name in any family's spelling, -1 if unknown. */
+int lora_target_parse(const char *name);
+/* 0 when every name is the family's own spelling; else one line saying which it uses. */
+int lora_targets_check(const char *const *names, int n, int family, char *err);
 
 typedef struct {
     int r;
@@ -25,7 +36,7 @@ typedef struct {
     int train_router;    /* router gate trained fully (modules_to_save) */
 } lora_config;
 
-/* One adapter site (layer l, target t): A (r, in) and B (out, r); for expert targets E of
+/* One adapter site (layer l, site t): A (r, in) and B (out, r); for expert sites E of
  * each, expert e at A + e*r*in, B + e*out*r. */
 typedef struct {
     float *A, *B, *dA, *dB;
@@ -38,7 +49,8 @@ typedef struct lora {
     float scale;
     model_table tab;     /* PEFT names, e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight */
     float *w, *g;        /* trainable buffer and its gradient */
-    lora_site *sites;    /* [L][LORA_NT]; A == NULL where there is no adapter */
+    lora_site *sites;    /* [L][LORA_NS]; A == NULL where there is no adapter */
+    int family;
     int L;
     uint64_t drop_key;   /* dropout stream of the current micro-batch (lora_set_dropout_key) */
     int training;        /* dropout on (set by model_forward_backward) */
@@ -58,10 +70,13 @@ void lora_free(lora *lo);
  * layers' gate pointers switch to the adapter's copies. */
 void lora_attach(model *m, lora *lo);
 /* Fold the adapters into m's base weights (W += s B A; router copies replace the gates)
- * and detach. */
-void lora_merge(model *m);
+ * and detach. Needs an fp32 store (a 16-bit base is merged tensor by tensor on export). */
+int lora_merge(model *m, char *err);
+/* The adapters' contribution to base tensor name (HF name): delta (out, in) = s B A, or
+ * 0 when no adapter sits on it (the router copy, when trained, is not a delta). */
+int lora_delta(const lora *lo, const model *m, const char *name, float *delta);
 
-/* Site of layer l, target t, or NULL (no adapter / no LoRA). */
+/* Site of layer l, site t, or NULL (no adapter / no LoRA). */
 const lora_site *lora_site_at(const struct lora *lo, int l, int t);
 
 /* The dropout stream of the next micro-batch: a pure function of (seed, step, micro) so

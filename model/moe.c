@@ -1,4 +1,4 @@
-/* moe: router (softmax, top-k, renormalised weights), dropless experts run as one GEMM per
+/* moe: router (softmax, top-k, optionally renormalised weights), dropless experts run as one GEMM per
  * expert on the rows routed to it (sorted by expert), and their backward passes. */
 #include "common/par.h"
 #include "model/layers.h"
@@ -11,7 +11,7 @@
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + model_expf(-x)); }
 
 void moe_route(float *logits, float *probs, int *topi, float *topw, int *counts, const float *xn, const float *Wg,
-               int N, int D, int E, int k)
+               int N, int D, int E, int k, int norm_topk)
 {
     model_gemm(0, 1, N, E, D, 1, xn, D, Wg, D, 0, logits, E);
 #pragma omp parallel for schedule(static)
@@ -35,9 +35,11 @@ void moe_route(float *logits, float *probs, int *topi, float *topw, int *counts,
             ti[j] = best;
             s += tw[j] = p[best];
         }
-        for (int j = 0; j < k; j++) tw[j] /= s;
+        if (norm_topk)
+            for (int j = 0; j < k; j++) tw[j] /= s;
     }
-    for (int i = 0; i < N * k; i++) counts[topi[i]]++;
+    if (counts)
+        for (int i = 0; i < N * k; i++) counts[topi[i]]++;
 }
 
 void moe_sort(int *off, int *row_tok, int *slot_row, const int *topi, int N, int E, int k)
@@ -138,7 +140,9 @@ static void row_dots(float *out, const float *a, const float *b, int r0, int r1,
 
 typedef struct { /* the arguments every expert shares */
     float *h13, *ye, *xs, *act, *dys, *g, *roww, *rowdw, *dw13, *dw2;
-    const float *xn, *w13, *w2;
+    const float *xn;
+    const model_mat *w13, *w2;
+    const model_tiles *T;
     const int *off, *row_tok;
     int D, F, r, need_x;
     const moe_lora *ml;
@@ -154,11 +158,11 @@ static void expert_forward(const experts_ctx *c, int e)
     lora lv, *lo = ml ? &lv : NULL; /* the adapters' scratch rows of this expert */
     if (ml) lora_scratch_rows(ml->lo, r0, &lv);
     gather_rows(c->xs, c->xn, c->row_tok, r0, r1, D);
-    model_gemm(0, 1, ne, 2 * F, D, 1, x, D, c->w13 + (size_t)e * 2 * F * D, D, 0, h, 2 * F);
+    model_mm_xwt(c->T, ne, 1, x, D, &c->w13[e], 0, h, 2 * F);
     if (ml && ml->w1) lora_forward(lo, ml->w1, e, h, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
     if (ml && ml->w3) lora_forward(lo, ml->w3, e, h + F, 2 * F, x, D, ne, ml->xa3 + (size_t)r0 * r);
     swiglu(c->act, c->h13, r0, r1, F);
-    model_gemm(0, 1, ne, D, F, 1, a, F, c->w2 + (size_t)e * D * F, F, 0, y, D);
+    model_mm_xwt(c->T, ne, 1, a, F, &c->w2[e], 0, y, D);
     if (ml && ml->w2) lora_forward(lo, ml->w2, e, y, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
 }
 
@@ -172,11 +176,10 @@ static void expert_backward(const experts_ctx *c, int e)
     const moe_lora *ml = c->ml;
     float *du = c->dys + (size_t)r0 * D, *a = c->act + (size_t)r0 * F, *g = c->g + (size_t)r0 * F;
     float *dh = c->h13 + (size_t)r0 * 2 * F, *x = c->xs + (size_t)r0 * D;
-    const float *W2 = c->w2 + (size_t)e * D * F;
     if (!ne) return;
     lora lv, *lo = ml ? &lv : NULL; /* the adapters' scratch rows of this expert */
     if (ml) lora_scratch_rows(ml->lo, r0, &lv);
-    model_gemm(0, 0, ne, F, D, 1, du, D, W2, F, 0, g, F); /* g = du W2 */
+    model_mm_xw(c->T, ne, 1, du, D, &c->w2[e], 0, g, F); /* g = du W2 */
     if (ml && ml->w2) /* the adapter adds to dact below: SwiGLU's backward waits for it */
         swiglu(c->act, c->h13, r0, r1, F);
     else
@@ -199,7 +202,7 @@ static void expert_backward(const experts_ctx *c, int e)
     }
     if (c->dw13) model_gemm(1, 0, 2 * F, D, ne, 1, dh, 2 * F, x, D, 1, c->dw13 + (size_t)e * 2 * F * D, D);
     /* dxs overwrites dys (this expert's slice of dys is no longer needed) */
-    model_gemm(0, 0, ne, D, 2 * F, 1, dh, 2 * F, c->w13 + (size_t)e * 2 * F * D, D, 0, du, D);
+    model_mm_xw(c->T, ne, 1, dh, 2 * F, &c->w13[e], 0, du, D);
     if (ml && ml->w1) {
         lora_backward_w(lo, ml->w1, e, dh, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
         lora_backward_x(lo, ml->w1, e, du, D, ne);
@@ -221,12 +224,12 @@ static void run_experts(const experts_ctx *c, int E, int backward)
         backward ? expert_backward(c, order[i]) : expert_forward(c, order[i]);
 }
 
-void moe_experts_forward(float *out, float *h13, float *ye, float *xs, float *act, const float *xn,
-                         const float *w13, const float *w2, const int *off, const int *row_tok,
-                         const int *slot_row, const float *topw, int N, int D, int F, int E, int k,
+void moe_experts_forward(const model_tiles *T, float *out, float *h13, float *ye, float *xs, float *act,
+                         const float *xn, const model_mat *w13, const model_mat *w2, const int *off,
+                         const int *row_tok, const int *slot_row, const float *topw, int N, int D, int F, int E, int k,
                          const moe_lora *ml)
 {
-    experts_ctx c = {.h13 = h13, .ye = ye, .xs = xs, .act = act, .xn = xn, .w13 = w13, .w2 = w2, .off = off,
+    experts_ctx c = {.T = T, .h13 = h13, .ye = ye, .xs = xs, .act = act, .xn = xn, .w13 = w13, .w2 = w2, .off = off,
                      .row_tok = row_tok, .D = D, .F = F, .r = ml ? ml->lo->lc.r : 0, .ml = ml};
     run_experts(&c, E, 0);
 #pragma omp parallel for schedule(static)
@@ -240,10 +243,10 @@ void moe_experts_forward(float *out, float *h13, float *ye, float *xs, float *ac
     }
 }
 
-void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout, float *h13,
-                          const float *xn, const float *w13, const float *w2, const int *off, const int *row_tok,
-                          const int *slot_row, const float *topw, float *xs, float *act, float *dys, float *g,
-                          float *rows, int N, int D, int F, int E, int k, const moe_lora *ml)
+void moe_experts_backward(const model_tiles *T, float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout,
+                          float *h13, const float *xn, const model_mat *w13, const model_mat *w2, const int *off,
+                          const int *row_tok, const int *slot_row, const float *topw, float *xs, float *act,
+                          float *dys, float *g, float *rows, int N, int D, int F, int E, int k, const moe_lora *ml)
 {
     int Nk = N * k;
     float *roww = rows, *rowdw = rows + Nk;
@@ -255,7 +258,7 @@ void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, con
             memcpy(dys + (size_t)r * D, dout + (size_t)n * D, (size_t)D * sizeof(float));
             roww[r] = topw[n * k + j];
         }
-    experts_ctx c = {.h13 = h13, .xs = xs, .act = act, .dys = dys, .g = g, .roww = roww, .rowdw = rowdw,
+    experts_ctx c = {.T = T, .h13 = h13, .xs = xs, .act = act, .dys = dys, .g = g, .roww = roww, .rowdw = rowdw,
                      .dw13 = dw13, .dw2 = dw2, .xn = xn, .w13 = w13, .w2 = w2, .off = off, .row_tok = row_tok,
                      .D = D, .F = F, .r = ml ? ml->lo->lc.r : 0, .ml = ml,
                      .need_x = dw13 || (ml && (ml->w1 || ml->w3))};
@@ -274,7 +277,7 @@ void moe_experts_backward(float *dxn, float *dw13, float *dw2, float *dtopw, con
 
 void moe_router_backward(float *dxn, float *dWg, float *dlogits, const float *dtopw, const float *logits,
                          const float *probs, const int *topi, const float *topw, const float *aux_dp, float z_w,
-                         const float *xn, const float *Wg, int N, int D, int E, int k)
+                         const float *xn, const float *Wg, int N, int D, int E, int k, int norm_topk)
 {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -283,13 +286,16 @@ void moe_router_backward(float *dxn, float *dWg, float *dlogits, const float *dt
         const int *ti = topi + (size_t)n * k;
         float dp[E];
         for (int e = 0; e < E; e++) dp[e] = aux_dp[e];
-        /* w_j = p_j / S over the selected experts */
-        float S = 0, gw = 0;
-        for (int j = 0; j < k; j++) {
-            S += p[ti[j]];
-            gw += g[j] * w[j];
+        if (norm_topk) { /* w_j = p_j / S over the selected experts */
+            float S = 0, gw = 0;
+            for (int j = 0; j < k; j++) {
+                S += p[ti[j]];
+                gw += g[j] * w[j];
+            }
+            for (int j = 0; j < k; j++) dp[ti[j]] += (g[j] - gw) / S;
+        } else { /* w_j = p_j */
+            for (int j = 0; j < k; j++) dp[ti[j]] += g[j];
         }
-        for (int j = 0; j < k; j++) dp[ti[j]] += (g[j] - gw) / S;
         float pdp = 0;
         for (int e = 0; e < E; e++) pdp += p[e] * dp[e];
         float zterm = 0;

@@ -383,7 +383,7 @@ static void check_file(const fixture *fx, const char *path, uint32_t type, uint3
     assert_true(f.data_start + end <= f.len && f.len < f.data_start + end + 32);
 
     /* data: every tensor against the model (q and k through the RoPE permutation) */
-    assert_rows(&f, tensor(&f, "token_embd.weight"), m->embed, (size_t)c->vocab, (size_t)D, 0, 0);
+    assert_rows(&f, tensor(&f, "token_embd.weight"), m->embed.p[0], (size_t)c->vocab, (size_t)D, 0, 0);
     assert_rows(&f, tensor(&f, "output_norm.weight"), m->final_norm, 1, (size_t)D, 0, 0);
     if (!c->tie_embeddings)
         assert_rows(&f, tensor(&f, "output.weight"), hf(m, "lm_head.weight"), (size_t)c->vocab, (size_t)D, 0, 0);

@@ -212,11 +212,21 @@ static void test_attention_with_sliding_window_and_document_mask(void **state)
 }
 
 /* ------------------------------------------------------------- router + experts */
+/* [E] fp32 matrix views over one contiguous buffer of E (rows x cols) blocks (leaked: tests). */
+static model_mat *mats(const float *w, int E, int rows, int cols)
+{
+    model_mat *m = calloc((size_t)E, sizeof *m);
+    for (int e = 0; e < E; e++)
+        m[e] = (model_mat){.dtype = MODEL_F32, .n = 1, .cols = cols, .p = {w + (size_t)e * rows * cols}, .rows = {rows}};
+    return m;
+}
+static const model_tiles no_tiles = {0};
+
 typedef struct {
     int N, D, F, E, k;
     float *Wg, *w13, *w2;
     float aux_c, z_c;
-    int *topi_ref;
+    int *topi_ref, norm;
 } moe_case;
 
 /* MoE block loss: <out, R> + aux_c * sum_e f_e P_e E + z_c * mean lse^2 with f fixed
@@ -228,11 +238,12 @@ static double moe_loss(moe_case *c, const float *xn, const float *Rr, const doub
     int *ti = malloc(Nk * 4), *cnt = calloc(E, 4), *off = malloc((E + 1) * 4), *rt = malloc(Nk * 4),
         *sr = malloc(Nk * 4);
     float *h13 = malloc(Nk * 2 * F * 4), *ye = malloc(Nk * D * 4), *xs = malloc(Nk * D * 4), *act = malloc(Nk * F * 4);
-    moe_route(lg, pr, ti, tw, cnt, xn, c->Wg, N, D, E, k);
+    moe_route(lg, pr, ti, tw, cnt, xn, c->Wg, N, D, E, k, c->norm);
     double l = -1e300;
     if (c->topi_ref && memcmp(ti, c->topi_ref, Nk * sizeof(int))) goto out;
     moe_sort(off, rt, sr, ti, N, E, k);
-    moe_experts_forward(out, h13, ye, xs, act, xn, c->w13, c->w2, off, rt, sr, tw, N, D, F, E, k, NULL);
+    moe_experts_forward(&no_tiles, out, h13, ye, xs, act, xn, mats(c->w13, E, 2 * F, D), mats(c->w2, E, D, F), off, rt,
+                        sr, tw, N, D, F, E, k, NULL);
     l = loss_dot(out, Rr, (size_t)N * D);
     for (int e = 0; e < E; e++) {
         double P = 0;
@@ -251,9 +262,9 @@ out:
     return l;
 }
 
-static void test_router_and_experts_backward_match_finite_differences(void **state)
+static void router_and_experts_case(int norm)
 {
-    moe_case c = {.N = 40, .D = 16, .F = 24, .E = 4, .k = 2, .aux_c = 0.5f, .z_c = 0.1f};
+    moe_case c = {.N = 40, .D = 16, .F = 24, .E = 4, .k = 2, .aux_c = 0.5f, .z_c = 0.1f, .norm = norm};
     int N = c.N, D = c.D, F = c.F, E = c.E, k = c.k, Nk = N * k;
     c.Wg = randn(E * D, 0.5f), c.w13 = randn(E * 2 * F * D, 0.3f), c.w2 = randn(E * D * F, 0.3f);
     float *xn = randn(N * D, 1), *Rr = randn(N * D, 1);
@@ -262,11 +273,15 @@ static void test_router_and_experts_backward_match_finite_differences(void **sta
     int *ti = malloc(Nk * 4), *cnt = calloc(E, 4), *off = malloc((E + 1) * 4), *rt = malloc(Nk * 4),
         *sr = malloc(Nk * 4);
     float *h13 = malloc(Nk * 2 * F * 4), *ye = malloc(Nk * D * 4), *xs = malloc(Nk * D * 4), *act = malloc(Nk * F * 4);
-    moe_route(lg, pr, ti, tw, cnt, xn, c.Wg, N, D, E, k);
+    moe_route(lg, pr, ti, tw, cnt, xn, c.Wg, N, D, E, k, norm);
     moe_sort(off, rt, sr, ti, N, E, k);
-    moe_experts_forward(out, h13, ye, xs, act, xn, c.w13, c.w2, off, rt, sr, tw, N, D, F, E, k, NULL);
-    /* topw sum to 1, counts add up, sorted rows are grouped by expert */
-    for (int n = 0; n < N; n++) assert_float_equal(tw[n * k] + tw[n * k + 1], 1.0, 1e-6);
+    moe_experts_forward(&no_tiles, out, h13, ye, xs, act, xn, mats(c.w13, E, 2 * F, D), mats(c.w2, E, D, F), off, rt,
+                        sr, tw, N, D, F, E, k, NULL);
+    /* topw sum to 1 (renormalised) or are the top probabilities, counts add up, sorted rows
+     * are grouped by expert */
+    for (int n = 0; n < N; n++)
+        assert_float_equal(tw[n * k] + tw[n * k + 1],
+                           norm ? 1.0 : pr[n * E + ti[n * k]] + pr[n * E + ti[n * k + 1]], 1e-6);
     for (int e = 0; e < E; e++) assert_int_equal(off[e + 1] - off[e], cnt[e]);
     double f[4];
     float aux_dp[4];
@@ -275,10 +290,10 @@ static void test_router_and_experts_backward_match_finite_differences(void **sta
           *dWg = calloc(E * D, 4), *dtw = malloc(Nk * 4), *dys = malloc(Nk * D * 4),
           *drl = malloc(N * E * 4);
     float *eg = malloc(Nk * F * 4), *erows = malloc(2 * Nk * 4);
-    moe_experts_backward(dxn, dw13, dw2, dtw, Rr, h13, xn, c.w13, c.w2, off, rt, sr, tw, xs, act, dys, eg, erows, N,
-                         D, F, E, k, NULL);
+    moe_experts_backward(&no_tiles, dxn, dw13, dw2, dtw, Rr, h13, xn, mats(c.w13, E, 2 * F, D), mats(c.w2, E, D, F),
+                         off, rt, sr, tw, xs, act, dys, eg, erows, N, D, F, E, k, NULL);
     free(eg), free(erows);
-    moe_router_backward(dxn, dWg, drl, dtw, lg, pr, ti, tw, aux_dp, c.z_c / N, xn, c.Wg, N, D, E, k);
+    moe_router_backward(dxn, dWg, drl, dtw, lg, pr, ti, tw, aux_dp, c.z_c / N, xn, c.Wg, N, D, E, k, norm);
     c.topi_ref = ti;
     struct { const char *name; float *p; float *g; size_t n; } ps[] = {
         {"moe d xn", xn, dxn, N * D}, {"moe d gate", c.Wg, dWg, E * D},
@@ -306,6 +321,12 @@ static void test_router_and_experts_backward_match_finite_differences(void **sta
         free(xn), free(Rr), free(c.Wg), free(c.w13), free(c.w2);
 }
 
+static void test_router_and_experts_backward_match_finite_differences(void **state)
+{
+    router_and_experts_case(1); /* Mixtral: top-k weights renormalised */
+    router_and_experts_case(0); /* norm_topk_prob false: the top-k probabilities as they are */
+}
+
 /* The experts run side by side on the cores, except one holding >= 1/threads of the rows,
  * which runs alone first (model/moe.c). Both schedules against a plain double-precision
  * evaluation of out = sum_j w_j W2 (silu(W1 x) * W3 x) and of its backward. */
@@ -326,10 +347,11 @@ static void run_experts_case(const int *topi, const char *what)
     float *out = calloc(N * D, 4), *h13 = malloc(Nk * 2 * F * 4), *ye = malloc(Nk * D * 4), *xs = malloc(Nk * D * 4),
           *act = malloc(Nk * F * 4), *dxn = calloc(N * D, 4), *dw13 = calloc(E * 2 * F * D, 4),
           *dw2 = calloc(E * D * F, 4), *dtw = malloc(Nk * 4), *dys = malloc(Nk * D * 4);
-    moe_experts_forward(out, h13, ye, xs, act, xn, w13, w2, off, rt, sr, tw, N, D, F, E, k, NULL);
+    moe_experts_forward(&no_tiles, out, h13, ye, xs, act, xn, mats(w13, E, 2 * F, D), mats(w2, E, D, F), off, rt, sr,
+                        tw, N, D, F, E, k, NULL);
     float *eg = malloc(Nk * F * 4), *erows = malloc(2 * Nk * 4);
-    moe_experts_backward(dxn, dw13, dw2, dtw, dout, h13, xn, w13, w2, off, rt, sr, tw, xs, act, dys, eg, erows, N, D,
-                         F, E, k, NULL);
+    moe_experts_backward(&no_tiles, dxn, dw13, dw2, dtw, dout, h13, xn, mats(w13, E, 2 * F, D), mats(w2, E, D, F), off,
+                         rt, sr, tw, xs, act, dys, eg, erows, N, D, F, E, k, NULL);
     free(eg), free(erows);
     double *ro = calloc(N * D, 8), *rdx = calloc(N * D, 8), *rdw13 = calloc(E * 2 * F * D, 8),
            *rdw2 = calloc(E * D * F, 8), *rdtw = calloc(Nk, 8);

@@ -140,7 +140,7 @@ static void test_merged_weights_give_the_adapted_logits_and_base_stays_frozen(vo
     assert_null(f.m.g); /* no gradient buffer for the base at all */
     assert_memory_equal(base0, f.m.w, f.m.tab.total * 4);
     assert_int_equal(model_forward(&f.m, f.a, &f.b, 0.1, 0, l1, &st, err), 0); /* eval: no dropout */
-    lora_merge(&f.m);
+    assert_int_equal(lora_merge(&f.m, err), 0);
     assert_null(f.m.lora);
     assert_int_equal(model_forward(&f.m, f.a, &f.b, 0.1, 0, l2, &st, err), 0);
     double num = 0, den = 0;
@@ -246,7 +246,7 @@ static void test_peft_files_round_trip_and_bad_configs_are_refused(void **state)
     struct { const char *json, *msg; } bad[] = {
         {"{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\"],\"use_dora\":true}", "'use_dora'"},
         {"{\"peft_type\":\"IA3\",\"r\":4}", "peft_type 'IA3'"},
-        {"{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"gate_proj\"]}", "'gate_proj'"},
+        {"{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"fc1\"]}", "'fc1'"},
         {"{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\"],"
          "\"target_parameters\":[\"gate_up_proj\"]}", "'target_parameters'"},
         {"{\"peft_type\":\"LORA\",\"lora_alpha\":8,\"target_modules\":[\"q_proj\"]}", "needs integer r"},

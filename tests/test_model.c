@@ -113,7 +113,7 @@ static void test_table_covers_the_buffer_exactly_and_counts_agree(void **state)
     assert_int_equal(total, m.tab.total);
     assert_int_equal(m.tab.n, 1 + 2 * (7 + 3 * 3) + 2);
     /* q, k, v are stacked for one GEMM and w1|w3 per expert likewise */
-    assert_ptr_equal(m.w + model_find(&m, "model.layers.1.self_attn.q_proj.weight")->offset, m.layers[1].wqkv);
+    assert_ptr_equal(m.w + model_find(&m, "model.layers.1.self_attn.q_proj.weight")->offset, m.layers[1].wqkv.p[0]);
     assert_int_equal(model_find(&m, "model.layers.0.self_attn.k_proj.weight")->offset,
                      model_find(&m, "model.layers.0.self_attn.q_proj.weight")->offset + 4 * 6 * 16);
     assert_int_equal(model_find(&m, "model.layers.0.block_sparse_moe.experts.1.w3.weight")->offset,

@@ -125,7 +125,7 @@ int cmd_export(int argc, char **argv)
         err_set(err, "%s is a full model, not a LoRA checkpoint: use --format hf", in);
         goto fail;
     }
-    if (s.lo && !peft) lora_merge(&s.m); /* hf, merged, gguf of a LoRA run: the merged model */
+    if (s.lo && !peft && lora_merge(&s.m, err)) goto fail; /* hf, merged, gguf of a LoRA run: the merged model */
     if (!strcmp(format, "gguf") && !s.tokenizer[0]) {
         err_set(err, "no tokenizer.json found for %s (GGUF embeds the tokenizer): pass --tokenizer", in);
         goto fail;

@@ -46,15 +46,16 @@ typedef struct {
 } gen_opts;
 
 /* The model (HF dir, full checkpoint, or LoRA checkpoint with its adapter folded in, so
- * generation runs at the speed of the plain model) and the tokenizer's path. */
+ * generation runs at the speed of the plain model; on a 16-bit base the adapter stays
+ * attached and runs unmerged) and the tokenizer's path. */
 static int load_model(model *m, const gen_opts *o, char *tok_path, size_t cap, char *err)
 {
     lora *lo;
     char *state;
     if (!fs_is_dir(o->path)) return err_set(err, "%s: no such model directory or checkpoint", o->path);
     if (load_any_model(o->path, m, &lo, &state, err)) return -1;
-    if (lo) {
-        lora_merge(m);
+    if (lo && m->base_dtype == MODEL_F32) { /* a 16-bit base keeps its adapter attached: run unmerged */
+        lora_merge(m, err);
         lora_free(lo);
     }
     int rc = load_find_tokenizer(o->path, state, o->tokenizer, tok_path, cap, err);
@@ -348,6 +349,9 @@ done:
     sample_free(smp);
     infer_free(st);
     tok_free(t);
-    if (have_model) model_free(&m);
+    if (have_model) {
+        lora_free(m.lora); /* attached on a 16-bit base */
+        model_free(&m);
+    }
     return rc;
 }

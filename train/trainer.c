@@ -87,15 +87,16 @@ typedef struct {
 /* ------------------------------------------------------------------ setup */
 
 /* "q_proj,v_proj" for the target bits */
-static void target_names(unsigned bits, char *buf, size_t n)
+static void target_names(unsigned bits, int family, char *buf, size_t n)
 {
     buf[0] = 0;
     for (int t = 0; t < LORA_NT; t++)
-        if (bits >> t & 1) snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", buf[0] ? "," : "", lora_target_name(t));
+        if (bits >> t & 1)
+            snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", buf[0] ? "," : "", lora_target_name(t, family));
 }
 
 /* An adapter loaded from disk must be the one the config describes. */
-static int same_lora(const lora_config *want, const lora_config *got, const char *dir, char *err)
+static int same_lora(const lora_config *want, const lora_config *got, int family, const char *dir, char *err)
 {
     char a[64] = "", b[64] = "";
     const char *what = NULL;
@@ -109,7 +110,8 @@ static int same_lora(const lora_config *want, const lora_config *got, const char
         what = "train_router", snprintf(a, sizeof a, "%s", got->train_router ? "true" : "false"),
         snprintf(b, sizeof b, "%s", want->train_router ? "true" : "false");
     else if (want->targets != got->targets)
-        what = "targets", target_names(got->targets, a, sizeof a), target_names(want->targets, b, sizeof b);
+        what = "targets", target_names(got->targets, family, a, sizeof a),
+        target_names(want->targets, family, b, sizeof b);
     if (what) return err_set(err, "%s: the adapter's %s is %s, the config's lora.%s is %s", dir, what, a, what, b);
     return 0;
 }
@@ -133,9 +135,12 @@ static int build_model(trainer *tr, const char *resume_dir, char *err)
     }
     lora_config lc, got;
     const char *from = resume_dir ? resume_dir : c->lora.init_from;
-    if (load_lora_config(c, &lc, err) || lora_create(&tr->lo, &tr->m, &lc, c->run.seed, err)) return -1;
+    if (load_lora_config(c, &lc, err) ||
+        lora_targets_check((const char *const *)c->lora.targets, c->lora.n_targets, tr->m.c.family, err) ||
+        lora_create(&tr->lo, &tr->m, &lc, c->run.seed, err))
+        return -1;
     if (from) {
-        if (peft_read_config(from, &got, NULL, 0, err) || same_lora(&lc, &got, from, err) ||
+        if (peft_read_config(from, &got, NULL, 0, err) || same_lora(&lc, &got, tr->m.c.family, from, err) ||
             peft_load_weights(tr->lo, from, err))
             return -1;
     }
@@ -259,7 +264,7 @@ static int save_checkpoint(trainer *tr, char *err)
     st_out *w;
     ckpt_file files[3];
     if (tr->lo) { /* the adapter in PEFT format; the base is model.init_from, unchanged */
-        mcfg = peft_config_json(&tr->lo->lc, c->model.init_from);
+        mcfg = peft_config_json(&tr->lo->lc, tr->lo->family, c->model.init_from);
         w = peft_weight_list(tr->lo, ST_F32);
         files[0] = (ckpt_file){"adapter_config.json", NULL, 0, mcfg};
         files[1] = (ckpt_file){"adapter_model.safetensors", w, tr->lo->tab.n, NULL};
