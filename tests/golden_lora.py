@@ -1,4 +1,4 @@
-"""Golden LoRA: moet against PEFT on tiny-mixtral.
+"""Golden LoRA: moet against PEFT on tiny-mixtral (and the other families' cases with a LoRA sub-case).
 
 usage: golden_lora.py MOET GOLDEN_DIR WORKDIR
 1. `moet forward --lora lora_init --grads`: logits and every LoRA gradient (PEFT keys) within
@@ -6,7 +6,8 @@ usage: golden_lora.py MOET GOLDEN_DIR WORKDIR
 2. `moet train` with lora.init_from = lora_init (r, alpha, targets from its
    adapter_config.json; lr/betas/eps/clip from meta.json; weight decay 0 as the golden
    README states), 5 steps: loss, aux and grad_norm per step match lora step_stats (1e-4
-   relative), the final adapter matches lora_trained/ (max abs diff <= 1e-4).
+   relative), the final adapter matches lora_trained/ (max abs diff <= 1e-4; for the cases
+   made with raw gradients, MOE-FAMILIES.md, per tensor within 1e-3 of the distance moved).
 3. `moet export --format merged` of that checkpoint matches lora_merged/ and
    `--format peft` round-trips to lora_trained/ (max abs diff <= 1e-4).
 """
@@ -31,13 +32,25 @@ def check(name, r, tol, what="rel"):
     print(f"{'OK    ' if ok else 'NOT OK'}  {name:70s} {what} {r:.2e}")
 
 
-def compare_dirs(label, got, want):
+def compare_dirs(label, got, want, start=None):
+    """max abs diff <= 1e-4, or with start (the values before training) the worst per-tensor
+    ||got - want|| / ||want - start|| <= 1e-3."""
     global bad
     if set(got) != set(want):
         print(f"NOT OK  {label}: tensor names differ: {sorted(set(got) ^ set(want))[:6]}")
         bad += 1
     worst = max(float(np.abs(got[k].astype(np.float64) - want[k]).max()) for k in want if k in got)
-    check(f"{label} ({len(want)} tensors)", worst, 1e-4, "max abs diff")
+    if start is None:
+        check(f"{label} ({len(want)} tensors)", worst, 1e-4, "max abs diff")
+        return
+    ratio = 0.0
+    for k in want:
+        if k in got:
+            moved = float(np.linalg.norm(want[k].astype(np.float64) - start[k]))
+            d = float(np.linalg.norm(got[k].astype(np.float64) - want[k]))
+            ratio = max(ratio, d / moved if moved > 0 else d)
+    print(f"        {label}: max abs diff {worst:.2e}")
+    check(f"{label} ({len(want)} tensors)", ratio, 1e-3, "of the distance moved")
 
 
 def main():
@@ -80,14 +93,16 @@ def main():
     steps, seq = meta["steps"], g["input_ids"].shape[-1]
     targets = ", ".join(acfg["target_modules"])
     cfg = os.path.join(work, "lora.yaml")
+    tokenizer = os.path.join(gdir, "model", "tokenizer.json")
+    have_tok = os.path.exists(tokenizer)
     with open(cfg, "w") as f:
         f.write(f"""run: {{name: lora, dir: {run}}}
 model: {{init_from: {os.path.join(gdir, 'model')}}}
-tokenizer: {os.path.join(gdir, 'model', 'tokenizer.json')}
+{'tokenizer: ' + tokenizer if have_tok else ''}
 data: {{train: [{shard}], seq_len: {seq}, shuffle: false}}
 train: {{batch_size: {meta['batch']}, max_steps: {steps}}}
 optim: {{lr: {meta['lr']}, betas: [{meta['betas'][0]}, {meta['betas'][1]}], eps: {meta['eps']},
-        weight_decay: 0.0, grad_clip: {meta['clip_grad_norm']}}}
+        weight_decay: {meta.get('lora_weight_decay', 0.0)}, grad_clip: {meta['clip_grad_norm']}}}
 lora: {{enabled: true, r: {acfg['r']}, alpha: {acfg['lora_alpha']}, rslora: {str(acfg['use_rslora']).lower()},
        targets: [{targets}], init_from: {init}}}
 """)
@@ -99,17 +114,20 @@ lora: {{enabled: true, r: {acfg['r']}, alpha: {acfg['lora_alpha']}, rslora: {str
             check(f"step {r['step']} {key} (moet {r[key]:.7f}, peft {stats[i][cols.index(col)]:.7f})",
                   abs(r[key] - stats[i][cols.index(col)]) / abs(stats[i][cols.index(col)]), 1e-4)
     ck = os.path.join(run, "checkpoints", f"step_{steps:08d}")
+    raw = bool(meta.get("lora_grads_are_raw"))
+    start = sttools.read(os.path.join(init, "adapter_model.safetensors")) if raw else None
     compare_dirs("trained adapter vs lora_trained/", sttools.read(os.path.join(ck, "adapter_model.safetensors")),
-                 sttools.read(os.path.join(gdir, "lora_trained", "adapter_model.safetensors")))
+                 sttools.read(os.path.join(gdir, "lora_trained", "adapter_model.safetensors")), start)
 
     # 3. exports
     merged, peft = os.path.join(work, "merged"), os.path.join(work, "peft")
     subprocess.run([moet, "export", ck, merged, "--format", "merged"], check=True)
     subprocess.run([moet, "export", ck, peft, "--format", "peft"], check=True)
     compare_dirs("merged export vs lora_merged/", sttools.read_dir(merged),
-                 sttools.read_dir(os.path.join(gdir, "lora_merged")))
+                 sttools.read_dir(os.path.join(gdir, "lora_merged")),
+                 sttools.read_dir(os.path.join(gdir, "model")) if raw else None)
     compare_dirs("peft export vs lora_trained/", sttools.read(os.path.join(peft, "adapter_model.safetensors")),
-                 sttools.read(os.path.join(gdir, "lora_trained", "adapter_model.safetensors")))
+                 sttools.read(os.path.join(gdir, "lora_trained", "adapter_model.safetensors")), start)
     pc = json.load(open(os.path.join(peft, "adapter_config.json")))
     for k in ("peft_type", "r", "lora_alpha", "use_rslora", "task_type"):
         if pc[k] != acfg[k]:
@@ -119,9 +137,12 @@ lora: {{enabled: true, r: {acfg['r']}, alpha: {acfg['lora_alpha']}, rslora: {str
         print("NOT OK  target_modules differ")
         bad += 1
     # 4. generate from the LoRA checkpoint == generate from its merged export (greedy ids)
+    if not have_tok:
+        print("        (no tokenizer.json in the case: generate is compared in tests/t_families.sh)")
+        print("all OK" if not bad else f"{bad} NOT OK")
+        sys.exit(1 if bad else 0)
     gen = lambda m: subprocess.run([moet, "generate", m, "--prompt", "hello world", "--max-new-tokens", "12",
-                                    "--temperature", "0", "--ids", "--tokenizer",
-                                    os.path.join(gdir, "model", "tokenizer.json")],
+                                    "--temperature", "0", "--ids", "--tokenizer", tokenizer],
                                    check=True, capture_output=True, text=True).stdout.split()
     a, b = gen(ck), gen(merged)
     if a != b or len(a) == 0:

@@ -6,6 +6,11 @@ trains with the hyper-parameters of meta.json (one batch of `batch` rows per ste
 shuffle, constant lr), then checks every step's loss / ce_loss / aux_loss / grad_norm
 against step_stats (1e-4 relative) and the final checkpoint against after_steps/
 (max abs diff <= 1e-4). Nothing here knows the golden shapes: they come from the files.
+
+The other families' cases (MOE-FAMILIES.md) are judged by the distance each tensor moved:
+per tensor ||moet - after_steps|| / ||after_steps - model|| <= 1e-3 (AdamW's eps regime
+turns float32 rounding into lr-sized steps for near-zero gradients, so max abs is not the
+measure there); the Mixtral case keeps its max abs bar and reports the same ratio.
 """
 import json
 import os
@@ -60,18 +65,27 @@ optim: {{lr: {meta['lr']}, betas: [{meta['betas'][0]}, {meta['betas'][1]}], eps:
     ck = os.path.join(run, "checkpoints", f"step_{steps:08d}")
     got = sttools.read_dir(ck)
     want = sttools.read_dir(os.path.join(gdir, "after_steps"))
+    init = sttools.read_dir(os.path.join(gdir, "model"))
     if set(got) != set(want):
         print("NOT OK  checkpoint tensor names differ:", sorted(set(got) ^ set(want)))
         bad += 1
-    worst = 0.0
+    by_movement = bool(meta.get("grads_are_raw"))
+    worst, worst_mv, worst_name = 0.0, 0.0, ""
     for k in sorted(want):
         if k in got:
-            d = float(np.abs(got[k].astype(np.float64) - want[k]).max())
+            diff = got[k].astype(np.float64) - want[k]
+            d = float(np.abs(diff).max())
+            moved = float(np.linalg.norm(want[k].astype(np.float64) - init[k]))
+            mv = float(np.linalg.norm(diff)) / moved if moved > 0 else float(np.linalg.norm(diff))
             worst = max(worst, d)
-            if d > 1e-4:
-                print(f"NOT OK  {k}: max abs diff {d:.2e}")
+            if mv > worst_mv:
+                worst_mv, worst_name = mv, k
+            if (by_movement and mv > 1e-3) or (not by_movement and d > 1e-4):
+                print(f"NOT OK  {k}: max abs diff {d:.2e}, {mv:.2e} of the distance moved")
                 bad += 1
-    print(f"final weights after {steps} steps: max abs diff {worst:.2e} over {len(want)} tensors (tolerance 1e-4)")
+    print(f"final weights after {steps} steps: max abs diff {worst:.2e} over {len(want)} tensors"
+          f"{'' if by_movement else ' (tolerance 1e-4)'}; worst distance-moved ratio {worst_mv:.2e} ({worst_name})"
+          f"{' (tolerance 1e-3)' if by_movement else ''}")
     print("all OK" if not bad else f"{bad} NOT OK")
     sys.exit(1 if bad else 0)
 

@@ -147,6 +147,7 @@ int cmd_forward(int argc, char **argv)
     for (int i = 0; i < 4; i++) outs[nout++] = (st_out){.name = names[i], .ndim = 1, .shape = {1}, .dtype = ST_F32, .f32 = &sc[i]};
     char (*rl_names)[48] = calloc((size_t)L, 48);
     for (int l = 0; l < L; l++) {
+        if (!model_layer_is_moe(&m.c, l)) continue; /* a dense layer has no router */
         snprintf(rl_names[l], 48, "router_logits.layer%d", l);
         outs[nout++] = (st_out){.name = rl_names[l], .ndim = 2, .shape = {(int64_t)N, E}, .dtype = ST_F32,
                                 .f32 = model_router_logits(a, l)};

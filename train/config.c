@@ -4,6 +4,8 @@
 #include "train/config.h"
 
 #include "common/err.h"
+#include "model/family.h"
+#include "model/lora.h"
 #include "train/config_tree.h"
 
 #include <ctype.h>
@@ -88,7 +90,6 @@ static const ckey keys[] = {
 static const char *const sections[] = {"run", "model", "tokenizer", "data", "train", "optim", "lora"};
 #define NSECTIONS (int)(sizeof sections / sizeof sections[0])
 
-static const char *const lora_targets[] = {"q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3"};
 
 /* Names users of HF / axolotl / torchtune / mistral-finetune / nanoGPT reach for. */
 static const struct { const char *name, *path; } aliases[] = {
@@ -177,16 +178,6 @@ static int closeness(const char *name, const char *c)
     if (shorter >= 3 && (strstr(name, c) || strstr(c, name)) && d > 1) d = 2;
     return d <= 2 || 3 * d <= ln ? d : -1;
 }
-
-/* model.arch: the keys of transformers' MixtralConfig (and what HF writes into config.json);
- * model/config.c refuses the values moet does not implement. */
-static const char *const arch_keys[] = {
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "initializer_range",
-    "rms_norm_eps", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings",
-    "rope_theta", "rope_scaling", "rope_parameters", "sliding_window", "attention_dropout", "num_experts_per_tok",
-    "num_local_experts", "output_router_logits", "router_aux_loss_coef", "router_jitter_noise", "model_type",
-    "architectures", "torch_dtype", "dtype", "transformers_version", "_name_or_path"};
 
 /* Fill buf with a suggestion for unknown key `name` in section sec (NULL: top level). */
 static void suggest(const char *sec, const char *name, char *buf, size_t size)
@@ -400,15 +391,16 @@ static int set_key(const ctx *x, cfg *c, const ckey *k, const ytnode *n)
         for (int i = 0; i < n->n && !x->snapshot; i++) { /* a typo would otherwise leave the default in place */
             const char *key = n->keys[i], *best = NULL;
             int known = 0, best_d = 1 << 30;
-            for (size_t a = 0; a < sizeof arch_keys / sizeof *arch_keys && !known; a++) {
-                known = !strcmp(key, arch_keys[a]);
-                int d = closeness(key, arch_keys[a]);
-                if (d >= 0 && d < best_d) best = arch_keys[a], best_d = d;
+            /* the config.json keys of every family; model/config.c checks them per family */
+            for (const char *const *a = model_config_all_keys(); *a && !known; a++) {
+                known = !strcmp(key, *a);
+                int d = closeness(key, *a);
+                if (d >= 0 && d < best_d) best = *a, best_d = d;
             }
             if (known) continue;
             char wb[256], hint[96] = "";
             if (best) snprintf(hint, sizeof hint, " (did you mean '%s'?)", best);
-            return err_set(x->err, "%sunknown key '%s.%s'%s: model.arch takes Mixtral config.json keys",
+            return err_set(x->err, "%sunknown key '%s.%s'%s: model.arch takes config.json keys",
                            where(x, n->key_lines[i], wb, sizeof wb), path, key, hint);
         }
         cJSON *j = yt_to_json(n);
@@ -509,16 +501,16 @@ static int cross_checks(const ctx *x, cfg *c, const ytnode *root)
     int tl = key_line(root, "lora", "targets");
     for (int i = 0; i < c->lora.n_targets; i++) {
         const char *t = c->lora.targets[i];
-        int ok = 0;
-        for (size_t j = 0; j < sizeof lora_targets / sizeof lora_targets[0]; j++) ok |= !strcmp(t, lora_targets[j]);
+        int ok = lora_target_parse(t) >= 0;
         if (!strcmp(t, "gate"))
             return err_set(x->err, "%slora.targets: 'gate' is not a LoRA target (lora.train_router: "
                                    "true trains the router weights fully)", where(x, tl, wb, sizeof wb));
         if (!ok)
-            return err_set(x->err, "%slora.targets[%d]: expected one of q_proj, k_proj, v_proj, "
-                                   "o_proj, w1, w2, w3, got \"%s\"", where(x, tl, wb, sizeof wb), i, t);
+            return err_set(x->err, "%slora.targets[%d]: expected one of q_proj, k_proj, v_proj, o_proj and the "
+                                   "MLP's w1, w2, w3 (Mixtral) or gate_proj, down_proj, up_proj, got \"%s\"",
+                           where(x, tl, wb, sizeof wb), i, err_q(t, -1));
         for (int j = 0; j < i; j++)
-            if (!strcmp(t, c->lora.targets[j]))
+            if (lora_target_parse(t) == lora_target_parse(c->lora.targets[j]))
                 return err_set(x->err, "%slora.targets: '%s' is listed twice", where(x, tl, wb, sizeof wb), t);
     }
     if (c->lora.enabled) {
