@@ -567,8 +567,9 @@ static int out_check(const st_out *o, size_t *nbytes, char *err)
     if (!dt_ok(o->dtype)) return err_set(err, "tensor '%s': bad dtype %d", o->name, (int)o->dtype);
     if (o->ndim < 0 || o->ndim > ST_MAX_DIMS)
         return err_set(err, "tensor '%s': bad ndim %d", o->name, o->ndim);
-    if (!o->f32 == !o->raw) return err_set(err, "tensor '%s': give exactly one of f32 and raw", o->name);
-    if (o->f32 && !is_float(o->dtype))
+    if (!!o->f32 + !!o->raw + !!o->fill != 1)
+        return err_set(err, "tensor '%s': give exactly one of f32, raw and fill", o->name);
+    if ((o->f32 || o->fill) && !is_float(o->dtype))
         return err_set(err, "tensor '%s': cannot convert fp32 to %s", o->name, st_dtype_name(o->dtype));
     uint64_t numel = 1, nb;
     for (int d = 0; d < o->ndim; d++)
@@ -600,22 +601,30 @@ static int by_layout(const void *a, const void *b, void *ctx)
 static int write_data(fs_atomic *w, const st_out *o, size_t nbytes, char *err)
 {
     if (o->raw) return fs_atomic_write(w, o->raw, nbytes, err);
-    if (o->dtype == ST_F32) return fs_atomic_write(w, o->f32, nbytes, err);
+    if (o->f32 && o->dtype == ST_F32) return fs_atomic_write(w, o->f32, nbytes, err);
     enum { CHUNK = 1 << 16 };
     size_t numel = nbytes / (size_t)st_dtype_size(o->dtype);
     unsigned char *buf = malloc((size_t)CHUNK * 8);
-    if (!buf) { fs_atomic_abort(w); return err_set(err, "%s: out of memory", w->path); }
+    float *made = o->fill ? malloc((size_t)CHUNK * sizeof(float)) : NULL;
+    if (!buf || (o->fill && !made)) { free(buf); free(made); fs_atomic_abort(w); return err_set(err, "%s: out of memory", w->path); }
     for (size_t i0 = 0; i0 < numel; i0 += CHUNK) {
         size_t m = numel - i0 < CHUNK ? numel - i0 : CHUNK;
+        const float *x0 = o->f32 ? o->f32 + i0 : made;
+        if (o->fill) o->fill(o, i0, m, made);
+        if (o->dtype == ST_F32) {
+            if (fs_atomic_write(w, x0, m * sizeof(float), err) != 0) { free(buf); free(made); return -1; }
+            continue;
+        }
         for (size_t i = 0; i < m; i++) {
-            float x = o->f32[i0 + i];
+            float x = x0[i];
             if (o->dtype == ST_F64) { double d = x; memcpy(buf + 8 * i, &d, 8); continue; }
             uint16_t h = o->dtype == ST_BF16 ? st_f32_to_bf16(x) : st_f32_to_f16(x);
             memcpy(buf + 2 * i, &h, 2);
         }
-        if (fs_atomic_write(w, buf, m * (size_t)st_dtype_size(o->dtype), err) != 0) { free(buf); return -1; }
+        if (fs_atomic_write(w, buf, m * (size_t)st_dtype_size(o->dtype), err) != 0) { free(buf); free(made); return -1; }
     }
     free(buf);
+    free(made);
     return 0;
 }
 

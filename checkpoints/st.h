@@ -53,16 +53,20 @@ int st_read_f32(const st_tensor *t, float *dst, int64_t n, char *err);
 /* Copy an integer/bool tensor (I64/I32/I16/I8/U8/BOOL) into dst as int64. */
 int st_read_i64(const st_tensor *t, int64_t *dst, int64_t n, char *err);
 
-/* One tensor to write.  Either f32 (fp32 values, converted to dtype, which must be
- * F32, BF16, F16 or F64) or raw (numel * st_dtype_size(dtype) bytes written as they
- * are: int64 token ids, masks, already-converted weights).  ndim 0 = scalar. */
-typedef struct {
+/* One tensor to write.  Exactly one of: f32 (fp32 values, converted to dtype, which must
+ * be F32, BF16, F16 or F64); raw (numel * st_dtype_size(dtype) bytes written as they are:
+ * int64 token ids, masks, already-converted weights); fill (called for consecutive element
+ * ranges [i0, i0+n) with n <= 65536, writing fp32 values into dst, converted like f32: a
+ * tensor made on the fly, e.g. a bf16 base widened plus a LoRA delta).  ndim 0 = scalar. */
+typedef struct st_out {
     const char  *name;
     int          ndim;
     int64_t      shape[ST_MAX_DIMS];
     st_dtype     dtype;                /* on-disk dtype */
     const float *f32;
     const void  *raw;
+    void       (*fill)(const struct st_out *o, size_t i0, size_t n, float *dst);
+    const void  *ctx;                  /* for fill */
 } st_out;
 
 /* Write one .safetensors file atomically (temp + fsync + rename).  meta_kv is NULL or

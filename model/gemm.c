@@ -16,9 +16,19 @@
 #include "model/model.h"
 
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { TILE_BYTES = 16 << 20, MIN_ROWS = 64 };
+
+/* MOET_TILE_BYTES (tests only) shrinks the tiles, so small models take every path of the
+ * blocking: several blocks per matrix, blocks that cross the parts of a stacked matrix. */
+static size_t tile_floats_min(void)
+{
+    const char *e = getenv("MOET_TILE_BYTES");
+    long v = e ? atol(e) : 0;
+    return (v > 0 ? (size_t)v : (size_t)TILE_BYTES) / sizeof(float);
+}
 
 /* Rows of a tile of floats floats for a K-wide matrix, capped at rows. */
 static int block_rows(size_t floats, int K, int rows)
@@ -32,8 +42,8 @@ static int block_rows(size_t floats, int K, int rows)
 static void mat_max(const model_mat *w, size_t *need)
 {
     if (w->dtype == MODEL_F32 || w->cols <= 0) return;
-    size_t f = (size_t)w->cols * MIN_ROWS;
-    if (f < TILE_BYTES / sizeof(float)) f = TILE_BYTES / sizeof(float);
+    size_t f = (size_t)w->cols * (getenv("MOET_TILE_BYTES") ? 1 : MIN_ROWS);
+    if (f < tile_floats_min()) f = tile_floats_min();
     size_t all = (size_t)w->cols * model_mat_rows(w);
     if (f > all) f = all;
     if (f > *need) *need = f;

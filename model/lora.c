@@ -281,7 +281,7 @@ int lora_merge(model *m, char *err)
     return 0;
 }
 
-int lora_delta(const lora *lo, const model *m, const char *name, float *delta)
+int lora_delta_rows(const lora *lo, const model *m, const char *name, int r0, int r1, float *delta)
 {
     const model_config *c = &m->c;
     char path[160], want[200];
@@ -293,8 +293,10 @@ int lora_delta(const lora *lo, const model *m, const char *name, float *delta)
                 module_path(path, sizeof path, c, l, t, e);
                 snprintf(want, sizeof want, "%s.weight", path);
                 if (strcmp(want, name) != 0) continue;
-                model_gemm(0, 0, s->out, s->in, r, lo->scale, s->B + (size_t)e * s->out * r, r,
-                           s->A + (size_t)e * r * s->in, s->in, 0, delta, s->in);
+                if (r1 > s->out) r1 = s->out;
+                if (r1 > r0) /* rows [r0, r1) of s * B (out, r) A (r, in) */
+                    model_gemm(0, 0, r1 - r0, s->in, r, lo->scale, s->B + ((size_t)e * s->out + r0) * r, r,
+                               s->A + (size_t)e * r * s->in, s->in, 0, delta, s->in);
                 return 1;
             }
         }
@@ -307,25 +309,50 @@ void lora_set_dropout_key(lora *lo, uint64_t seed, uint64_t step, int micro)
     lo->drop_key = rng_splitmix64(&x) ^ (step * 0x9e3779b97f4a7c15ULL) ^ ((uint64_t)micro * 0xc2b2ae3d27d4eb4fULL);
 }
 
+size_t lora_scratch_bytes(const lora_config *lc, size_t rows, size_t cols)
+{
+    /* the dropped-out input and its gradient term exist only with dropout */
+    return ((lc->dropout > 0 ? 2 * rows * cols : 0) + rows * (size_t)lc->r) * sizeof(float);
+}
+
 int lora_reserve(lora *lo, size_t rows, size_t cols, char *err)
 {
     size_t n = rows * cols;
-    if (n <= lo->scr_floats) return 0;
+    if (n <= lo->scr_floats && rows * (size_t)lo->lc.r <= lo->scr_arows) return 0;
     free(lo->scr_x), free(lo->scr_t), free(lo->scr_a);
-    lo->scr_x = malloc(n * sizeof(float));
-    lo->scr_t = malloc(n * sizeof(float));
+    lo->scr_x = lo->scr_t = NULL;
+    int drop = lo->lc.dropout > 0;
+    if (drop) {
+        lo->scr_x = malloc(n * sizeof(float));
+        lo->scr_t = malloc(n * sizeof(float));
+    }
     lo->scr_a = malloc(rows * (size_t)lo->lc.r * sizeof(float));
     lo->scr_floats = n;
+    lo->scr_arows = rows * (size_t)lo->lc.r;
     lo->scr_cols = cols;
-    if (!lo->scr_x || !lo->scr_t || !lo->scr_a) return err_set(err, "out of memory for LoRA scratch");
+    if ((drop && (!lo->scr_x || !lo->scr_t)) || !lo->scr_a) return err_set(err, "out of memory for LoRA scratch");
     return 0;
+}
+
+size_t lora_param_count(const model_config *c, const lora_config *lc)
+{
+    size_t n = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        for (int t = 0; t < LORA_NS; t++) {
+            int in, o, ne = t >= LORA_W1 && t <= LORA_W3 ? c->n_experts : 1;
+            dims(c, l, t, &in, &o);
+            if ((lc->targets >> target_of(t) & 1) && in) n += (size_t)ne * lc->r * (in + o);
+        }
+        if (lc->train_router && model_layer_is_moe(c, l)) n += (size_t)c->n_experts * c->dim;
+    }
+    return n;
 }
 
 void lora_scratch_rows(const lora *lo, int row0, lora *view)
 {
     *view = *lo;
-    view->scr_x += (size_t)row0 * lo->scr_cols;
-    view->scr_t += (size_t)row0 * lo->scr_cols;
+    if (view->scr_x) view->scr_x += (size_t)row0 * lo->scr_cols;
+    if (view->scr_t) view->scr_t += (size_t)row0 * lo->scr_cols;
     view->scr_a += (size_t)row0 * lo->lc.r;
 }
 
@@ -408,4 +435,14 @@ void lora_backward_x(const lora *lo, const lora_site *s, int e, float *dx, int l
         for (int j = 0; j < in; j++)
             if (!dropped(key, (uint64_t)i * in + j, p)) dx[(size_t)i * lddx + j] += lo->scr_t[(size_t)i * in + j] * inv;
     );
+}
+
+const float *lora_router_copy(const lora *lo, const char *name)
+{
+    if (!lo->lc.train_router) return NULL;
+    char want[200];
+    snprintf(want, sizeof want, "base_model.model.%s", name);
+    for (int i = 0; i < lo->tab.n; i++)
+        if (!strcmp(lo->tab.t[i].name, want)) return lo->w + lo->tab.t[i].offset;
+    return NULL;
 }

@@ -55,7 +55,8 @@ typedef struct lora {
     uint64_t drop_key;   /* dropout stream of the current micro-batch (lora_set_dropout_key) */
     int training;        /* dropout on (set by model_forward_backward) */
     float *scr_x, *scr_t, *scr_a; /* scratch: dropped input, input-gradient term, dxa */
-    size_t scr_floats, scr_cols;  /* scr_x, scr_t: rows x scr_cols; scr_a: rows x r */
+    size_t scr_floats, scr_cols;  /* scr_x, scr_t: rows x scr_cols (only with dropout); scr_a: rows x r */
+    size_t scr_arows;
 } lora;
 
 /* A view of lo whose scratch starts at row row0: calls on disjoint row ranges (the experts of
@@ -72,9 +73,12 @@ void lora_attach(model *m, lora *lo);
 /* Fold the adapters into m's base weights (W += s B A; router copies replace the gates)
  * and detach. Needs an fp32 store (a 16-bit base is merged tensor by tensor on export). */
 int lora_merge(model *m, char *err);
-/* The adapters' contribution to base tensor name (HF name): delta (out, in) = s B A, or
- * 0 when no adapter sits on it (the router copy, when trained, is not a delta). */
-int lora_delta(const lora *lo, const model *m, const char *name, float *delta);
+/* Rows [r0, r1) of the adapters' contribution to base tensor name (HF name): delta
+ * (r1-r0, in) = s B[r0:r1] A; returns 1, or 0 (delta untouched) when no adapter sits on it
+ * (the router copy, when trained, is not a delta). */
+int lora_delta_rows(const lora *lo, const model *m, const char *name, int r0, int r1, float *delta);
+/* The trained router copy standing for base tensor name (train_router), or NULL. */
+const float *lora_router_copy(const lora *lo, const char *name);
 
 /* Site of layer l, site t, or NULL (no adapter / no LoRA). */
 const lora_site *lora_site_at(const struct lora *lo, int l, int t);
@@ -83,8 +87,11 @@ const lora_site *lora_site_at(const struct lora *lo, int l, int t);
  * a resumed run drops the same units. */
 void lora_set_dropout_key(lora *lo, uint64_t seed, uint64_t step, int micro);
 
-/* Scratch for up to rows x cols inputs (called by model_acts_create). */
+/* Scratch for up to rows x cols inputs (called by model_acts_create), and its bytes. */
 int lora_reserve(lora *lo, size_t rows, size_t cols, char *err);
+size_t lora_scratch_bytes(const lora_config *lc, size_t rows, size_t cols);
+/* Trainable parameters of adapters lc on a model of config c (without creating them). */
+size_t lora_param_count(const model_config *c, const lora_config *lc);
 
 /* ---- the hooks used by model/forward.c and model/moe.c (e = expert, 0 for attention)
  * forward: y (rows, ldy) += s * (drop(x) A^T) B^T, saving xa = drop(x) A^T (rows, r). */

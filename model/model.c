@@ -300,6 +300,25 @@ void model_store_bytes(const model *m, size_t *f32, size_t *low, size_t *tiles)
     if (tiles) *tiles = m->tiles.p ? m->tiles.floats * (size_t)m->tiles.threads * sizeof(float) : 0;
 }
 
+int model_store_plan(const model_config *c, int base_dtype, size_t *f32, size_t *low, size_t *tiles, char *err)
+{
+    model_table t;
+    if (build_table(&t, c, base_dtype != MODEL_F32, NULL)) return err_set(err, "out of memory");
+    size_t lo = 0;
+    for (int i = 0; i < t.n; i++)
+        if (t.t[i].low) lo += t.t[i].numel * 2;
+    *f32 = t.total * sizeof(float);
+    *low = lo;
+    *tiles = 0;
+    free(t.t);
+    if (base_dtype == MODEL_F32) return 0;
+    model m; /* a low store allocates only its small fp32 tensors: cheap even for big models */
+    if (model_create_low(&m, c, base_dtype, err)) return -1;
+    *tiles = model_gemm_tile_floats(&m) * (size_t)omp_get_max_threads() * sizeof(float);
+    model_free(&m);
+    return 0;
+}
+
 void model_free(model *m)
 {
     if (m->layers)

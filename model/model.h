@@ -121,6 +121,8 @@ int model_alloc_low(model *m, char *err);
 void model_free(model *m);
 /* Bytes of the fp32 buffer, of the low tensors (however stored), and of the tiles. */
 void model_store_bytes(const model *m, size_t *f32, size_t *low, size_t *tiles);
+/* The same for a config and base dtype, without allocating the weights (the planner). */
+int model_store_plan(const model_config *c, int base_dtype, size_t *f32, size_t *low, size_t *tiles, char *err);
 
 /* Random init as HF: normal(0, init_std) for matrices, 1 for norms, 0 for biases; seeded,
  * deterministic (low tensors: the same values rounded). */

@@ -505,7 +505,7 @@ static void test_writer_rejects_bad_input_and_keeps_old_file(void **state)
     assert_non_null(strstr(err, "cannot convert fp32 to I64"));
     st_out both = { .name = "i", .ndim = 1, .shape = { 2 }, .dtype = ST_I64, .f32 = w, .raw = i2 };
     assert_int_equal(st_write(path, &both, 1, NULL, err), -1);
-    assert_non_null(strstr(err, "exactly one of f32 and raw"));
+    assert_non_null(strstr(err, "exactly one of f32, raw and fill"));
     st_out reserved = { .name = "__metadata__", .ndim = 1, .shape = { 2 }, .dtype = ST_F32, .f32 = w };
     assert_int_equal(st_write(path, &reserved, 1, NULL, err), -1);
     assert_non_null(strstr(err, "reserved"));

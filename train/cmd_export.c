@@ -35,10 +35,12 @@ typedef struct {
     char base[4096];          /* base model name for the card */
 } source;
 
-static int load_source(source *s, const char *path, const char *tokenizer, char *err)
+/* GGUF's writer reads fp32 tensors: a 16-bit base is widened for it (hf, peft and merged
+ * write a 16-bit base tensor by tensor, without an fp32 copy of the model). */
+static int load_source(source *s, const char *path, const char *tokenizer, int fp32, char *err)
 {
     memset(s, 0, sizeof *s);
-    if (load_any_model(path, &s->m, &s->lo, &s->state, err)) return -1;
+    if (load_any_model_as(path, fp32 ? MODEL_F32 : CKPT_BASE_AUTO, &s->m, &s->lo, &s->state, err)) return -1;
     s->have_model = 1;
     cJSON *st = s->state ? cJSON_Parse(s->state) : NULL;
     const cJSON *init = cJSON_GetObjectItemCaseSensitive(
@@ -119,13 +121,15 @@ int cmd_export(int argc, char **argv)
     source s;
     tok *t = NULL;
     int rc = 1, begun = 0;
-    if (load_source(&s, in, tokenizer, err)) goto fail;
+    if (load_source(&s, in, tokenizer, !strcmp(format, "gguf"), err)) goto fail;
     int peft = !strcmp(format, "peft");
     if (peft && !s.lo) {
         err_set(err, "%s is a full model, not a LoRA checkpoint: use --format hf", in);
         goto fail;
     }
-    if (s.lo && !peft && lora_merge(&s.m, err)) goto fail; /* hf, merged, gguf of a LoRA run: the merged model */
+    /* hf, merged, gguf of a LoRA run: the merged model (in place on an fp32 store, else tensor
+     * by tensor as it is written) */
+    if (s.lo && !peft && s.m.base_dtype == MODEL_F32 && lora_merge(&s.m, err)) goto fail;
     if (!strcmp(format, "gguf") && !s.tokenizer[0]) {
         err_set(err, "no tokenizer.json found for %s (GGUF embeds the tokenizer): pass --tokenizer", in);
         goto fail;
@@ -146,7 +150,7 @@ int cmd_export(int argc, char **argv)
         if (gguf_write_model(p, &s.m, t, dt, s.base[0] ? s.base : in, err)) goto fail;
     } else {
         if (peft ? peft_save(s.lo, tmp, s.base[0] ? s.base : NULL, dt, err)
-                 : ckpt_save_model(&s.m, tmp, dt, max_shard, err))
+                 : ckpt_save_merged(&s.m, s.m.lora, tmp, dt, max_shard, err))
             goto fail;
         if (s.tokenizer[0] && export_tokenizer(tmp, s.tokenizer, s.m.c.max_pos, err)) goto fail;
     }

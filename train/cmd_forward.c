@@ -16,6 +16,7 @@
 static const char usage[] =
     "usage: moet forward MODEL_DIR --batch BATCH.safetensors --out OUT.safetensors [--grads]\n"
     "                    [--lora ADAPTER_DIR] [--clip-grad-norm C] [--z-loss C]\n"
+    "                    [--base-dtype float32|bfloat16|float16|auto]\n"
     "  BATCH holds input_ids [B,T] (int64/int32) and optional labels [B,T] (-100 = ignore;\n"
     "  default input_ids). OUT gets logits [B,T,V], loss, ce_loss, aux_loss, z_loss ([1] F32),\n"
     "  router_logits.layerL [B*T,E], and with --grads grad.<HF name> for every parameter\n"
@@ -23,7 +24,9 @@ static const char usage[] =
     "  norm). --clip-grad-norm C scales the written gradients as torch's clip_grad_norm_(C)\n"
     "  does before an optimizer step (grad_norm stays the norm before clipping).\n"
     "  --lora applies a PEFT adapter on the frozen base; --grads then gives the adapter's\n"
-    "  gradients as grad.<PEFT key>.\n";
+    "  gradients as grad.<PEFT key>.\n"
+    "  --base-dtype keeps a frozen base (no --grads, or --lora) as model.base_dtype would\n"
+    "  (auto: 16-bit files stay 16-bit, mapped); default float32.\n";
 
 static int read_ids(const st_file *f, const char *name, int32_t **out, int *B, int *T, char *err)
 {
@@ -66,13 +69,22 @@ int cmd_forward(int argc, char **argv)
         return 0;
     }
     const char *dir = NULL, *batch_path = NULL, *out_path = NULL, *lora_dir = NULL;
-    int grads = 0;
+    int grads = 0, base_dtype = MODEL_F32;
     double z_coef = 0, clip = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch_path = argv[++i];
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
         else if (!strcmp(argv[i], "--grads")) grads = 1;
         else if (!strcmp(argv[i], "--lora") && i + 1 < argc) lora_dir = argv[++i];
+        else if (!strcmp(argv[i], "--base-dtype") && i + 1 < argc) {
+            const char *v = argv[++i];
+            base_dtype = !strcmp(v, "float32") ? MODEL_F32 : !strcmp(v, "bfloat16") ? MODEL_BF16
+                         : !strcmp(v, "float16") ? MODEL_F16 : !strcmp(v, "auto") ? CKPT_BASE_AUTO : -2;
+            if (base_dtype == -2) {
+                fprintf(stderr, "moet forward: --base-dtype must be float32, bfloat16, float16 or auto, not '%s'\n", v);
+                return 2;
+            }
+        }
         else if ((!strcmp(argv[i], "--z-loss") || !strcmp(argv[i], "--clip-grad-norm")) && i + 1 < argc) {
             int z = !strcmp(argv[i], "--z-loss");
             if (cmd_double(argv[i + 1], 0, 1e30, z ? &z_coef : &clip)) {
@@ -90,6 +102,10 @@ int cmd_forward(int argc, char **argv)
         fputs(usage, stderr);
         return 2;
     }
+    if (grads && !lora_dir && base_dtype != MODEL_F32) {
+        fprintf(stderr, "moet forward: --grads without --lora trains the base: it is fp32 (--base-dtype float32)\n");
+        return 2;
+    }
     char err[ERR_MAX];
     model m;
     st_file *bf = NULL;
@@ -99,7 +115,7 @@ int cmd_forward(int argc, char **argv)
     float *logits = NULL;
     st_out *outs = NULL;
     int rc = 1, B = 0, T = 0, have_model = 0;
-    if (ckpt_load_model(&m, dir, grads && !lora_dir, err)) goto fail;
+    if (ckpt_load_model_as(&m, dir, grads && !lora_dir, base_dtype, err)) goto fail;
     have_model = 1;
     if (lora_dir) {
         lora_config lc;

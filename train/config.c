@@ -30,6 +30,7 @@ typedef enum {
     KT_RESUME,
     KT_ARCH,     /* any mapping, kept as JSON */
     KT_AUX,      /* number >= 0 or null (unset); off2: the set flag */
+    KT_DTYPE,    /* auto | float32 | bfloat16 | float16 */
 } ktype;
 
 enum { REQUIRED = 1, LO_OPEN = 2, HI_OPEN = 4 };
@@ -52,6 +53,7 @@ static const ckey keys[] = {
     {"model", "arch", KT_ARCH, F(model.arch_json), 0, 0, 0, 0},
     {"model", "router_aux_loss_coef", KT_AUX, F(model.aux_coef), F(model.aux_coef_set), 0, BIG, 0},
     {"model", "router_z_loss_coef", KT_NUM, F(model.z_coef), 0, 0, BIG, 0},
+    {"model", "base_dtype", KT_DTYPE, F(model.base_dtype), 0, 0, 0, 0},
     {NULL, "tokenizer", KT_STR, F(tokenizer), 0, 0, 0, 0},
     {"data", "train", KT_LIST, F(data.train), F(data.n_train), 0, 0, REQUIRED},
     {"data", "val", KT_LIST, F(data.val), F(data.n_val), 0, 0, 0},
@@ -67,6 +69,7 @@ static const ckey keys[] = {
     {"train", "save_every", KT_INT, F(train.save_every), 0, 0, INT_MAX, 0},
     {"train", "keep_checkpoints", KT_INT, F(train.keep_checkpoints), 0, 0, INT_MAX, 0},
     {"train", "resume", KT_RESUME, F(train.resume), F(train.resume_path), 0, 0, 0},
+    {"train", "activation_checkpointing", KT_BOOL, F(train.activation_checkpointing), 0, 0, 0, 0},
     {"optim", "lr", KT_NUM, F(optim.lr), 0, 0, BIG, REQUIRED | LO_OPEN},
     {"optim", "betas", KT_BETAS, F(optim.beta1), F(optim.beta2), 0, 1, HI_OPEN},
     {"optim", "eps", KT_NUM, F(optim.eps), 0, 0, BIG, LO_OPEN},
@@ -371,6 +374,14 @@ static int set_key(const ctx *x, cfg *c, const ckey *k, const ytnode *n)
             *(double *)(base + (i ? k->off2 : k->off)) = v;
         }
         return 0;
+    case KT_DTYPE: {
+        int d = -1;
+        for (int i = 0; n->kind == YT_SCALAR && i < 4; i++)
+            if (!strcmp(n->str, cfg_base_dtype_name(i))) d = i;
+        if (d < 0) return fail(x, n->line, path, "one of auto, float32, bfloat16, float16", n);
+        *(int *)(base + k->off) = d;
+        return 0;
+    }
     case KT_SCHED:
         if (n->kind != YT_SCALAR || sched_parse(n->str, &c->optim.schedule))
             return fail(x, n->line, path, "one of constant, cosine, linear, wsd", n);
@@ -495,6 +506,11 @@ static int cross_checks(const ctx *x, cfg *c, const ytnode *root)
                                "lora.enabled: false to train the full model",
                        where(x, l, wb, sizeof wb), c->lora.r ? "r" : "alpha");
     }
+    if ((c->model.base_dtype == CFG_BASE_BF16 || c->model.base_dtype == CFG_BASE_F16) && !c->lora.enabled)
+        return err_set(x->err, "%smodel.base_dtype: %s keeps a frozen base (LoRA); a full fine-tune trains every "
+                               "weight in fp32 with fp32 AdamW state: use auto or float32, or lora.enabled: true",
+                       where(x, key_line(root, "model", "base_dtype"), wb, sizeof wb),
+                       cfg_base_dtype_name(c->model.base_dtype));
     if (c->lora.init_from && !c->lora.enabled)
         return err_set(x->err, "%slora.init_from: an adapter is given but lora.enabled is false",
                        where(x, key_line(root, "lora", "init_from"), wb, sizeof wb));
@@ -565,6 +581,12 @@ static int parse_and_check(cfg *c, const char *text, const char *name, char **ov
 int cfg_parse_string(cfg *c, const char *yaml_text, char **overrides, int n_overrides, char *err)
 {
     return parse_and_check(c, yaml_text, NULL, overrides, n_overrides, err);
+}
+
+const char *cfg_base_dtype_name(int d)
+{
+    static const char *const names[] = {"auto", "float32", "bfloat16", "float16"};
+    return d >= 0 && d < 4 ? names[d] : "?";
 }
 
 int cfg_load(cfg *c, const char *yaml_path, char **overrides, int n_overrides, char *err)

@@ -42,8 +42,14 @@
  *   max_steps/5 (the last 20%); warmup_steps + decay_steps <= max_steps.
  * - lora.r and lora.alpha are required when lora.enabled is true (null when not given);
  *   lora.init_from needs lora.enabled: true.
- *   lora.targets: any of q_proj k_proj v_proj o_proj w1 w2 w3 (w1/w2/w3: every expert),
- *   at least one, no repeats. The router is not a LoRA target: lora.train_router: true
+ *   lora.targets: any of q_proj k_proj v_proj o_proj and the MLP's projections in the
+ *   model family's names (Mixtral w1 w2 w3, the others gate_proj down_proj up_proj: every
+ *   expert, and the dense MLP / shared expert where a layer has one), at least one, no repeats.
+ * - model.base_dtype: auto (a LoRA run keeps a BF16/F16 base as stored, mapped; fp32 otherwise),
+ *   float32, bfloat16, float16 (a frozen base converted once); a full fine-tune is fp32 and
+ *   refuses bfloat16/float16.
+ * - train.activation_checkpointing: false (keep every layer's activations) or true (keep
+ *   each layer's input, recompute one layer at a time in backward: same results). The router is not a LoRA target: lora.train_router: true
  *   trains the gate weights fully (as modules_to_save) next to the adapters. */
 #ifndef MOET_CONFIG_H
 #define MOET_CONFIG_H
@@ -55,6 +61,9 @@
 #include "optim/sched.h"
 
 typedef enum { CFG_RESUME_AUTO, CFG_RESUME_NEVER, CFG_RESUME_PATH } cfg_resume;
+/* model.base_dtype: auto keeps a frozen base's 16-bit matrices as stored (LoRA), else fp32. */
+typedef enum { CFG_BASE_AUTO, CFG_BASE_F32, CFG_BASE_BF16, CFG_BASE_F16 } cfg_base_dtype;
+const char *cfg_base_dtype_name(int d); /* "auto", "float32", "bfloat16", "float16" */
 
 typedef struct {
     struct {
@@ -68,6 +77,7 @@ typedef struct {
         double aux_coef;         /* router_aux_loss_coef; 0.02 when not set */
         int aux_coef_set;        /* 1: given in the config, overrides the model config */
         double z_coef;           /* router_z_loss_coef, 0 */
+        int base_dtype;          /* CFG_BASE_*: how a frozen base's big matrices are kept */
     } model;
     char *tokenizer;             /* tokenizer.json path, or NULL */
     struct {
@@ -90,6 +100,7 @@ typedef struct {
         int keep_checkpoints;    /* 3; 0 = keep all */
         cfg_resume resume;       /* auto */
         char *resume_path;       /* CFG_RESUME_PATH only, else NULL */
+        int activation_checkpointing; /* 0: keep every layer's activations; 1: recompute in backward */
     } train;
     struct {
         double lr;               /* peak, > 0 */

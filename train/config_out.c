@@ -50,6 +50,7 @@ static cJSON *cfg_build(const cfg *c)
     add(s, "router_aux_loss_coef",
         c->model.aux_coef_set ? cJSON_CreateNumber(c->model.aux_coef) : cJSON_CreateNull(), &ok);
     add(s, "router_z_loss_coef", cJSON_CreateNumber(c->model.z_coef), &ok);
+    add(s, "base_dtype", cJSON_CreateString(cfg_base_dtype_name(c->model.base_dtype)), &ok);
 
     add(r, "tokenizer", str_or_null(c->tokenizer), &ok);
 
@@ -73,6 +74,7 @@ static cJSON *cfg_build(const cfg *c)
                                         : c->train.resume == CFG_RESUME_NEVER ? "never"
                                                                               : c->train.resume_path),
         &ok);
+    add(s, "activation_checkpointing", cJSON_CreateBool(c->train.activation_checkpointing), &ok);
 
     s = section(r, "optim", &ok);
     const double betas[2] = {c->optim.beta1, c->optim.beta2};

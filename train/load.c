@@ -46,11 +46,33 @@ int load_run_config(const cfg *c, model_config *mc, char *err)
     return rc ? err_wrap(err, "model.arch") : 0;
 }
 
+/* MODEL_* the base's big matrices are kept in: fp32 for a trained model, else as
+ * model.base_dtype says (auto: the files' own 16-bit dtype; a random base is fp32). */
+static int base_store(const cfg *c, int with_grads, int *dtype, char *err)
+{
+    static const int of_cfg[] = {[CFG_BASE_F32] = MODEL_F32, [CFG_BASE_BF16] = MODEL_BF16, [CFG_BASE_F16] = MODEL_F16};
+    *dtype = MODEL_F32;
+    if (with_grads) return 0;
+    if (c->model.base_dtype != CFG_BASE_AUTO) {
+        *dtype = of_cfg[c->model.base_dtype];
+        return 0;
+    }
+    if (c->model.init_from && ckpt_disk_dtype(c->model.init_from, dtype, err))
+        return err_wrap(err, "model.init_from");
+    return 0;
+}
+
 int load_run_base(const cfg *c, model *m, int with_grads, char *err)
 {
     model_config mc;
-    if (load_run_config(c, &mc, err) || model_create(m, &mc, with_grads, err)) return -1;
+    int dtype;
+    if (load_run_config(c, &mc, err) || base_store(c, with_grads, &dtype, err)) return -1;
+    if (dtype == MODEL_F32 ? model_create(m, &mc, with_grads, err) : model_create_low(m, &mc, dtype, err)) return -1;
     if (!c->model.init_from) {
+        if (dtype != MODEL_F32 && model_alloc_low(m, err)) {
+            model_free(m);
+            return -1;
+        }
         model_init_random(m, c->run.seed);
         return 0;
     }
@@ -73,6 +95,11 @@ static int state_config(const cJSON *state, const char *dir, cfg *c, char *err)
 
 int load_any_model(const char *path, model *m, lora **lo, char **state, char *err)
 {
+    return load_any_model_as(path, CKPT_BASE_AUTO, m, lo, state, err);
+}
+
+int load_any_model_as(const char *path, int base_dtype, model *m, lora **lo, char **state, char *err)
+{
     char *st = NULL;
     *lo = NULL;
     if (state) *state = NULL;
@@ -82,12 +109,13 @@ int load_any_model(const char *path, model *m, lora **lo, char **state, char *er
     const cJSON *kind = cJSON_GetObjectItemCaseSensitive(js, "kind");
     int rc = -1;
     if (!(cJSON_IsString(kind) && !strcmp(kind->valuestring, "lora"))) {
-        rc = ckpt_load_model(m, path, 0, err);
+        rc = ckpt_load_model_as(m, path, 0, base_dtype, err);
         goto out;
     }
     /* LoRA checkpoint: rebuild the run's base, then the adapter on top */
     cfg c;
     if (state_config(js, path, &c, err)) goto out;
+    if (base_dtype == MODEL_F32) c.model.base_dtype = CFG_BASE_F32;
     lora_config lc;
     if (load_run_base(&c, m, 0, err)) {
         cfg_free(&c);
@@ -126,7 +154,10 @@ static int same_model(const model_config *a, const model_config *b)
            a->n_heads == b->n_heads && a->n_kv_heads == b->n_kv_heads && a->head_dim == b->head_dim &&
            a->n_experts == b->n_experts && a->top_k == b->top_k && a->norm_eps == b->norm_eps &&
            a->rope_theta == b->rope_theta && a->tie_embeddings == b->tie_embeddings &&
-           a->sliding_window == b->sliding_window;
+           a->sliding_window == b->sliding_window && a->family == b->family && a->dense_ffn == b->dense_ffn &&
+           a->shared_ffn == b->shared_ffn && a->topk_raw == b->topk_raw && a->qk_norm == b->qk_norm &&
+           a->qkv_bias == b->qkv_bias && a->o_bias == b->o_bias && a->clip_qkv == b->clip_qkv &&
+           a->sparse_step == b->sparse_step && !memcmp(a->mlp_only, b->mlp_only, sizeof a->mlp_only);
 }
 
 int load_lora_config(const cfg *c, lora_config *lc, char *err)
@@ -188,6 +219,7 @@ int load_check_resume(const cfg *now, const char *dir, char *err)
     else if (now->train.grad_accum != was.train.grad_accum) key = "train.grad_accum";
     else if (now->run.seed != was.run.seed) key = "run.seed";
     else if (now->lora.enabled != was.lora.enabled) key = "lora.enabled";
+    else if (now->model.base_dtype != was.model.base_dtype) key = "model.base_dtype";
     else if (now->lora.enabled) { /* the same adapter: shape, scale and what it trains */
         lora_config ln, lw;
         if (load_lora_config(now, &ln, e2) || load_lora_config(&was, &lw, e2) || ln.r != lw.r || ln.alpha != lw.alpha ||

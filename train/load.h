@@ -18,6 +18,9 @@ int load_run_base(const cfg *c, model *m, int with_grads, char *err);
 /* Load path. *lo receives the attached adapter of a LoRA checkpoint (else NULL);
  * *state (may be NULL) the checkpoint's trainer_state.json text (NULL for an HF dir). */
 int load_any_model(const char *path, model *m, lora **lo, char **state, char *err);
+/* The same with the store chosen: CKPT_BASE_AUTO (what load_any_model does: a 16-bit HF dir
+ * stays 16-bit, a LoRA checkpoint's base as its model.base_dtype said) or MODEL_F32. */
+int load_any_model_as(const char *path, int base_dtype, model *m, lora **lo, char **state, char *err);
 
 /* lora.* of a config as a lora_config (targets as bits). 0, or -1 for an unknown target. */
 int load_lora_config(const cfg *c, lora_config *lc, char *err);

@@ -4,6 +4,8 @@
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,9 +60,25 @@ int cmd_double(const char *s, double lo, double hi, double *out)
     return 0;
 }
 
+/* Weights of a 16-bit base are read straight from the mapped safetensors files; a file cut
+ * short on disk while a command runs makes the next read of a vanished page fault. That is
+ * not recoverable in the middle of a GEMM, so say what happened in one line and stop (what
+ * was written before, e.g. checkpoints, is complete: every file is written atomically). */
+static void on_sigbus(int sig)
+{
+    static const char msg[] = "moet: a mapped weight file was truncated on disk while in use (SIGBUS); stopping. "
+                              "Files written before are intact; do not modify a model while moet reads it.\n";
+    (void)sig;
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+    _exit(1);
+}
+
 int main(int argc, char **argv)
 {
     blas_select_kernels(argv);
+    struct sigaction sa = {.sa_handler = on_sigbus};
+    sigaction(SIGBUS, &sa, NULL);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -2,6 +2,7 @@
 #include "train/trainer.h"
 #include "train/eval.h"
 #include "train/load.h"
+#include "train/plan.h"
 #include "checkpoints/ckpt.h"
 #include "checkpoints/hf.h"
 #include "checkpoints/peft.h"
@@ -82,6 +83,8 @@ typedef struct {
     int lock_fd;           /* RUN_DIR/.moet-train.lock, flock'ed while training (-1: none) */
     int made_run_dir;      /* levels of run_dir this process created (it holds the lock; removed if setup fails) */
     int warned_no_targets; /* a step without target tokens was reported */
+    plan_in plan_in;       /* the run as the memory planner sees it */
+    size_t planned_bytes;  /* its planned peak (0: not planned) */
 } trainer;
 
 /* ------------------------------------------------------------------ setup */
@@ -129,6 +132,8 @@ static int build_model(trainer *tr, const char *resume_dir, char *err)
     }
     tr->aux_coef = c->model.aux_coef_set ? c->model.aux_coef : tr->m.c.aux_coef;
     tr->z_coef = c->model.z_coef;
+    tr->plan_in = (plan_in){.B = c->train.batch_size, .T = c->data.seq_len, .grad_accum = c->train.grad_accum,
+                            .ckpt = c->train.activation_checkpointing, .base_dtype = tr->m.base_dtype, .ranks = 1};
     if (!use_lora) {
         tr->tv = (tview){tr->m.tab.t, tr->m.tab.n, tr->m.w, tr->m.g, tr->m.tab.total};
         return 0;
@@ -146,6 +151,8 @@ static int build_model(trainer *tr, const char *resume_dir, char *err)
     }
     lora_attach(&tr->m, tr->lo);
     tr->tv = (tview){tr->lo->tab.t, tr->lo->tab.n, tr->lo->w, tr->lo->g, tr->lo->tab.total};
+    tr->plan_in.lora = 1;
+    tr->plan_in.lc = lc;
     return 0;
 }
 
@@ -210,7 +217,7 @@ static int setup_data(trainer *tr, char *err)
     if (!tr->mb || !tr->labels || !tr->load) return err_set(err, "out of memory");
     for (int i = 0; i < k; i++)
         if (loader_batch_alloc(&tr->mb[i], B, T, err)) return -1;
-    return model_acts_create(&tr->acts, &tr->m, B, T, err);
+    return model_acts_create_ckpt(&tr->acts, &tr->m, B, T, c->train.activation_checkpointing, err);
 }
 
 /* ------------------------------------------------------------------ checkpoints */
@@ -515,18 +522,19 @@ static int log_eval(trainer *tr, char *err)
 static void print_summary(trainer *tr, const char *resumed)
 {
     const cfg *c = tr->c;
-    size_t total, active;
-    model_param_counts(&tr->m.c, &total, &active);
-    double p = (double)tr->m.tab.total * 4, t4 = (double)tr->tv.total * 4, G = 1073741824.0;
-    int B = c->train.batch_size, T = c->data.seq_len;
-    double acts = (double)model_acts_bytes(&tr->m.c, B, T, tr->lo ? tr->lo->lc.r : 0);
-    double mine = p + (tr->lo ? t4 : 0) + 3 * t4 + acts; /* params (+adapters), grads, m, v, activations */
-    printf("model: %zu parameters (%.1f M active per token), %zu trainable%s\n", total, active / 1e6, tr->tv.total,
-           tr->lo ? " (LoRA; base frozen: no gradients or AdamW state for it)" : "");
-    printf("memory: %.3f GiB = weights %.3f + grads %.3f + AdamW %.3f + activations %.3f", mine / G,
-           (p + (tr->lo ? t4 : 0)) / G, t4 / G, 2 * t4 / G, acts / G);
-    if (tr->lo) printf("  (a full fine-tune of this model: %.3f GiB)", (4 * p + model_acts_bytes(&tr->m.c, B, T, 0)) / G);
-    printf("\n");
+    double G = 1073741824.0;
+    plan_out pl;
+    char perr[ERR_MAX];
+    int planned = plan_make(&tr->m.c, &tr->plan_in, &pl, perr) == 0;
+    printf("model: %zu parameters (%.1f M active per token), %zu trainable%s\n", pl.parameters, pl.active / 1e6,
+           tr->tv.total, tr->lo ? " (LoRA; base frozen: no gradients or AdamW state for it)" : "");
+    if (planned)
+        printf("memory plan: %.3f GiB = weights %.3f (%s base) + trainable %.3f + grads %.3f + AdamW %.3f + "
+               "activations %.3f%s + scratch %.3f\n",
+               pl.total / G, pl.weights / G, model_dtype_name(tr->m.base_dtype), pl.trainable / G, pl.grads / G,
+               pl.optimizer / G, pl.activations / G, c->train.activation_checkpointing ? " (checkpointed)" : "",
+               pl.scratch / G);
+    tr->planned_bytes = planned ? pl.total : 0;
     printf("data: %lld rows in %d file(s), %lld batches of %dx%d per epoch, grad_accum %d\n",
            (long long)loader_rows(tr->train), loader_n_files(tr->train), (long long)loader_batches_per_epoch(tr->train),
            c->train.batch_size, c->data.seq_len, c->train.grad_accum);
@@ -728,7 +736,12 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
         }
     }
     if (stop_signal) printf("stopped by signal %d at step %d; resume with the same command\n", (int)stop_signal, tr.step);
-    else if (!o->quiet) printf("done: %d steps in %.1fs\n", tr.step - first, now() - t_start);
+    else if (!o->quiet) {
+        double G = 1073741824.0, peak = (double)plan_peak_rss();
+        printf("done: %d steps in %.1fs; peak RSS %.3f GiB", tr.step - first, now() - t_start, peak / G);
+        if (tr.planned_bytes) printf(" (planned %.3f GiB, %+.1f%%)", tr.planned_bytes / G, 100.0 * (peak / tr.planned_bytes - 1));
+        printf("\n");
+    }
     if (o->profile) print_profile(&tr);
     rc = 0;
 out:
