@@ -130,6 +130,7 @@ int ckpt_load_weights(model *m, const char *path, char *err)
         if (!src[i]) continue;
         if (t->low) {
             if (convert_low(src[i], (uint16_t *)t->data, m->base_dtype, path, err)) goto out;
+            st_release(src[i]);
             continue;
         }
         float *dst = m->w + t->offset;
@@ -137,6 +138,7 @@ int ckpt_load_weights(model *m, const char *path, char *err)
             err_wrap(err, "%s: tensor '%s'", path, t->name);
             goto out;
         }
+        st_release(src[i]);
         for (size_t j = 0; j < t->numel; j++)
             if (!isfinite(dst[j])) {
                 err_set(err, "%s: tensor '%s' holds a non-finite value (%g at element %zu)", path, t->name, dst[j], j);

@@ -468,6 +468,15 @@ const char *st_metadata(const st_file *f, const char *key)
     return NULL;
 }
 
+void st_release(const st_tensor *t)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)t->data, b = a + t->nbytes;
+    a = (a + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1); /* whole pages inside the tensor only */
+    b &= ~((uintptr_t)pg - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 int st_read_f32(const st_tensor *t, float *dst, int64_t n, char *err)
 {
     if (n != t->numel)

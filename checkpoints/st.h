@@ -48,6 +48,12 @@ const st_tensor *st_find(const st_file *f, const char *name);   /* NULL if absen
 /* A "__metadata__" value, or NULL.  For a sharded model: the first shard's. */
 const char *st_metadata(const st_file *f, const char *key);
 
+/* Let go of a tensor's mapped pages once its values are copied out (MADV_DONTNEED on the
+ * private read-only mapping): they leave this process's resident set and stay in the page
+ * cache; a later read of the tensor maps them in again. Loading a model thus holds the copy
+ * and one tensor of the file, not the copy and the whole file. */
+void st_release(const st_tensor *t);
+
 /* Copy a float tensor (F32/F16/BF16/F64) into dst as fp32; n must equal numel. */
 int st_read_f32(const st_tensor *t, float *dst, int64_t n, char *err);
 /* Copy an integer/bool tensor (I64/I32/I16/I8/U8/BOOL) into dst as int64. */
