@@ -19,7 +19,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test test-run asan deps demo bench clean
+.PHONY: all test test-run asan deps demo bench bench-big clean
 all: moet
 
 moet: $(BUILD)/moet
@@ -63,6 +63,12 @@ demo:
 
 bench: moet
 	tests/bench/bench.sh
+
+# LoRA on a 2-layer slice of the real Mixtral-8x7B (6.3 GB bf16, written once into
+# build/bigslice, or BIG_DIR): bf16 base as stored vs widened to fp32; BIG_FAMILY=qwen3_moe
+# for the Qwen3-30B-A3B shapes.
+bench-big: moet
+	tests/bench/bench_big.sh
 
 deps:
 	tools/deps.sh
