@@ -123,7 +123,7 @@ int export_card_write(const char *dir, const export_card *c, char *err)
         fprintf(f, "%s\n```\n\n", cj ? cj : "{}");
         free(cj);
     } else {
-        fprintf(f, "Converted from the model directory `%s` without training.\n\n", c->source);
+        fprintf(f, "Converted from a Hugging Face model directory without training.\n\n");
     }
     fprintf(f, "## License\n\nApache-2.0 (see LICENSE). Check that the base model's license allows this release.\n");
     fclose(f);

@@ -114,7 +114,7 @@ expect() {
 mkdir notok && cp "$G/config.json" "$G/model.safetensors" notok/
 mkdir -p lora && printf '{"step": 1, "kind": "lora", "files": {}, "config": {}}' > lora/trainer_state.json
 set +e
-expect 1 "missing model" "nope: no such model" nope --prompt hi
+expect 1 "missing model" "nope: no such file or directory" nope --prompt hi
 expect 1 "missing tokenizer" "no tokenizer found .*--tokenizer" notok --prompt hi
 expect 1 "--tokenizer that does not exist" "tokenizer nope.json .* does not exist" "$G" --prompt hi --tokenizer nope.json
 expect 1 "tokenizer bigger than the model" "more than the model's vocab_size" "$G" --prompt hi \
@@ -127,4 +127,6 @@ expect 2 "no prompt" "--prompt TEXT is required" "$G"
 expect 2 "not a number" "--max-new-tokens needs a number" "$G" --prompt hi --max-new-tokens ten
 expect 2 "unknown option" "unknown option" "$G" --prompt hi --bogus
 "$MOET" generate --help | grep -q "usage: moet generate" || { echo "FAIL --help"; fail=1; }
+"$MOET" generate "$G" --prompt hi --max-new-tokens 3 --temperature 0.7 --repetition-penalty 1.3 --seed 1 > /dev/null 2> rep.log
+grep -q "repetition penalty 1.3\]" rep.log || { echo "FAIL the stats line names the penalty without its value: $(cat rep.log)"; fail=1; }
 exit $fail

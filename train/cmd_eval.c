@@ -16,7 +16,9 @@
 
 static const char usage[] =
     "usage: moet eval MODEL_OR_CHECKPOINT --data SHARD... [--batch-size B] [--max-batches N]\n"
-    "                 [--document-mask]\n"
+    "                 [--document-mask] [--base DIR]\n"
+    "  MODEL_OR_CHECKPOINT: an HF dir, a training checkpoint, or a PEFT adapter dir (on --base DIR,\n"
+    "  else its base_model_name_or_path).\n"
     "  Mean cross-entropy over every counted target (loss_mask) of the shards, in file order,\n"
     "  and its perplexity exp(loss). Default: batch 1, all batches.\n";
 
@@ -43,7 +45,7 @@ int cmd_eval(int argc, char **argv)
         fputs(usage, stdout);
         return 0;
     }
-    const char *path = NULL;
+    const char *path = NULL, *base = NULL;
     char **files = calloc((size_t)argc, sizeof *files);
     int nf = 0, B = 1, maxb = 0, docmask = 0, in_data = 0;
     for (int i = 1; i < argc; i++) {
@@ -59,6 +61,7 @@ int cmd_eval(int argc, char **argv)
             }
             *(bs ? &B : &maxb) = (int)v, in_data = 0, i++;
         } else if (!strcmp(argv[i], "--document-mask")) docmask = 1, in_data = 0;
+        else if (!strcmp(argv[i], "--base") && i + 1 < argc) base = argv[++i], in_data = 0;
         else if (argv[i][0] == '-') {
             fprintf(stderr, "moet eval: unknown option '%s'\n%s", argv[i], usage);
             free(files);
@@ -84,7 +87,7 @@ int cmd_eval(int argc, char **argv)
     model_acts *a = NULL;
     lora *lo = NULL;
     int32_t *labels = NULL;
-    if (load_any_model(path, &m, &lo, NULL, err)) goto fail;
+    if (load_any_model_ex(path, CKPT_BASE_AUTO, base, &m, &lo, NULL, err)) goto fail;
     have = 1;
     if (first_seq_len(files, nf, &T, err) ||
         loader_open(&L, (const char *const *)files, nf, T, m.c.vocab, B, 0, 0, err) ||

@@ -6,12 +6,14 @@
 #include "checkpoints/gguf.h"
 #include "checkpoints/hf.h"
 #include "checkpoints/peft.h"
+#include "model/family.h"
 #include "common/err.h"
 #include "common/fsutil.h"
 #include "train/cmd.h"
 #include "train/load.h"
 
 #include <cJSON.h>
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +22,13 @@
 static const char usage[] =
     "usage: moet export CHECKPOINT OUT_DIR --format hf|peft|merged|gguf [--dtype f32|bf16|f16]\n"
     "                   [--max-shard-size 5GB] [--tokenizer tokenizer.json] [--force]\n"
-    "  CHECKPOINT: a training checkpoint (RUN_DIR/checkpoints/step_N) or an HF model dir.\n"
+    "                   [--name NAME] [--base-model HUB_ID] [--base DIR]\n"
+    "  CHECKPOINT: a training checkpoint (RUN_DIR/checkpoints/step_N), an HF model dir, or a PEFT\n"
+    "  adapter dir (on --base DIR, else its base_model_name_or_path).\n"
+    "  --name: the release's name (model card title, GGUF general.name); default the run's name.\n"
+    "  --base-model: the Hub id of the base model for the card, PEFT's base_model_name_or_path\n"
+    "  and GGUF general.basename; default the base config.json's _name_or_path when it is a Hub id\n"
+    "  (never a local path).\n"
     "  hf / merged: config.json, generation_config.json, safetensors shards + index, tokenizer,\n"
     "  README.md model card, LICENSE (Apache-2.0), SHA256SUMS. merged folds a LoRA adapter into\n"
     "  the base weights; peft writes adapter_config.json + adapter_model.safetensors; gguf writes\n"
@@ -32,20 +40,60 @@ typedef struct {
     lora *lo;                 /* LoRA checkpoint: the adapter, attached to m */
     char *state;              /* trainer_state.json text, or NULL */
     char tokenizer[4096];     /* "" if none found */
-    char base[4096];          /* base model name for the card */
+    char base[4096];          /* the base model's Hub id (card, PEFT, GGUF), "" if none */
+    char name[256];           /* the release's name */
 } source;
+
+/* "org/name" as the Hub spells a repository id (and not a path that exists here). */
+static int is_hub_id(const char *s)
+{
+    const char *slash = strchr(s, '/');
+    if (!slash || slash == s || !slash[1] || strchr(slash + 1, '/') || s[0] == '.' || fs_exists(s)) return 0;
+    for (const char *p = s; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.' || *p == '/')) return 0;
+    return 1;
+}
+
+/* The base's Hub id: given, else _name_or_path of the base dir's config.json if a Hub id. */
+static void base_hub_id(const char *base_dir, const char *given, char *out, size_t cap)
+{
+    char p[4096], *text, e[ERR_MAX];
+    size_t len;
+    out[0] = 0;
+    if (given) {
+        snprintf(out, cap, "%s", given);
+        return;
+    }
+    if (!base_dir[0] || fs_path_join(p, sizeof p, base_dir, "config.json") || fs_read_file(p, &text, &len, e)) return;
+    cJSON *o = cJSON_Parse(text);
+    free(text);
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(o, "_name_or_path");
+    if (cJSON_IsString(n) && is_hub_id(n->valuestring)) snprintf(out, cap, "%s", n->valuestring);
+    cJSON_Delete(o);
+}
 
 /* GGUF's writer reads fp32 tensors: a 16-bit base is widened for it (hf, peft and merged
  * write a 16-bit base tensor by tensor, without an fp32 copy of the model). */
-static int load_source(source *s, const char *path, const char *tokenizer, int fp32, char *err)
+static int load_source(source *s, const char *path, const char *tokenizer, int fp32, const char *base_dir,
+                       const char *name, const char *hub_id, char *err)
 {
     memset(s, 0, sizeof *s);
-    if (load_any_model_as(path, fp32 ? MODEL_F32 : CKPT_BASE_AUTO, &s->m, &s->lo, &s->state, err)) return -1;
+    if (load_any_model_ex(path, fp32 ? MODEL_F32 : CKPT_BASE_AUTO, base_dir, &s->m, &s->lo, &s->state, err))
+        return -1;
     s->have_model = 1;
+    char bdir[4096];
+    load_base_dir(path, s->state, base_dir, bdir, sizeof bdir);
+    base_hub_id(bdir, hub_id, s->base, sizeof s->base);
     cJSON *st = s->state ? cJSON_Parse(s->state) : NULL;
-    const cJSON *init = cJSON_GetObjectItemCaseSensitive(
-        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(st, "config"), "model"), "init_from");
-    if (cJSON_IsString(init)) snprintf(s->base, sizeof s->base, "%s", init->valuestring);
+    const cJSON *rn = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(st, "config"), "run"), "name");
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    fs_trim_slashes(tmp);
+    const char *slash = strrchr(tmp, '/');
+    if (name) snprintf(s->name, sizeof s->name, "%s", name);
+    else if (cJSON_IsString(rn)) snprintf(s->name, sizeof s->name, "%.255s", rn->valuestring);
+    else snprintf(s->name, sizeof s->name, "%.255s", slash ? slash + 1 : tmp);
     cJSON_Delete(st);
     return load_find_tokenizer(path, s->state, tokenizer, s->tokenizer, sizeof s->tokenizer, err);
 }
@@ -75,6 +123,7 @@ int cmd_export(int argc, char **argv)
         return 0;
     }
     const char *in = NULL, *out = NULL, *format = NULL, *dtype_s = "f32", *tokenizer = NULL;
+    const char *name = NULL, *hub_id = NULL, *base_dir = NULL;
     size_t max_shard = 5000000000ULL;
     int force = 0;
     for (int i = 1; i < argc; i++) {
@@ -82,6 +131,9 @@ int cmd_export(int argc, char **argv)
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype_s = argv[++i];
         else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) tokenizer = argv[++i];
         else if (!strcmp(argv[i], "--force")) force = 1;
+        else if (!strcmp(argv[i], "--name") && i + 1 < argc) name = argv[++i];
+        else if (!strcmp(argv[i], "--base-model") && i + 1 < argc) hub_id = argv[++i];
+        else if (!strcmp(argv[i], "--base") && i + 1 < argc) base_dir = argv[++i];
         else if (!strcmp(argv[i], "--max-shard-size") && i + 1 < argc) {
             if (parse_size(argv[++i], &max_shard)) {
                 fprintf(stderr, "moet export: --max-shard-size '%s' is not a size like 5GB or 500MB\n", argv[i]);
@@ -121,7 +173,12 @@ int cmd_export(int argc, char **argv)
     source s;
     tok *t = NULL;
     int rc = 1, begun = 0;
-    if (load_source(&s, in, tokenizer, !strcmp(format, "gguf"), err)) goto fail;
+    if (hub_id && !is_hub_id(hub_id)) {
+        fprintf(stderr, "moet export: --base-model '%s' is not a Hub id like org/name (a release names its base by "
+                        "its public id, never a local path)\n", hub_id);
+        return 2;
+    }
+    if (load_source(&s, in, tokenizer, !strcmp(format, "gguf"), base_dir, name, hub_id, err)) goto fail;
     int peft = !strcmp(format, "peft");
     if (peft && !s.lo) {
         err_set(err, "%s is a full model, not a LoRA checkpoint: use --format hf", in);
@@ -147,7 +204,7 @@ int cmd_export(int argc, char **argv)
         char fname[64];
         snprintf(fname, sizeof fname, "model-%s.gguf", dn);
         fs_path_join(p, sizeof p, tmp, fname);
-        if (gguf_write_model(p, &s.m, t, dt, s.base[0] ? s.base : in, err)) goto fail;
+        if (gguf_write_model(p, &s.m, t, dt, s.name, err)) goto fail;
     } else {
         if (peft ? peft_save(s.lo, tmp, s.base[0] ? s.base : NULL, dt, err)
                  : ckpt_save_merged(&s.m, s.m.lora, tmp, dt, max_shard, err))
@@ -158,9 +215,9 @@ int cmd_export(int argc, char **argv)
     model_param_counts(&s.m.c, &total, &active);
     char summary[256];
     snprintf(summary, sizeof summary,
-             "Mixtral-style MoE: %d layers, hidden %d, %d experts (top-%d), %.1f M parameters (%.1f M active per token).",
-             s.m.c.n_layers, s.m.c.dim, s.m.c.n_experts, s.m.c.top_k, total / 1e6, active / 1e6);
-    export_card card = {format, ckpt_dtype_torch_name(dt), s.base[0] ? s.base : NULL, s.state, in, summary};
+             "%s: %d layers, hidden %d, %d experts (top-%d), %.1f M parameters (%.1f M active per token).",
+             model_family_get(s.m.c.family)->arch_class, s.m.c.n_layers, s.m.c.dim, s.m.c.n_experts, s.m.c.top_k, total / 1e6, active / 1e6);
+    export_card card = {format, ckpt_dtype_torch_name(dt), s.base[0] ? s.base : NULL, s.state, s.name, summary};
     if (export_card_write(tmp, &card, err) || export_sums(tmp, err) || export_commit(tmp, out, force, err)) goto fail;
     begun = 0;
     printf("exported %s -> %s (%s, %s)%s\n", in, out, format, dtype_s, s.tokenizer[0] ? "" : " [no tokenizer found]");

@@ -23,7 +23,9 @@
 static const char usage[] =
     "usage: moet generate MODEL_OR_CHECKPOINT --prompt TEXT [--max-new-tokens N] [--temperature T]\n"
     "                     [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S]\n"
-    "                     [--tokenizer tokenizer.json] [--no-stream] [--ids]\n"
+    "                     [--tokenizer tokenizer.json] [--no-stream] [--ids] [--base DIR]\n"
+    "  MODEL_OR_CHECKPOINT: an HF dir, a training checkpoint, or a PEFT adapter dir (on --base DIR,\n"
+    "  else its base_model_name_or_path).\n"
     "  Encodes TEXT (with BOS), then generates until EOS or N new tokens (default 128; the\n"
     "  model's max_position_embeddings also ends it) and writes the continuation (not the\n"
     "  prompt) to stdout as it is generated, then a newline; a stats line goes to stderr.\n"
@@ -39,7 +41,7 @@ static const char usage[] =
 #define MAX_STOP 8
 
 typedef struct {
-    const char *path, *prompt, *tokenizer;
+    const char *path, *prompt, *tokenizer, *base;
     int max_new, stream, ids_out, seed_given, temp_given, filter_given, rep_given;
     uint64_t seed;
     sample_params sp;
@@ -52,8 +54,7 @@ static int load_model(model *m, const gen_opts *o, char *tok_path, size_t cap, c
 {
     lora *lo;
     char *state;
-    if (!fs_is_dir(o->path)) return err_set(err, "%s: no such model directory or checkpoint", o->path);
-    if (load_any_model(o->path, m, &lo, &state, err)) return -1;
+    if (load_any_model_ex(o->path, CKPT_BASE_AUTO, o->base, m, &lo, &state, err)) return -1;
     if (lo && m->base_dtype == MODEL_F32) { /* a 16-bit base keeps its adapter attached: run unmerged */
         lora_merge(m, err);
         lora_free(lo);
@@ -172,6 +173,7 @@ static int parse_args(gen_opts *o, int argc, char **argv)
         int takes = 1;
         if (!strcmp(a, "--prompt") && v) o->prompt = v;
         else if (!strcmp(a, "--tokenizer") && v) o->tokenizer = v;
+        else if (!strcmp(a, "--base") && v) o->base = v;
         else if (!strcmp(a, "--max-new-tokens") && v) o->max_new = (int)strtol(v, &end, 10);
         else if (!strcmp(a, "--temperature") && v) o->sp.temperature = strtof(v, &end), o->temp_given = 1;
         else if (!strcmp(a, "--top-k") && v) o->sp.top_k = (int)strtol(v, &end, 10), o->filter_given = 1;
@@ -336,9 +338,10 @@ int cmd_generate(int argc, char **argv)
     else
         snprintf(how, sizeof how, "temperature %g, top-k %d, top-p %g, seed %llu", o.sp.temperature, o.sp.top_k,
                  o.sp.top_p, (unsigned long long)o.seed);
+    char rep[48] = "";
+    if (o.sp.repetition_penalty != 1) snprintf(rep, sizeof rep, ", repetition penalty %g", o.sp.repetition_penalty);
     fprintf(stderr, "[prompt %d tokens, %.1f tok/s | generated %d tokens, %.1f tok/s | stopped at %s | %s%s]\n",
-            n_prompt, n_prompt / (t1 - t0), n_new, n_new ? n_new / (t2 - t1) : 0.0, why, how,
-            o.sp.repetition_penalty != 1 ? ", repetition penalty" : "");
+            n_prompt, n_prompt / (t1 - t0), n_new, n_new ? n_new / (t2 - t1) : 0.0, why, how, rep);
     rc = 0;
     goto done;
 fail:

@@ -93,17 +93,128 @@ static int state_config(const cJSON *state, const char *dir, cfg *c, char *err)
     return rc ? err_wrap(err, "%s/trainer_state.json: config", dir) : 0;
 }
 
+/* A path from a checkpoint's config, opened from wherever a command runs now: absolute as is;
+ * relative against the directory the run was started in (trainer_state.json "cwd"; a
+ * checkpoint of an earlier build: where the run dir sits, minus run.dir as typed), and only
+ * then against the working directory. */
+static void resolve_run_path(const cJSON *state, const char *ckpt_dir, const char *p, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", p);
+    if (!p[0] || p[0] == '/') return;
+    char base[PATH_MAX] = "", cand[PATH_MAX], abs_ck[PATH_MAX];
+    const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(state, "cwd");
+    if (cJSON_IsString(cwd)) snprintf(base, sizeof base, "%s", cwd->valuestring);
+    else if (ckpt_dir && realpath(ckpt_dir, abs_ck)) { /* RUN_DIR/checkpoints/step_N */
+        const cJSON *rd = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(state, "config"), "run"), "dir");
+        char run[PATH_MAX], typed[PATH_MAX];
+        snprintf(run, sizeof run, "%s", abs_ck);
+        for (int up = 0; up < 2; up++) {
+            char *slash = strrchr(run, '/');
+            if (slash) *slash = 0;
+        }
+        if (cJSON_IsString(rd) && rd->valuestring[0] != '/') {
+            snprintf(typed, sizeof typed, "%s", rd->valuestring);
+            fs_trim_slashes(typed);
+            size_t lr = strlen(run), lt = strlen(typed);
+            if (lt < lr && run[lr - lt - 1] == '/' && !strcmp(run + lr - lt, typed)) {
+                run[lr - lt - 1] = 0;
+                snprintf(base, sizeof base, "%s", run);
+            }
+        }
+    }
+    if (base[0] && fs_path_join(cand, sizeof cand, base, p) == 0 && fs_exists(cand)) snprintf(out, cap, "%s", cand);
+}
+
+/* The base model dir of a PEFT adapter dir: --base, else its base_model_name_or_path as a
+ * directory beside the adapter (PEFT writes paths relative to it) or from here. */
+static int adapter_base(const char *dir, const char *given, char *out, size_t cap, char *err)
+{
+    lora_config lc;
+    char named[4096], cand[PATH_MAX];
+    if (given) {
+        if (!fs_is_dir(given)) return err_set(err, "--base %s: no such model directory", given);
+        snprintf(out, cap, "%s", given);
+        return 0;
+    }
+    if (peft_read_config(dir, &lc, named, sizeof named, err)) return -1;
+    if (named[0]) {
+        if (named[0] != '/' && fs_path_join(cand, sizeof cand, dir, named) == 0 && fs_is_dir(cand)) {
+            snprintf(out, cap, "%s", cand);
+            return 0;
+        }
+        if (fs_is_dir(named)) {
+            snprintf(out, cap, "%s", named);
+            return 0;
+        }
+        return err_set(err, "%s is a PEFT adapter whose base_model_name_or_path '%s' is not a model directory here: "
+                            "pass --base DIR (the base model's HF directory)", dir, err_q(named, -1));
+    }
+    return err_set(err, "%s is a PEFT adapter that names no base model: pass --base DIR (the base model's HF directory)",
+                   dir);
+}
+
+static int is_adapter_dir(const char *dir)
+{
+    char p[4096];
+    return fs_path_join(p, sizeof p, dir, "adapter_config.json") == 0 && fs_exists(p) && !ckpt_is_checkpoint(dir);
+}
+
+int load_base_dir(const char *path, const char *state_json, const char *given, char *out, size_t cap)
+{
+    char e[ERR_MAX];
+    out[0] = 0;
+    if (is_adapter_dir(path)) {
+        if (adapter_base(path, given, out, cap, e)) out[0] = 0;
+        return 0;
+    }
+    if (given) {
+        snprintf(out, cap, "%s", given);
+        return 0;
+    }
+    cJSON *st = state_json ? cJSON_Parse(state_json) : NULL;
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(st, "config"), "model"), "init_from");
+    if (cJSON_IsString(init)) resolve_run_path(st, path, init->valuestring, out, cap);
+    else if (!st) snprintf(out, cap, "%s", path); /* an HF dir is its own base */
+    cJSON_Delete(st);
+    return 0;
+}
+
 int load_any_model(const char *path, model *m, lora **lo, char **state, char *err)
 {
-    return load_any_model_as(path, CKPT_BASE_AUTO, m, lo, state, err);
+    return load_any_model_ex(path, CKPT_BASE_AUTO, NULL, m, lo, state, err);
 }
 
 int load_any_model_as(const char *path, int base_dtype, model *m, lora **lo, char **state, char *err)
 {
+    return load_any_model_ex(path, base_dtype, NULL, m, lo, state, err);
+}
+
+int load_any_model_ex(const char *path, int base_dtype, const char *base, model *m, lora **lo, char **state,
+                      char *err)
+{
     char *st = NULL;
     *lo = NULL;
     if (state) *state = NULL;
+    if (!fs_exists(path)) return err_set(err, "%s: no such file or directory", path);
     if (!fs_is_dir(path)) return err_set(err, "%s: not a model directory or checkpoint", path);
+    if (is_adapter_dir(path)) { /* a PEFT adapter (moet's peft export, or PEFT's own) on its base */
+        char bdir[PATH_MAX];
+        lora_config lc;
+        if (adapter_base(path, base, bdir, sizeof bdir, err) ||
+            ckpt_load_model_as(m, bdir, 0, base_dtype, err))
+            return -1;
+        if (peft_read_config(path, &lc, NULL, 0, err) || lora_create(lo, m, &lc, 0, err) ||
+            peft_load_weights(*lo, path, err)) {
+            lora_free(*lo);
+            *lo = NULL;
+            model_free(m);
+            return -1;
+        }
+        lora_attach(m, *lo);
+        return 0;
+    }
     if (ckpt_is_checkpoint(path) && ckpt_read_state(path, &st, err)) return -1;
     cJSON *js = st ? cJSON_Parse(st) : NULL;
     const cJSON *kind = cJSON_GetObjectItemCaseSensitive(js, "kind");
@@ -112,10 +223,19 @@ int load_any_model_as(const char *path, int base_dtype, model *m, lora **lo, cha
         rc = ckpt_load_model_as(m, path, 0, base_dtype, err);
         goto out;
     }
-    /* LoRA checkpoint: rebuild the run's base, then the adapter on top */
+    /* LoRA checkpoint: rebuild the run's base (its path as the run saw it), then the adapter */
     cfg c;
     if (state_config(js, path, &c, err)) goto out;
     if (base_dtype == MODEL_F32) c.model.base_dtype = CFG_BASE_F32;
+    if (base) {
+        free(c.model.init_from);
+        c.model.init_from = strdup(base);
+    } else if (c.model.init_from) {
+        char abs[PATH_MAX];
+        resolve_run_path(js, path, c.model.init_from, abs, sizeof abs);
+        free(c.model.init_from);
+        c.model.init_from = strdup(abs);
+    }
     lora_config lc;
     if (load_run_base(&c, m, 0, err)) {
         cfg_free(&c);
@@ -251,8 +371,12 @@ int load_find_tokenizer(const char *path, const char *state_json, const char *gi
     const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(st, "config");
     const cJSON *tk = cJSON_GetObjectItemCaseSensitive(cfg, "tokenizer");
     const cJSON *init = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(cfg, "model"), "init_from");
-    if (cJSON_IsString(tk)) snprintf(cand[0], sizeof cand[0], "%s", tk->valuestring);
-    if (cJSON_IsString(init)) fs_path_join(cand[1], sizeof cand[1], init->valuestring, "tokenizer.json");
+    char abs[PATH_MAX];
+    if (cJSON_IsString(tk)) resolve_run_path(st, path, tk->valuestring, cand[0], sizeof cand[0]);
+    if (cJSON_IsString(init)) {
+        resolve_run_path(st, path, init->valuestring, abs, sizeof abs);
+        fs_path_join(cand[1], sizeof cand[1], abs, "tokenizer.json");
+    }
     cJSON_Delete(st);
     fs_path_join(cand[2], sizeof cand[2], path, "tokenizer.json");
     for (int i = 0; i < 3; i++)

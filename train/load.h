@@ -21,6 +21,17 @@ int load_any_model(const char *path, model *m, lora **lo, char **state, char *er
 /* The same with the store chosen: CKPT_BASE_AUTO (what load_any_model does: a 16-bit HF dir
  * stays 16-bit, a LoRA checkpoint's base as its model.base_dtype said) or MODEL_F32. */
 int load_any_model_as(const char *path, int base_dtype, model *m, lora **lo, char **state, char *err);
+/* The same for every kind of path a user points at: an HF dir, a full or LoRA checkpoint, or a
+ * PEFT adapter dir (moet's peft export or PEFT's own) on the base given by base (--base DIR),
+ * else its base_model_name_or_path. base (non-NULL) also replaces a LoRA checkpoint's base.
+ * A checkpoint's relative paths resolve against the directory its run started in. */
+int load_any_model_ex(const char *path, int base_dtype, const char *base, model *m, lora **lo, char **state,
+                      char *err);
+
+/* The directory of the model path was trained from (a checkpoint's model.init_from resolved as
+ * load_any_model_ex does, a PEFT adapter's base, an HF dir itself; given overrides), or ""
+ * (a random init, or a base not found). */
+int load_base_dir(const char *path, const char *state_json, const char *given, char *out, size_t cap);
 
 /* lora.* of a config as a lora_config (targets as bits). 0, or -1 for an unknown target. */
 int load_lora_config(const cfg *c, lora_config *lc, char *err);

@@ -257,6 +257,8 @@ static int save_checkpoint(trainer *tr, char *err)
         cJSON_AddItemToArray(r, cJSON_CreateString(rng_hex[i]));
     }
     cJSON_AddNumberToObject(st, "tokens_seen", (double)tr->tokens_seen);
+    char cwd[PATH_MAX], base_abs[PATH_MAX]; /* the config's relative paths are relative to this */
+    if (getcwd(cwd, sizeof cwd)) cJSON_AddStringToObject(st, "cwd", cwd);
     cJSON *last = cJSON_AddObjectToObject(st, "last");
     if (isfinite(tr->last_loss)) cJSON_AddNumberToObject(last, "loss", tr->last_loss);
     if (isfinite(tr->last_val_loss)) cJSON_AddNumberToObject(last, "val_loss", tr->last_val_loss);
@@ -271,7 +273,8 @@ static int save_checkpoint(trainer *tr, char *err)
     st_out *w;
     ckpt_file files[3];
     if (tr->lo) { /* the adapter in PEFT format; the base is model.init_from, unchanged */
-        mcfg = peft_config_json(&tr->lo->lc, tr->lo->family, c->model.init_from);
+        const char *base = c->model.init_from && realpath(c->model.init_from, base_abs) ? base_abs : c->model.init_from;
+        mcfg = peft_config_json(&tr->lo->lc, tr->lo->family, base);
         w = peft_weight_list(tr->lo, ST_F32);
         files[0] = (ckpt_file){"adapter_config.json", NULL, 0, mcfg};
         files[1] = (ckpt_file){"adapter_model.safetensors", w, tr->lo->tab.n, NULL};
