@@ -6,12 +6,12 @@ OPT     ?= -O3
 SAN     ?=
 CFLAGS  += -std=c11 $(OPT) $(ARCH) -fno-math-errno -fopenmp -g -Wall -Wextra -Wno-unused-parameter \
            -D_GNU_SOURCE -I. $(SAN) \
-           $(shell pkg-config --cflags hdf5 yaml-0.1 libcjson openblas)
+           $(shell pkg-config --cflags hdf5 yaml-0.1 libcjson openblas libpcre2-8 libutf8proc)
 # Link the OpenMP build of OpenBLAS so its threads and ours are one pool (no oversubscription).
 # RUNPATH, so LD_LIBRARY_PATH=.../openblas-pthread still swaps it in for measurements.
 BLASDIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 LDFLAGS += -fopenmp $(SAN) -Wl,--enable-new-dtags -Wl,-rpath,$(BLASDIR)
-LDLIBS  += $(shell pkg-config --libs hdf5 yaml-0.1 libcjson openblas) -lm -lpthread
+LDLIBS  += $(shell pkg-config --libs hdf5 yaml-0.1 libcjson openblas libpcre2-8 libutf8proc) -lm -lpthread
 
 LIB_SRC  := $(wildcard common/*.c model/*.c optim/*.c data/*.c checkpoints/*.c) \
             $(filter-out train/main.c,$(wildcard train/*.c))

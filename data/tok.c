@@ -1,9 +1,16 @@
-/* tok: loading a tokenizer.json into lookup tables, normalizer chains and the
- * accessors.  Encoding: tok_encode.c; decoding: tok_decode.c; training: tok_train.c. */
+/* tok: loading a tokenizer.json into lookup tables, and the accessors.
+ *
+ * The file is walked with the pull scanner of common/json.h, not as one cJSON tree:
+ * model.vocab and model.merges (446 k pairs in gpt-oss's 28 MB file) are read straight
+ * from the text, their strings decoded in place; the small sections (added_tokens,
+ * normalizer, pre_tokenizer, decoder, post_processor, the model's options) are handed
+ * to cJSON one by one.  Normalizer / pre-tokenizer / decoder / post-processor:
+ * tok_parts.c; encoding: tok_encode.c; decoding: tok_decode.c; training: tok_train.c. */
 #include "data/tok_internal.h"
 
 #include "common/err.h"
 #include "common/fsutil.h"
+#include "common/json.h"
 #include "common/sha256.h"
 
 #include <cJSON.h>
@@ -11,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -21,31 +30,46 @@ static size_t pow2_at_least(size_t n)
     return c;
 }
 
-static int strmap_put(tok_strmap *m, const char *key, size_t len, int32_t id)
+/* Add the key at m->base + off (len bytes); -1 when it is there already. */
+static int strmap_put(tok_strmap *m, size_t off, size_t len, int32_t id)
 {
+    const char *key = m->base + off;
     uint64_t h = tok_hash(key, len);
     for (size_t i = h & m->mask;; i = (i + 1) & m->mask) {
         tok_strslot *e = &m->slots[i];
-        if (!e->key) {
-            *e = (tok_strslot){key, (uint32_t)len, (uint32_t)h, id};
+        if (!e->id1) {
+            *e = (tok_strslot){(uint32_t)off, (uint32_t)len, (uint32_t)h, id + 1};
             m->n++;
             return 0;
         }
-        if (e->hash == (uint32_t)h && e->len == len && !memcmp(e->key, key, len)) return -1;
+        if (e->hash == (uint32_t)h && e->len == len && !memcmp(m->base + e->off, key, len)) return -1;
     }
 }
 
 static void merge_put(tok *t, int32_t a, int32_t b, int32_t rank, int32_t id)
 {
     uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-    uint64_t h = key * 0x9e3779b97f4a7c15ull;
-    for (size_t i = (h >> 20) & t->merge_mask;; i = (i + 1) & t->merge_mask) {
+    for (size_t i = tok_merge_slot(key, t->merge_mask);; i = (i + 1) & t->merge_mask) {
         tok_mergeslot *e = &t->merges[i];
-        if (e->key == key || e->key == ~0ull) {   /* a repeated pair: the later rank wins, as in HF */
-            *e = (tok_mergeslot){key, rank, id};
+        if (e->key1 == key + 1 || !e->key1) {   /* a repeated pair: the later rank wins, as in HF */
+            *e = (tok_mergeslot){key + 1, rank, id};
             return;
         }
     }
+}
+
+/* The hash tables (8 + 16 MB for gpt-oss) come from mmap with MAP_POPULATE: zeroed
+ * (an empty table, no fill pass), and where a page fault is expensive (virtual
+ * machines) mapping them in bulk costs half as much as faulting them in one by one. */
+static void *table_alloc(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void table_free(void *p, size_t bytes)
+{
+    if (p) munmap(p, bytes);
 }
 
 static const char *jstr(const cJSON *o, const char *key)
@@ -79,327 +103,224 @@ static char *dupn(const char *s, size_t n)
     return d;
 }
 
-/* ------------------------------------------------------------ op chains */
+/* -------------------------------------------------------------- sections */
 
-static int push_op(tok_op **ops, int *n, tok_op op)
+typedef struct {
+    char *at;
+    size_t len;
+    int seen;
+} span;
+
+typedef struct {
+    span added, normalizer, pre, post, decoder, padding, vocab, merges;
+    cJSON *model;            /* the model's keys other than vocab and merges */
+    int model_seen;
+} sections;
+
+static int record(span *s, json_scan *j, const char *key, char *err)
 {
-    tok_op *o = realloc(*ops, (size_t)(*n + 1) * sizeof *o);
-    if (!o) return -1;
-    *ops = o;
-    o[(*n)++] = op;
+    if (s->seen) return err_set(err, "\"%s\" appears twice", key);
+    json_peek(j);
+    char *at = j->p;
+    if (json_skip(j)) return -1;
+    *s = (span){at, (size_t)(j->p - at), 1};
     return 0;
 }
 
-static void free_ops(tok_op *ops, int n)
+static cJSON *parse_span(const span *s, char *err)
 {
-    for (int i = 0; i < n; i++) {
-        free(ops[i].a);
-        free(ops[i].b);
-    }
-    free(ops);
+    cJSON *v = cJSON_ParseWithLength(s->at, s->len);
+    if (!v) err_set(err, "out of memory");
+    return v;
 }
 
-static int prepend_scheme(const cJSON *o, int *scheme)
+/* The model object: vocab and merges as spans, the rest into a cJSON object. */
+static int read_model(json_scan *j, sections *sec, char *err)
 {
-    const char *s = jstr(o, "prepend_scheme");
-    if (!s) *scheme = jbool(o, "add_prefix_space", 1) ? TOK_PREPEND_ALWAYS : TOK_PREPEND_NEVER;
-    else if (!strcmp(s, "always")) *scheme = TOK_PREPEND_ALWAYS;
-    else if (!strcmp(s, "first")) *scheme = TOK_PREPEND_FIRST;
-    else if (!strcmp(s, "never")) *scheme = TOK_PREPEND_NEVER;
-    else return -1;
-    return 0;
-}
-
-/* "▁"-style one-char string field, copied. */
-static char *one_char(const cJSON *o, const char *key, const char *dflt)
-{
-    const char *s = jstr(o, key);
-    if (!s) s = dflt;
-    size_t n = strlen(s);
-    if (!n || tok_utf8_len((const unsigned char *)s, n) != n) return NULL;
-    return dupn(s, n);
-}
-
-static int parse_normalizer(tok *t, const cJSON *n, const char *path, char *err)
-{
-    if (!n || cJSON_IsNull(n)) return 0;
-    const char *type = jstr(n, "type");
-    if (!type) return err_set(err, "%s: normalizer without a type", path);
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(n, "normalizers"), *e;
-        if (!cJSON_IsArray(list)) return err_set(err, "%s: Sequence normalizer without a list", path);
-        cJSON_ArrayForEach(e, list) if (parse_normalizer(t, e, path, err)) return -1;
-        return 0;
-    }
-    tok_op op = {0};
-    if (!strcmp(type, "Prepend")) {
-        const char *p = jstr(n, "prepend");
-        if (!p) return err_set(err, "%s: Prepend normalizer without a string", path);
-        op = (tok_op){.kind = TOK_OP_PREPEND, .a = strdup(p), .alen = strlen(p)};
-    } else if (!strcmp(type, "Replace")) {
-        const cJSON *pat = cJSON_GetObjectItemCaseSensitive(n, "pattern");
-        const char *from = jstr(pat, "String"), *to = jstr(n, "content");
-        if (!from) return err_set(err, "%s: unsupported normalizer Replace with a Regex pattern", path);
-        if (!to || !*from) return err_set(err, "%s: bad Replace normalizer", path);
-        op = (tok_op){.kind = TOK_OP_REPLACE, .a = strdup(from), .alen = strlen(from),
-                      .b = strdup(to), .blen = strlen(to)};
-    } else if (!strcmp(type, "Strip")) {
-        op = (tok_op){.kind = TOK_OP_WSTRIP, .start = jbool(n, "strip_left", 1),
-                      .stop = jbool(n, "strip_right", 1)};
-    } else {
-        return err_set(err, "%s: unsupported normalizer type '%s'", path, type);
-    }
-    if ((op.kind != TOK_OP_WSTRIP && !op.a) || push_op(&t->norm_ops, &t->n_norm_ops, op)) {
-        free(op.a);
-        free(op.b);
-        return err_set(err, "%s: out of memory", path);
-    }
-    return 0;
-}
-
-static int parse_pretok(tok *t, const cJSON *p, const char *path, char *err)
-{
-    if (!p || cJSON_IsNull(p)) return 0;
-    const char *type = jstr(p, "type");
-    if (!type) return err_set(err, "%s: pre_tokenizer without a type", path);
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(p, "pretokenizers"), *e;
-        if (!cJSON_IsArray(list)) return err_set(err, "%s: Sequence pre_tokenizer without a list", path);
-        cJSON_ArrayForEach(e, list) if (parse_pretok(t, e, path, err)) return -1;
-        return 0;
-    }
-    if (strcmp(type, "Metaspace"))
-        return err_set(err, "%s: unsupported pre_tokenizer type '%s'", path, type);
-    if (t->has_meta) return err_set(err, "%s: more than one Metaspace pre_tokenizer", path);
-    char *rep = one_char(p, "replacement", TOK_META);
-    if (!rep) return err_set(err, "%s: Metaspace replacement must be one character", path);
-    t->meta_rep_len = strlen(rep);
-    memcpy(t->meta_rep, rep, t->meta_rep_len + 1);
-    free(rep);
-    if (prepend_scheme(p, &t->meta_prepend))
-        return err_set(err, "%s: unknown Metaspace prepend_scheme '%s'", path, jstr(p, "prepend_scheme"));
-    t->meta_split = jbool(p, "split", 1);
-    t->has_meta = 1;
-    return 0;
-}
-
-static int parse_decoder(tok *t, const cJSON *d, const char *path, char *err)
-{
-    if (!d || cJSON_IsNull(d)) return 0;
-    t->has_decoder = 1;
-    const char *type = jstr(d, "type");
-    if (!type) return err_set(err, "%s: decoder without a type", path);
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(d, "decoders"), *e;
-        if (!cJSON_IsArray(list)) return err_set(err, "%s: Sequence decoder without a list", path);
-        cJSON_ArrayForEach(e, list) if (parse_decoder(t, e, path, err)) return -1;
-        return 0;
-    }
-    tok_op op = {0};
-    int ok = 1;
-    if (!strcmp(type, "Replace")) {
-        const char *from = jstr(cJSON_GetObjectItemCaseSensitive(d, "pattern"), "String");
-        const char *to = jstr(d, "content");
-        if (!from) return err_set(err, "%s: unsupported decoder Replace with a Regex pattern", path);
-        if (!to || !*from) return err_set(err, "%s: bad Replace decoder", path);
-        op = (tok_op){.kind = TOK_OP_REPLACE, .a = strdup(from), .alen = strlen(from),
-                      .b = strdup(to), .blen = strlen(to)};
-        ok = op.a && op.b;
-    } else if (!strcmp(type, "ByteFallback")) {
-        op.kind = TOK_OP_BYTEFALLBACK;
-    } else if (!strcmp(type, "Fuse")) {
-        op.kind = TOK_OP_FUSE;
-    } else if (!strcmp(type, "Strip")) {
-        long start = 0, stop = 0;
-        const cJSON *s0 = cJSON_GetObjectItemCaseSensitive(d, "start");
-        const cJSON *s1 = cJSON_GetObjectItemCaseSensitive(d, "stop");
-        if ((s0 && jint(s0, 0, 1 << 20, &start)) || (s1 && jint(s1, 0, 1 << 20, &stop)))
-            return err_set(err, "%s: bad Strip decoder", path);
-        op = (tok_op){.kind = TOK_OP_STRIP, .a = one_char(d, "content", " "), .start = (int)start,
-                      .stop = (int)stop};
-        if (!op.a) return err_set(err, "%s: Strip decoder content must be one character", path);
-        op.alen = strlen(op.a);
-    } else if (!strcmp(type, "Metaspace")) {
-        int scheme;
-        if (prepend_scheme(d, &scheme)) return err_set(err, "%s: bad Metaspace decoder", path);
-        op = (tok_op){.kind = TOK_OP_METASPACE, .a = one_char(d, "replacement", TOK_META),
-                      .start = scheme != TOK_PREPEND_NEVER};
-        if (!op.a) return err_set(err, "%s: Metaspace replacement must be one character", path);
-        op.alen = strlen(op.a);
-    } else {
-        return err_set(err, "%s: unsupported decoder type '%s'", path, type);
-    }
-    if (!ok || push_op(&t->dec_ops, &t->n_dec_ops, op)) {
-        free(op.a);
-        free(op.b);
-        return err_set(err, "%s: out of memory", path);
-    }
-    return 0;
-}
-
-/* BOS = the special token TemplateProcessing puts before the sequence. */
-static const char *template_bos(const cJSON *pp)
-{
-    if (!pp || cJSON_IsNull(pp)) return NULL;
-    const char *type = jstr(pp, "type");
-    if (!type) return NULL;
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *e;
-        cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(pp, "processors")) {
-            const char *b = template_bos(e);
-            if (b) return b;
+    if (sec->model_seen++) return err_set(err, "\"model\" appears twice");
+    if (json_peek(j) != '{') return err_set(err, "\"model\" is not an object");
+    sec->model = cJSON_CreateObject();
+    if (!sec->model) return err_set(err, "out of memory");
+    int st = 0, r;
+    char *key;
+    size_t kl;
+    while ((r = json_object_next(j, &st, &key, &kl)) == 1) {
+        if (json_key_is(key, kl, "vocab") || json_key_is(key, kl, "merges")) {
+            if (record(key[0] == 'v' ? &sec->vocab : &sec->merges, j, key[0] == 'v' ? "vocab" : "merges", err))
+                return -1;
+            continue;
         }
-        return NULL;
+        span v;
+        json_peek(j);
+        v.at = j->p;
+        if (json_skip(j)) return -1;
+        v.len = (size_t)(j->p - v.at);
+        char name[64];
+        if (kl >= sizeof name || memchr(key, 0, kl)) continue;   /* no such option of BPE */
+        memcpy(name, key, kl);
+        name[kl] = 0;
+        cJSON *item = parse_span(&v, err);
+        if (!item) return -1;
+        cJSON_DeleteItemFromObjectCaseSensitive(sec->model, name);   /* a repeated key: the last wins */
+        cJSON_AddItemToObject(sec->model, name, item);
     }
-    if (strcmp(type, "TemplateProcessing")) return NULL;
-    const cJSON *single = cJSON_GetObjectItemCaseSensitive(pp, "single");
-    const cJSON *first = cJSON_IsArray(single) ? single->child : NULL;
-    return jstr(cJSON_GetObjectItemCaseSensitive(first, "SpecialToken"), "id");
+    return r;
 }
 
-/* --------------------------------------------------------------- normalize */
-
-int tok_buf_put(char **b, size_t *n, size_t *cap, const void *src, size_t k)
+static int read_sections(char *buf, size_t len, sections *sec, char *err)
 {
-    if (*n + k + 1 > *cap) {
-        size_t c = *cap ? *cap : 64;
-        while (*n + k + 1 > c) c *= 2;
-        char *nb = realloc(*b, c);
-        if (!nb) return -1;
-        *b = nb;
-        *cap = c;
+    static const char *const names[] = {"added_tokens", "normalizer", "pre_tokenizer", "post_processor",
+                                        "decoder", "padding"};
+    span *spans[] = {&sec->added, &sec->normalizer, &sec->pre, &sec->post, &sec->decoder, &sec->padding};
+    json_scan j;
+    json_begin(&j, buf, len, err);
+    if (json_peek(&j) != '{') {   /* say whether it is JSON at all */
+        if (json_skip(&j) || (json_peek(&j) >= 0 && err_set(err, "not valid JSON: text after the value at byte %zu",
+                                                             json_offset(&j))))
+            return -1;
+        return err_set(err, "not a tokenizer.json (no JSON object with a \"model\")");
     }
-    memcpy(*b + *n, src, k);
-    *n += k;
-    (*b)[*n] = 0;
+    int st = 0, r;
+    char *key;
+    size_t kl;
+    while ((r = json_object_next(&j, &st, &key, &kl)) == 1) {
+        size_t i = 0;
+        while (i < 6 && !json_key_is(key, kl, names[i])) i++;
+        if (i < 6) r = record(spans[i], &j, names[i], err);
+        else if (json_key_is(key, kl, "model")) r = read_model(&j, sec, err);
+        else r = json_skip(&j);   /* version, truncation, ...: nothing moet uses */
+        if (r) return -1;
+    }
+    if (r < 0) return -1;
+    if (json_peek(&j) >= 0) return err_set(err, "not valid JSON: text after the object at byte %zu", json_offset(&j));
+    if (!sec->model_seen) return err_set(err, "no \"model\" object: not a tokenizer.json");
     return 0;
 }
 
-int tok_replace_all(const char *src, size_t n, const char *from, size_t fl, const char *to,
-                       size_t tl, char **out, size_t *outn)
+/* ------------------------------------------------------------------ vocab */
+
+typedef struct {
+    char *s;
+    uint32_t n;
+    int32_t id;
+} entry;
+
+/* The GPT-2 chars of s[0..n) as the bytes they stand for, into out (room for n): the
+ * byte count, or -1 when a char is not one of them. */
+static long to_bytes(const char *s, size_t n, char *out)
 {
-    char *b = NULL;
-    size_t bn = 0, cap = 0;
-    if (tok_buf_put(&b, &bn, &cap, "", 0)) return -1;
-    const char *p = src, *end = src + n;
-    while (p < end) {
-        const char *q = memmem(p, (size_t)(end - p), from, fl);
-        if (!q) q = end;
-        if (tok_buf_put(&b, &bn, &cap, p, (size_t)(q - p))) goto oom;
-        if (q == end) break;
-        if (tok_buf_put(&b, &bn, &cap, to, tl)) goto oom;
-        p = q + fl;
+    const unsigned char *u = (const unsigned char *)s;
+    long m = 0;
+    for (size_t k = 0; k < n;) {
+        size_t l = tok_utf8_len(u + k, n - k);
+        int b = l == 1 && u[k] >= 0x80 ? -1 : tok_char_byte(tok_utf8_cp(u + k, l));
+        if (b < 0) return -1;
+        out[m++] = (char)b;
+        k += l;
     }
-    *out = b;
-    *outn = bn;
-    return 0;
-oom:
-    free(b);
-    return -1;
+    return m;
 }
 
-int tok_normalize(const tok *t, const char *src, size_t n, char **out, size_t *outn)
+/* Id of the model-vocab entry whose text is s[0..n), -1 if none.  scratch: n bytes. */
+static int32_t vocab_id(const tok *t, const char *s, size_t n, char *scratch)
 {
-    char *cur = dupn(src, n);
-    size_t cn = n;
-    if (!cur) return -1;
-    for (int i = 0; i < t->n_norm_ops; i++) {
-        const tok_op *op = &t->norm_ops[i];
-        char *nx = NULL;
-        size_t nn = 0;
-        if (op->kind == TOK_OP_PREPEND) {
-            if (!cn) continue;                 /* HF prepends only to non-empty text */
-            nx = malloc(op->alen + cn + 1);
-            if (!nx) goto oom;
-            memcpy(nx, op->a, op->alen);
-            memcpy(nx + op->alen, cur, cn + 1);
-            nn = op->alen + cn;
-        } else if (op->kind == TOK_OP_REPLACE) {
-            if (tok_replace_all(cur, cn, op->a, op->alen, op->b, op->blen, &nx, &nn)) goto oom;
-        } else {                               /* TOK_OP_WSTRIP */
-            const unsigned char *s = (const unsigned char *)cur;
-            size_t a = 0, z = cn;
-            while (op->start && a < z) {
-                size_t k = tok_utf8_len(s + a, z - a);
-                if (!tok_is_space(tok_utf8_cp(s + a, k))) break;
-                a += k;
-            }
-            while (op->stop && z > a) {
-                size_t b = z - 1;
-                while (b > a && (s[b] & 0xc0) == 0x80) b--;
-                size_t k = tok_utf8_len(s + b, z - b);
-                if (b + k != z || !tok_is_space(tok_utf8_cp(s + b, k))) break;
-                z = b;
-            }
-            nx = dupn(cur + a, z - a);
-            nn = z - a;
-            if (!nx) goto oom;
-        }
-        free(cur);
-        cur = nx;
-        cn = nn;
-    }
-    *out = cur;
-    *outn = cn;
-    return 0;
-oom:
-    free(cur);
-    return -1;
+    if (!t->bytelevel) return tok_strmap_get(&t->vocab, s, n);
+    long m = to_bytes(s, n, scratch);
+    return m > 0 ? tok_strmap_get(&t->vocab, scratch, (size_t)m) : tok_strmap_get(&t->other, s, n);
 }
 
-/* ------------------------------------------------------------------- load */
-
-static atomic_uint_fast64_t tok_serial_next = 1;
-
-/* model.vocab into the string pool and map; *n_entries, *max_id out. */
-static int load_vocab(tok *t, const cJSON *model, const char *path, size_t *n_entries, long *max_id,
-                      char *err)
+static int map_alloc(tok_strmap *m, size_t n, const char *base)
 {
-    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab"), *e;
-    if (!cJSON_IsObject(vocab)) return err_set(err, "%s: model.vocab must be an object", path);
-    size_t n_vocab = 0, pool_len = 0;
+    m->mask = pow2_at_least(2 * n) - 1;
+    m->slots = table_alloc((m->mask + 1) * sizeof *m->slots);   /* zeroed: empty */
+    m->base = base;
+    return m->slots ? 0 : -1;
+}
+
+/* model.vocab into the string pool and the map (bytelevel: keyed by bytes); the
+ * entries stay in *ents (texts in the pool) for the piece table. */
+static int load_vocab(tok *t, const span *v, entry **ents, size_t *n_ents, long *max_id, char *err)
+{
+    if (!v->seen) return err_set(err, "model has no vocab");
+    json_scan j;
+    json_begin(&j, v->at, v->len, err);
+    if (json_peek(&j) != '{') return err_set(err, "model.vocab must be an object");
+    /* Room for as many entries as the text could hold ("":0, is 5 bytes): pages of it
+     * that are never written cost nothing. */
+    size_t n = 0, cap = v->len / 5 + 1, pool_len = 0;
+    entry *e = malloc(cap * sizeof *e);
+    if (!e) return err_set(err, "out of memory");
+    int st = 0, r;
+    char *key;
+    size_t kl;
     *max_id = -1;
-    cJSON_ArrayForEach(e, vocab) {
+    while ((r = json_object_next(&j, &st, &key, &kl)) == 1) {
         long id;
-        if (jint(e, 0, (1L << 30), &id))
-            return err_set(err, "%s: vocab entry '%s' has no valid id", path, e->string);
+        if (json_int(&j, 0, 1L << 30, &id)) {
+            free(e);
+            return err_set(err, "vocab entry '%s' has no valid id", err_q(key, (long)kl));
+        }
+        e[n++] = (entry){key, (uint32_t)kl, (int32_t)id};   /* n < cap: see above */
+        pool_len += kl + 1;
         if (id > *max_id) *max_id = id;
-        n_vocab++;
-        pool_len += strlen(e->string) + 1;
     }
+    *ents = e;
+    *n_ents = n;
+    if (r < 0) return -1;
+    if (pool_len >= UINT32_MAX) return err_set(err, "model.vocab is too big (%zu bytes of text)", pool_len);
     t->pool = malloc(pool_len + 1);
-    t->vocab.mask = pow2_at_least(2 * n_vocab) - 1;
-    t->vocab.slots = calloc(t->vocab.mask + 1, sizeof *t->vocab.slots);
-    if (!t->pool || !t->vocab.slots) return err_set(err, "%s: out of memory", path);
-    char *pp = t->pool;
-    cJSON_ArrayForEach(e, vocab) {
-        size_t len = strlen(e->string);
-        memcpy(pp, e->string, len + 1);
-        if (strmap_put(&t->vocab, pp, len, (int32_t)e->valuedouble))
-            return err_set(err, "%s: vocab entry '%s' appears twice", path, e->string);
-        pp += len + 1;
+    if (t->bytelevel) t->bytes_pool = malloc(pool_len + 1);
+    if (!t->pool || (t->bytelevel && !t->bytes_pool) ||
+        map_alloc(&t->vocab, n, t->bytelevel ? t->bytes_pool : t->pool))
+        return err_set(err, "out of memory");
+    char *pp = t->pool, *bp = t->bytes_pool;
+    size_t n_other = 0;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(pp, e[i].s, e[i].n);
+        pp[e[i].n] = 0;
+        e[i].s = pp;
+        pp += e[i].n + 1;
+        long m = t->bytelevel ? to_bytes(e[i].s, e[i].n, bp) : -1;
+        int dup;
+        if (!t->bytelevel) dup = strmap_put(&t->vocab, (size_t)(e[i].s - t->pool), e[i].n, e[i].id);
+        else if (m > 0) {
+            bp[m] = 0;
+            dup = strmap_put(&t->vocab, (size_t)(bp - t->bytes_pool), (size_t)m, e[i].id);
+            bp += m + 1;
+        } else {
+            n_other++;
+            continue;
+        }
+        if (dup) return err_set(err, "vocab entry '%s' appears twice", err_q(e[i].s, e[i].n));
     }
-    *n_entries = n_vocab;
+    if (n_other) {   /* rare: entries BPE on bytes never reaches, found only by their text */
+        if (map_alloc(&t->other, n_other, t->pool)) return err_set(err, "out of memory");
+        for (size_t i = 0; i < n; i++)
+            if (to_bytes(e[i].s, e[i].n, bp) <= 0 && strmap_put(&t->other, (size_t)(e[i].s - t->pool), e[i].n, e[i].id))
+                return err_set(err, "vocab entry '%s' appears twice", err_q(e[i].s, e[i].n));
+    }
+    for (int b = 0; t->bytelevel && b < 256; b++) {
+        char c = (char)b;
+        t->byte_sym[b] = tok_strmap_get(&t->vocab, &c, 1);
+    }
     return 0;
 }
 
 /* Added tokens get their ids as HF's loader gives them, one at a time: the id of
  * the same content among earlier added tokens or in the model vocab, else the
  * next new id (the file's "id" is only compared, with a warning, by HF). */
-static int load_added(tok *t, const cJSON *added, long n_model, long *max_id, const char *path,
-                      char *err)
+static int load_added(tok *t, const cJSON *added, long n_model, long *max_id, char *err)
 {
     const cJSON *e;
-    if (added && !cJSON_IsArray(added) && !cJSON_IsNull(added))
-        return err_set(err, "%s: added_tokens must be a list", path);
+    if (added && !cJSON_IsArray(added) && !cJSON_IsNull(added)) return err_set(err, "added_tokens must be a list");
     t->added = calloc((size_t)cJSON_GetArraySize(added) + 1, sizeof *t->added);
-    if (!t->added) return err_set(err, "%s: out of memory", path);
+    if (!t->added) return err_set(err, "out of memory");
     long max_added = -1;
     cJSON_ArrayForEach(e, added) {
         long id;
         const char *c = jstr(e, "content");
         if (jint(cJSON_GetObjectItemCaseSensitive(e, "id"), 0, 1L << 30, &id) || !c)
-            return err_set(err, "%s: added token without a valid id and content", path);
+            return err_set(err, "added token without a valid id and content");
         size_t len = strlen(c);
         if (!len) continue;                      /* HF ignores an empty token */
         tok_added tk = {.len = len, .special = jbool(e, "special", 0), .lstrip = jbool(e, "lstrip", 0),
@@ -414,127 +335,181 @@ static int load_added(tok *t, const cJSON *added, long n_model, long *max_id, co
             t->added[k] = tk;
             continue;
         }
-        id = tok_strmap_get(&t->vocab, c, len);
+        char *scratch = malloc(len + 1);
+        if (!scratch) return err_set(err, "out of memory");
+        id = vocab_id(t, c, len, scratch);
+        free(scratch);
         if (id < 0) id = max_added < 0 || (max_added < n_model && n_model) ? n_model : max_added + 1;
         if (id > max_added) max_added = id;
         if (id > *max_id) *max_id = id;
         tk.id = (int32_t)id;
         tk.content = dupn(c, len);
-        if (!tk.content) return err_set(err, "%s: out of memory", path);
+        if (!tk.content) return err_set(err, "out of memory");
         t->added[t->n_added++] = tk;
     }
     return 0;
 }
 
-/* model.merges into the merge table; decides whether BPE may run per chunk. */
-static int load_merges(tok *t, const cJSON *model, const char *path, char *err)
+/* One merge item: "a b" (exactly one space, as HF splits it) or ["a", "b"]. */
+static int merge_item(json_scan *j, int rank, char **a, size_t *al, char **b, size_t *bl, char *err)
 {
-    const cJSON *e;
-    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
-    if (merges && !cJSON_IsArray(merges)) return err_set(err, "%s: model.merges must be a list", path);
-    int n_merges = cJSON_GetArraySize(merges);
-    t->merge_mask = pow2_at_least(2 * (size_t)n_merges) - 1;
-    t->merges = malloc((t->merge_mask + 1) * sizeof *t->merges);
-    if (!t->merges) return err_set(err, "%s: out of memory", path);
-    memset(t->merges, 0xff, (t->merge_mask + 1) * sizeof *t->merges);
-    t->chunked = 1;
-    int rank = 0;
-    char *joined = NULL;
-    size_t jcap = 0;
-    cJSON_ArrayForEach(e, merges) {
-        const char *a, *b;
-        size_t al, bl;
-        if (cJSON_IsString(e)) {
-            const char *sp = strchr(e->valuestring, ' ');
-            if (!sp || !sp[1]) {
-                free(joined);
-                return err_set(err, "%s: merge %d '%s' is not two pieces", path, rank + 1, e->valuestring);
-            }
-            a = e->valuestring;
-            al = (size_t)(sp - a);
-            b = sp + 1;
-            bl = strlen(b);
-        } else if (cJSON_GetArraySize(e) == 2 && cJSON_IsString(e->child) &&
-                   cJSON_IsString(e->child->next)) {
-            a = e->child->valuestring;
-            al = strlen(a);
-            b = e->child->next->valuestring;
-            bl = strlen(b);
-        } else {
-            free(joined);
-            return err_set(err, "%s: merge %d is neither \"a b\" nor [\"a\", \"b\"]", path, rank + 1);
-        }
-        if (al + bl + 1 > jcap) {
-            jcap = 2 * (al + bl + 1);
-            char *nj = realloc(joined, jcap);
-            if (!nj) {
-                free(joined);
-                return err_set(err, "%s: out of memory", path);
-            }
-            joined = nj;
-        }
-        memcpy(joined, a, al);
-        memcpy(joined + al, b, bl);
-        int32_t ia = tok_strmap_get(&t->vocab, a, al), ib = tok_strmap_get(&t->vocab, b, bl);
-        int32_t ij = tok_strmap_get(&t->vocab, joined, al + bl);
-        if (ia < 0 || ib < 0 || ij < 0) {
-            const char *what = ia < 0 ? a : ib < 0 ? b : joined;
-            int wl = (int)(ia < 0 ? al : ib < 0 ? bl : al + bl);
-            err_set(err, "%s: merge %d: '%.*s' is not in the vocab", path, rank + 1, wl, what);
-            free(joined);
-            return -1;
-        }
-        merge_put(t, ia, ib, rank, ij);
-        /* A merge across a "▁" that starts a word would make per-chunk BPE inexact. */
-        if (bl >= TOK_META_LEN && !memcmp(b, TOK_META, TOK_META_LEN) &&
-            !(al >= TOK_META_LEN && !memcmp(a + al - TOK_META_LEN, TOK_META, TOK_META_LEN)))
-            t->chunked = 0;
-        rank++;
+    if (json_peek(j) == '"') {
+        char *s;
+        size_t n;
+        if (json_string(j, &s, &n)) return -1;
+        char *sp = memchr(s, ' ', n);
+        if (!sp || memchr(sp + 1, ' ', n - (size_t)(sp + 1 - s)) || sp == s || sp + 1 == s + n)
+            return err_set(err, "merge %d '%s' is not two pieces", rank + 1, err_q(s, (long)n));
+        *a = s, *al = (size_t)(sp - s), *b = sp + 1, *bl = n - *al - 1;
+        return 0;
     }
-    free(joined);
+    int st = 0, k = 0, r;
+    while ((r = json_array_next(j, &st)) == 1) {
+        if (k == 2 || json_peek(j) != '"') break;
+        if (json_string(j, k ? b : a, k ? bl : al)) return -1;
+        k++;
+    }
+    if (r < 0) return -1;
+    if (r == 1 || k != 2) return err_set(err, "merge %d is neither \"a b\" nor [\"a\", \"b\"]", rank + 1);
     return 0;
 }
 
+/* model.merges into the merge table and list; decides whether BPE may run per chunk. */
+/* Merges are resolved MQ at a time: the vocab slots of a merge's three strings (a, b,
+ * a+b) are prefetched when it is read and looked up MQ merges later, so the cache misses
+ * of a 200 k vocab overlap instead of coming one after the other. */
+#define MQ 16
 
-static int load_model(tok *t, const cJSON *model, const cJSON *added, const char *path, char *err)
+typedef struct {
+    const char *a, *b;       /* the texts, for messages */
+    size_t al, bl;
+    char *key;               /* a's key then b's (bytelevel: their bytes); a+b is the whole */
+    size_t ka, kb, cap;
+    uint64_t h[3];
+} pending;
+
+static int pending_set(tok *t, pending *p, const char *a, size_t al, const char *b, size_t bl)
 {
-    const char *type = jstr(model, "type");
-    if (!type) type = cJSON_GetObjectItemCaseSensitive(model, "merges") ? "BPE" : "(none)";
-    if (strcmp(type, "BPE"))
-        return err_set(err, "%s: unsupported tokenizer model type '%s' (moet reads BPE)", path, type);
-    const char *csp = jstr(model, "continuing_subword_prefix"), *eow = jstr(model, "end_of_word_suffix");
-    if ((csp && *csp) || (eow && *eow))
-        return err_set(err, "%s: unsupported BPE option %s", path,
-                       csp && *csp ? "continuing_subword_prefix" : "end_of_word_suffix");
-    t->byte_fallback = jbool(model, "byte_fallback", 0);
-    t->fuse_unk = jbool(model, "fuse_unk", 0);
-    t->ignore_merges = jbool(model, "ignore_merges", 0);
+    if (al + bl + 1 > p->cap) {
+        char *k = realloc(p->key, 2 * (al + bl + 1));
+        if (!k) return -1;
+        p->key = k;
+        p->cap = 2 * (al + bl + 1);
+    }
+    *p = (pending){a, b, al, bl, p->key, al, bl, p->cap, {0}};
+    if (t->bytelevel) {   /* keys are bytes; -1 (a char of neither kind): vocab_id looks up later */
+        long ka = to_bytes(a, al, p->key), kb = ka > 0 ? to_bytes(b, bl, p->key + ka) : -1;
+        if (ka <= 0 || kb <= 0) return p->ka = 0, 0;
+        p->ka = (size_t)ka, p->kb = (size_t)kb;
+    } else {
+        memcpy(p->key, a, al);
+        memcpy(p->key + al, b, bl);
+    }
+    const tok_strmap *m = &t->vocab;
+    p->h[0] = tok_hash(p->key, p->ka);
+    p->h[1] = tok_hash(p->key + p->ka, p->kb);
+    p->h[2] = tok_hash(p->key, p->ka + p->kb);
+    for (int i = 0; i < 3; i++) __builtin_prefetch(&m->slots[p->h[i] & m->mask]);
+    return 0;
+}
 
-    size_t n_vocab = 0;
-    long max_id = -1;
-    if (load_vocab(t, model, path, &n_vocab, &max_id, err) ||
-        load_added(t, added, (long)n_vocab, &max_id, path, err))
-        return -1;
-    if (max_id < 0) return err_set(err, "%s: empty vocab", path);
+/* The ids of a pending merge into list[rank]; -1 with err when a piece is missing. */
+static int pending_get(tok *t, pending *p, int rank, int32_t *out, char *err)
+{
+    const tok_strmap *m = &t->vocab;
+    if (p->ka) {
+        out[0] = tok_strmap_get_h(m, p->key, p->ka, p->h[0]);
+        out[1] = tok_strmap_get_h(m, p->key + p->ka, p->kb, p->h[1]);
+        out[2] = tok_strmap_get_h(m, p->key, p->ka + p->kb, p->h[2]);
+    }
+    if (!p->ka || out[0] < 0 || out[1] < 0 || out[2] < 0) {   /* the slow way, and the message */
+        char *buf = malloc(2 * (p->al + p->bl) + 1);
+        if (!buf) return err_set(err, "out of memory");
+        memcpy(buf, p->a, p->al);
+        memcpy(buf + p->al, p->b, p->bl);
+        char *scratch = buf + p->al + p->bl;
+        out[0] = vocab_id(t, p->a, p->al, scratch);
+        out[1] = vocab_id(t, p->b, p->bl, scratch);
+        out[2] = vocab_id(t, buf, p->al + p->bl, scratch);
+        if (out[0] < 0 || out[1] < 0 || out[2] < 0) {
+            const char *what = out[0] < 0 ? p->a : out[1] < 0 ? p->b : buf;
+            long wl = (long)(out[0] < 0 ? p->al : out[1] < 0 ? p->bl : p->al + p->bl);
+            err_set(err, "merge %d: '%s' is not in the vocab", rank + 1, err_q(what, wl));
+        }
+        free(buf);
+        if (out[0] < 0 || out[1] < 0 || out[2] < 0) return -1;
+    }
+    /* A merge across a "\u2581" that starts a word would make per-chunk BPE inexact. */
+    if (p->bl >= TOK_META_LEN && !memcmp(p->b, TOK_META, TOK_META_LEN) &&
+        !(p->al >= TOK_META_LEN && !memcmp(p->a + p->al - TOK_META_LEN, TOK_META, TOK_META_LEN)))
+        t->chunked = 0;
+    return 0;
+}
+
+/* model.merges into the merge list and table; decides whether BPE may run per chunk. */
+static int load_merges(tok *t, const span *m, char *err)
+{
+    t->chunked = !t->bytelevel;
+    json_scan j;
+    char empty[] = "[]";
+    if (m->seen) json_begin(&j, m->at, m->len, err);
+    else json_begin(&j, empty, 2, err);
+    if (json_peek(&j) != '[') return err_set(err, "model.merges must be a list");
+    /* Room for as many merges as the text could hold ("a b", is 6 bytes). */
+    size_t cap = (size_t)(j.end - j.p) / 6 + 1;
+    int32_t (*list)[3] = t->merge_list = malloc(cap * sizeof *list);
+    pending q[MQ] = {{0}};
+    int st = 0, r, rank = 0, rc = -1;
+    if (!list) goto oom;
+    while ((r = json_array_next(&j, &st)) == 1) {
+        char *a, *b;
+        size_t al, bl;
+        if (merge_item(&j, rank, &a, &al, &b, &bl, err)) goto done;
+        if (rank >= MQ && pending_get(t, &q[rank % MQ], rank - MQ, list[rank - MQ], err)) goto done;
+        if (pending_set(t, &q[rank % MQ], a, al, b, bl)) goto oom;
+        if (++rank == 1 << 30) break;   /* rank < cap: see above */
+    }
+    if (r < 0) goto done;
+    for (int i = rank > MQ ? rank - MQ : 0; i < rank; i++)
+        if (pending_get(t, &q[i % MQ], i, list[i], err)) goto done;
+    t->n_merges = rank;
+    t->merge_mask = pow2_at_least(2 * (size_t)rank) - 1;
+    t->merges = table_alloc((t->merge_mask + 1) * sizeof *t->merges);
+    if (!t->merges) goto oom;   /* zeroed: empty */
+    for (int i = 0; i < rank; i++) merge_put(t, list[i][0], list[i][1], i, list[i][2]);
+    rc = 0;
+    goto done;
+oom:
+    err_set(err, "out of memory");
+done:
+    for (int i = 0; i < MQ; i++) free(q[i].key);
+    return rc;
+}
+
+/* Pieces, types and the special ids the encoder needs, once vocab and added tokens are in. */
+static int load_tables(tok *t, const cJSON *model, const entry *e, size_t n, long max_id, char *err)
+{
+    if (max_id < 0) return err_set(err, "empty vocab");
     t->n_vocab = (int)max_id + 1;
     t->piece = calloc((size_t)t->n_vocab, sizeof *t->piece);
     t->piece_len = calloc((size_t)t->n_vocab, sizeof *t->piece_len);
     t->type = calloc((size_t)t->n_vocab, 1);
     t->special = calloc((size_t)t->n_vocab, 1);
-    if (!t->piece || !t->piece_len || !t->type || !t->special)
-        return err_set(err, "%s: out of memory", path);
-    for (size_t i = 0; i <= t->vocab.mask; i++) {
-        const tok_strslot *sl = &t->vocab.slots[i];
-        if (!sl->key) continue;
-        if (t->piece[sl->id]) return err_set(err, "%s: vocab id %d is used twice", path, (int)sl->id);
-        t->piece[sl->id] = (char *)sl->key;
-        t->piece_len[sl->id] = sl->len;
-        t->type[sl->id] = TOK_NORMAL;
+    if (!t->piece || !t->piece_len || !t->type || !t->special) return err_set(err, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        if (t->piece[e[i].id]) return err_set(err, "vocab id %d is used twice", (int)e[i].id);
+        t->piece[e[i].id] = e[i].s;
+        t->piece_len[e[i].id] = e[i].n;
+        t->type[e[i].id] = TOK_NORMAL;
     }
-
     t->unk_id = -1;
     const char *unk = jstr(model, "unk_token");
-    if (unk) t->unk_id = tok_strmap_get(&t->vocab, unk, strlen(unk));
+    if (unk) {
+        char *scratch = malloc(strlen(unk) + 1);
+        if (!scratch) return err_set(err, "out of memory");
+        t->unk_id = vocab_id(t, unk, strlen(unk), scratch);
+        free(scratch);
+    }
     for (int b = 0; b < 256; b++) {
         char name[8];
         snprintf(name, sizeof name, "<0x%02X>", b);
@@ -546,23 +521,40 @@ static int load_model(tok *t, const cJSON *model, const cJSON *added, const char
         char s = (char)c;
         t->ascii_id[c] = tok_strmap_get(&t->vocab, &s, 1);
     }
+    return 0;
+}
 
-    return load_merges(t, model, path, err);
+/* model.type and the BPE options. */
+static int check_model(tok *t, const sections *sec, char *err)
+{
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(sec->model, "type");
+    if (ty && !cJSON_IsString(ty))
+        return err_set(err, "model.type must be a string naming the model (\"BPE\"), not %s",
+                       cJSON_IsNull(ty) ? "null" : cJSON_IsNumber(ty) ? "a number" : "a list or object");
+    const char *type = ty ? ty->valuestring : sec->merges.seen ? "BPE" : "(none)";
+    if (strcmp(type, "BPE"))
+        return err_set(err, "unsupported tokenizer model type '%s' (moet reads BPE)", err_q(type, -1));
+    const char *csp = jstr(sec->model, "continuing_subword_prefix"), *eow = jstr(sec->model, "end_of_word_suffix");
+    if ((csp && *csp) || (eow && *eow))
+        return err_set(err, "unsupported BPE option %s", csp && *csp ? "continuing_subword_prefix" : "end_of_word_suffix");
+    t->byte_fallback = jbool(sec->model, "byte_fallback", 0);
+    t->fuse_unk = jbool(sec->model, "fuse_unk", 0);
+    t->ignore_merges = jbool(sec->model, "ignore_merges", 0);
+    return 0;
 }
 
 /* Added tokens' match patterns and pieces: HF (0.23) matches a normalized token
  * by its normalized content and gives that back as its text. */
-static int load_added_patterns(tok *t, const char *path, char *err)
+static int load_added_patterns(tok *t, char *err)
 {
     for (int i = 0; i < t->n_added; i++) {
         tok_added *a = &t->added[i];
         if (a->normalized) {
-            if (tok_normalize(t, a->content, a->len, &a->pattern, &a->plen))
-                return err_set(err, "%s: out of memory", path);
+            if (tok_normalize(t, a->content, a->len, &a->pattern, &a->plen)) return err_set(err, "out of memory");
         } else {
             a->pattern = dupn(a->content, a->len);
             a->plen = a->len;
-            if (!a->pattern) return err_set(err, "%s: out of memory", path);
+            if (!a->pattern) return err_set(err, "out of memory");
         }
         t->piece[a->id] = a->pattern;          /* added tokens win in id_to_token */
         t->piece_len[a->id] = (uint32_t)a->plen;
@@ -581,55 +573,120 @@ static int load_added_patterns(tok *t, const char *path, char *err)
     return 0;
 }
 
+/* The first of the names the tokenizer has, -1 if none. */
+static int first_of(const tok *t, const char *const *names)
+{
+    for (; *names; names++) {
+        int id = tok_id_of(t, *names);
+        if (id >= 0) return id;
+    }
+    return -1;
+}
+
+/* BOS: the first token the post-processor puts before the text (with no
+ * post-processor "<s>" is still reported).  EOS: the last it puts after, else the
+ * usual end-of-text names.  Padding: the file's padding.pad_id, else the usual names. */
+static void special_ids(tok *t, const sections *sec, const cJSON *padding)
+{
+    static const char *const eos[] = {"</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", NULL};
+    static const char *const pad[] = {"<pad>", "<|padding|>", "<|pad|>", NULL};
+    int no_pp = !sec->post.seen || (sec->post.len == 4 && !memcmp(sec->post.at, "null", 4));
+    t->bos_id = t->n_tpl_pre ? t->tpl_pre[0] : no_pp ? tok_id_of(t, "<s>") : -1;
+    t->eos_id = t->n_tpl_post ? t->tpl_post[t->n_tpl_post - 1] : first_of(t, eos);
+    long id;
+    if (!jint(cJSON_GetObjectItemCaseSensitive(padding, "pad_id"), 0, t->n_vocab - 1, &id) && t->piece[id])
+        t->pad_id = (int)id;
+    else if ((t->pad_id = first_of(t, pad)) < 0 && t->bytelevel)
+        t->pad_id = tok_id_of(t, "<|endoftext|>");
+}
+
+/* ------------------------------------------------------------------- load */
+
+static atomic_uint_fast64_t tok_serial_next = 1;
+
+static int load(tok *t, char *buf, size_t len, char *err)
+{
+    size_t bad, n_entries = 0;
+    entry *ents = NULL;
+    if (json_utf8_check(buf, len, &bad)) return err_set(err, "not UTF-8 text (byte %zu)", bad);
+    sections sec = {0};
+    cJSON *added = NULL, *norm = NULL, *pre = NULL, *dec = NULL, *post = NULL, *padding = NULL;
+    long max_id = -1;
+    int rc = -1;
+    if (read_sections(buf, len, &sec, err) || check_model(t, &sec, err)) goto done;
+    if ((sec.normalizer.seen && !(norm = parse_span(&sec.normalizer, err))) ||
+        (sec.pre.seen && !(pre = parse_span(&sec.pre, err))) ||
+        (sec.decoder.seen && !(dec = parse_span(&sec.decoder, err))) ||
+        (sec.added.seen && !(added = parse_span(&sec.added, err))) ||
+        (sec.post.seen && !(post = parse_span(&sec.post, err))) ||
+        (sec.padding.seen && !(padding = parse_span(&sec.padding, err))))
+        goto done;
+    if (tok_parse_normalizer(t, norm, err) || tok_parse_pretok(t, pre, err) || tok_parse_decoder(t, dec, err) ||
+        load_vocab(t, &sec.vocab, &ents, &n_entries, &max_id, err) ||
+        load_added(t, added, (long)n_entries, &max_id, err) || load_tables(t, sec.model, ents, n_entries, max_id, err) ||
+        load_merges(t, &sec.merges, err) || load_added_patterns(t, err) || tok_parse_post(t, post, err))
+        goto done;
+    special_ids(t, &sec, padding);
+    rc = 0;
+done:
+    free(ents);
+    cJSON_Delete(sec.model);
+    cJSON_Delete(added);
+    cJSON_Delete(norm);
+    cJSON_Delete(pre);
+    cJSON_Delete(dec);
+    cJSON_Delete(post);
+    cJSON_Delete(padding);
+    return rc;
+}
+
+/* The file, mapped privately: its pages stay those of the page cache (no 28 MB copy)
+ * until a string with escapes is decoded in place.  Read into memory where it cannot
+ * be mapped.  *mapped says which, for unmap_file. */
+static int map_file(const char *path, char **buf, size_t *len, int *mapped, char *err)
+{
+    size_t size;
+    int fd = fs_open_regular(path, &size, err);
+    if (fd < 0) return -1;
+    void *p = size ? mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+    close(fd);
+    *mapped = p != MAP_FAILED;
+    if (!*mapped) return fs_read_file(path, buf, len, err);
+    *buf = p;
+    *len = size;
+    return 0;
+}
+
+static void unmap_file(char *buf, size_t len, int mapped)
+{
+    if (mapped) munmap(buf, len);
+    else free(buf);
+}
+
 int tok_load(tok **out, const char *path, char *err)
 {
     *out = NULL;
     char *buf = NULL;
     size_t len = 0;
-    if (fs_read_file(path, &buf, &len, err)) return -1;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
-    if (!root) {
-        size_t at = end ? (size_t)(end - buf) : 0;
-        free(buf);
-        return err_set(err, "%s: not valid JSON (error near byte %zu of %zu)", path, at, len);
-    }
+    int mapped;
+    if (map_file(path, &buf, &len, &mapped, err)) return -1;
     tok *t = calloc(1, sizeof *t);
     if (!t) {
-        free(buf);
-        cJSON_Delete(root);
+        unmap_file(buf, len, mapped);
         return err_set(err, "%s: out of memory", path);
     }
     sha256_hex(buf, len, t->sha256);
-    free(buf);
     t->serial = atomic_fetch_add(&tok_serial_next, 1);
-    t->bos_id = t->add_bos_id = t->eos_id = t->unk_id = -1;
-
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    int rc = -1;
-    if (!cJSON_IsObject(model)) {
-        err_set(err, "%s: no \"model\" object: not a tokenizer.json", path);
-        goto done;
+    t->bos_id = t->eos_id = t->unk_id = t->pad_id = -1;
+    int rc = load(t, buf, len, err);
+    unmap_file(buf, len, mapped);
+    if (rc) {
+        err_wrap(err, "%s", path);
+        tok_free(t);
+        return -1;
     }
-    if (load_model(t, model, cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), path, err) ||
-        parse_normalizer(t, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), path, err) ||
-        parse_pretok(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), path, err) ||
-        parse_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), path, err) ||
-        load_added_patterns(t, path, err))
-        goto done;
-    /* BOS: the special token TemplateProcessing puts first, which encode adds.  With
-     * no post-processor HF adds nothing; "<s>" is still reported as the BOS id. */
-    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(root, "post_processor");
-    const char *bos = template_bos(pp);
-    t->add_bos_id = bos ? tok_id_of(t, bos) : -1;
-    t->bos_id = bos ? t->add_bos_id : !pp || cJSON_IsNull(pp) ? tok_id_of(t, "<s>") : -1;
-    t->eos_id = tok_id_of(t, "</s>");
-    rc = 0;
-done:
-    cJSON_Delete(root);
-    if (rc) tok_free(t);
-    else *out = t;
-    return rc;
+    *out = t;
+    return 0;
 }
 
 void tok_free(tok *t)
@@ -646,10 +703,12 @@ void tok_free(tok *t)
     free(t->type);
     free(t->special);
     free(t->pool);
-    free(t->vocab.slots);
-    free(t->merges);
-    free_ops(t->norm_ops, t->n_norm_ops);
-    free_ops(t->dec_ops, t->n_dec_ops);
+    table_free(t->vocab.slots, (t->vocab.mask + 1) * sizeof *t->vocab.slots);
+    free(t->bytes_pool);
+    table_free(t->other.slots, (t->other.mask + 1) * sizeof *t->other.slots);
+    table_free(t->merges, (t->merge_mask + 1) * sizeof *t->merges);
+    free(t->merge_list);
+    tok_free_parts(t);
     free(t);
 }
 
@@ -659,6 +718,8 @@ int tok_vocab_size(const tok *t) { return t->n_vocab; }
 int tok_bos_id(const tok *t) { return t->bos_id; }
 int tok_eos_id(const tok *t) { return t->eos_id; }
 int tok_unk_id(const tok *t) { return t->unk_id; }
+int tok_pad_id(const tok *t) { return t->pad_id; }
+int tok_is_bytelevel(const tok *t) { return t->bytelevel; }
 const char *tok_sha256(const tok *t) { return t->sha256; }
 
 int tok_id_of(const tok *t, const char *piece)
@@ -666,7 +727,11 @@ int tok_id_of(const tok *t, const char *piece)
     size_t n = strlen(piece);
     for (int i = 0; i < t->n_added; i++)
         if (t->added[i].len == n && !memcmp(t->added[i].content, piece, n)) return t->added[i].id;
-    return tok_strmap_get(&t->vocab, piece, n);
+    char small[256], *scratch = n < sizeof small ? small : malloc(n + 1);
+    if (!scratch) return -1;
+    int32_t id = vocab_id(t, piece, n, scratch);
+    if (scratch != small) free(scratch);
+    return id;
 }
 
 const char *tok_piece(const tok *t, int id)
@@ -687,6 +752,24 @@ float tok_piece_score(const tok *t, int id)
     while (i + TOK_META_LEN <= n && !memcmp(p + i, TOK_META, TOK_META_LEN)) i += TOK_META_LEN;
     if (n && i == n) return -1e9f;
     return -(float)(id - 259);
+}
+
+int tok_merge_count(const tok *t) { return t->n_merges; }
+
+int tok_merge_pair(const tok *t, int rank, int32_t *left, int32_t *right)
+{
+    if (rank < 0 || rank >= t->n_merges) return 0;
+    int32_t r, id;
+    *left = t->merge_list[rank][0];
+    *right = t->merge_list[rank][1];
+    return tok_merge_get(t, *left, *right, &r, &id) && r == rank;   /* a later copy of the pair wins */
+}
+
+const char *tok_pre_regex(const tok *t, int i)
+{
+    for (int k = 0; k < t->n_pre; k++)
+        if (t->pre[k].re && i-- == 0) return tok_regex_pattern(t->pre[k].re);
+    return NULL;
 }
 
 void tok_ids_free(tok_ids *v)

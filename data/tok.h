@@ -1,23 +1,29 @@
-/* tok: the tokenizer.  Loads a Hugging Face tokenizer.json whose model is BPE
- * (SentencePiece style as in Mistral / Mixtral / Llama-2: byte fallback, "▁" for
- * spaces) and encodes / decodes id for id as HF `tokenizers` does; trains new
- * tokenizers of the same shape.
+/* tok: the tokenizer.  Loads a Hugging Face tokenizer.json whose model is BPE and
+ * encodes / decodes id for id as HF `tokenizers` does, for both kinds in use:
+ *   SentencePiece style (Mistral / Mixtral / Llama-2): byte fallback, "\u2581" for spaces;
+ *   byte-level (GPT-2 style: Qwen2/3, OLMoE, gpt-oss, Llama-3): a regex pre-tokenizer,
+ *     every byte a GPT-2 char of the vocab;
+ * and trains new tokenizers of the first kind.
  *
  * Supported tokenizer.json parts (anything else is an error naming the type):
  *   model         BPE (merges "a b" or ["a","b"]; byte_fallback, fuse_unk,
  *                 ignore_merges, unk_token; dropout is ignored: encoding is exact)
- *   normalizer    null, Sequence, Prepend, Replace (string pattern), Strip
- *   pre_tokenizer null, Metaspace (prepend_scheme always|first|never or
- *                 add_prefix_space, split true|false), Sequence of those
- *   decoder       null, Sequence, Replace, ByteFallback, Fuse, Strip, Metaspace
+ *   normalizer    null, Sequence, NFC, NFD, NFKC, NFKD (utf8proc), Prepend,
+ *                 Replace (string pattern), Strip
+ *   pre_tokenizer null, Sequence of: Split (Regex or String pattern, every behavior,
+ *                 invert; regexes on PCRE2), Metaspace (prepend_scheme always|first|never
+ *                 or add_prefix_space, split), ByteLevel (add_prefix_space, use_regex;
+ *                 last in the sequence)
+ *   decoder       null, Sequence, ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace
  *   added_tokens  split out of the raw text first (leftmost-longest), with
  *                 lstrip / rstrip / single_word / normalized as HF applies them
- *   post_processor the leading special token of TemplateProcessing is BOS
+ *   post_processor null, ByteLevel, TemplateProcessing, Bert/RobertaProcessing, Sequence:
+ *                 the special tokens of the single-sequence template go around the text
  *
  * Encode is thread-safe on a shared const tok (each thread keeps its own small
  * cache of encoded words).  Decode follows HF decode(skip_special_tokens=False),
- * except that byte pieces (<0xXX>) come back as the raw bytes even when they are
- * not valid UTF-8 (HF would print U+FFFD), so invalid input round-trips. */
+ * except that bytes come back raw even when they are not valid UTF-8 (HF would
+ * print U+FFFD), so invalid input round-trips. */
 #ifndef MOET_TOK_H
 #define MOET_TOK_H
 
@@ -34,9 +40,11 @@ enum { TOK_NORMAL = 1, TOK_UNKNOWN = 2, TOK_CONTROL = 3, TOK_USER = 4, TOK_BYTE 
 int  tok_load(tok **out, const char *path, char *err);
 void tok_free(tok *t);
 
-/* Encode len bytes of text (any bytes; invalid UTF-8 goes through byte fallback),
- * APPENDING ids to out; BOS first when add_bos and the post-processor puts one
- * there (TemplateProcessing; as HF, no post-processor adds none). */
+/* Encode len bytes of text, APPENDING ids to out.  add_bos: HF's add_special_tokens,
+ * the post-processor's tokens around the text (BOS first for Mistral; nothing for
+ * Qwen and gpt-oss; as HF, no post-processor adds none).  Any bytes are taken: what is
+ * not valid UTF-8 goes through byte fallback (SentencePiece style) or is encoded as
+ * its own bytes (byte-level), so decode gives it back. */
 int  tok_encode(const tok *t, const char *text, size_t len, int add_bos, tok_ids *out, char *err);
 
 /* Decode ids to a malloc'd, NUL-terminated text of *len bytes (free() it).
@@ -53,8 +61,21 @@ int  tok_ids_push(tok_ids *v, int32_t id);
 
 int  tok_vocab_size(const tok *t);   /* highest id + 1 over model vocab and added tokens */
 int  tok_bos_id(const tok *t);       /* the BOS encode adds; "<s>" if no post-processor; -1 if none */
-int  tok_eos_id(const tok *t);       /* "</s>" when present, else -1 */
+/* The token that ends a document: the last one the post-processor appends, else the
+ * first of "</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>"; -1 if none. */
+int  tok_eos_id(const tok *t);
+/* Padding: tokenizer.json's padding.pad_id, else "<pad>", "<|padding|>", "<|pad|>", else
+ * (byte-level) "<|endoftext|>"; -1 if none. */
+int  tok_pad_id(const tok *t);
 int  tok_unk_id(const tok *t);       /* -1 if none */
+int  tok_is_bytelevel(const tok *t); /* 1: a ByteLevel pre-tokenizer (GPT-2 style vocab) */
+/* Merges in rank order: the pair of rank r in *left, *right; returns 1, or 0 when a
+ * later copy of the same pair overrides this one (HF keeps the later rank). */
+int  tok_merge_count(const tok *t);
+int  tok_merge_pair(const tok *t, int rank, int32_t *left, int32_t *right);
+/* The i-th regex of the pre-tokenizer (Split patterns in order; ByteLevel's GPT-2
+ * pattern when it runs one), as in the file; NULL past the last. */
+const char *tok_pre_regex(const tok *t, int i);
 int  tok_id_of(const tok *t, const char *piece);   /* -1 if absent */
 const char *tok_piece(const tok *t, int id);       /* "▁the", "<0x0A>"; NULL if no such id */
 int  tok_piece_type(const tok *t, int id);         /* TOK_* above */

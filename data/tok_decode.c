@@ -1,6 +1,7 @@
-/* tok_decode: ids -> text through the tokenizer.json decoder chain (Replace,
- * ByteFallback, Fuse, Strip, Metaspace), as HF decode() does; byte pieces give
- * raw bytes, so text that was not valid UTF-8 comes back unchanged. */
+/* tok_decode: ids -> text through the tokenizer.json decoder chain (ByteLevel,
+ * Replace, ByteFallback, Fuse, Strip, Metaspace), as HF decode() does; byte pieces
+ * and GPT-2 byte chars give raw bytes, so text that was not valid UTF-8 comes back
+ * unchanged. */
 #include "data/tok_internal.h"
 
 #include "common/err.h"
@@ -57,9 +58,43 @@ static int byte_piece(const char *s, size_t n)
     return v1 * 16 + v2;
 }
 
+/* The byte the GPT-2 char at s[k] stands for, -1 if it is no such char. */
+static int char_byte_at(const unsigned char *s, size_t k, size_t n)
+{
+    size_t l = tok_utf8_len(s + k, n - k);
+    return l == 1 && s[k] >= 0x80 ? -1 : tok_char_byte(tok_utf8_cp(s + k, l));
+}
+
+/* ByteLevel: each token's GPT-2 chars back to their bytes (a token with any other
+ * char, such as an added token's text, is kept as it is), all joined into one string. */
+static int bytelevel(const strlist *in, strlist *out)
+{
+    if (sl_add(out, "", 0)) return -1;
+    for (size_t i = 0; i < in->n; i++) {
+        const unsigned char *s = (const unsigned char *)in->buf + in->off[i];
+        size_t n = in->off[i + 1] - in->off[i], k = 0;
+        while (k < n && char_byte_at(s, k, n) >= 0) k += tok_utf8_len(s + k, n - k);
+        if (k < n) {
+            if (sl_append(out, (const char *)s, n)) return -1;
+            continue;
+        }
+        char buf[64];
+        size_t m = 0;
+        for (k = 0; k < n; k += tok_utf8_len(s + k, n - k)) {
+            buf[m++] = (char)char_byte_at(s, k, n);
+            if (m == sizeof buf || k + tok_utf8_len(s + k, n - k) == n) {
+                if (sl_append(out, buf, m)) return -1;
+                m = 0;
+            }
+        }
+    }
+    return 0;
+}
+
 /* One decoder step over the token list: in -> out. */
 static int dec_step(const tok_op *op, const strlist *in, strlist *out)
 {
+    if (op->kind == TOK_OP_BYTELEVEL) return bytelevel(in, out);
     for (size_t i = 0; i < in->n; i++) {
         const char *s = in->buf + in->off[i];
         size_t n = in->off[i + 1] - in->off[i];

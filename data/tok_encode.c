@@ -2,7 +2,12 @@
  *
  * Pipeline per call: split the raw text on non-normalized added tokens; normalize
  * each remaining piece; split it on normalized added tokens; pre-tokenize
- * (Metaspace) into words; BPE each word.
+ * (tok_pretok.c) into words; BPE each word; put the post-processor's tokens around.
+ * A byte-level tokenizer's BPE starts from the word's bytes (each the vocab entry
+ * of its GPT-2 char) and looks words up by their bytes (tok.c keys the vocab so).
+ * Regex pre-tokenizers need valid UTF-8: bytes that are not (text Hugging Face
+ * cannot take at all) are cut out of the text there and encoded as a word of their
+ * own, so decode gives them back.
  *
  * BPE of one word (HF word.rs merge_all): symbols start as the word's chars (or
  * their <0xXX> bytes, or <unk>); repeatedly merge the adjacent pair of lowest
@@ -140,8 +145,8 @@ typedef struct {
     size_t sym_cap;
     uint64_t *heap;               /* rank << 32 | position, min-heap */
     size_t heap_cap;
-    char *word;                   /* pre-tokenizer output */
-    size_t word_cap;
+    tok_pretok_scratch pre;       /* pre-tokenizer buffers */
+    char *err;
     int oom;
 } enc;
 
@@ -175,8 +180,11 @@ static uint64_t heap_pop(uint64_t *h, size_t *n)
 
 static int push_id(enc *e, int32_t id)
 {
-    if (tok_ids_push(e->out, id)) e->oom = 1;
-    return e->oom ? -1 : 0;
+    if (tok_ids_push(e->out, id)) {
+        e->oom = 1;
+        return err_set(e->err, "encode: out of memory");
+    }
+    return 0;
 }
 
 /* The word's initial symbols into e->sym; returns their count. */
@@ -186,6 +194,18 @@ static size_t bpe_symbols(enc *e, const unsigned char *w, size_t n)
     size_t ns = 0;
     int pending_unk = 0;
     for (size_t i = 0; i < n;) {
+        if (t->bytelevel) {   /* one symbol per byte, or <unk> handling as for a char */
+            int32_t id = t->byte_sym[w[i++]];
+            if (id >= 0) {
+                if (pending_unk) e->sym[ns++] = t->unk_id;
+                pending_unk = 0;
+                e->sym[ns++] = id;
+            } else if (t->unk_id >= 0) {
+                if (pending_unk && !t->fuse_unk) e->sym[ns++] = t->unk_id;
+                pending_unk = 1;
+            }
+            continue;
+        }
         size_t k = tok_utf8_len(w + i, n - i);
         int32_t id = k == 1 && w[i] < 0x80 ? t->ascii_id[w[i]]
                                            : tok_strmap_get(&t->vocab, (const char *)w + i, k);
@@ -258,7 +278,7 @@ static int bpe(enc *e, const char *w, size_t n)
     return 0;
 oom:
     e->oom = 1;
-    return -1;
+    return err_set(e->err, "encode: out of memory");
 }
 
 /* BPE of a chunk through the cache. */
@@ -285,64 +305,54 @@ static int is_meta(const char *s, size_t i, size_t n)
     return i + TOK_META_LEN <= n && !memcmp(s + i, TOK_META, TOK_META_LEN);
 }
 
-/* The model on one pre-tokenized word. */
-static int model_word(enc *e, const char *w, size_t n)
+/* The model on one pre-tokenized word (tok_word_fn). */
+static int model_word(void *ctx, const char *w, size_t n)
 {
+    enc *e = ctx;
     const tok *t = e->t;
     if (!n) return 0;
     if (t->ignore_merges) {
         int32_t id = tok_strmap_get(&t->vocab, w, n);
         if (id >= 0) return push_id(e, id);
     }
+    if (t->bytelevel) return bpe_cached(e, w, n);
     if (!t->chunked) return bpe(e, w, n);
     size_t a = 0;
     for (size_t i = 1; i < n; i++) {
         if (w[i] != TOK_META[0] || !is_meta(w, i, n)) continue;
-        if (i >= TOK_META_LEN && is_meta(w, i - TOK_META_LEN, n)) continue;   /* inside a ▁ run */
+        if (i >= TOK_META_LEN && is_meta(w, i - TOK_META_LEN, n)) continue;   /* inside a \u2581 run */
         if (bpe_cached(e, w + a, i - a)) return -1;
         a = i;
     }
     return bpe_cached(e, w + a, n - a);
 }
 
-/* Metaspace pre-tokenizer (if any), then the model.  origin: the piece starts at
- * offset 0 of the original text (prepend_scheme "first"). */
+/* Pre-tokenize and encode a normalized piece.  With a regex step, runs of bytes that
+ * are not valid UTF-8 are words of their own. */
 static int pretok(enc *e, const char *s, size_t n, int origin)
 {
     const tok *t = e->t;
-    if (!t->has_meta) return model_word(e, s, n);
-    if (!n) return 0;
-    const char *rep = t->meta_rep;
-    size_t rl = t->meta_rep_len;
-    if (grow((void **)&e->word, &e->word_cap, rl * (n + 1) + 1, 1)) {
-        e->oom = 1;
-        return -1;
-    }
-    char *w = e->word;
-    size_t wn = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == ' ') {
-            memcpy(w + wn, rep, rl);
-            wn += rl;
-        } else {
-            w[wn++] = s[i];
+    if (!t->has_regex) return tok_pretokenize(t, &e->pre, 0, s, n, origin, model_word, e, e->err);
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        size_t a = i;
+        while (i < n) {
+            if (u[i] < 0x80) {
+                i++;
+                continue;
+            }
+            size_t k = tok_utf8_len(u + i, n - i);
+            if (k == 1) break;
+            i += k;
         }
-    }
-    int starts = wn >= rl && !memcmp(w, rep, rl);
-    if (!starts && (t->meta_prepend == TOK_PREPEND_ALWAYS || (t->meta_prepend == TOK_PREPEND_FIRST && origin))) {
-        memmove(w + rl, w, wn);
-        memcpy(w, rep, rl);
-        wn += rl;
-    }
-    if (!t->meta_split) return model_word(e, w, wn);
-    size_t a = 0;
-    for (size_t i = 1; i + rl <= wn; i++) {   /* split before each replacement char */
-        if (memcmp(w + i, rep, rl)) continue;
-        if (model_word(e, w + a, i - a)) return -1;
+        if (i > a && tok_pretokenize(t, &e->pre, 0, s + a, i - a, origin && a == 0, model_word, e, e->err))
+            return -1;
         a = i;
-        i += rl - 1;
+        while (i < n && u[i] >= 0x80 && tok_utf8_len(u + i, n - i) == 1) i++;
+        if (i > a && model_word(e, s + a, i - a)) return -1;
     }
-    return model_word(e, w + a, wn - a);
+    return 0;
 }
 
 /* ----------------------------------------------------------- added tokens */
@@ -420,7 +430,7 @@ static int segment(enc *e, const char *s, size_t n, int origin)
     if (t->n_norm_ops) {
         if (tok_normalize(t, s, n, &norm, &nn)) {
             e->oom = 1;
-            return -1;
+            return err_set(e->err, "encode: out of memory");
         }
         s = norm;
     }
@@ -439,10 +449,10 @@ static int segment(enc *e, const char *s, size_t n, int origin)
 
 int tok_encode(const tok *t, const char *text, size_t len, int add_bos, tok_ids *out, char *err)
 {
-    enc e = {.t = t, .out = out, .cache = cache_for(t)};
+    enc e = {.t = t, .out = out, .cache = cache_for(t), .err = err};
     size_t n0 = out->n;
     int rc = 0;
-    if (add_bos && t->add_bos_id >= 0) rc = push_id(&e, t->add_bos_id);
+    for (int i = 0; add_bos && !rc && i < t->n_tpl_pre; i++) rc = push_id(&e, t->tpl_pre[i]);
     size_t at = 0, scan = 0, ms, me;
     int32_t id;
     while (!rc && next_added(t, text, len, 0, &scan, at, &ms, &me, &id)) {
@@ -451,16 +461,14 @@ int tok_encode(const tok *t, const char *text, size_t len, int add_bos, tok_ids 
         at = me;
     }
     if (!rc && at < len) rc = segment(&e, text + at, len - at, at == 0);
+    for (int i = 0; add_bos && !rc && i < t->n_tpl_post; i++) rc = push_id(&e, t->tpl_post[i]);
     free(e.sym);
     free(e.prev);
     free(e.next);
     free(e.heap);
-    free(e.word);
-    if (rc) {
-        out->n = n0;
-        return err_set(err, "encode: out of memory");
-    }
-    return 0;
+    tok_pretok_scratch_free(&e.pre);
+    if (rc) out->n = n0;
+    return rc;
 }
 
 /* Called by tok_free: drop this thread's cache entries of t. */

@@ -1,5 +1,9 @@
 /* tok_internal: the tokenizer's insides, shared by data/tok*.c only.
- * tok.c loads, tok_encode.c encodes, tok_decode.c decodes, tok_train.c trains. */
+ * tok.c loads the vocab, merges and added tokens and answers the accessors;
+ * tok_parts.c reads the normalizer / pre-tokenizer / decoder / post-processor
+ * sections; tok_normalize.c normalizes; tok_pretok.c pre-tokenizes (Metaspace,
+ * Split, ByteLevel) with the regexes of tok_regex.c; tok_encode.c matches added
+ * tokens and runs BPE; tok_decode.c decodes; tok_train.c trains. */
 #ifndef MOET_TOK_INTERNAL_H
 #define MOET_TOK_INTERNAL_H
 
@@ -11,33 +15,34 @@
 #define TOK_META "\xe2\x96\x81"   /* "▁" U+2581, SentencePiece's space */
 #define TOK_META_LEN 3
 
-/* Open-addressing map from byte strings to ids (keys are borrowed, not copied). */
+/* Open-addressing map from byte strings to ids.  Keys live in one pool (base) and
+ * slots hold their offsets: 16 bytes a slot, which matters for a 200 k vocab. */
 typedef struct {
-    const char *key;
-    uint32_t len, hash;
-    int32_t id;
+    uint32_t off, len, hash;
+    int32_t id1;             /* id + 1; 0: empty (fresh zeroed memory is an empty map) */
 } tok_strslot;
 typedef struct {
     tok_strslot *slots;
     size_t mask, n;          /* capacity is mask+1, a power of two */
+    const char *base;        /* the pool the offsets point into */
 } tok_strmap;
 
 /* Merge table: pair (left id, right id) -> rank and merged id. */
 typedef struct {
-    uint64_t key;            /* left << 32 | right; ~0 marks empty */
+    uint64_t key1;           /* (left << 32 | right) + 1; 0: empty */
     int32_t rank, id;
 } tok_mergeslot;
 
 /* One text-to-text step of a normalizer or decoder chain. */
 enum { TOK_OP_PREPEND, TOK_OP_REPLACE, TOK_OP_WSTRIP, TOK_OP_STRIP, TOK_OP_BYTEFALLBACK,
-       TOK_OP_FUSE, TOK_OP_METASPACE };
+       TOK_OP_FUSE, TOK_OP_METASPACE, TOK_OP_UNICODE, TOK_OP_BYTELEVEL };
 typedef struct {
     int kind;
     char *a, *b;             /* PREPEND: a; REPLACE: a -> b; STRIP/METASPACE: a = the char */
     size_t alen, blen;
     int start, stop;         /* STRIP: how many a-chars to cut at each end; WSTRIP: strip
                               * whitespace left / right (0/1); METASPACE: start = drop the
-                              * replacement in the first token */
+                              * replacement in the first token; UNICODE: start = utf8proc flags */
 } tok_op;
 
 typedef struct {
@@ -50,6 +55,30 @@ typedef struct {
 
 enum { TOK_PREPEND_NEVER, TOK_PREPEND_ALWAYS, TOK_PREPEND_FIRST };
 
+/* Pre-tokenizer steps, applied in order to every piece the previous step made. */
+enum { TOK_PRE_METASPACE, TOK_PRE_SPLIT, TOK_PRE_BYTELEVEL };
+enum { TOK_SPLIT_REMOVED, TOK_SPLIT_ISOLATED, TOK_SPLIT_MERGED_PREV, TOK_SPLIT_MERGED_NEXT,
+       TOK_SPLIT_CONTIGUOUS };
+#define TOK_MAX_PRE 8
+
+typedef struct tok_regex tok_regex;   /* tok_regex.c: a compiled PCRE2 pattern */
+
+typedef struct {
+    int kind;
+    tok_regex *re;           /* SPLIT; BYTELEVEL with use_regex (the GPT-2 pattern) */
+    int behavior, invert;    /* SPLIT */
+    int add_prefix_space;    /* BYTELEVEL */
+    char rep[8];             /* METASPACE: the replacement char, its length, */
+    size_t rep_len;          /* prepend scheme and split flag */
+    int prepend, split;
+} tok_pre;
+
+/* A piece [a, b) of a string; match: the regex matched it. */
+typedef struct {
+    size_t a, b;
+    int match;
+} tok_split;
+
 struct tok {
     int n_vocab;             /* highest id + 1 */
     char **piece;            /* [n_vocab] text of each id (NUL-terminated); NULL: hole */
@@ -57,15 +86,23 @@ struct tok {
     uint8_t *type;           /* [n_vocab] TOK_* */
     uint8_t *special;        /* [n_vocab] 1: a special added token (skipped by skip_special) */
     char *pool;              /* backing store of the model vocab strings */
-    tok_strmap vocab;        /* model vocab string -> id (added tokens not included) */
+    tok_strmap vocab;        /* model vocab -> id (added tokens not included), keyed by the
+                              * text, or for bytelevel by the bytes its GPT-2 chars stand for */
+    int bytelevel;           /* a ByteLevel pre-tokenizer: BPE runs on raw bytes */
+    tok_strmap other;        /* bytelevel: the entries that are not all GPT-2 chars, by text */
+    char *bytes_pool;        /* bytelevel: backing store of the byte keys */
+    int32_t byte_sym[256];   /* bytelevel: id of the one-byte entry of each byte, -1 if none */
     tok_mergeslot *merges;   /* mask+1 slots */
     size_t merge_mask;
+    int32_t (*merge_list)[3];/* [n_merges] (left, right, merged) ids by rank, as in the file */
+    int n_merges;
     int32_t ascii_id[128];   /* vocab id of each one-byte char, -1 if none */
     int32_t byte_id[256];    /* id of "<0xXX>", -1 if none */
-    int unk_id, bos_id, eos_id;
-    int add_bos_id;          /* what encode(add_bos) puts first: the post-processor's BOS, or -1 */
+    int unk_id, bos_id, eos_id, pad_id;
+    int32_t tpl_pre[4], tpl_post[4];   /* ids the post-processor puts around the text */
+    int n_tpl_pre, n_tpl_post;
     int byte_fallback, fuse_unk, ignore_merges;
-    int chunked;             /* 1: BPE may run per "▁"-started chunk (no merge crosses one) */
+    int chunked;             /* 1: BPE may run per "\u2581"-started chunk (no merge crosses one) */
 
     tok_added *added;        /* n_added, in tokenizer.json order */
     int n_added;
@@ -74,10 +111,9 @@ struct tok {
 
     tok_op *norm_ops;        /* normalizer chain */
     int n_norm_ops;
-    int has_meta;            /* Metaspace pre-tokenizer */
-    char meta_rep[8];
-    size_t meta_rep_len;
-    int meta_prepend, meta_split;
+    tok_pre pre[TOK_MAX_PRE];   /* pre-tokenizer chain */
+    int n_pre;
+    int has_regex;           /* some step runs a regex: text must be valid UTF-8 there */
     tok_op *dec_ops;         /* decoder chain */
     int n_dec_ops, has_decoder;
 
@@ -106,31 +142,43 @@ static inline uint64_t tok_hash(const void *p, size_t n)
     return h ^ (h >> 32);
 }
 
+/* id of the model-vocab string s[0..n) whose tok_hash is h, -1 if absent. */
+static inline int32_t tok_strmap_get_h(const tok_strmap *m, const char *s, size_t n, uint64_t h)
+{
+    if (!m->slots) return -1;
+    for (size_t i = h & m->mask;; i = (i + 1) & m->mask) {
+        const tok_strslot *e = &m->slots[i];
+        if (!e->id1) return -1;
+        if (e->hash == (uint32_t)h && e->len == n && !memcmp(m->base + e->off, s, n)) return e->id1 - 1;
+    }
+}
+
 /* id of the model-vocab string s[0..n), -1 if absent. */
 static inline int32_t tok_strmap_get(const tok_strmap *m, const char *s, size_t n)
 {
-    if (!m->slots) return -1;
-    uint64_t h = tok_hash(s, n);
-    for (size_t i = h & m->mask;; i = (i + 1) & m->mask) {
-        const tok_strslot *e = &m->slots[i];
-        if (!e->key) return -1;
-        if (e->hash == (uint32_t)h && e->len == n && !memcmp(e->key, s, n)) return e->id;
-    }
+    return tok_strmap_get_h(m, s, n, tok_hash(s, n));
+}
+
+/* Home slot of a merge pair (a << 32 | b): both halves mixed into the low bits. */
+static inline size_t tok_merge_slot(uint64_t key, size_t mask)
+{
+    uint64_t h = key ^ (key >> 29);
+    h *= 0xbf58476d1ce4e5b9ull;
+    return (size_t)(h ^ (h >> 32)) & mask;
 }
 
 /* Merge of (a, b): its rank and merged id, or 0 when the pair never merges. */
 static inline int tok_merge_get(const tok *t, int32_t a, int32_t b, int32_t *rank, int32_t *id)
 {
     uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-    uint64_t h = key * 0x9e3779b97f4a7c15ull;
-    for (size_t i = (h >> 20) & t->merge_mask;; i = (i + 1) & t->merge_mask) {
+    for (size_t i = tok_merge_slot(key, t->merge_mask);; i = (i + 1) & t->merge_mask) {
         const tok_mergeslot *e = &t->merges[i];
-        if (e->key == key) {
+        if (e->key1 == key + 1) {
             *rank = e->rank;
             *id = e->id;
             return 1;
         }
-        if (e->key == ~0ull) return 0;
+        if (!e->key1) return 0;
     }
 }
 
@@ -184,20 +232,66 @@ static inline int tok_is_word(uint32_t c)
 }
 
 /* Apply a normalizer chain to src[0..n) into a malloc'd buffer (*out, *outn).
- * 0 ok, -1 out of memory. (tok.c) */
+ * 0 ok, -1 out of memory. (tok_normalize.c) */
 int tok_normalize(const tok *t, const char *src, size_t n, char **out, size_t *outn);
 
 /* Append src[0..k) to the growable buffer (*b, *n, *cap), keeping it
- * NUL-terminated. 0 ok, -1 out of memory. (tok.c) */
+ * NUL-terminated. 0 ok, -1 out of memory. (tok_normalize.c) */
 int tok_buf_put(char **b, size_t *n, size_t *cap, const void *src, size_t k);
 
 /* src[0..n) with every `from` replaced by `to`, into a new malloc'd buffer.
- * 0 ok, -1 out of memory. (tok.c) */
+ * 0 ok, -1 out of memory. (tok_normalize.c) */
 int tok_replace_all(const char *src, size_t n, const char *from, size_t fl, const char *to,
                     size_t tl, char **out, size_t *outn);
 
 /* Drop the calling thread's encode cache of t. (tok_encode.c, called by tok_free) */
 void tok_encode_forget(const tok *t);
 
+/* The normalizer, pre_tokenizer, decoder and post_processor sections (cJSON values,
+ * NULL or null for none) into t; the post-processor needs the vocab loaded.  0 ok, -1
+ * with one line in err naming what is not supported. (tok_parts.c) */
+struct cJSON;
+int tok_parse_normalizer(tok *t, const struct cJSON *n, char *err);
+int tok_parse_pretok(tok *t, const struct cJSON *p, char *err);
+int tok_parse_decoder(tok *t, const struct cJSON *d, char *err);
+int tok_parse_post(tok *t, const struct cJSON *pp, char *err);
+void tok_free_parts(tok *t);
+
+/* GPT-2's byte <-> char map (ByteLevel): the code point that stands for byte b, and the
+ * byte a code point stands for (-1 if none). (tok_parts.c) */
+uint32_t tok_byte_char(int b);
+int tok_char_byte(uint32_t c);
+
+/* Regexes (tok_regex.c).  literal: match the pattern as plain text (Split's String). */
+int  tok_regex_new(tok_regex **out, const char *pattern, size_t len, int literal, char *err);
+void tok_regex_free(tok_regex *r);
+const char *tok_regex_pattern(const tok_regex *r);
+void *tok_regex_md_new(void);       /* match data, one per thread at a time */
+void tok_regex_md_free(void *md);
+/* HF's find_matches over s[0..n) (valid UTF-8), one piece a call: the matches and the
+ * gaps between them, covering s in order.  Start with a zeroed iterator; the match
+ * data may be used by other searches between calls.  1 a piece in *out, 0 the end,
+ * -1 error (err set). */
+typedef struct {
+    size_t prev, last_end, last_match_end;
+    int matched, queued, done;
+    tok_split next;
+} tok_regex_iter;
+int  tok_regex_next(const tok_regex *r, void *md, const char *s, size_t n, tok_regex_iter *it, tok_split *out,
+                    char *err);
+
+/* Pre-tokenize s[0..n) with t's chain from step k on, calling word() on every piece
+ * the last step makes, in order.  origin: s starts the original text (Metaspace's
+ * "first").  The scratch is the caller's, zero-initialised, one per thread; free it
+ * with tok_pretok_scratch_free. 0 ok, -1 error (err set, or word's own -1). (tok_pretok.c) */
+typedef struct {
+    void *md;
+    char *buf[TOK_MAX_PRE];
+    size_t cap[TOK_MAX_PRE];
+} tok_pretok_scratch;
+typedef int (*tok_word_fn)(void *ctx, const char *w, size_t n);
+int  tok_pretokenize(const tok *t, tok_pretok_scratch *sc, int k, const char *s, size_t n, int origin,
+                     tok_word_fn word, void *ctx, char *err);
+void tok_pretok_scratch_free(tok_pretok_scratch *sc);
 
 #endif

@@ -2,8 +2,12 @@
 # Hugging Face's own tokenizers library (npm `tokenizers` 0.23.2, the Rust code behind
 # transformers) loads a tokenizer.json written by `moet tokenizer train` and encodes every
 # sample text to the ids `moet tokenize` gives; the same for the real Mistral tokenizer on
-# random mixed-script texts beyond the reference set. Installs the package into build/hftok
-# on first run (npm registry); fails if it cannot.
+# random mixed-script texts beyond the reference set; and for the byte-level Qwen3 and
+# gpt-oss tokenizers on 1,500 random texts each (tests/hf_texts.py: every kind of
+# whitespace, digit runs, contractions, scripts, combining marks, emoji, control
+# characters, literal special tokens) through `moet tokenize --jsonl`, whose
+# `--decode --jsonl` must also give HF's decode of the ids. Installs the package into
+# build/hftok on first run (npm registry); fails if it cannot.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export HFTOK_DIR=$root/build/hftok
@@ -44,6 +48,32 @@ for t, want in zip(texts, hf):
             print(f"MISMATCH {t!r}\n  hf   {want}\n  moet {got}")
 print(f"{tk.split('/')[-1]}: {len(texts) - bad}/{len(texts)} texts give HF tokenizers' ids")
 sys.exit(1 if bad else 0)
+PY
+done
+
+"$PY" "$root/tests/hf_texts.py" 1500 11 "$work/bl_texts.json"
+for name in qwen3 gptoss; do
+    tk=$SHARED/data/$name-tokenizer/tokenizer.json
+    node "$root/tests/hf_tokenize.js" "$tk" "$work/bl_texts.json" --json > "$work/hf.jsonl"
+    "$PY" - "$tk" "$work" "$MOET" "$name" <<'PY' || fail=1
+import json, subprocess, sys
+tk, w, moet, name = sys.argv[1:5]
+texts = json.load(open(f"{w}/bl_texts.json"))
+hf = [json.loads(line) for line in open(f"{w}/hf.jsonl")]
+assert len(hf) == len(texts)
+run = lambda args, data: subprocess.run([moet, "tokenize", tk] + args, input=data, capture_output=True, check=True).stdout
+got = run(["--jsonl"], "".join(json.dumps(t) + "\n" for t in texts).encode()).decode().split("\n")
+ids = [[int(x) for x in line.split()] for line in got[:len(texts)]]
+back = run(["--decode", "--jsonl"], "".join(json.dumps(h["ids"]) + "\n" for h in hf).encode()).decode().split("\n")
+bad_ids = [i for i in range(len(texts)) if ids[i] != hf[i]["ids"]]
+bad_dec = [i for i in range(len(texts)) if json.loads(back[i]) != hf[i]["decoded"]]
+for i in bad_ids[:3]:
+    print(f"MISMATCH {texts[i]!r}\n  hf   {hf[i]['ids']}\n  moet {ids[i]}")
+for i in bad_dec[:3]:
+    print(f"DECODE MISMATCH {texts[i]!r}\n  hf   {hf[i]['decoded']!r}\n  moet {json.loads(back[i])!r}")
+print(f"{name}: {len(texts) - len(bad_ids)}/{len(texts)} random texts give HF tokenizers' ids (moet tokenize --jsonl), "
+      f"{len(texts) - len(bad_dec)}/{len(texts)} decode as HF decodes them")
+sys.exit(1 if bad_ids or bad_dec or len(got) != len(texts) + 1 else 0)
 PY
 done
 exit $fail

@@ -447,10 +447,10 @@ static void test_unsupported_types_are_named_in_the_error(void **state)
     expect_load_error("{\"model\": {\"type\": \"WordLevel\", \"vocab\": {\"a\": 0}}}", "WordLevel");
     const char *bpe = "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]}";
     char j[512];
-    snprintf(j, sizeof j, "{\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false}, %s}", bpe);
-    expect_load_error(j, "ByteLevel");
-    snprintf(j, sizeof j, "{\"normalizer\": {\"type\": \"NFKC\"}, %s}", bpe);
-    expect_load_error(j, "NFKC");
+    snprintf(j, sizeof j, "{\"pre_tokenizer\": {\"type\": \"Whitespace\"}, %s}", bpe);
+    expect_load_error(j, "Whitespace");
+    snprintf(j, sizeof j, "{\"normalizer\": {\"type\": \"Lowercase\"}, %s}", bpe);
+    expect_load_error(j, "Lowercase");
     snprintf(j, sizeof j, "{\"decoder\": {\"type\": \"WordPiece\", \"prefix\": \"##\"}, %s}", bpe);
     expect_load_error(j, "WordPiece");
     expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [], "
