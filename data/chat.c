@@ -82,9 +82,9 @@ static int render_mistral(const tok *t, const chat_msg *m, int n, chat_seq *s, c
         const char *want = k % 2 == 0 ? "user" : "assistant";
         if (strcmp(m[i].role, want)) {
             if (strcmp(m[i].role, "user") && strcmp(m[i].role, "assistant") && strcmp(m[i].role, "system"))
-                return err_set(err, "messages[%d]: unknown role '%s' for the mistral template", i, m[i].role);
+                return err_set(err, "messages[%d]: unknown role '%s' for the mistral template", i, err_q(m[i].role, -1));
             return err_set(err, "messages[%d]: role '%s' where '%s' was due (mistral wants an optional system, "
-                                "then user/assistant alternating)", i, m[i].role, want);
+                                "then user/assistant alternating)", i, err_q(m[i].role, -1), want);
         }
         if (k % 2 == 0) {
             if (mistral_user(s, t, k == 0 ? sys : NULL, &m[i], err)) return -1;
@@ -123,8 +123,8 @@ static int render_chatml(const tok *t, const chat_msg *m, int n, chat_seq *s, ch
 
 int chat_render(const tok *t, chat_template tpl, const chat_msg *msgs, int n, chat_seq *out, char *err)
 {
-    if (tok_bos_id(t) < 0 || tok_eos_id(t) < 0) return err_set(err, "the tokenizer has no BOS or no EOS token");
+    if (tok_eos_id(t) < 0) return err_set(err, "the tokenizer has no EOS token");
     if (n < 1) return err_set(err, "\"messages\" is empty");
-    if (push_id(out, tok_bos_id(t), 0, err)) return -1;
+    if (tok_bos_id(t) >= 0 && push_id(out, tok_bos_id(t), 0, err)) return -1;   /* Qwen and gpt-oss have none */
     return tpl == CHAT_MISTRAL ? render_mistral(t, msgs, n, out, err) : render_chatml(t, msgs, n, out, err);
 }

@@ -20,9 +20,11 @@
  *   non-empty role is allowed.  mask 1 on an assistant's content and its
  *   <|im_end|> token(s), 0 elsewhere (role headers, "\n", BOS, the final EOS).
  *
- * Both templates begin with BOS; a mistral conversation that ends with a user turn,
- * and every chatml one, get a final EOS with mask 0, so every rendered document
- * ends with EOS exactly once. */
+ * Both templates begin with BOS when the tokenizer has one (byte-level tokenizers such
+ * as Qwen's have none: the document starts with <|im_start|>); a mistral conversation
+ * that ends with a user turn, and every chatml one, get a final EOS with mask 0
+ * (tok_eos_id: "</s>", or "<|endoftext|>" for Qwen), so every rendered document ends
+ * with EOS exactly once. */
 #ifndef MOET_CHAT_H
 #define MOET_CHAT_H
 
@@ -50,7 +52,7 @@ typedef struct {
 int chat_template_parse(const char *name, chat_template *out, char *err);
 
 /* Append the rendering of msgs[n] to out.  Errors (role order, unknown role,
- * tokenizer without BOS/EOS) are one line meant to follow "file:line: ". */
+ * tokenizer without EOS) are one line meant to follow "file:line: ". */
 int chat_render(const tok *t, chat_template tpl, const chat_msg *msgs, int n, chat_seq *out, char *err);
 
 /* Append n ids, all with the same mask value.  0 ok, -1 out of memory. */

@@ -94,7 +94,7 @@ void prep_defaults(prep_opts *o)
 
 static void text_doc(const prep_ctx *c, const char *p, size_t len, result *r)
 {
-    if (chat_seq_push(&r->seq, &c->bos, 1, 0) || chat_seq_encode(&r->seq, c->t, p, len, 1, r->why) ||
+    if ((c->bos >= 0 && chat_seq_push(&r->seq, &c->bos, 1, 0)) || chat_seq_encode(&r->seq, c->t, p, len, 1, r->why) ||
         chat_seq_push(&r->seq, &c->eos, 1, 1)) {
         if (!r->why[0]) snprintf(r->why, sizeof r->why, "out of memory");
         r->status = DOC_BAD;
@@ -463,8 +463,8 @@ int prep_run(const prep_opts *o, prep_stats *st, char *err)
     if (tok_load(&c.t, o->tokenizer, err)) return strstr(err, o->tokenizer) ? -1 : err_wrap(err, "%s", o->tokenizer);
     c.bos = tok_bos_id(c.t), c.eos = tok_eos_id(c.t);
     int rc = -1;
-    if (c.bos < 0 || c.eos < 0) {
-        err_set(err, "%s: the tokenizer has no BOS or no EOS token; prep needs both", o->tokenizer);
+    if (c.eos < 0) {   /* a BOS is optional: Qwen's and gpt-oss's tokenizers have none */
+        err_set(err, "%s: the tokenizer has no EOS token; prep needs one to end documents", o->tokenizer);
         goto done;
     }
     c.meta.vocab_size = tok_vocab_size(c.t), c.meta.bos_id = c.bos, c.meta.eos_id = c.eos;

@@ -13,12 +13,14 @@
  * Empty documents ("" or an empty .txt) are skipped and counted.
  *
  * A text document is BOS + tok_encode(text) + EOS (the ids `moet tokenize` prints,
- * then EOS); loss_mask is 1 on every token but the BOS (nothing predicts a document
- * start).  A conversation is its chat rendering (BOS first, EOS last).
+ * then EOS), without the BOS for a tokenizer that has none (Qwen, gpt-oss: the
+ * document is its ids and <|endoftext|>); loss_mask is 1 on every token but the BOS
+ * (nothing predicts a document start).  A conversation is its chat rendering (BOS
+ * first when there is one, EOS last).
  *
  * Documents are packed back to back into rows of exactly seq_len tokens; a document
  * longer than what is left of a row continues in the next row.  doc_start is 1 on
- * each document's BOS only (a continued document does not start again at position
+ * each document's first token only (its BOS; a continued document does not start again at position
  * 0 of the next row).  The last row of each split is padded with EOS, loss_mask 0,
  * doc_start 0.  A document goes to the validation split when
  * splitmix64(seed, its index among the accepted documents) / 2^64 < val_fraction.
