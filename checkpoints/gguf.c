@@ -267,11 +267,63 @@ static int vocab_texts(const tok *t, int n, const char **texts, char **pad, char
     return 0;
 }
 
-/* tokenizer.ggml.* for llama.cpp's SentencePiece ("llama") tokenizer. Scores order its
- * merges (DESIGN.md: -(id - 259), -1e9 for pieces made only of "\u2581"; tok_piece_score).
- * Whether a space is prepended and BOS added is read off the tokenizer's behaviour. */
+/* llama.cpp's name (tokenizer.ggml.pre) for a byte-level tokenizer's pre-tokenizer, found
+ * by its regex: each name's pattern as llama.cpp's vocab code quotes it from the
+ * tokenizer.json of that family.  NULL when none matches. */
+static const char *bpe_pre_name(const tok *t)
+{
+    static const struct { const char *name, *regex; } known[] = {
+        {"qwen2", "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                  "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+        {"qwen35", "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+"
+                   "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+        {"llama-bpe", "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                      "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+        {"gpt-4o", "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
+                   "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+"
+                   "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+"
+                   "[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+        {"gpt-2", "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"},
+    };
+    const char *re = tok_pre_regex(t, 0);
+    if (!re || tok_pre_regex(t, 1)) return NULL;
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+        if (!strcmp(re, known[i].regex)) return known[i].name;
+    return NULL;
+}
+
+/* tokenizer.ggml.merges for a byte-level tokenizer: "left right" in rank order (a pair
+ * listed twice counts at its later rank, as in Hugging Face). */
+static void merges_kv(kvs *k, const tok *t)
+{
+    int32_t a, b;
+    uint64_t n = 0;
+    for (int r = 0; r < tok_merge_count(t); r++) n += (uint64_t)tok_merge_pair(t, r, &a, &b);
+    kv_arr(k, "tokenizer.ggml.merges", GT_STR, n);
+    for (int r = 0; r < tok_merge_count(t); r++) {
+        if (!tok_merge_pair(t, r, &a, &b)) continue;
+        const char *sa = tok_piece(t, a), *sb = tok_piece(t, b);
+        size_t la = strlen(sa), lb = strlen(sb);
+        put_u64(&k->b, la + 1 + lb);
+        put(&k->b, sa, la);
+        put(&k->b, " ", 1);
+        put(&k->b, sb, lb);
+    }
+}
+
+/* tokenizer.ggml.* for llama.cpp: its SentencePiece tokenizer ("llama": scores order the
+ * merges, DESIGN.md: -(id - 259), -1e9 for pieces made only of "\u2581"; tok_piece_score)
+ * or, for a byte-level tokenizer, its GPT-2 one ("gpt2": the merges themselves, and the
+ * pre-tokenizer by llama.cpp's name for it).  Whether a space is prepended and BOS / EOS
+ * added is read off the tokenizer's behaviour. */
 static int vocab_kvs(kvs *k, const tok *t, int n, char *err)
 {
+    int bytelevel = tok_is_bytelevel(t);
+    const char *pre = bytelevel ? bpe_pre_name(t) : "default";
+    if (!pre)
+        return err_set(err, "tokenizer: llama.cpp knows no pre-tokenizer matching its regex '%s' (moet "
+                            "names qwen2, qwen35, llama-bpe, gpt-4o and gpt-2 ones)",
+                       err_q(tok_pre_regex(t, 0) ? tok_pre_regex(t, 0) : "(none)", -1));
     const char **texts = malloc((size_t)n * sizeof *texts);
     char *pad = NULL;
     if (!texts) return err_set(err, "out of memory");
@@ -281,20 +333,23 @@ static int vocab_kvs(kvs *k, const tok *t, int n, char *err)
         return -1;
     }
     int nt = tok_vocab_size(t);
-    kv_str(k, "tokenizer.ggml.model", "llama");
-    kv_str(k, "tokenizer.ggml.pre", "default");
+    kv_str(k, "tokenizer.ggml.model", bytelevel ? "gpt2" : "llama");
+    kv_str(k, "tokenizer.ggml.pre", pre);
     kv_arr(k, "tokenizer.ggml.tokens", GT_STR, (uint64_t)n);
     for (int i = 0; i < n; i++) put_str(&k->b, texts[i], strlen(texts[i]));
-    kv_arr(k, "tokenizer.ggml.scores", GT_F32, (uint64_t)n);
-    for (int i = 0; i < n; i++) {
-        float s = i < nt && tok_piece(t, i) ? tok_piece_score(t, i) : -1000.0f;
-        put(&k->b, &s, 4);
+    if (!bytelevel) {
+        kv_arr(k, "tokenizer.ggml.scores", GT_F32, (uint64_t)n);
+        for (int i = 0; i < n; i++) {
+            float s = i < nt && tok_piece(t, i) ? tok_piece_score(t, i) : -1000.0f;
+            put(&k->b, &s, 4);
+        }
     }
     kv_arr(k, "tokenizer.ggml.token_type", GT_I32, (uint64_t)n);
     for (int i = 0; i < n; i++) {
         int32_t ty = i < nt && tok_piece(t, i) ? tok_piece_type(t, i) : TOKTYPE_UNUSED;
         put(&k->b, &ty, 4);
     }
+    if (bytelevel) merges_kv(k, t);
     free(texts);
     free(pad);
 
@@ -305,16 +360,21 @@ static int vocab_kvs(kvs *k, const tok *t, int n, char *err)
         return err_wrap(err, "tokenizer");
     }
     const char *first = without.n ? tok_piece(t, without.ids[0]) : NULL;
-    int space_prefix = first && !strncmp(first, "\xe2\x96\x81", 3);
-    int add_bos = with.n > without.n;
+    int space_prefix = !bytelevel && first && !strncmp(first, "\xe2\x96\x81", 3);
+    int add_bos = with.n > without.n && with.ids[0] == tok_bos_id(t);
+    int add_eos = with.n > without.n && with.ids[with.n - 1] == tok_eos_id(t);
     tok_ids_free(&with);
     tok_ids_free(&without);
 
-    if (tok_bos_id(t) >= 0) kv_u32(k, "tokenizer.ggml.bos_token_id", (uint32_t)tok_bos_id(t));
+    /* A byte-level tokenizer without BOS (Qwen) gets its end-of-text token as the BOS id,
+     * as Qwen's own GGUFs have it: llama.cpp would otherwise take id 11; none is added. */
+    int bos = tok_bos_id(t) >= 0 ? tok_bos_id(t) : bytelevel ? tok_eos_id(t) : -1;
+    if (bos >= 0) kv_u32(k, "tokenizer.ggml.bos_token_id", (uint32_t)bos);
     if (tok_eos_id(t) >= 0) kv_u32(k, "tokenizer.ggml.eos_token_id", (uint32_t)tok_eos_id(t));
     if (tok_unk_id(t) >= 0) kv_u32(k, "tokenizer.ggml.unknown_token_id", (uint32_t)tok_unk_id(t));
+    if (tok_pad_id(t) >= 0) kv_u32(k, "tokenizer.ggml.padding_token_id", (uint32_t)tok_pad_id(t));
     kv_bool(k, "tokenizer.ggml.add_bos_token", add_bos);
-    kv_bool(k, "tokenizer.ggml.add_eos_token", 0);
+    kv_bool(k, "tokenizer.ggml.add_eos_token", add_eos);
     kv_bool(k, "tokenizer.ggml.add_space_prefix", space_prefix);
     return 0;
 }

@@ -16,7 +16,10 @@
  * to general.name (a path keeps only its last component). t is required (GGUF embeds the
  * tokenizer) and may have fewer tokens than m's vocab: the rest become "[PADi]" (type
  * UNUSED); more tokens, token texts that repeat, or an odd head_dim are errors.
- * tokenizer.ggml.add_bos_token / add_space_prefix follow what tok_encode does. */
+ * tokenizer.ggml.add_bos_token / add_eos_token / add_space_prefix follow what tok_encode
+ * does.  A SentencePiece-style tokenizer is written as llama.cpp's "llama" model (scores),
+ * a byte-level one as "gpt2" (merges, and tokenizer.ggml.pre = llama.cpp's name for its
+ * pre-tokenizer regex; a regex llama.cpp has no name for is an error). */
 int gguf_write_model(const char *path, const model *m, const tok *t, st_dtype dtype, const char *name, char *err);
 
 #endif

@@ -2,9 +2,10 @@
 
 usage: compare.py MOET LLAMA_CHECK SHARED WORKDIR
 
-For three models -- A: the golden tiny-mixtral; B: a random one of another shape
+For four models -- A: the golden tiny-mixtral; B: a random one of another shape
 (head_dim != hidden/heads, GQA 3:1, 6 experts top-3, 3 layers, tied embeddings);
-C: a small random one with the 32000-token Mistral tokenizer and its vocab padded to 32003 --
+C: a small random one with the 32000-token Mistral tokenizer and its vocab padded to 32003;
+D: a tiny one with the byte-level Qwen3 tokenizer and Qwen3's vocab size 151936 --
 `moet export --format gguf` is loaded by llama.cpp (llama_check) and compared with moet:
 
   logits   every position of each sequence, llama.cpp vs `moet forward`:
@@ -21,13 +22,16 @@ C: a small random one with the 32000-token Mistral tokenizer and its vocab padde
   tokens   llama.cpp's tokenization of sample texts (ASCII, accents, CJK, emoji, whitespace
            runs, newlines, tabs, special tokens) equals `moet tokenize`, with and without BOS;
            and llama.cpp reproduces the reference ids Hugging Face gave (tokenizer_golden.json
-           for A and B, mistral-tokenizer/reference_ids.json for C).
+           for A and B, mistral-tokenizer/reference_ids.json for C, qwen3-tokenizer's for D,
+           where texts llama.cpp's own byte-level code is known to split otherwise -- no NFC,
+           combining marks of some scripts -- are counted apart and excused).
 Prints one line per check, OK / NOT OK, and exits 1 if any is NOT OK.
 """
 import json
 import os
 import subprocess
 import sys
+import unicodedata
 
 import numpy as np
 
@@ -53,6 +57,9 @@ TEXTS = [
     "<s> special tokens in the text </s>",
     "\u2581already has the meta symbol",
     " ",
+    "it's, don't -- WE'LL see; I'M sure they'd've",
+    "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n</think>\n",
+    "12345 1.5e10 2026-12-02 3,141,592",
 ]
 
 bad = 0
@@ -136,9 +143,19 @@ def check_model(moet, check, work, name, model_dir, seqs, dtypes, hf_logits=None
     return os.path.join(work, f"{name}-f32", "model-f32.gguf")
 
 
-def check_tokens(moet, check, name, tokenizer, gguf, refs):
+def llama_deviates(text):
+    """Where llama.cpp's own byte-level tokenizer is known to differ from Hugging Face's
+    (model D): it applies no NFC normalizer, and its regex classes split combining marks
+    of some scripts (Gurmukhi, Myanmar, Bengali) differently."""
+    return unicodedata.normalize("NFC", text) != text or any(unicodedata.category(c).startswith("M") for c in text)
+
+
+def check_tokens(moet, check, name, tokenizer, gguf, refs, bytelevel=False):
     n_ok = 0
-    for text in TEXTS:
+    # llama.cpp makes every token named "</s>" a control token (an end-of-generation
+    # guess); Qwen's vocab has "</s>" as plain text, which Hugging Face does not match.
+    texts = [t for t in TEXTS if not (bytelevel and "</s>" in t)]
+    for text in texts:
         for flag in ([], ["--no-bos"]):
             want = run([moet, "tokenize", tokenizer] + flag, text.encode()).split()
             got = run([check, gguf, "tokenize"] + flag, text.encode()).split()
@@ -146,14 +163,17 @@ def check_tokens(moet, check, name, tokenizer, gguf, refs):
                 n_ok += 1
             else:
                 report(False, f"{name} tokens {text!r} {flag}: llama.cpp {got} vs moet {want}")
-    report(n_ok == 2 * len(TEXTS), f"{name}: llama.cpp == moet tokenize on {n_ok}/{2 * len(TEXTS)} sample texts (BOS and --no-bos)")
+    report(n_ok == 2 * len(texts), f"{name}: llama.cpp == moet tokenize on {n_ok}/{2 * len(texts)} sample texts (BOS and --no-bos)")
     records = b"".join(b"%d\n" % len(r["text"].encode()) + r["text"].encode() for r in refs)
     lines = run([check, gguf, "tokenize", "--records"], records).split("\n")
     wrong = [r for r, line in zip(refs, lines) if [int(x) for x in line.split()] != r["ids"]]
-    for r in wrong[:5]:
+    known = [r for r in wrong if bytelevel and llama_deviates(r["text"])]
+    for r in [r for r in wrong if r not in known][:5]:
         print(f"        {r['text']!r}: Hugging Face {r['ids']}")
-    report(len(lines) == len(refs) + 1 and not wrong,
-           f"{name}: llama.cpp == Hugging Face ids on {len(refs) - len(wrong)}/{len(refs)} reference texts")
+    note = (f" ({len(known)} others differ where llama.cpp is known to: no NFC, combining marks; "
+            f"{sum(llama_deviates(r['text']) for r in refs) - len(known)} such texts agree)") if bytelevel else ""
+    report(len(lines) == len(refs) + 1 and len(wrong) == len(known),
+           f"{name}: llama.cpp == Hugging Face ids on {len(refs) - len(wrong)}/{len(refs)} reference texts{note}")
 
 
 def main():
@@ -193,6 +213,18 @@ def main():
     c_seq = [1] + rng.integers(3, 32003, 31).tolist()
     c = check_model(moet, check, work, "C", c_dir, [c_seq], ["f32"])
     check_tokens(moet, check, "C", mtok, c, mrefs)
+
+    # D: the byte-level Qwen3 tokenizer (GGUF "gpt2", pre "qwen2"); the vocab padded to
+    # Qwen3's 151936 as its config has it.
+    qtok = os.path.join(shared, "data", "qwen3-tokenizer", "tokenizer.json")
+    qrefs = json.load(open(os.path.join(shared, "data", "qwen3-tokenizer", "reference_ids.json")))
+    d_dir = os.path.join(work, "model-D")
+    run([py, os.path.join(HERE, "make_model.py"), d_dir, qtok, "hidden_size=16", "intermediate_size=16",
+         "num_hidden_layers=1", "num_attention_heads=2", "num_key_value_heads=1", "num_local_experts=2",
+         "num_experts_per_tok=1", "vocab_size=151936", "seed=3"])
+    d_seq = rng.integers(0, 151936, 24).tolist()
+    d = check_model(moet, check, work, "D", d_dir, [d_seq], ["f32"])
+    check_tokens(moet, check, "D", qtok, d, qrefs, bytelevel=True)
 
     print(f"llama.cpp vs moet: {'all OK' if not bad else f'{bad} NOT OK'}")
     sys.exit(1 if bad else 0)
