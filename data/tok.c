@@ -476,7 +476,13 @@ static int load_merges(tok *t, const span *m, char *err)
     t->merge_mask = pow2_at_least(2 * (size_t)rank) - 1;
     t->merges = table_alloc((t->merge_mask + 1) * sizeof *t->merges);
     if (!t->merges) goto oom;   /* zeroed: empty */
-    for (int i = 0; i < rank; i++) merge_put(t, list[i][0], list[i][1], i, list[i][2]);
+    for (int i = 0; i < rank; i++) {   /* the slot MQ merges ahead is fetched while this one goes in */
+        if (i + MQ < rank) {
+            uint64_t key = (uint64_t)(uint32_t)list[i + MQ][0] << 32 | (uint32_t)list[i + MQ][1];
+            __builtin_prefetch(&t->merges[tok_merge_slot(key, t->merge_mask)], 1);
+        }
+        merge_put(t, list[i][0], list[i][1], i, list[i][2]);
+    }
     rc = 0;
     goto done;
 oom:
@@ -573,31 +579,34 @@ static int load_added_patterns(tok *t, char *err)
     return 0;
 }
 
-/* The first of the names the tokenizer has, -1 if none. */
-static int first_of(const tok *t, const char *const *names)
+/* The first of the names that is a special added token, -1 if none: in a byte-level
+ * vocab "</s>" may be plain text (Qwen's is). */
+static int first_special(const tok *t, const char *const *names)
 {
-    for (; *names; names++) {
-        int id = tok_id_of(t, *names);
-        if (id >= 0) return id;
-    }
+    for (; *names; names++)
+        for (int i = 0; i < t->n_added; i++)
+            if (t->added[i].special && !strcmp(t->added[i].content, *names)) return t->added[i].id;
     return -1;
 }
 
 /* BOS: the first token the post-processor puts before the text (with no
- * post-processor "<s>" is still reported).  EOS: the last it puts after, else the
- * usual end-of-text names.  Padding: the file's padding.pad_id, else the usual names. */
+ * post-processor a special "<s>" is still reported).  EOS: the last it puts after, else
+ * the usual special end-of-text names.  Padding: the file's padding.pad_id, else the
+ * usual names.  A SentencePiece-style vocab may hold "<s>" / "</s>" as plain entries. */
 static void special_ids(tok *t, const sections *sec, const cJSON *padding)
 {
+    static const char *const bos[] = {"<s>", NULL};
     static const char *const eos[] = {"</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", NULL};
     static const char *const pad[] = {"<pad>", "<|padding|>", "<|pad|>", NULL};
     int no_pp = !sec->post.seen || (sec->post.len == 4 && !memcmp(sec->post.at, "null", 4));
-    t->bos_id = t->n_tpl_pre ? t->tpl_pre[0] : no_pp ? tok_id_of(t, "<s>") : -1;
-    t->eos_id = t->n_tpl_post ? t->tpl_post[t->n_tpl_post - 1] : first_of(t, eos);
+    t->bos_id = t->n_tpl_pre ? t->tpl_pre[0] : !no_pp ? -1 : t->bytelevel ? first_special(t, bos) : tok_id_of(t, "<s>");
+    t->eos_id = t->n_tpl_post ? t->tpl_post[t->n_tpl_post - 1] : first_special(t, eos);
+    if (t->eos_id < 0 && !t->bytelevel) t->eos_id = tok_id_of(t, "</s>");
     long id;
     if (!jint(cJSON_GetObjectItemCaseSensitive(padding, "pad_id"), 0, t->n_vocab - 1, &id) && t->piece[id])
         t->pad_id = (int)id;
-    else if ((t->pad_id = first_of(t, pad)) < 0 && t->bytelevel)
-        t->pad_id = tok_id_of(t, "<|endoftext|>");
+    else if ((t->pad_id = first_special(t, pad)) < 0 && t->bytelevel)
+        t->pad_id = first_special(t, eos + 1);   /* "<|endoftext|>" ... */
 }
 
 /* ------------------------------------------------------------------- load */

@@ -62,10 +62,11 @@ int  tok_ids_push(tok_ids *v, int32_t id);
 int  tok_vocab_size(const tok *t);   /* highest id + 1 over model vocab and added tokens */
 int  tok_bos_id(const tok *t);       /* the BOS encode adds; "<s>" if no post-processor; -1 if none */
 /* The token that ends a document: the last one the post-processor appends, else the
- * first of "</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>"; -1 if none. */
+ * first of "</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>" that is a special added
+ * token (a SentencePiece-style vocab's plain "</s>" too); -1 if none. */
 int  tok_eos_id(const tok *t);
-/* Padding: tokenizer.json's padding.pad_id, else "<pad>", "<|padding|>", "<|pad|>", else
- * (byte-level) "<|endoftext|>"; -1 if none. */
+/* Padding: tokenizer.json's padding.pad_id, else a special "<pad>", "<|padding|>",
+ * "<|pad|>", else (byte-level) the special end-of-text token; -1 if none. */
 int  tok_pad_id(const tok *t);
 int  tok_unk_id(const tok *t);       /* -1 if none */
 int  tok_is_bytelevel(const tok *t); /* 1: a ByteLevel pre-tokenizer (GPT-2 style vocab) */

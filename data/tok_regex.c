@@ -107,7 +107,7 @@ int tok_regex_new(tok_regex **out, const char *pattern, size_t len, int literal,
     }
     int ec;
     PCRE2_SIZE eo;
-    uint32_t opts = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+    uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);   /* UCP is not allowed with LITERAL */
     r->code = pcre2_compile((PCRE2_SPTR)(literal ? pattern : pat), pn, opts, &ec, &eo, NULL);
     free(pat);
     if (!r->code) {
