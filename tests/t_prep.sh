@@ -36,6 +36,19 @@ grep -q '^prep: 11 documents' "$W/mistral.out" || fail "3 paragraphs + 5 texts +
 check layout "$W/mistral" "$MISTRAL" 48 2048
 check docs "$W/mistral" "$MISTRAL" mistral --split-paragraphs $D/prep_paras.txt $D/prep_text.jsonl $D/prep_chat.jsonl
 
+echo "== byte-level Qwen3 tokenizer (no BOS; EOS <|endoftext|>), text and chatml with its own <|im_start|>/<|im_end|>"
+QWEN=$SHARED/data/qwen3-tokenizer/tokenizer.json
+$MOET prep --tokenizer "$QWEN" --out "$W/qwen" --seq-len 48 --chat-template chatml $INPUTS >"$W/qwen.out"
+grep -q '^prep: 9 documents' "$W/qwen.out" || fail "qwen: 9 documents expected: $(cat "$W/qwen.out")"
+check layout "$W/qwen" "$QWEN" 48 2048 -1 151643
+check docs "$W/qwen" "$QWEN" chatml $INPUTS
+"$PY" - "$W/qwen" <<'PY' || fail "qwen: chatml documents must use the special <|im_start|> / <|im_end|> ids"
+import glob, sys
+import h5py, numpy as np
+t = np.concatenate([h5py.File(p, "r")["tokens"][()].ravel() for p in sorted(glob.glob(sys.argv[1] + "/train-*.h5"))])
+sys.exit(0 if (t == 151644).sum() >= 3 and (t == 151645).sum() == (t == 151644).sum() else 1)
+PY
+
 echo "== --val-fraction holds out whole documents"
 $MOET prep --tokenizer "$TINY" --out "$W/split" --seq-len 64 --rows-per-shard 4 --val-fraction 0.4 --seed 3 \
     $INPUTS >"$W/split.out"
