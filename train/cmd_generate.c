@@ -274,6 +274,10 @@ int cmd_generate(int argc, char **argv)
     if (m.c.eos_id >= 0 && n_stop < MAX_STOP) stop[n_stop++] = m.c.eos_id;
     if (tok_encode(t, o.prompt, strlen(o.prompt), 1, &ids, err)) goto fail;
     int n_prompt = (int)ids.n, limit = m.c.max_pos;
+    if (n_prompt == 0) {   /* a tokenizer without BOS whose normalizer removed the whole prompt */
+        err_set(err, "the prompt gives no tokens");
+        goto fail;
+    }
     if (n_prompt >= limit) {
         err_set(err, "the prompt is %d tokens; the model's context (max_position_embeddings) is %d", n_prompt, limit);
         goto fail;
