@@ -4,8 +4,9 @@
  * model.vocab and model.merges (446 k pairs in gpt-oss's 28 MB file) are read straight
  * from the text, their strings decoded in place; the small sections (added_tokens,
  * normalizer, pre_tokenizer, decoder, post_processor, the model's options) are handed
- * to cJSON one by one.  Normalizer / pre-tokenizer / decoder / post-processor:
- * tok_parts.c; encoding: tok_encode.c; decoding: tok_decode.c; training: tok_train.c. */
+ * to cJSON one by one.  Merges: tok_merges.c; normalizer / pre-tokenizer / decoder /
+ * post-processor: tok_parts.c; encoding: tok_encode.c; decoding: tok_decode.c; training:
+ * tok_train.c. */
 #include "data/tok_internal.h"
 
 #include "common/err.h"
@@ -23,7 +24,7 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static size_t pow2_at_least(size_t n)
+size_t tok_pow2_at_least(size_t n)
 {
     size_t c = 16;
     while (c < n) c *= 2;
@@ -46,28 +47,16 @@ static int strmap_put(tok_strmap *m, size_t off, size_t len, int32_t id)
     }
 }
 
-static void merge_put(tok *t, int32_t a, int32_t b, int32_t rank, int32_t id)
-{
-    uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-    for (size_t i = tok_merge_slot(key, t->merge_mask);; i = (i + 1) & t->merge_mask) {
-        tok_mergeslot *e = &t->merges[i];
-        if (e->key1 == key + 1 || !e->key1) {   /* a repeated pair: the later rank wins, as in HF */
-            *e = (tok_mergeslot){key + 1, rank, id};
-            return;
-        }
-    }
-}
-
 /* The hash tables (8 + 16 MB for gpt-oss) come from mmap with MAP_POPULATE: zeroed
  * (an empty table, no fill pass), and where a page fault is expensive (virtual
  * machines) mapping them in bulk costs half as much as faulting them in one by one. */
-static void *table_alloc(size_t bytes)
+void *tok_table_alloc(size_t bytes)
 {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 
-static void table_free(void *p, size_t bytes)
+void tok_table_free(void *p, size_t bytes)
 {
     if (p) munmap(p, bytes);
 }
@@ -205,9 +194,7 @@ typedef struct {
     int32_t id;
 } entry;
 
-/* The GPT-2 chars of s[0..n) as the bytes they stand for, into out (room for n): the
- * byte count, or -1 when a char is not one of them. */
-static long to_bytes(const char *s, size_t n, char *out)
+long tok_to_bytes(const char *s, size_t n, char *out)
 {
     const unsigned char *u = (const unsigned char *)s;
     long m = 0;
@@ -221,18 +208,17 @@ static long to_bytes(const char *s, size_t n, char *out)
     return m;
 }
 
-/* Id of the model-vocab entry whose text is s[0..n), -1 if none.  scratch: n bytes. */
-static int32_t vocab_id(const tok *t, const char *s, size_t n, char *scratch)
+int32_t tok_vocab_id(const tok *t, const char *s, size_t n, char *scratch)
 {
     if (!t->bytelevel) return tok_strmap_get(&t->vocab, s, n);
-    long m = to_bytes(s, n, scratch);
+    long m = tok_to_bytes(s, n, scratch);
     return m > 0 ? tok_strmap_get(&t->vocab, scratch, (size_t)m) : tok_strmap_get(&t->other, s, n);
 }
 
 static int map_alloc(tok_strmap *m, size_t n, const char *base)
 {
-    m->mask = pow2_at_least(2 * n) - 1;
-    m->slots = table_alloc((m->mask + 1) * sizeof *m->slots);   /* zeroed: empty */
+    m->mask = tok_pow2_at_least(2 * n) - 1;
+    m->slots = tok_table_alloc((m->mask + 1) * sizeof *m->slots);   /* zeroed: empty */
     m->base = base;
     return m->slots ? 0 : -1;
 }
@@ -280,7 +266,7 @@ static int load_vocab(tok *t, const span *v, entry **ents, size_t *n_ents, long 
         pp[e[i].n] = 0;
         e[i].s = pp;
         pp += e[i].n + 1;
-        long m = t->bytelevel ? to_bytes(e[i].s, e[i].n, bp) : -1;
+        long m = t->bytelevel ? tok_to_bytes(e[i].s, e[i].n, bp) : -1;
         int dup;
         if (!t->bytelevel) dup = strmap_put(&t->vocab, (size_t)(e[i].s - t->pool), e[i].n, e[i].id);
         else if (m > 0) {
@@ -296,7 +282,7 @@ static int load_vocab(tok *t, const span *v, entry **ents, size_t *n_ents, long 
     if (n_other) {   /* rare: entries BPE on bytes never reaches, found only by their text */
         if (map_alloc(&t->other, n_other, t->pool)) return err_set(err, "out of memory");
         for (size_t i = 0; i < n; i++)
-            if (to_bytes(e[i].s, e[i].n, bp) <= 0 && strmap_put(&t->other, (size_t)(e[i].s - t->pool), e[i].n, e[i].id))
+            if (tok_to_bytes(e[i].s, e[i].n, bp) <= 0 && strmap_put(&t->other, (size_t)(e[i].s - t->pool), e[i].n, e[i].id))
                 return err_set(err, "vocab entry '%s' appears twice", err_q(e[i].s, e[i].n));
     }
     for (int b = 0; t->bytelevel && b < 256; b++) {
@@ -337,7 +323,7 @@ static int load_added(tok *t, const cJSON *added, long n_model, long *max_id, ch
         }
         char *scratch = malloc(len + 1);
         if (!scratch) return err_set(err, "out of memory");
-        id = vocab_id(t, c, len, scratch);
+        id = tok_vocab_id(t, c, len, scratch);
         free(scratch);
         if (id < 0) id = max_added < 0 || (max_added < n_model && n_model) ? n_model : max_added + 1;
         if (id > max_added) max_added = id;
@@ -348,148 +334,6 @@ static int load_added(tok *t, const cJSON *added, long n_model, long *max_id, ch
         t->added[t->n_added++] = tk;
     }
     return 0;
-}
-
-/* One merge item: "a b" (exactly one space, as HF splits it) or ["a", "b"]. */
-static int merge_item(json_scan *j, int rank, char **a, size_t *al, char **b, size_t *bl, char *err)
-{
-    if (json_peek(j) == '"') {
-        char *s;
-        size_t n;
-        if (json_string(j, &s, &n)) return -1;
-        char *sp = memchr(s, ' ', n);
-        if (!sp || memchr(sp + 1, ' ', n - (size_t)(sp + 1 - s)) || sp == s || sp + 1 == s + n)
-            return err_set(err, "merge %d '%s' is not two pieces", rank + 1, err_q(s, (long)n));
-        *a = s, *al = (size_t)(sp - s), *b = sp + 1, *bl = n - *al - 1;
-        return 0;
-    }
-    int st = 0, k = 0, r;
-    while ((r = json_array_next(j, &st)) == 1) {
-        if (k == 2 || json_peek(j) != '"') break;
-        if (json_string(j, k ? b : a, k ? bl : al)) return -1;
-        k++;
-    }
-    if (r < 0) return -1;
-    if (r == 1 || k != 2) return err_set(err, "merge %d is neither \"a b\" nor [\"a\", \"b\"]", rank + 1);
-    return 0;
-}
-
-/* model.merges into the merge table and list; decides whether BPE may run per chunk. */
-/* Merges are resolved MQ at a time: the vocab slots of a merge's three strings (a, b,
- * a+b) are prefetched when it is read and looked up MQ merges later, so the cache misses
- * of a 200 k vocab overlap instead of coming one after the other. */
-#define MQ 16
-
-typedef struct {
-    const char *a, *b;       /* the texts, for messages */
-    size_t al, bl;
-    char *key;               /* a's key then b's (bytelevel: their bytes); a+b is the whole */
-    size_t ka, kb, cap;
-    uint64_t h[3];
-} pending;
-
-static int pending_set(tok *t, pending *p, const char *a, size_t al, const char *b, size_t bl)
-{
-    if (al + bl + 1 > p->cap) {
-        char *k = realloc(p->key, 2 * (al + bl + 1));
-        if (!k) return -1;
-        p->key = k;
-        p->cap = 2 * (al + bl + 1);
-    }
-    *p = (pending){a, b, al, bl, p->key, al, bl, p->cap, {0}};
-    if (t->bytelevel) {   /* keys are bytes; -1 (a char of neither kind): vocab_id looks up later */
-        long ka = to_bytes(a, al, p->key), kb = ka > 0 ? to_bytes(b, bl, p->key + ka) : -1;
-        if (ka <= 0 || kb <= 0) return p->ka = 0, 0;
-        p->ka = (size_t)ka, p->kb = (size_t)kb;
-    } else {
-        memcpy(p->key, a, al);
-        memcpy(p->key + al, b, bl);
-    }
-    const tok_strmap *m = &t->vocab;
-    p->h[0] = tok_hash(p->key, p->ka);
-    p->h[1] = tok_hash(p->key + p->ka, p->kb);
-    p->h[2] = tok_hash(p->key, p->ka + p->kb);
-    for (int i = 0; i < 3; i++) __builtin_prefetch(&m->slots[p->h[i] & m->mask]);
-    return 0;
-}
-
-/* The ids of a pending merge into list[rank]; -1 with err when a piece is missing. */
-static int pending_get(tok *t, pending *p, int rank, int32_t *out, char *err)
-{
-    const tok_strmap *m = &t->vocab;
-    if (p->ka) {
-        out[0] = tok_strmap_get_h(m, p->key, p->ka, p->h[0]);
-        out[1] = tok_strmap_get_h(m, p->key + p->ka, p->kb, p->h[1]);
-        out[2] = tok_strmap_get_h(m, p->key, p->ka + p->kb, p->h[2]);
-    }
-    if (!p->ka || out[0] < 0 || out[1] < 0 || out[2] < 0) {   /* the slow way, and the message */
-        char *buf = malloc(2 * (p->al + p->bl) + 1);
-        if (!buf) return err_set(err, "out of memory");
-        memcpy(buf, p->a, p->al);
-        memcpy(buf + p->al, p->b, p->bl);
-        char *scratch = buf + p->al + p->bl;
-        out[0] = vocab_id(t, p->a, p->al, scratch);
-        out[1] = vocab_id(t, p->b, p->bl, scratch);
-        out[2] = vocab_id(t, buf, p->al + p->bl, scratch);
-        if (out[0] < 0 || out[1] < 0 || out[2] < 0) {
-            const char *what = out[0] < 0 ? p->a : out[1] < 0 ? p->b : buf;
-            long wl = (long)(out[0] < 0 ? p->al : out[1] < 0 ? p->bl : p->al + p->bl);
-            err_set(err, "merge %d: '%s' is not in the vocab", rank + 1, err_q(what, wl));
-        }
-        free(buf);
-        if (out[0] < 0 || out[1] < 0 || out[2] < 0) return -1;
-    }
-    /* A merge across a "\u2581" that starts a word would make per-chunk BPE inexact. */
-    if (p->bl >= TOK_META_LEN && !memcmp(p->b, TOK_META, TOK_META_LEN) &&
-        !(p->al >= TOK_META_LEN && !memcmp(p->a + p->al - TOK_META_LEN, TOK_META, TOK_META_LEN)))
-        t->chunked = 0;
-    return 0;
-}
-
-/* model.merges into the merge list and table; decides whether BPE may run per chunk. */
-static int load_merges(tok *t, const span *m, char *err)
-{
-    t->chunked = !t->bytelevel;
-    json_scan j;
-    char empty[] = "[]";
-    if (m->seen) json_begin(&j, m->at, m->len, err);
-    else json_begin(&j, empty, 2, err);
-    if (json_peek(&j) != '[') return err_set(err, "model.merges must be a list");
-    /* Room for as many merges as the text could hold ("a b", is 6 bytes). */
-    size_t cap = (size_t)(j.end - j.p) / 6 + 1;
-    int32_t (*list)[3] = t->merge_list = malloc(cap * sizeof *list);
-    pending q[MQ] = {{0}};
-    int st = 0, r, rank = 0, rc = -1;
-    if (!list) goto oom;
-    while ((r = json_array_next(&j, &st)) == 1) {
-        char *a, *b;
-        size_t al, bl;
-        if (merge_item(&j, rank, &a, &al, &b, &bl, err)) goto done;
-        if (rank >= MQ && pending_get(t, &q[rank % MQ], rank - MQ, list[rank - MQ], err)) goto done;
-        if (pending_set(t, &q[rank % MQ], a, al, b, bl)) goto oom;
-        if (++rank == 1 << 30) break;   /* rank < cap: see above */
-    }
-    if (r < 0) goto done;
-    for (int i = rank > MQ ? rank - MQ : 0; i < rank; i++)
-        if (pending_get(t, &q[i % MQ], i, list[i], err)) goto done;
-    t->n_merges = rank;
-    t->merge_mask = pow2_at_least(2 * (size_t)rank) - 1;
-    t->merges = table_alloc((t->merge_mask + 1) * sizeof *t->merges);
-    if (!t->merges) goto oom;   /* zeroed: empty */
-    for (int i = 0; i < rank; i++) {   /* the slot MQ merges ahead is fetched while this one goes in */
-        if (i + MQ < rank) {
-            uint64_t key = (uint64_t)(uint32_t)list[i + MQ][0] << 32 | (uint32_t)list[i + MQ][1];
-            __builtin_prefetch(&t->merges[tok_merge_slot(key, t->merge_mask)], 1);
-        }
-        merge_put(t, list[i][0], list[i][1], i, list[i][2]);
-    }
-    rc = 0;
-    goto done;
-oom:
-    err_set(err, "out of memory");
-done:
-    for (int i = 0; i < MQ; i++) free(q[i].key);
-    return rc;
 }
 
 /* Pieces, types and the special ids the encoder needs, once vocab and added tokens are in. */
@@ -513,7 +357,7 @@ static int load_tables(tok *t, const cJSON *model, const entry *e, size_t n, lon
     if (unk) {
         char *scratch = malloc(strlen(unk) + 1);
         if (!scratch) return err_set(err, "out of memory");
-        t->unk_id = vocab_id(t, unk, strlen(unk), scratch);
+        t->unk_id = tok_vocab_id(t, unk, strlen(unk), scratch);
         free(scratch);
     }
     for (int b = 0; b < 256; b++) {
@@ -633,7 +477,7 @@ static int load(tok *t, char *buf, size_t len, char *err)
     if (tok_parse_normalizer(t, norm, err) || tok_parse_pretok(t, pre, err) || tok_parse_decoder(t, dec, err) ||
         load_vocab(t, &sec.vocab, &ents, &n_entries, &max_id, err) ||
         load_added(t, added, (long)n_entries, &max_id, err) || load_tables(t, sec.model, ents, n_entries, max_id, err) ||
-        load_merges(t, &sec.merges, err) || load_added_patterns(t, err) || tok_parse_post(t, post, err))
+        tok_load_merges(t, sec.merges.at, sec.merges.len, sec.merges.seen, err) || load_added_patterns(t, err) || tok_parse_post(t, post, err))
         goto done;
     special_ids(t, &sec, padding);
     rc = 0;
@@ -712,10 +556,10 @@ void tok_free(tok *t)
     free(t->type);
     free(t->special);
     free(t->pool);
-    table_free(t->vocab.slots, (t->vocab.mask + 1) * sizeof *t->vocab.slots);
+    tok_table_free(t->vocab.slots, (t->vocab.mask + 1) * sizeof *t->vocab.slots);
     free(t->bytes_pool);
-    table_free(t->other.slots, (t->other.mask + 1) * sizeof *t->other.slots);
-    table_free(t->merges, (t->merge_mask + 1) * sizeof *t->merges);
+    tok_table_free(t->other.slots, (t->other.mask + 1) * sizeof *t->other.slots);
+    tok_table_free(t->merges, (t->merge_mask + 1) * sizeof *t->merges);
     free(t->merge_list);
     tok_free_parts(t);
     free(t);
@@ -738,7 +582,7 @@ int tok_id_of(const tok *t, const char *piece)
         if (t->added[i].len == n && !memcmp(t->added[i].content, piece, n)) return t->added[i].id;
     char small[256], *scratch = n < sizeof small ? small : malloc(n + 1);
     if (!scratch) return -1;
-    int32_t id = vocab_id(t, piece, n, scratch);
+    int32_t id = tok_vocab_id(t, piece, n, scratch);
     if (scratch != small) free(scratch);
     return id;
 }
@@ -761,17 +605,6 @@ float tok_piece_score(const tok *t, int id)
     while (i + TOK_META_LEN <= n && !memcmp(p + i, TOK_META, TOK_META_LEN)) i += TOK_META_LEN;
     if (n && i == n) return -1e9f;
     return -(float)(id - 259);
-}
-
-int tok_merge_count(const tok *t) { return t->n_merges; }
-
-int tok_merge_pair(const tok *t, int rank, int32_t *left, int32_t *right)
-{
-    if (rank < 0 || rank >= t->n_merges) return 0;
-    int32_t r, id;
-    *left = t->merge_list[rank][0];
-    *right = t->merge_list[rank][1];
-    return tok_merge_get(t, *left, *right, &r, &id) && r == rank;   /* a later copy of the pair wins */
 }
 
 const char *tok_pre_regex(const tok *t, int i)

@@ -1,5 +1,5 @@
 /* tok_internal: the tokenizer's insides, shared by data/tok*.c only.
- * tok.c loads the vocab, merges and added tokens and answers the accessors;
+ * tok.c loads the vocab and added tokens and answers the accessors; tok_merges.c the merges;
  * tok_parts.c reads the normalizer / pre-tokenizer / decoder / post-processor
  * sections; tok_normalize.c normalizes; tok_pretok.c pre-tokenizes (Metaspace,
  * Split, ByteLevel) with the regexes of tok_regex.c; tok_encode.c matches added
@@ -243,6 +243,20 @@ int tok_buf_put(char **b, size_t *n, size_t *cap, const void *src, size_t k);
  * 0 ok, -1 out of memory. (tok_normalize.c) */
 int tok_replace_all(const char *src, size_t n, const char *from, size_t fl, const char *to,
                     size_t tl, char **out, size_t *outn);
+
+/* Loading helpers (tok.c): the smallest power of two >= n (at least 16); zeroed, pre-faulted
+ * memory for a hash table (tok_table_free frees it); the GPT-2 chars of s[0..n) as the bytes
+ * they stand for, into out (room for n), or -1 when a char is not one of them; the id of the
+ * model-vocab entry whose text is s[0..n) (scratch: n bytes), -1 if none. */
+size_t  tok_pow2_at_least(size_t n);
+void   *tok_table_alloc(size_t bytes);
+void    tok_table_free(void *p, size_t bytes);
+long    tok_to_bytes(const char *s, size_t n, char *out);
+int32_t tok_vocab_id(const tok *t, const char *s, size_t n, char *scratch);
+
+/* model.merges (the JSON value at[0..len), absent unless seen; strings are decoded in place)
+ * into t's merge table and list, once the vocab is in. 0 ok, -1 with err. (tok_merges.c) */
+int tok_load_merges(tok *t, char *at, size_t len, int seen, char *err);
 
 /* Drop the calling thread's encode cache of t. (tok_encode.c, called by tok_free) */
 void tok_encode_forget(const tok *t);
