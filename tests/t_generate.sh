@@ -1,7 +1,8 @@
 #!/bin/bash
 # moet generate: greedy on the golden model is the argmax continuation that repeated
 # `moet forward` calls give; the streamed text is the decoded continuation, byte for byte;
-# seeded sampling repeats; checkpoints find their tokenizer; bad input is one line, exit 1.
+# seeded sampling repeats; checkpoints find their tokenizer; a byte-level tokenizer (Qwen3)
+# streams whole characters; bad input is one line, exit 1.
 # asan: yes
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -60,6 +61,32 @@ PY
 done
 "$MOET" generate "$G" --prompt Hello --max-new-tokens 3 > hello 2>/dev/null
 grep -q "^ me" hello || { echo "the first token's space was lost: $(cat hello)"; exit 1; }
+
+# --- a byte-level tokenizer (Qwen3's: no BOS, tokens that are parts of a UTF-8 character):
+# a tiny random model of its vocab samples 40 tokens; the streamed text is again the decoded
+# continuation, byte for byte, and generation stops at its <|endoftext|>.
+"$PY" "$here/llama/make_model.py" qwen "$SHARED/data/qwen3-tokenizer/tokenizer.json" hidden_size=16 \
+    intermediate_size=16 num_hidden_layers=1 num_attention_heads=2 num_key_value_heads=1 num_local_experts=2 \
+    num_experts_per_tok=1 vocab_size=151669 seed=4
+Q=qwen/tokenizer.json
+for P in "Grüße aus 日本" "<|im_start|>user"; do
+    S="--max-new-tokens 40 --temperature 1 --seed 9"
+    "$MOET" generate qwen --prompt "$P" $S > text_stream 2>/dev/null
+    "$MOET" generate qwen --prompt "$P" $S --ids > ids40 2>/dev/null
+    last=$(printf '%s' "$P" | "$MOET" tokenize $Q | awk '{print $NF}')
+    [ -n "$last" ] || { echo "the prompt gave no ids"; exit 1; }
+    echo "$last" | "$MOET" tokenize $Q --decode --skip-special > head.txt
+    echo "$last $(cat ids40)" | "$MOET" tokenize $Q --decode --skip-special > full.txt
+    "$PY" - "$P" <<'PY'
+import sys
+head, full, out = (open(f, "rb").read() for f in ("head.txt", "full.txt", "text_stream"))
+ids = open("ids40").read().split()
+assert full.startswith(head), (head, full)
+assert out == full[len(head):] + b"\n", (out, full[len(head):])
+assert "151643" not in ids, "generation went on past <|endoftext|>"
+print(f"qwen3 {sys.argv[1]!r}: {len(ids)} tokens, streamed text = decoded continuation ({len(out) - 1} bytes)")
+PY
+done
 
 # --- sampling: a seed repeats its draws, another seed gives others; top-k 1 is greedy
 S="--max-new-tokens 30 --temperature 1.0 --top-p 0.95 --ids"

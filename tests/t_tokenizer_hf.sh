@@ -6,7 +6,9 @@
 # gpt-oss tokenizers on 1,500 random texts each (tests/hf_texts.py: every kind of
 # whitespace, digit runs, contractions, scripts, combining marks, emoji, control
 # characters, literal special tokens) through `moet tokenize --jsonl`, whose
-# `--decode --jsonl` must also give HF's decode of the ids. Installs the package into
+# `--decode --jsonl` must also give HF's decode of the ids; and four byte-level
+# pipelines built on Qwen3's vocab (GPT-2/OLMoE style, Llama-3 style, prefix spaces,
+# Split behaviors) on 500 more each. Installs the package into
 # build/hftok on first run (npm registry); fails if it cannot.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,11 +53,11 @@ sys.exit(1 if bad else 0)
 PY
 done
 
-"$PY" "$root/tests/hf_texts.py" 1500 11 "$work/bl_texts.json"
-for name in qwen3 gptoss; do
-    tk=$SHARED/data/$name-tokenizer/tokenizer.json
-    node "$root/tests/hf_tokenize.js" "$tk" "$work/bl_texts.json" --json > "$work/hf.jsonl"
-    "$PY" - "$tk" "$work" "$MOET" "$name" <<'PY' || fail=1
+# check_bytelevel TOKENIZER.json NAME: the texts of $work/bl_texts.json through
+# `moet tokenize --jsonl` and `--decode --jsonl` against HF's encode and decode.
+check_bytelevel() {
+    node "$root/tests/hf_tokenize.js" "$1" "$work/bl_texts.json" --json > "$work/hf.jsonl"
+    "$PY" - "$1" "$work" "$MOET" "$2" <<'PY'
 import json, subprocess, sys
 tk, w, moet, name = sys.argv[1:5]
 texts = json.load(open(f"{w}/bl_texts.json"))
@@ -75,5 +77,46 @@ print(f"{name}: {len(texts) - len(bad_ids)}/{len(texts)} random texts give HF to
       f"{len(texts) - len(bad_dec)}/{len(texts)} decode as HF decodes them")
 sys.exit(1 if bad_ids or bad_dec or len(got) != len(texts) + 1 else 0)
 PY
+}
+"$PY" "$root/tests/hf_texts.py" 1500 11 "$work/bl_texts.json"
+for name in qwen3 gptoss; do
+    check_bytelevel "$SHARED/data/$name-tokenizer/tokenizer.json" "$name" || fail=1
+done
+# Byte-level pipelines the shared files do not have, built on Qwen3's vocab and merges and
+# checked the same way on 500 random texts each: GPT-2 / OLMoE style (ByteLevel's own regex,
+# NFC, a template appending <|endoftext|>), Llama-3 style (\p{N}{1,3}, ignore_merges, a BOS
+# template), a prefix space given to every Split piece, and MergedWithNext / Contiguous /
+# inverted Split behaviors.
+"$PY" - "$SHARED/data/qwen3-tokenizer/tokenizer.json" "$work" <<'PY'
+import copy, json, sys
+src, w = sys.argv[1:3]
+base = json.load(open(src))
+eot = next(a for a in base["added_tokens"] if a["content"] == "<|endoftext|>")["id"]
+def tpl(single, name):
+    return {"type": "TemplateProcessing", "single": single, "pair": single,
+            "special_tokens": {name: {"id": name, "ids": [eot], "tokens": [name]}}}
+A, S = {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}
+bl = lambda prefix, regex: {"type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": True, "use_regex": regex}
+split = lambda pat, beh, inv=False: {"type": "Split", "pattern": pat, "behavior": beh, "invert": inv}
+qwen_re = base["pre_tokenizer"]["pretokenizers"][0]["pattern"]
+llama_re = {"Regex": qwen_re["Regex"].replace("\\p{N}|", "\\p{N}{1,3}|")}
+variants = {
+    "gpt2-style": dict(normalizer={"type": "NFC"}, pre_tokenizer=bl(False, True), post_processor=tpl([A, S], "<|endoftext|>")),
+    "llama3-style": dict(normalizer=None, pre_tokenizer={"type": "Sequence", "pretokenizers": [split(llama_re, "Isolated"), bl(False, False)]},
+                         post_processor={"type": "Sequence", "processors": [bl(True, False), tpl([S, A], "<|endoftext|>")]}, ignore_merges=True),
+    "prefix-space": dict(pre_tokenizer={"type": "Sequence", "pretokenizers": [split({"String": "\n"}, "Removed"), bl(True, True)]}),
+    "behaviors": dict(pre_tokenizer={"type": "Sequence", "pretokenizers": [split({"Regex": "\\s+"}, "MergedWithNext"),
+                      split({"Regex": "[0-9]+"}, "Contiguous"), split({"Regex": "\\p{L}+"}, "MergedWithPrevious", True), bl(False, False)]}),
+}
+for name, v in variants.items():
+    t = copy.deepcopy(base)
+    for k, x in v.items():
+        if k == "ignore_merges": t["model"]["ignore_merges"] = x
+        else: t[k] = x
+    json.dump(t, open(f"{w}/{name}.json", "w"), ensure_ascii=False)
+PY
+"$PY" "$root/tests/hf_texts.py" 500 12 "$work/bl_texts.json"
+for name in gpt2-style llama3-style prefix-space behaviors; do
+    check_bytelevel "$work/$name.json" "$name" || fail=1
 done
 exit $fail
