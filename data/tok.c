@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -459,9 +461,8 @@ static atomic_uint_fast64_t tok_serial_next = 1;
 
 static int load(tok *t, char *buf, size_t len, char *err)
 {
-    size_t bad, n_entries = 0;
+    size_t n_entries = 0;
     entry *ents = NULL;
-    if (json_utf8_check(buf, len, &bad)) return err_set(err, "not UTF-8 text (byte %zu)", bad);
     sections sec = {0};
     cJSON *added = NULL, *norm = NULL, *pre = NULL, *dec = NULL, *post = NULL, *padding = NULL;
     long max_id = -1;
@@ -516,6 +517,23 @@ static void unmap_file(char *buf, size_t len, int mapped)
     else free(buf);
 }
 
+/* The file's sha256 and UTF-8 check, on a second (read-only) mapping of it and a thread
+ * of their own while the first one is parsed -- in place, so not the bytes to hash. */
+typedef struct {
+    const char *buf;
+    size_t len, bad;
+    int not_utf8;
+    char sha256[65];
+} digest;
+
+static void *digest_run(void *p)
+{
+    digest *d = p;
+    sha256_hex(d->buf, d->len, d->sha256);
+    d->not_utf8 = json_utf8_check(d->buf, d->len, &d->bad) != 0;
+    return NULL;
+}
+
 int tok_load(tok **out, const char *path, char *err)
 {
     *out = NULL;
@@ -528,11 +546,26 @@ int tok_load(tok **out, const char *path, char *err)
         unmap_file(buf, len, mapped);
         return err_set(err, "%s: out of memory", path);
     }
-    sha256_hex(buf, len, t->sha256);
     t->serial = atomic_fetch_add(&tok_serial_next, 1);
     t->bos_id = t->eos_id = t->unk_id = t->pad_id = -1;
+    digest d = {.len = len};
+    void *ro = MAP_FAILED;
+    pthread_t th;
+    int threaded = 0;
+    if (mapped) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) ro = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (fd >= 0) close(fd);
+    }
+    d.buf = ro != MAP_FAILED ? ro : buf;
+    if (ro != MAP_FAILED) threaded = !pthread_create(&th, NULL, digest_run, &d);
+    if (!threaded) digest_run(&d);   /* before parsing changes buf */
     int rc = load(t, buf, len, err);
+    if (threaded) pthread_join(th, NULL);
+    if (ro != MAP_FAILED) munmap(ro, len);
     unmap_file(buf, len, mapped);
+    memcpy(t->sha256, d.sha256, sizeof t->sha256);
+    if (d.not_utf8) rc = err_set(err, "not UTF-8 text (byte %zu)", d.bad);
     if (rc) {
         err_wrap(err, "%s", path);
         tok_free(t);
