@@ -108,6 +108,30 @@ typedef struct {
     int model_seen;
 } sections;
 
+typedef struct {
+    char *s;
+    uint32_t n;
+    int32_t id;
+} entry;
+
+/* The load in progress.  In Hugging Face's files "model" comes last, with vocab and
+ * merges after its options: then vocab and merges are read in the one pass over the
+ * file as the scanner meets them (done = 1); in any other order they are skipped, their
+ * spans kept and read afterwards. */
+typedef struct {
+    tok *t;
+    sections sec;
+    int parts_done, vocab_done, merges_done;
+    entry *ents;             /* the vocab entries, texts in t->pool, for the piece table */
+    size_t n_ents;
+    long max_id;
+    char *err;
+} loader;
+
+static int check_model(tok *t, const sections *sec, char *err);
+static int load_vocab(loader *ld, json_scan *j);
+static int load_parts(loader *ld);
+
 static int record(span *s, json_scan *j, const char *key, char *err)
 {
     if (s->seen) return err_set(err, "\"%s\" appears twice", key);
@@ -125,9 +149,12 @@ static cJSON *parse_span(const span *s, char *err)
     return v;
 }
 
-/* The model object: vocab and merges as spans, the rest into a cJSON object. */
-static int read_model(json_scan *j, sections *sec, char *err)
+/* The model object: its options into a cJSON object; vocab and merges read where they
+ * are when the options and the pre-tokenizer came first, else kept as spans. */
+static int read_model(json_scan *j, loader *ld)
 {
+    sections *sec = &ld->sec;
+    char *err = ld->err;
     if (sec->model_seen++) return err_set(err, "\"model\" appears twice");
     if (json_peek(j) != '{') return err_set(err, "\"model\" is not an object");
     sec->model = cJSON_CreateObject();
@@ -136,9 +163,24 @@ static int read_model(json_scan *j, sections *sec, char *err)
     char *key;
     size_t kl;
     while ((r = json_object_next(j, &st, &key, &kl)) == 1) {
-        if (json_key_is(key, kl, "vocab") || json_key_is(key, kl, "merges")) {
-            if (record(key[0] == 'v' ? &sec->vocab : &sec->merges, j, key[0] == 'v' ? "vocab" : "merges", err))
+        if (json_key_is(key, kl, "vocab")) {
+            if (sec->vocab.seen) return err_set(err, "\"vocab\" appears twice");
+            if (sec->pre.seen && cJSON_GetObjectItemCaseSensitive(sec->model, "type")) {
+                sec->vocab.seen = ld->vocab_done = 1;
+                if (check_model(ld->t, sec, err) || load_parts(ld) || load_vocab(ld, j)) return -1;
+            } else if (record(&sec->vocab, j, "vocab", err)) {
                 return -1;
+            }
+            continue;
+        }
+        if (json_key_is(key, kl, "merges")) {
+            if (sec->merges.seen) return err_set(err, "\"merges\" appears twice");
+            if (ld->vocab_done) {
+                sec->merges.seen = ld->merges_done = 1;
+                if (tok_load_merges(ld->t, j, err)) return -1;
+            } else if (record(&sec->merges, j, "merges", err)) {
+                return -1;
+            }
             continue;
         }
         span v;
@@ -158,8 +200,10 @@ static int read_model(json_scan *j, sections *sec, char *err)
     return r;
 }
 
-static int read_sections(char *buf, size_t len, sections *sec, char *err)
+static int read_sections(char *buf, size_t len, loader *ld)
 {
+    sections *sec = &ld->sec;
+    char *err = ld->err;
     static const char *const names[] = {"added_tokens", "normalizer", "pre_tokenizer", "post_processor",
                                         "decoder", "padding"};
     span *spans[] = {&sec->added, &sec->normalizer, &sec->pre, &sec->post, &sec->decoder, &sec->padding};
@@ -178,7 +222,7 @@ static int read_sections(char *buf, size_t len, sections *sec, char *err)
         size_t i = 0;
         while (i < 6 && !json_key_is(key, kl, names[i])) i++;
         if (i < 6) r = record(spans[i], &j, names[i], err);
-        else if (json_key_is(key, kl, "model")) r = read_model(&j, sec, err);
+        else if (json_key_is(key, kl, "model")) r = read_model(&j, ld);
         else r = json_skip(&j);   /* version, truncation, ...: nothing moet uses */
         if (r) return -1;
     }
@@ -189,12 +233,6 @@ static int read_sections(char *buf, size_t len, sections *sec, char *err)
 }
 
 /* ------------------------------------------------------------------ vocab */
-
-typedef struct {
-    char *s;
-    uint32_t n;
-    int32_t id;
-} entry;
 
 long tok_to_bytes(const char *s, size_t n, char *out)
 {
@@ -225,35 +263,35 @@ static int map_alloc(tok_strmap *m, size_t n, const char *base)
     return m->slots ? 0 : -1;
 }
 
-/* model.vocab into the string pool and the map (bytelevel: keyed by bytes); the
- * entries stay in *ents (texts in the pool) for the piece table. */
-static int load_vocab(tok *t, const span *v, entry **ents, size_t *n_ents, long *max_id, char *err)
+/* model.vocab (the value at j) into the string pool and the map (bytelevel: keyed by
+ * bytes); the entries stay in ld->ents (texts in the pool) for the piece table. */
+static int load_vocab(loader *ld, json_scan *j)
 {
-    if (!v->seen) return err_set(err, "model has no vocab");
-    json_scan j;
-    json_begin(&j, v->at, v->len, err);
-    if (json_peek(&j) != '{') return err_set(err, "model.vocab must be an object");
-    /* Room for as many entries as the text could hold ("":0, is 5 bytes): pages of it
-     * that are never written cost nothing. */
-    size_t n = 0, cap = v->len / 5 + 1, pool_len = 0;
-    entry *e = malloc(cap * sizeof *e);
+    tok *t = ld->t;
+    char *err = ld->err;
+    if (json_peek(j) != '{') return err_set(err, "model.vocab must be an object");
+    size_t n = 0, cap = 1 << 16, pool_len = 0;
+    entry *e = ld->ents = malloc(cap * sizeof *e);
     if (!e) return err_set(err, "out of memory");
     int st = 0, r;
     char *key;
     size_t kl;
-    *max_id = -1;
-    while ((r = json_object_next(&j, &st, &key, &kl)) == 1) {
+    ld->max_id = -1;
+    while ((r = json_object_next(j, &st, &key, &kl)) == 1) {
         long id;
-        if (json_int(&j, 0, 1L << 30, &id)) {
-            free(e);
+        if (json_int(j, 0, 1L << 30, &id))
             return err_set(err, "vocab entry '%s' has no valid id", err_q(key, (long)kl));
+        if (n == cap) {   /* big blocks grow by mremap: no copy */
+            entry *ne = realloc(e, 2 * cap * sizeof *ne);
+            if (!ne) return err_set(err, "out of memory");
+            e = ld->ents = ne;
+            cap *= 2;
         }
-        e[n++] = (entry){key, (uint32_t)kl, (int32_t)id};   /* n < cap: see above */
+        e[n++] = (entry){key, (uint32_t)kl, (int32_t)id};
+        ld->n_ents = n;
         pool_len += kl + 1;
-        if (id > *max_id) *max_id = id;
+        if (id > ld->max_id) ld->max_id = id;
     }
-    *ents = e;
-    *n_ents = n;
     if (r < 0) return -1;
     if (pool_len >= UINT32_MAX) return err_set(err, "model.vocab is too big (%zu bytes of text)", pool_len);
     t->pool = malloc(pool_len + 1);
@@ -290,6 +328,23 @@ static int load_vocab(tok *t, const span *v, entry **ents, size_t *n_ents, long 
     for (int b = 0; t->bytelevel && b < 256; b++) {
         char c = (char)b;
         t->byte_sym[b] = tok_strmap_get(&t->vocab, &c, 1);
+    }
+    return 0;
+}
+
+/* The normalizer, pre_tokenizer and decoder sections into t (once: the vocab needs to
+ * know whether the pre-tokenizer is byte-level). */
+static int load_parts(loader *ld)
+{
+    if (ld->parts_done++) return 0;
+    const span *sp[3] = {&ld->sec.normalizer, &ld->sec.pre, &ld->sec.decoder};
+    int (*parse[3])(tok *, const cJSON *, char *) = {tok_parse_normalizer, tok_parse_pretok, tok_parse_decoder};
+    for (int i = 0; i < 3; i++) {
+        if (!sp[i]->seen) continue;
+        cJSON *v = parse_span(sp[i], ld->err);
+        int rc = !v || parse[i](ld->t, v, ld->err);
+        cJSON_Delete(v);
+        if (rc) return -1;
     }
     return 0;
 }
@@ -461,34 +516,37 @@ static atomic_uint_fast64_t tok_serial_next = 1;
 
 static int load(tok *t, char *buf, size_t len, char *err)
 {
-    size_t n_entries = 0;
-    entry *ents = NULL;
-    sections sec = {0};
-    cJSON *added = NULL, *norm = NULL, *pre = NULL, *dec = NULL, *post = NULL, *padding = NULL;
-    long max_id = -1;
+    loader ld = {.t = t, .err = err};
+    sections *sec = &ld.sec;
+    cJSON *added = NULL, *post = NULL, *padding = NULL;
+    json_scan j;
     int rc = -1;
-    if (read_sections(buf, len, &sec, err) || check_model(t, &sec, err)) goto done;
-    if ((sec.normalizer.seen && !(norm = parse_span(&sec.normalizer, err))) ||
-        (sec.pre.seen && !(pre = parse_span(&sec.pre, err))) ||
-        (sec.decoder.seen && !(dec = parse_span(&sec.decoder, err))) ||
-        (sec.added.seen && !(added = parse_span(&sec.added, err))) ||
-        (sec.post.seen && !(post = parse_span(&sec.post, err))) ||
-        (sec.padding.seen && !(padding = parse_span(&sec.padding, err))))
+    if (read_sections(buf, len, &ld) || check_model(t, sec, err) || load_parts(&ld)) goto done;
+    if (!ld.vocab_done) {
+        if (!sec->vocab.seen) {
+            err_set(err, "model has no vocab");
+            goto done;
+        }
+        json_begin(&j, sec->vocab.at, sec->vocab.len, err);
+        if (load_vocab(&ld, &j)) goto done;
+    }
+    if ((sec->added.seen && !(added = parse_span(&sec->added, err))) ||
+        (sec->post.seen && !(post = parse_span(&sec->post, err))) ||
+        (sec->padding.seen && !(padding = parse_span(&sec->padding, err))) ||
+        load_added(t, added, (long)ld.n_ents, &ld.max_id, err) ||
+        load_tables(t, sec->model, ld.ents, ld.n_ents, ld.max_id, err))
         goto done;
-    if (tok_parse_normalizer(t, norm, err) || tok_parse_pretok(t, pre, err) || tok_parse_decoder(t, dec, err) ||
-        load_vocab(t, &sec.vocab, &ents, &n_entries, &max_id, err) ||
-        load_added(t, added, (long)n_entries, &max_id, err) || load_tables(t, sec.model, ents, n_entries, max_id, err) ||
-        tok_load_merges(t, sec.merges.at, sec.merges.len, sec.merges.seen, err) || load_added_patterns(t, err) || tok_parse_post(t, post, err))
-        goto done;
-    special_ids(t, &sec, padding);
+    if (!ld.merges_done) {
+        if (sec->merges.seen) json_begin(&j, sec->merges.at, sec->merges.len, err);
+        if (tok_load_merges(t, sec->merges.seen ? &j : NULL, err)) goto done;
+    }
+    if (load_added_patterns(t, err) || tok_parse_post(t, post, err)) goto done;
+    special_ids(t, sec, padding);
     rc = 0;
 done:
-    free(ents);
-    cJSON_Delete(sec.model);
+    free(ld.ents);
+    cJSON_Delete(sec->model);
     cJSON_Delete(added);
-    cJSON_Delete(norm);
-    cJSON_Delete(pre);
-    cJSON_Delete(dec);
     cJSON_Delete(post);
     cJSON_Delete(padding);
     return rc;

@@ -9,6 +9,8 @@
 
 #include "data/tok.h"
 
+#include "common/json.h"
+
 #include <stdint.h>
 #include <string.h>
 
@@ -254,9 +256,9 @@ void    tok_table_free(void *p, size_t bytes);
 long    tok_to_bytes(const char *s, size_t n, char *out);
 int32_t tok_vocab_id(const tok *t, const char *s, size_t n, char *scratch);
 
-/* model.merges (the JSON value at[0..len), absent unless seen; strings are decoded in place)
- * into t's merge table and list, once the vocab is in. 0 ok, -1 with err. (tok_merges.c) */
-int tok_load_merges(tok *t, char *at, size_t len, int seen, char *err);
+/* model.merges (the JSON value at j; NULL: none; its strings are decoded in place) into
+ * t's merge table and list, once the vocab is in. 0 ok, -1 with err. (tok_merges.c) */
+int tok_load_merges(tok *t, json_scan *j, char *err);
 
 /* Drop the calling thread's encode cache of t. (tok_encode.c, called by tok_free) */
 void tok_encode_forget(const tok *t);

@@ -116,27 +116,31 @@ static int pending_get(tok *t, pending *p, int rank, int32_t *out, char *err)
     return 0;
 }
 
-int tok_load_merges(tok *t, char *at, size_t len, int seen, char *err)
+int tok_load_merges(tok *t, json_scan *j, char *err)
 {
     t->chunked = !t->bytelevel;
-    json_scan j;
+    json_scan none;
     char empty[] = "[]";
-    if (seen) json_begin(&j, at, len, err);
-    else json_begin(&j, empty, 2, err);
-    if (json_peek(&j) != '[') return err_set(err, "model.merges must be a list");
-    /* Room for as many merges as the text could hold ("a b", is 6 bytes). */
-    size_t cap = (size_t)(j.end - j.p) / 6 + 1;
+    if (!j) json_begin(j = &none, empty, 2, err);
+    if (json_peek(j) != '[') return err_set(err, "model.merges must be a list");
+    size_t cap = 1 << 16;
     int32_t (*list)[3] = t->merge_list = malloc(cap * sizeof *list);
     pending q[MQ] = {{0}};
     int st = 0, r, rank = 0, rc = -1;
     if (!list) goto oom;
-    while ((r = json_array_next(&j, &st)) == 1) {
+    while ((r = json_array_next(j, &st)) == 1) {
         char *a, *b;
         size_t al, bl;
-        if (merge_item(&j, rank, &a, &al, &b, &bl, err)) goto done;
+        if (merge_item(j, rank, &a, &al, &b, &bl, err)) goto done;
+        if ((size_t)rank == cap) {   /* big blocks grow by mremap: no copy */
+            int32_t (*nl)[3] = realloc(list, 2 * cap * sizeof *nl);
+            if (!nl) goto oom;
+            list = t->merge_list = nl;
+            cap *= 2;
+        }
         if (rank >= MQ && pending_get(t, &q[rank % MQ], rank - MQ, list[rank - MQ], err)) goto done;
         if (pending_set(t, &q[rank % MQ], a, al, b, bl)) goto oom;
-        if (++rank == 1 << 30) break;   /* rank < cap: see above */
+        if (++rank == 1 << 30) break;
     }
     if (r < 0) goto done;
     for (int i = rank > MQ ? rank - MQ : 0; i < rank; i++)
