@@ -18,6 +18,7 @@
 #include "data/tok.h"
 #include "data/tok_internal.h"
 
+#include <cJSON.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -541,6 +542,44 @@ static void test_encode_is_thread_safe_on_a_shared_byte_level_tokenizer(void **s
     }
 }
 
+/* Keys in another order than Hugging Face writes them (model first, merges before vocab)
+ * load to the same tokenizer. */
+static void test_key_order_does_not_matter(void **state)
+{
+    (void)state;
+    size_t n;
+    char *raw = slurp(path_of("data/qwen3-tokenizer/tokenizer.json"), &n);
+    cJSON *j = cJSON_ParseWithLength(raw, n), *model = cJSON_DetachItemFromObject(j, "model");
+    free(raw);
+    assert_non_null(model);
+    cJSON *vocab = cJSON_DetachItemFromObject(model, "vocab"), *merges = cJSON_DetachItemFromObject(model, "merges");
+    cJSON_AddItemToObject(model, "merges", merges);
+    cJSON_AddItemToObject(model, "vocab", vocab);
+    cJSON *re = cJSON_CreateObject();
+    cJSON_AddItemToObject(re, "model", model);
+    for (cJSON *c = j->child; c;) {
+        cJSON *next = c->next;
+        cJSON_AddItemToObject(re, c->string, cJSON_DetachItemViaPointer(j, c));
+        c = next;
+    }
+    char *text = cJSON_PrintUnformatted(re), path[] = "/tmp/moet_tokbl_XXXXXX", err[ERR_MAX];
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    tok *t;
+    if (tok_load(&t, path, err)) fail_msg("reordered: %s", err);
+    unlink(path);
+    assert_int_equal(tok_vocab_size(t), tok_vocab_size(qwen3.t));
+    assert_int_equal(tok_merge_count(t), tok_merge_count(qwen3.t));
+    for (int i = 0; i < qwen3.n; i++)
+        assert_true(ids_match(t, qwen3.r[i].text, qwen3.r[i].n, 0, qwen3.r[i].ids, qwen3.r[i].n_ids));
+    tok_free(t);
+    free(text);
+    cJSON_Delete(re);
+    cJSON_Delete(j);
+}
+
 int main(void)
 {
     const char *s = getenv("SHARED");
@@ -563,6 +602,7 @@ int main(void)
         cmocka_unit_test(test_unsupported_parts_and_bad_regexes_are_named),
         cmocka_unit_test(test_bad_model_type_and_bad_json_are_refused),
         cmocka_unit_test(test_encode_is_thread_safe_on_a_shared_byte_level_tokenizer),
+        cmocka_unit_test(test_key_order_does_not_matter),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     free_refset(&qwen3);
