@@ -184,7 +184,7 @@ static int parse_split(tok_pre *s, const cJSON *p, char *err)
     const cJSON *re = cJSON_GetObjectItemCaseSensitive(pat, "Regex"), *str = cJSON_GetObjectItemCaseSensitive(pat, "String");
     const cJSON *v = cJSON_IsString(re) ? re : str;
     if (!cJSON_IsString(v)) return err_set(err, "Split pre_tokenizer without a Regex or String pattern");
-    if (v == str && !*v->valuestring) return err_set(err, "Split pre_tokenizer with an empty String pattern");
+    /* An empty String is an empty regex, as in HF: it matches between every two chars. */
     if (tok_regex_new(&s->re, v->valuestring, strlen(v->valuestring), v == str, err))
         return err_wrap(err, "Split pre_tokenizer");
     return 0;

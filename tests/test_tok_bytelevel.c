@@ -292,8 +292,11 @@ static void test_split_behaviors_and_invert_as_hf(void **state)
     expect_pretok(SPLIT("{\"Regex\": \"\\\\w+|[^\\\\w\\\\s]+\"}", "Contiguous", "true"), h, "How| |are| |you| |doing?");
     (void)re;
     expect_pretok(SPLIT("{\"String\": \"Hello\"}", "Removed", "true"), "Hello Hello Hello", "Hello|Hello|Hello");
-    /* A String pattern is literal text, not a regex. */
+    /* A String pattern is literal text, not a regex; an empty one matches between chars. */
     expect_pretok(SPLIT("{\"String\": \".+\"}", "Isolated", "false"), "a.+b", "a|.+|b");
+    expect_pretok(SPLIT("{\"String\": \"\"}", "Removed", "false"), "a-\xc3\xa9", "a|-|\xc3\xa9");
+    expect_pretok(SPLIT("{\"String\": \"\"}", "Removed", "true"), "a-b", "");
+    expect_pretok(SPLIT("{\"String\": \"\"}", "Isolated", "true"), "a-b", "a|-|b");
 }
 
 /* ByteLevel: add_prefix_space gives every piece of the step before its space; use_regex
