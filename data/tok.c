@@ -299,6 +299,11 @@ static int load_vocab(loader *ld, json_scan *j)
     if (!t->pool || (t->bytelevel && !t->bytes_pool) ||
         map_alloc(&t->vocab, n, t->bytelevel ? t->bytes_pool : t->pool))
         return err_set(err, "out of memory");
+    /* The texts into the pool and (bytelevel) the keys into the byte pool, in entry order;
+     * then the map, each slot prefetched PF entries ahead of its insert. */
+    enum { PF = 16 };
+    int32_t *klen = malloc((n + 1) * sizeof *klen);   /* a key's length; -1: not GPT-2 chars */
+    if (!klen) return err_set(err, "out of memory");
     char *pp = t->pool, *bp = t->bytes_pool;
     size_t n_other = 0;
     for (size_t i = 0; i < n; i++) {
@@ -306,19 +311,27 @@ static int load_vocab(loader *ld, json_scan *j)
         pp[e[i].n] = 0;
         e[i].s = pp;
         pp += e[i].n + 1;
-        long m = t->bytelevel ? tok_to_bytes(e[i].s, e[i].n, bp) : -1;
-        int dup;
-        if (!t->bytelevel) dup = strmap_put(&t->vocab, (size_t)(e[i].s - t->pool), e[i].n, e[i].id);
-        else if (m > 0) {
-            bp[m] = 0;
-            dup = strmap_put(&t->vocab, (size_t)(bp - t->bytes_pool), (size_t)m, e[i].id);
-            bp += m + 1;
-        } else {
-            n_other++;
-            continue;
-        }
-        if (dup) return err_set(err, "vocab entry '%s' appears twice", err_q(e[i].s, e[i].n));
+        long m = t->bytelevel ? tok_to_bytes(e[i].s, e[i].n, bp) : (long)e[i].n;
+        klen[i] = m > 0 || !t->bytelevel ? (int32_t)m : -1;
+        if (t->bytelevel && m > 0) bp[m] = 0, bp += m + 1;
+        n_other += klen[i] < 0;
     }
+    const char *kbase = t->bytelevel ? t->bytes_pool : t->pool;
+    size_t koff = 0, ahead = 0;   /* offsets of key i and of key i + PF */
+    for (size_t i = 0; i < PF && i < n; i++) ahead += klen[i] < 0 ? 0 : (size_t)klen[i] + 1;
+    for (size_t i = 0; i < n; i++) {
+        if (i + PF < n && klen[i + PF] >= 0) {
+            __builtin_prefetch(&t->vocab.slots[tok_hash(kbase + ahead, (size_t)klen[i + PF]) & t->vocab.mask], 1);
+            ahead += (size_t)klen[i + PF] + 1;
+        }
+        if (klen[i] < 0) continue;
+        if (strmap_put(&t->vocab, koff, (size_t)klen[i], e[i].id)) {
+            free(klen);
+            return err_set(err, "vocab entry '%s' appears twice", err_q(e[i].s, e[i].n));
+        }
+        koff += (size_t)klen[i] + 1;
+    }
+    free(klen);
     if (n_other) {   /* rare: entries BPE on bytes never reaches, found only by their text */
         if (map_alloc(&t->other, n_other, t->pool)) return err_set(err, "out of memory");
         for (size_t i = 0; i < n; i++)
@@ -606,6 +619,7 @@ int tok_load(tok **out, const char *path, char *err)
     }
     t->serial = atomic_fetch_add(&tok_serial_next, 1);
     t->bos_id = t->eos_id = t->unk_id = t->pad_id = -1;
+    tok_char_byte_init();
     digest d = {.len = len};
     void *ro = MAP_FAILED;
     pthread_t th;

@@ -274,9 +274,12 @@ int tok_parse_post(tok *t, const struct cJSON *pp, char *err);
 void tok_free_parts(tok *t);
 
 /* GPT-2's byte <-> char map (ByteLevel): the code point that stands for byte b, and the
- * byte a code point stands for (-1 if none). (tok_parts.c) */
+ * byte a code point stands for (-1 if none; the table is filled by tok_char_byte_init,
+ * which tok_load calls first, so every tok's users find it ready). (tok_parts.c) */
 uint32_t tok_byte_char(int b);
-int tok_char_byte(uint32_t c);
+void tok_char_byte_init(void);
+extern int16_t tok_char_byte_table[0x144];
+static inline int tok_char_byte(uint32_t c) { return c < 0x144 ? tok_char_byte_table[c] : -1; }
 
 /* Regexes (tok_regex.c).  literal: match the pattern as plain text (Split's String). */
 int  tok_regex_new(tok_regex **out, const char *pattern, size_t len, int literal, char *err);

@@ -55,20 +55,16 @@ uint32_t tok_byte_char(int b)
     return 0x100u + (uint32_t)n;
 }
 
-static int16_t char_byte[0x144];
+int16_t tok_char_byte_table[0x144];
 static pthread_once_t char_byte_once = PTHREAD_ONCE_INIT;
 
 static void char_byte_init(void)
 {
-    for (int i = 0; i < 0x144; i++) char_byte[i] = -1;
-    for (int b = 0; b < 256; b++) char_byte[tok_byte_char(b)] = (int16_t)b;
+    for (int i = 0; i < 0x144; i++) tok_char_byte_table[i] = -1;
+    for (int b = 0; b < 256; b++) tok_char_byte_table[tok_byte_char(b)] = (int16_t)b;
 }
 
-int tok_char_byte(uint32_t c)
-{
-    pthread_once(&char_byte_once, char_byte_init);
-    return c < 0x144 ? char_byte[c] : -1;
-}
+void tok_char_byte_init(void) { pthread_once(&char_byte_once, char_byte_init); }
 
 /* ------------------------------------------------------------ op chains */
 
