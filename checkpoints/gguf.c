@@ -1,5 +1,6 @@
-/* gguf: writes a moet model and its tokenizer as a GGUF v3 file that llama.cpp loads
- * with its "llama" architecture (the one its converter gives Mixtral).
+/* gguf: writes a moet model and its tokenizer as a GGUF v3 file that llama.cpp loads with
+ * the architecture its converter gives the family: "llama" for Mixtral, "qwen3moe",
+ * "qwen2moe", "olmoe" (model_family.gguf_arch; what each loads is described at archs[]).
  *
  * File layout (ggml/docs/gguf.md): "GGUF", version 3, tensor count, KV count; the KV
  * pairs (key string, type, value); one info per tensor (name, n_dims, dims innermost
@@ -13,6 +14,8 @@
 
 #include "common/err.h"
 #include "common/fsutil.h"
+#include "common/half.h"
+#include "model/family.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,9 +98,87 @@ static void kv_arr(kvs *k, const char *key, uint32_t type, uint64_t n)
     put_u64(&k->b, n);
 }
 
+/* "{arch}.key" as llama.cpp's LLM_KV names it. */
+static void kv_arch_u32(kvs *k, const char *arch, const char *key, uint32_t v)
+{
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", arch, key);
+    kv_u32(k, full, v);
+}
+static void kv_arch_f32(kvs *k, const char *arch, const char *key, float v)
+{
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", arch, key);
+    kv_f32(k, full, v);
+}
+
+/* ------------------------------------------------------------------ llama.cpp architectures */
+
+/* What the architecture llama.cpp gives each family loads and computes (src/models/<arch>.cpp
+ * and llama_model_rope_type in src/llama-model.cpp of node-llama-cpp 3.21.1's llama.cpp),
+ * as far as a moet model can differ:
+ *   llama     (Mixtral)  interleaved ("normal") RoPE: q/k rows permuted; top-k renormalised
+ *   qwen3moe  NEOX RoPE (= HF's rotate_half, rows as HF); per-head attn_q_norm/attn_k_norm
+ *             [head_dim]; attn_{q,k,v}.bias optional, no attn_output.bias; top-k always
+ *             renormalised (build_moe_ffn norm_w = true); every layer MoE; output optional
+ *   qwen2moe  NEOX; attn_{q,k,v}.bias; q and attn_output are [n_embd, n_embd]; shared expert
+ *             ffn_{gate,up,down}_shexp + ffn_gate_inp_shexp [n_embd] (sigmoid gate), required;
+ *             top-k never renormalised; every layer MoE; output required
+ *   olmoe     NEOX; attn_q_norm and attn_k_norm both [n_embd] over the whole projection; no
+ *             biases, no clamp of q/k/v; top-k never renormalised; every layer MoE; output
+ *             required
+ * What a family's model may hold beyond that is refused by gguf_check_model. */
+typedef struct {
+    int permute_qk;     /* llama: HF's half-split rows back to interleaved pairs */
+    int renorm_topk;    /* 1: llama.cpp renormalises the top-k weights, 0: it never does */
+    int qkv_bias;       /* attn_{q,k,v}.bias are loaded */
+    int output_always;  /* output.weight is required even when the embedding is tied */
+} arch_desc;
+
+static const arch_desc archs[FAM_N] = {
+    [FAM_MIXTRAL] = {1, 1, 0, 0},
+    [FAM_QWEN3_MOE] = {0, 1, 1, 0},
+    [FAM_QWEN2_MOE] = {0, 0, 1, 1},
+    [FAM_OLMOE] = {0, 0, 0, 1},
+};
+
+int gguf_check_model(const model_config *c, char *err)
+{
+    const model_family *F = model_family_get(c->family);
+    const arch_desc *A = &archs[c->family];
+    const char *a = F->gguf_arch;
+#define REFUSE(...) return err_set(err, "GGUF export: " __VA_ARGS__)
+    if (c->head_dim % 2) REFUSE("head_dim %d is odd; RoPE needs it even", c->head_dim);
+    if (model_moe_layers(c) < c->n_layers)
+        REFUSE("llama.cpp's %s architecture (node-llama-cpp 3.21.1) has an MoE block in every layer; this %s "
+               "model has %d dense MLP layer%s (mlp_only_layers / decoder_sparse_step)",
+               a, F->model_type, c->n_layers - model_moe_layers(c), c->n_layers - model_moe_layers(c) > 1 ? "s" : "");
+    if (c->topk_raw == A->renorm_topk)
+        REFUSE("norm_topk_prob %s is not what llama.cpp's %s architecture computes (node-llama-cpp 3.21.1: "
+               "it %s renormalises the top-k weights)",
+               c->topk_raw ? "false" : "true", a, A->renorm_topk ? "always" : "never");
+    if (c->qkv_bias && !A->qkv_bias)
+        REFUSE("attention_bias true: llama.cpp's %s architecture (node-llama-cpp 3.21.1) has no q/k/v/o biases", a);
+    if (c->o_bias)
+        REFUSE("attention_bias true: llama.cpp's %s architecture (node-llama-cpp 3.21.1) loads no attn_output.bias", a);
+    if (c->clip_qkv > 0)
+        REFUSE("clip_qkv %g: llama.cpp's %s architecture (node-llama-cpp 3.21.1) does not clamp q/k/v", c->clip_qkv, a);
+    if (c->family == FAM_QWEN2_MOE && c->shared_ffn < 1)
+        REFUSE("llama.cpp's qwen2moe architecture requires a shared expert; shared_expert_intermediate_size is 0");
+    if (c->family == FAM_QWEN2_MOE && c->n_heads * c->head_dim != c->dim)
+        REFUSE("llama.cpp's qwen2moe architecture needs head_dim * num_attention_heads == hidden_size "
+               "(it loads attn_q and attn_output as [n_embd, n_embd]), got %d * %d != %d",
+               c->head_dim, c->n_heads, c->dim);
+    if (c->family == FAM_OLMOE && c->n_kv_heads != c->n_heads)
+        REFUSE("llama.cpp's olmoe architecture needs num_key_value_heads == num_attention_heads (it loads "
+               "attn_k_norm with n_embd weights), got %d != %d", c->n_kv_heads, c->n_heads);
+#undef REFUSE
+    return 0;
+}
+
 /* ------------------------------------------------------------------ tensor plan */
 
-/* One GGUF tensor: rows of ne[0] floats gathered from n_parts HF tensors of rows_per_part
+/* One GGUF tensor: rows of ne[0] values gathered from n_parts moet tensors of rows_per_part
  * rows each (experts stacked: part e = expert e), optionally with rows re-ordered per head. */
 typedef struct {
     char name[64];
@@ -105,7 +186,8 @@ typedef struct {
     uint64_t ne[3];        /* innermost first */
     int type;              /* GGML_* */
     int n_parts;
-    const float **parts;   /* [n_parts], each [rows_per_part, ne[0]] row-major */
+    const void **parts;    /* [n_parts], each [rows_per_part, ne[0]] row-major, of src_dtype */
+    int src_dtype;         /* MODEL_F32, or the low-precision base store's MODEL_BF16 / MODEL_F16 */
     uint64_t rows_per_part;
     int perm_heads;        /* > 0: undo HF's rotate_half permute with this many heads */
     uint64_t offset;       /* in the data section */
@@ -132,7 +214,7 @@ static uint64_t src_row(const gtensor *g, uint64_t r)
     return h * hd + (i % 2) * (hd / 2) + i / 2;
 }
 
-/* Add GGUF tensor gname built from HF tensors: the one named pre (suf NULL), or the
+/* Add GGUF tensor gname built from moet tensors: the one named pre (suf NULL), or the
  * n_parts named pre + e + suf stacked along a new outer dim (experts, e = 0..n_parts-1). */
 static int plan_add(plan *p, const model *m, const char *gname, int type, const char *pre,
                     int n_parts, const char *suf, int perm_heads, char *err)
@@ -162,10 +244,13 @@ static int plan_add(plan *p, const model *m, const char *gname, int type, const 
         const model_tensor *mt = model_find(m, name);
         if (!mt) return err_set(err, "model has no tensor %s (needed for GGUF %s)", name, gname);
         if (!first) first = mt;
-        else if (mt->ndim != first->ndim || mt->shape[0] != first->shape[0] || mt->shape[1] != first->shape[1])
+        else if (mt->ndim != first->ndim || mt->shape[0] != first->shape[0] || mt->shape[1] != first->shape[1] ||
+                 mt->low != first->low)
             return err_set(err, "GGUF %s: the stacked tensors differ in shape", gname);
-        g->parts[e] = m->w + mt->offset;
+        g->parts[e] = mt->low ? mt->data : (const void *)(m->w + mt->offset);
+        if (!g->parts[e]) return err_set(err, "GGUF %s: %s has no data", gname, name);
     }
+    g->src_dtype = first->low ? m->base_dtype : MODEL_F32;
     if (first->ndim == 1) {
         g->ndim = 1;
         g->ne[0] = (uint64_t)first->shape[0];
@@ -190,41 +275,60 @@ static void plan_free(plan *p)
     free(p->t);
 }
 
-/* Every tensor llama.cpp's llama architecture loads (src/models/llama.cpp), in the order
- * convert_hf_to_gguf.py writes them. Norms and the router stay F32 as it keeps them. */
+/* Every tensor the family's llama.cpp architecture loads, in the order convert_hf_to_gguf.py
+ * writes them. Norms, biases and routers stay F32 as it keeps them. */
 static int plan_model(plan *p, const model *m, int wt, char *err)
 {
     const model_config *c = &m->c;
+    const model_family *F = model_family_get(c->family);
+    const arch_desc *A = &archs[c->family];
     char g[64], hf[160], hf2[32];
+#define ADD(gfmt, type, pre, ...)                                                                                  \
+    (snprintf(g, sizeof g, "blk.%d.%s", l, gfmt), snprintf(hf, sizeof hf, "model.layers.%d.%s", l, pre),          \
+     plan_add(p, m, g, type, hf, __VA_ARGS__, err))
     if (plan_add(p, m, "token_embd.weight", wt, "model.embed_tokens.weight", 1, NULL, 0, err)) return -1;
     for (int l = 0; l < c->n_layers; l++) {
-        static const struct { const char *g, *hf; int type_f32, perm; } one[] = {
-            {"attn_norm", "input_layernorm.weight", 1, 0},
-            {"attn_q", "self_attn.q_proj.weight", 0, 'q'},
-            {"attn_k", "self_attn.k_proj.weight", 0, 'k'},
-            {"attn_v", "self_attn.v_proj.weight", 0, 0},
-            {"attn_output", "self_attn.o_proj.weight", 0, 0},
-            {"ffn_norm", "post_attention_layernorm.weight", 1, 0},
-            {"ffn_gate_inp", "block_sparse_moe.gate.weight", 1, 0},
-        };
-        for (size_t i = 0; i < sizeof one / sizeof *one; i++) {
-            snprintf(g, sizeof g, "blk.%d.%s.weight", l, one[i].g);
-            snprintf(hf, sizeof hf, "model.layers.%d.%s", l, one[i].hf);
-            int heads = one[i].perm == 'q' ? c->n_heads : one[i].perm == 'k' ? c->n_kv_heads : 0;
-            if (plan_add(p, m, g, one[i].type_f32 ? GGML_F32 : wt, hf, 1, NULL, heads, err)) return -1;
+        int hq = A->permute_qk ? c->n_heads : 0, hk = A->permute_qk ? c->n_kv_heads : 0;
+        if (ADD("attn_norm.weight", GGML_F32, "input_layernorm.weight", 1, NULL, 0) ||
+            ADD("attn_q.weight", wt, "self_attn.q_proj.weight", 1, NULL, hq) ||
+            ADD("attn_k.weight", wt, "self_attn.k_proj.weight", 1, NULL, hk) ||
+            ADD("attn_v.weight", wt, "self_attn.v_proj.weight", 1, NULL, 0))
+            return -1;
+        if (c->qkv_bias && (ADD("attn_q.bias", GGML_F32, "self_attn.q_proj.bias", 1, NULL, 0) ||
+                            ADD("attn_k.bias", GGML_F32, "self_attn.k_proj.bias", 1, NULL, 0) ||
+                            ADD("attn_v.bias", GGML_F32, "self_attn.v_proj.bias", 1, NULL, 0)))
+            return -1;
+        if (c->qk_norm && (ADD("attn_q_norm.weight", GGML_F32, "self_attn.q_norm.weight", 1, NULL, 0) ||
+                           ADD("attn_k_norm.weight", GGML_F32, "self_attn.k_norm.weight", 1, NULL, 0)))
+            return -1;
+        if (ADD("attn_output.weight", wt, "self_attn.o_proj.weight", 1, NULL, 0) ||
+            ADD("ffn_norm.weight", GGML_F32, "post_attention_layernorm.weight", 1, NULL, 0))
+            return -1;
+        char gate[64], exps[64];
+        snprintf(gate, sizeof gate, "%s.gate.weight", F->moe_prefix);
+        snprintf(exps, sizeof exps, "%s.experts.", F->moe_prefix);
+        if (ADD("ffn_gate_inp.weight", GGML_F32, gate, 1, NULL, 0)) return -1;
+        static const struct { const char *g; int proj; } ex[] = {
+            {"ffn_gate_exps.weight", PROJ_GATE}, {"ffn_down_exps.weight", PROJ_DOWN}, {"ffn_up_exps.weight", PROJ_UP}};
+        for (size_t i = 0; i < sizeof ex / sizeof *ex; i++) {
+            snprintf(hf2, sizeof hf2, ".%s.weight", F->proj[ex[i].proj]);
+            if (ADD(ex[i].g, wt, exps, c->n_experts, hf2, 0)) return -1;
         }
-        static const struct { const char *g, *w; } exps[] = {
-            {"ffn_gate_exps", "w1"}, {"ffn_down_exps", "w2"}, {"ffn_up_exps", "w3"}};
-        for (size_t i = 0; i < sizeof exps / sizeof *exps; i++) {
-            snprintf(g, sizeof g, "blk.%d.%s.weight", l, exps[i].g);
-            snprintf(hf, sizeof hf, "model.layers.%d.block_sparse_moe.experts.", l);
-            snprintf(hf2, sizeof hf2, ".%s.weight", exps[i].w);
-            if (plan_add(p, m, g, wt, hf, c->n_experts, hf2, 0, err)) return -1;
+        if (model_layer_dense_ffn(c, l) > 0) { /* the shared expert (dense layers are refused) */
+            if (ADD("ffn_gate_inp_shexp.weight", GGML_F32, "mlp.shared_expert_gate.weight", 1, NULL, 0)) return -1;
+            p->t[p->n - 1].ndim = 1; /* [1, D] in HF, a vector [n_embd] in llama.cpp */
+            if (ADD("ffn_gate_shexp.weight", wt, "mlp.shared_expert.gate_proj.weight", 1, NULL, 0) ||
+                ADD("ffn_down_shexp.weight", wt, "mlp.shared_expert.down_proj.weight", 1, NULL, 0) ||
+                ADD("ffn_up_shexp.weight", wt, "mlp.shared_expert.up_proj.weight", 1, NULL, 0))
+                return -1;
         }
     }
+#undef ADD
     if (plan_add(p, m, "output_norm.weight", GGML_F32, "model.norm.weight", 1, NULL, 0, err)) return -1;
-    /* Tied: llama.cpp uses token_embd when output is absent. */
-    if (!c->tie_embeddings && plan_add(p, m, "output.weight", wt, "lm_head.weight", 1, NULL, 0, err)) return -1;
+    /* Tied: llama's and qwen3moe's loaders use token_embd when output is absent; qwen2moe's and
+     * olmoe's require output, so the embedding is written twice. */
+    if (!c->tie_embeddings) return plan_add(p, m, "output.weight", wt, "lm_head.weight", 1, NULL, 0, err);
+    if (A->output_always) return plan_add(p, m, "output.weight", wt, "model.embed_tokens.weight", 1, NULL, 0, err);
     return 0;
 }
 
@@ -381,13 +485,23 @@ static int vocab_kvs(kvs *k, const tok *t, int n, char *err)
 
 /* ------------------------------------------------------------------ writing */
 
-static int write_tensor(fs_atomic *w, const gtensor *g, unsigned char *out, char *err)
+/* Stream g's rows, converted to its type, through out (GGUF_CHUNK bytes); row (ne[0] floats)
+ * holds a row of a low-precision source widened to fp32. */
+static int write_tensor(fs_atomic *w, const gtensor *g, unsigned char *out, float *row, char *err)
 {
     size_t esz = type_size(g->type), row_bytes = (size_t)g->ne[0] * esz, fill = 0;
     uint64_t rows = g->rows_per_part;
     for (int e = 0; e < g->n_parts; e++)
         for (uint64_t r = 0; r < rows; r++) {
-            const float *x = g->parts[e] + src_row(g, r) * g->ne[0];
+            const float *x;
+            uint64_t at = src_row(g, r) * g->ne[0];
+            if (g->src_dtype == MODEL_F32) x = (const float *)g->parts[e] + at;
+            else {
+                const uint16_t *lo = (const uint16_t *)g->parts[e] + at;
+                if (g->src_dtype == MODEL_BF16) half_widen_bf16(row, lo, (size_t)g->ne[0]);
+                else half_widen_f16(row, lo, (size_t)g->ne[0]);
+                x = row;
+            }
             for (size_t done = 0; done < row_bytes;) {   /* a row may exceed the chunk */
                 size_t n = row_bytes - done;
                 if (n > GGUF_CHUNK - fill) n = GGUF_CHUNK - fill;
@@ -439,37 +553,45 @@ int gguf_write_model(const char *path, const model *m, const tok *t, st_dtype dt
     if (tok_vocab_size(t) > c->vocab)
         return err_set(err, "%s: tokenizer has %d tokens, more than the model's vocab_size %d", path,
                        tok_vocab_size(t), c->vocab);
-    if (c->head_dim % 2) return err_set(err, "%s: head_dim %d is odd; RoPE needs it even", path, c->head_dim);
+    if (gguf_check_model(c, err)) return err_wrap(err, "%s", path);
 
     plan p = {0};
     kvs k = {0};
     buf h = {0};
     unsigned char *chunk = NULL;
+    float *row = NULL;
     fs_atomic w = {.fd = -1};
     if (plan_model(&p, m, wt, err)) goto fail;
 
     char nm[256];
     base_name(name && *name ? name : "moet", nm, sizeof nm);
-    kv_str(&k, "general.architecture", "llama");
+    const model_family *F = model_family_get(c->family);
+    const char *a = F->gguf_arch;
+    int qwen = c->family == FAM_QWEN3_MOE || c->family == FAM_QWEN2_MOE;
+    kv_str(&k, "general.architecture", a);
     kv_str(&k, "general.type", "model");
     kv_str(&k, "general.name", nm);
     kv_u32(&k, "general.alignment", GGUF_ALIGN);
-    kv_u32(&k, "llama.block_count", (uint32_t)c->n_layers);
-    kv_u32(&k, "llama.context_length", (uint32_t)c->max_pos);
-    kv_u32(&k, "llama.embedding_length", (uint32_t)c->dim);
-    kv_u32(&k, "llama.feed_forward_length", (uint32_t)c->ffn);
-    kv_u32(&k, "llama.attention.head_count", (uint32_t)c->n_heads);
-    kv_u32(&k, "llama.attention.head_count_kv", (uint32_t)c->n_kv_heads);
-    kv_f32(&k, "llama.rope.freq_base", (float)c->rope_theta);
-    kv_f32(&k, "llama.attention.layer_norm_rms_epsilon", (float)c->norm_eps);
-    kv_u32(&k, "llama.expert_count", (uint32_t)c->n_experts);
-    kv_u32(&k, "llama.expert_used_count", (uint32_t)c->top_k);
+    kv_arch_u32(&k, a, "block_count", (uint32_t)c->n_layers);
+    kv_arch_u32(&k, a, "context_length", (uint32_t)c->max_pos);
+    kv_arch_u32(&k, a, "embedding_length", (uint32_t)c->dim);
+    /* Qwen: intermediate_size (the dense MLP's), as convert_hf_to_gguf.py writes it; the
+     * experts' size is expert_feed_forward_length */
+    kv_arch_u32(&k, a, "feed_forward_length", (uint32_t)(qwen ? c->dense_ffn : c->ffn));
+    kv_arch_u32(&k, a, "attention.head_count", (uint32_t)c->n_heads);
+    kv_arch_u32(&k, a, "attention.head_count_kv", (uint32_t)c->n_kv_heads);
+    kv_arch_f32(&k, a, "rope.freq_base", (float)c->rope_theta);
+    kv_arch_f32(&k, a, "attention.layer_norm_rms_epsilon", (float)c->norm_eps);
+    kv_arch_u32(&k, a, "expert_count", (uint32_t)c->n_experts);
+    kv_arch_u32(&k, a, "expert_used_count", (uint32_t)c->top_k);
+    if (qwen) kv_arch_u32(&k, a, "expert_feed_forward_length", (uint32_t)c->ffn);
+    if (c->family == FAM_QWEN2_MOE) kv_arch_u32(&k, a, "expert_shared_feed_forward_length", (uint32_t)c->shared_ffn);
     /* Written always: llama.cpp otherwise assumes embedding_length / head_count. */
-    kv_u32(&k, "llama.attention.key_length", (uint32_t)c->head_dim);
-    kv_u32(&k, "llama.attention.value_length", (uint32_t)c->head_dim);
+    kv_arch_u32(&k, a, "attention.key_length", (uint32_t)c->head_dim);
+    kv_arch_u32(&k, a, "attention.value_length", (uint32_t)c->head_dim);
     kv_u32(&k, "general.file_type", wt == GGML_F32 ? FTYPE_ALL_F32 : wt == GGML_F16 ? FTYPE_MOSTLY_F16 : FTYPE_MOSTLY_BF16);
-    kv_u32(&k, "llama.vocab_size", (uint32_t)c->vocab);
-    kv_u32(&k, "llama.rope.dimension_count", (uint32_t)c->head_dim);
+    kv_arch_u32(&k, a, "vocab_size", (uint32_t)c->vocab);
+    kv_arch_u32(&k, a, "rope.dimension_count", (uint32_t)c->head_dim);
     if (vocab_kvs(&k, t, c->vocab, err)) goto fail;
 
     put(&h, "GGUF", 4);
@@ -493,16 +615,20 @@ int gguf_write_model(const char *path, const model *m, const tok *t, st_dtype dt
         err_set(err, "out of memory");
         goto fail;
     }
+    uint64_t widest = 1;
+    for (int i = 0; i < p.n; i++) widest = p.t[i].ne[0] > widest ? p.t[i].ne[0] : widest;
     chunk = malloc(GGUF_CHUNK);
-    if (!chunk) {
+    row = malloc((size_t)widest * sizeof *row);
+    if (!chunk || !row) {
         err_set(err, "out of memory");
         goto fail;
     }
     if (fs_atomic_open(&w, path, err) || fs_atomic_write(&w, h.p, h.n, err) || write_pad(&w, h.n, err))
         goto fail;
     for (int i = 0; i < p.n; i++)
-        if (write_tensor(&w, &p.t[i], chunk, err) || write_pad(&w, p.t[i].nbytes, err)) goto fail;
+        if (write_tensor(&w, &p.t[i], chunk, row, err) || write_pad(&w, p.t[i].nbytes, err)) goto fail;
     if (fs_atomic_commit(&w, err)) goto fail;
+    free(row);
     free(chunk);
     free(h.p);
     free(k.b.p);
@@ -510,6 +636,7 @@ int gguf_write_model(const char *path, const model *m, const tok *t, st_dtype dt
     return 0;
 fail:
     if (w.fd >= 0) fs_atomic_abort(&w);
+    free(row);
     free(chunk);
     free(h.p);
     free(k.b.p);

@@ -2,29 +2,40 @@
 
 usage: compare.py MOET LLAMA_CHECK SHARED WORKDIR
 
-For four models -- A: the golden tiny-mixtral; B: a random one of another shape
+For these models -- A: the golden tiny-mixtral; B: a random one of another shape
 (head_dim != hidden/heads, GQA 3:1, 6 experts top-3, 3 layers, tied embeddings);
 C: a small random one with the 32000-token Mistral tokenizer and its vocab padded to 32003;
-D: a tiny one with the byte-level Qwen3 tokenizer and Qwen3's vocab size 151936 --
+D: a tiny one with the byte-level Qwen3 tokenizer and Qwen3's vocab size 151936;
+Q3 / Q2 / OL: random Qwen3-MoE (per-head q/k norm, head_dim != hidden/heads, renormalised
+top-3, tied), Qwen2-MoE (q/k/v bias, sigmoid-gated shared expert, raw top-2, tied) and OLMoE
+(q/k norm over the whole projection, raw top-2) models with the Mistral tokenizer's vocab,
+exported with llama.cpp's qwen3moe / qwen2moe / olmoe architectures; and the golden
+tiny-qwen3moe and tiny-qwen2moe (with the golden Mixtral tokenizer) --
 `moet export --format gguf` is loaded by llama.cpp (llama_check) and compared with moet:
 
   logits   every position of each sequence, llama.cpp vs `moet forward`:
            rel = norm(diff) / norm(moet) per position (the max is reported) and overall;
            F32 within 1e-4, F16 within 5e-3, BF16 within 3e-2 (llama.cpp also rounds the
            activations to the weights' type in its matmuls, so 16-bit files differ by more
-           than the weight rounding). A's F32 logits are also checked against Hugging Face's
-           own (golden logits_step0) within 1e-4.
+           than the weight rounding). The F32 logits of A and of the golden Qwen cases are also
+           checked against the golden logits_step0 within 1e-4.
            With 16-bit weights a token whose routing is a near tie (in some layer the k-th and
            (k+1)-th router logits of moet differ by less than NEAR_TIE[dtype]) may pick another expert
            in llama.cpp, a jump no tolerance should hide: a position over the bound is excused
-           when its routing is such a near tie (they are counted, and may be at most a quarter
-           of the positions); every other position must meet it. F32 excuses nothing.
+           when its routing is such a near tie, or when an earlier position's is in a layer below
+           the last (the flipped expert's output reaches later positions through the attention
+           above it); they are counted and may be at most a quarter of the positions; every
+           other position, and every position before the first near tie, must meet it. F32
+           excuses nothing.
   tokens   llama.cpp's tokenization of sample texts (ASCII, accents, CJK, emoji, whitespace
            runs, newlines, tabs, special tokens) equals `moet tokenize`, with and without BOS;
            and llama.cpp reproduces the reference ids Hugging Face gave (tokenizer_golden.json
-           for A and B, mistral-tokenizer/reference_ids.json for C, qwen3-tokenizer's for D,
-           where texts llama.cpp's own byte-level code is known to split otherwise -- no NFC,
-           combining marks of some scripts -- are counted apart and excused).
+           for A and B, mistral-tokenizer/reference_ids.json for C and, its first 100, for
+           Q3, Q2, OL (the other architectures embed the same tokenizer), qwen3-tokenizer's
+           for D, where texts llama.cpp's own byte-level code is known to split otherwise --
+           no NFC, combining marks of some scripts -- are counted apart and excused).
+The options llama.cpp's architectures lack (dense layers, clip_qkv, ...) are refused by the
+export; tests/t_families.sh checks those refusals.
 Prints one line per check, OK / NOT OK, and exits 1 if any is NOT OK.
 """
 import json
@@ -78,27 +89,34 @@ def run(cmd, stdin=None):
     return r.stdout.decode()
 
 
-def export(moet, model_dir, work, name, dtype):
+def export(moet, model_dir, work, name, dtype, tokenizer=None):
     out = os.path.join(work, f"{name}-{dtype}")
-    run([moet, "export", model_dir, out, "--format", "gguf", "--dtype", dtype])
+    run([moet, "export", model_dir, out, "--format", "gguf", "--dtype", dtype] +
+        (["--tokenizer", tokenizer] if tokenizer else []))
     return os.path.join(out, f"model-{dtype}.gguf")
 
 
 def moet_logits(moet, model_dir, work, name, seqs):
     """moet forward on sequences of equal length -> logits [B, T, V] and, per position, the
-    smallest gap over layers between the k-th and (k+1)-th largest router logit [B, T]."""
+    smallest gap between the k-th and (k+1)-th largest router logit [B, T] over all MoE
+    layers (gap) and over those below the last layer (gap_below: a routing flip there also
+    reaches later positions, through the attention of the layers above)."""
     batch, out = os.path.join(work, f"{name}-batch.safetensors"), os.path.join(work, f"{name}-out.safetensors")
     sttools.write(batch, {"input_ids": np.array(seqs, dtype=np.int64)})
     run([moet, "forward", model_dir, "--batch", batch, "--out", out])
     o = sttools.read(out)
-    k = json.load(open(os.path.join(model_dir, "config.json")))["num_experts_per_tok"]
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    k, L = cfg["num_experts_per_tok"], cfg["num_hidden_layers"]
     B, T = len(seqs), len(seqs[0])
-    gap = np.full((B, T), np.inf)
+    gap, gap_below = np.full((B, T), np.inf), np.full((B, T), np.inf)
     for name in (n for n in o if n.startswith("router_logits.layer")):
         s = -np.sort(-o[name].astype(np.float64), axis=1)
         if s.shape[1] > k:
-            gap = np.minimum(gap, (s[:, k - 1] - s[:, k]).reshape(B, T))
-    return o["logits"], gap
+            g = (s[:, k - 1] - s[:, k]).reshape(B, T)
+            gap = np.minimum(gap, g)
+            if int(name[len("router_logits.layer"):]) < L - 1:
+                gap_below = np.minimum(gap_below, g)
+    return o["logits"], gap, gap_below
 
 
 def llama_logits(check, gguf, work, seq):
@@ -130,13 +148,16 @@ def compare_logits(what, got, ref, tol, near_tie=None):
                f"overall {overall:.2e}  (tol {tol:g})")
 
 
-def check_model(moet, check, work, name, model_dir, seqs, dtypes, hf_logits=None):
-    ref, gap = moet_logits(moet, model_dir, work, name, seqs)
+def check_model(moet, check, work, name, model_dir, seqs, dtypes, hf_logits=None, tokenizer=None):
+    ref, gap, gap_below = moet_logits(moet, model_dir, work, name, seqs)
     for dt in dtypes:
-        gguf = export(moet, model_dir, work, name, dt)
+        gguf = export(moet, model_dir, work, name, dt, tokenizer)
         for i, seq in enumerate(seqs):
             got = llama_logits(check, gguf, work, seq)
-            near_tie = gap[i] < NEAR_TIE[dt] if dt != "f32" else None
+            near_tie = None
+            if dt != "f32":  # a near tie at this position, or below the last layer at an earlier one
+                upstream = np.maximum.accumulate(gap_below[i] < NEAR_TIE[dt])
+                near_tie = (gap[i] < NEAR_TIE[dt]) | np.concatenate(([False], upstream[:-1]))
             compare_logits(f"{name} {dt} seq {i}: llama.cpp vs moet forward", got, ref[i], TOL[dt], near_tie)
             if dt == "f32" and hf_logits is not None and i < len(hf_logits):
                 compare_logits(f"{name} {dt} seq {i}: llama.cpp vs HF golden", got, hf_logits[i], TOL[dt])
@@ -225,6 +246,42 @@ def main():
     d_seq = rng.integers(0, 151936, 24).tolist()
     d = check_model(moet, check, work, "D", d_dir, [d_seq], ["f32"])
     check_tokens(moet, check, "D", qtok, d, qrefs, bytelevel=True)
+
+    # The other families, each with llama.cpp's own architecture (qwen3moe, qwen2moe, olmoe:
+    # NEOX RoPE, q/k rows as HF) and the Mistral tokenizer's vocab.
+    fam_models = [
+        # Q3: per-head q/k norm, head_dim 16 != 48/4, GQA 2:1, 6 experts top-3 renormalised,
+        # tied (qwen3moe falls back to token_embd), 3 layers
+        ("Q3", ["model_type=qwen3_moe", "hidden_size=48", "intermediate_size=64", "moe_intermediate_size=24",
+                "num_hidden_layers=3", "num_attention_heads=4", "num_key_value_heads=2", "head_dim=16",
+                "num_experts=6", "num_experts_per_tok=3", "norm_topk_prob=true", "tie_word_embeddings=true",
+                "rms_norm_eps=1e-06", "seed=3"]),
+        # Q2: q/k/v bias, sigmoid-gated shared expert of 40, raw top-2 of 6, GQA, tied (written
+        # as output too: qwen2moe requires it)
+        ("Q2", ["model_type=qwen2_moe", "hidden_size=48", "intermediate_size=64", "moe_intermediate_size=24",
+                "shared_expert_intermediate_size=40", "num_attention_heads=4", "num_key_value_heads=2",
+                "num_experts=6", "num_experts_per_tok=2", "norm_topk_prob=false", "tie_word_embeddings=true",
+                "rope_theta=10000.0", "rms_norm_eps=1e-06", "seed=4"]),
+        # OL: q/k RMSNorm over the whole projections, raw top-2 of 8
+        ("OL", ["model_type=olmoe", "hidden_size=48", "intermediate_size=32", "num_attention_heads=4",
+                "num_key_value_heads=4", "num_experts=8", "num_experts_per_tok=2", "norm_topk_prob=false",
+                "rope_theta=10000.0", "seed=5"]),
+    ]
+    for name, keys in fam_models:
+        d = os.path.join(work, f"model-{name}")
+        run([py, os.path.join(HERE, "make_model.py"), d, mtok, "vocab_size=32000"] + keys)
+        seqs = [[1] + rng.integers(3, 32000, 47).tolist() for _ in range(2)]
+        f = check_model(moet, check, work, name, d, seqs, ["f32", "f16", "bf16"])
+        check_tokens(moet, check, name, mtok, f, mrefs[:100])
+
+    # The golden Qwen cases (no tokenizer of their own: the golden Mixtral one, vocab padded),
+    # also against the golden logits (the float64 port of transformers).
+    for case in ("tiny-qwen3moe", "tiny-qwen2moe"):
+        gd = os.path.join(shared, "golden", case)
+        gg = sttools.read(os.path.join(gd, "golden.safetensors"))
+        rows = [list(map(int, r)) for r in gg["input_ids"][0]]
+        check_model(moet, check, work, case, os.path.join(gd, "model"), rows, ["f32"],
+                    hf_logits=gg["logits_step0"], tokenizer=gtok)
 
     print(f"llama.cpp vs moet: {'all OK' if not bad else f'{bad} NOT OK'}")
     sys.exit(1 if bad else 0)
