@@ -198,6 +198,7 @@ static int read_family_keys(const cJSON *o, model_config *c, char *err)
             get_int(o, "decoder_sparse_step", 1, 0, &c->sparse_step, err))
             return -1;
         if (c->sparse_step < 1) return err_set(err, "config.json: decoder_sparse_step %d must be >= 1", c->sparse_step);
+        if (get_int(o, "max_window_layers", 0, 0, &c->max_window_layers, err)) return -1;
         const cJSON *ml = cJSON_GetObjectItemCaseSensitive(o, "mlp_only_layers"), *it;
         if (ml && !cJSON_IsNull(ml)) {
             if (!cJSON_IsArray(ml)) return err_set(err, "config.json: 'mlp_only_layers' must be a list of layer indices");
@@ -326,7 +327,10 @@ char *model_config_to_json(const model_config *c, const char *dtype)
     cJSON_AddStringToObject(o, "dtype", dtype ? dtype : "float32");
     if (c->eos_id >= 0) cJSON_AddNumberToObject(o, "eos_token_id", c->eos_id);
     else cJSON_AddNullToObject(o, "eos_token_id");
-    if (fam != FAM_OLMOE) cJSON_AddNumberToObject(o, "head_dim", c->head_dim);
+    /* Qwen2MoeConfig has no head_dim (attention falls back to hidden/heads): written only when
+     * it differs; OLMoE's attention always uses hidden/heads */
+    if (fam == FAM_MIXTRAL || fam == FAM_QWEN3_MOE || (fam == FAM_QWEN2_MOE && c->head_dim * c->n_heads != c->dim))
+        cJSON_AddNumberToObject(o, "head_dim", c->head_dim);
     cJSON_AddStringToObject(o, "hidden_act", "silu");
     cJSON_AddNumberToObject(o, "hidden_size", c->dim);
     cJSON_AddNumberToObject(o, "initializer_range", c->init_std);
@@ -336,6 +340,8 @@ char *model_config_to_json(const model_config *c, const char *dtype)
         for (int l = 0; l < c->n_layers; l++) cJSON_AddItemToArray(lt, cJSON_CreateString("full_attention"));
     }
     cJSON_AddNumberToObject(o, "max_position_embeddings", c->max_pos);
+    if (fam == FAM_QWEN2_MOE || (fam == FAM_QWEN3_MOE && c->max_window_layers > 0))
+        cJSON_AddNumberToObject(o, "max_window_layers", c->max_window_layers > 0 ? c->max_window_layers : 28);
     if (qwen) {
         cJSON *ml = cJSON_AddArrayToObject(o, "mlp_only_layers");
         for (int l = 0; l < c->n_layers; l++)
@@ -362,7 +368,9 @@ char *model_config_to_json(const model_config *c, const char *dtype)
     cJSON_AddNumberToObject(o, "router_aux_loss_coef", c->aux_coef);
     if (fam == FAM_MIXTRAL) cJSON_AddNumberToObject(o, "router_jitter_noise", 0.0);
     if (fam == FAM_QWEN2_MOE) cJSON_AddNumberToObject(o, "shared_expert_intermediate_size", c->shared_ffn);
-    if (fam == FAM_MIXTRAL || qwen) {
+    /* without a window: null (MixtralConfig, Qwen3MoeConfig), 0 (Qwen2MoeConfig sets it so) */
+    if (fam == FAM_QWEN2_MOE && c->sliding_window <= 0) cJSON_AddNumberToObject(o, "sliding_window", 0);
+    else if (fam == FAM_MIXTRAL || qwen) {
         if (c->sliding_window > 0) cJSON_AddNumberToObject(o, "sliding_window", c->sliding_window);
         else cJSON_AddNullToObject(o, "sliding_window");
     }

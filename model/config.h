@@ -42,6 +42,8 @@ typedef struct {
     int pad_id;         /* pad_token_id: the embedding's padding_idx (its row gets no gradient); -1 none */
     double init_std;    /* initializer_range */
     int sparse_step;    /* decoder_sparse_step (Qwen); 0 or 1: every layer */
+    int max_window_layers; /* Qwen's max_window_layers, kept for config.json only (no sliding
+                              window is used); 0 absent (Qwen2-MoE then writes its default 28) */
     unsigned char mlp_only[MODEL_MAX_LAYERS]; /* 1: listed in mlp_only_layers (Qwen) */
 } model_config;
 
