@@ -4,8 +4,9 @@
 usage: tools/report.py RUN_DIR        (writes RUN_DIR/report.svg; stdlib only)
 
 The SVG shows train loss (ce), val loss, learning rate, and the expert load of every
-layer over the run as a heat map (fraction of routed tokens per expert; 1/E is perfect
-balance). The table prints the same at a few points in the run.
+MoE layer over the run as a heat map (fraction of routed tokens per expert; 1/E is perfect
+balance; dense MLP layers route nothing and are not drawn; `moe_layers` in metrics.jsonl
+names the layers). The table prints the same at a few points in the run.
 """
 import json
 import math
@@ -51,12 +52,13 @@ def svg(run, train, val):
                f'<text x="{x0 + 80}" y="{y0 + 16}" fill="#d62728">val loss</text>'
                f'<text x="{x0 + 150}" y="{y0 + 16}" fill="#999">lr (scaled)</text>\n')
     L, E = len(train[-1]["expert_load"]), len(train[-1]["expert_load"][0])
+    names = layer_names(train[-1])
     cols = min(len(train), 120)
     pick = [train[int(i * (len(train) - 1) / max(cols - 1, 1))] for i in range(cols)]
     cw = w / cols
     for l in range(L):
         top = 280 + 110 * l
-        out.append(f'<text x="20" y="{top - 4}">layer {l}: expert load over the run (white = 1/E, red = overloaded, blue = starved)</text>\n')
+        out.append(f'<text x="20" y="{top - 4}">layer {names[l]}: expert load over the run (white = 1/E, red = overloaded, blue = starved)</text>\n')
         ch = 90 / E
         for j, r in enumerate(pick):
             for e in range(E):
@@ -72,11 +74,17 @@ def svg(run, train, val):
     return path
 
 
+def layer_names(r):
+    """The model layer of each expert_load row: moe_layers (dense MLP layers have no row), or
+    0..n-1 in metrics of older runs, where every layer was an MoE layer."""
+    return r.get("moe_layers") or list(range(len(r["expert_load"])))
+
+
 def table(train, val):
     vmap = {r["step"]: r for r in val}
     n = len(train)
     idx = sorted(set([0, n // 4, n // 2, 3 * n // 4, n - 1]))
-    print(f"{'step':>6} {'loss':>8} {'ce':>8} {'aux':>7} {'lr':>9} {'tok/s':>8} {'val_loss':>9} {'val_ppl':>9}  load imbalance (max/mean) per layer")
+    print(f"{'step':>6} {'loss':>8} {'ce':>8} {'aux':>7} {'lr':>9} {'tok/s':>8} {'val_loss':>9} {'val_ppl':>9}  load imbalance (max/mean) per MoE layer {layer_names(train[-1])}")
     for i in idx:
         r = train[i]
         v = vmap.get(r["step"])
@@ -85,7 +93,7 @@ def table(train, val):
         print(f"{r['step']:6d} {r['loss']:8.4f} {r['ce_loss']:8.4f} {r['aux_loss']:7.4f} {r['lr']:9.2e} {r['tokens_per_s']:8.0f} {vl}  {imb}")
     last = train[-1]["expert_load"]
     print("expert load at the last step (fraction of routed tokens; balanced = %.3f):" % (1 / len(last[0])))
-    for l, row in enumerate(last):
+    for l, row in zip(layer_names(train[-1]), last):
         print(f"  layer {l}: " + " ".join(f"{x:.3f}" for x in row))
 
 

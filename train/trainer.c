@@ -481,18 +481,29 @@ static void log_step(trainer *tr, const step_result *r, double elapsed, double a
             "{\"step\": %d, \"loss\": %.9g, \"ce_loss\": %.9g, \"aux_loss\": %.9g, \"z_loss\": %.9g, \"lr\": %.9g, "
             "\"grad_norm\": %.9g, \"tokens_per_s\": %.1f, \"tokens\": %lld, \"elapsed_s\": %.3f, \"expert_load\": [",
             tr->step, r->loss, r->ce, r->aux, r->z, r->lr, r->grad_norm, tps, tr->tokens_seen, elapsed);
+    /* MoE layers only (a dense MLP layer routes nothing), in layer order; moe_layers names them */
     double picks = (double)r->tokens * k;
+    const char *sep = "";
     for (int l = 0; l < L; l++) {
-        fprintf(tr->metrics, "%s[", l ? ", " : "");
+        if (!model_layer_is_moe(&tr->m.c, l)) continue;
+        fprintf(tr->metrics, "%s[", sep);
         for (int e = 0; e < E; e++) fprintf(tr->metrics, "%s%.4f", e ? ", " : "", tr->load[l * E + e] / picks);
         fprintf(tr->metrics, "]");
+        sep = ", ";
     }
     fprintf(tr->metrics, "], \"load_imbalance\": [");
+    sep = "";
     for (int l = 0; l < L; l++) {
+        if (!model_layer_is_moe(&tr->m.c, l)) continue;
         long mx = 0;
         for (int e = 0; e < E; e++) mx = tr->load[l * E + e] > mx ? tr->load[l * E + e] : mx;
-        fprintf(tr->metrics, "%s%.4f", l ? ", " : "", mx / (picks / E));
+        fprintf(tr->metrics, "%s%.4f", sep, mx / (picks / E));
+        sep = ", ";
     }
+    fprintf(tr->metrics, "], \"moe_layers\": [");
+    sep = "";
+    for (int l = 0; l < L; l++)
+        if (model_layer_is_moe(&tr->m.c, l)) fprintf(tr->metrics, "%s%d", sep, l), sep = ", ";
     fprintf(tr->metrics, "]}\n");
     fflush(tr->metrics);
 }
