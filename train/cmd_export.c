@@ -187,6 +187,10 @@ int cmd_export(int argc, char **argv)
     /* hf, merged, gguf of a LoRA run: the merged model (in place on an fp32 store, else tensor
      * by tensor as it is written) */
     if (s.lo && !peft && s.m.base_dtype == MODEL_F32 && lora_merge(&s.m, err)) goto fail;
+    if (!strcmp(format, "gguf") && gguf_check_model(&s.m.c, err)) { /* before anything is written */
+        err_wrap(err, "%s", in);
+        goto fail;
+    }
     if (!strcmp(format, "gguf") && !s.tokenizer[0]) {
         err_set(err, "no tokenizer.json found for %s (GGUF embeds the tokenizer): pass --tokenizer", in);
         goto fail;
