@@ -51,11 +51,13 @@ test:
 test-run: moet $(TEST_BIN)
 	@MOET_BUILD=$(BUILD) tests/run.sh $(TEST_BIN)
 
-# The same C tests under AddressSanitizer + UBSan in their own build dir.
+# The same C tests under AddressSanitizer + UBSan in their own build dir; undefined behaviour
+# stops the test (UBSan only prints by default, and a printed report would pass).
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" \
 	        build-asan/moet $(TEST_SRC:tests/%.c=build-asan/tests/%)
 	@MOET_BIN=build-asan/moet MOET_BUILD=build-asan ASAN_OPTIONS=detect_leaks=0 \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  tests/run.sh --asan $(TEST_SRC:tests/%.c=build-asan/tests/%)
 
 demo:
