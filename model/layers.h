@@ -57,12 +57,15 @@ void attn_backward(float *dqkv, const float *dout, const float *out, const float
 /* ---- small helpers */
 /* expf that GCC vectorises (glibc's expf is a scalar call): Cody-Waite reduction
  * x = n ln2 + r, |r| <= ln2/2, and a degree-7 Taylor polynomial for e^r; relative error
- * below 2e-7 over [-87, 88] (checked against exp() in tests/test_layers.c), 0 below. */
+ * below 2e-7 over [-87, 88] (checked against exp() in tests/test_layers.c), e^-87.3 below,
+ * e^88 above (+inf too), NaN for NaN: a diverging run's NaN reaches the loss, where the
+ * trainer stops on it (the clamp alone lets NaN through to an undefined (int) cast). */
 static inline float model_expf(float x)
 {
-    x = x < -87.33654f ? -87.33654f : x > 88.0f ? 88.0f : x;
-    float n = __builtin_rintf(x * 1.44269504088896341f);
-    float r = x - n * 0.693145751953125f; /* ln2 split in two for an exact product */
+    float c = x < -87.33654f ? -87.33654f : x > 88.0f ? 88.0f : x;
+    c = c == c ? c : 0.0f; /* NaN: compute with 0, return the NaN below */
+    float n = __builtin_rintf(c * 1.44269504088896341f);
+    float r = c - n * 0.693145751953125f; /* ln2 split in two for an exact product */
     r = r - n * 1.42860682030941723212e-6f;
     float p = 1.0f / 5040.0f;
     p = p * r + 1.0f / 720.0f;
@@ -76,7 +79,7 @@ static inline float model_expf(float x)
         int i;
         float f;
     } u = {.i = ((int)n + 127) << 23};
-    return p * u.f;
+    return x == x ? p * u.f : x;
 }
 
 /* Row reductions GCC vectorises: a plain `m = z > m ? z : m` or `s += e` loop is a serial

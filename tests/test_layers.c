@@ -74,6 +74,34 @@ static double rms_loss(const float *x, const float *w, const float *R_, int N, i
     return l;
 }
 
+/* model_expf: relative error <= 2e-7 against exp() over [-87, 88]; clamped outside;
+ * NaN in gives NaN out (issue 14: the clamp let NaN through to an undefined (int) cast,
+ * which UBSan reports in the asan build); row sums with a NaN are NaN. */
+static void test_expf_matches_exp_and_is_defined_for_nan_and_inf(void **state)
+{
+    (void)state;
+    double worst = 0;
+    for (int i = 0; i <= 200000; i++) {
+        float x = -87.0f + 175.0f * (float)i / 200000;
+        double want = exp((double)x), rel = fabs(model_expf(x) - want) / want;
+        worst = rel > worst ? rel : worst;
+    }
+    printf("    model_expf worst relative error over [-87, 88]: %.2e (tolerance 2e-7)\n", worst);
+    assert_true(worst <= 2e-7);
+    assert_true(isnan(model_expf(NAN)) && isnan(model_expf(-NAN)));
+    assert_true(fabs(model_expf(INFINITY) - exp(88.0)) <= 2e-7 * exp(88.0));
+    assert_true(fabs(model_expf(1e38f) - exp(88.0)) <= 2e-7 * exp(88.0));
+    assert_true(model_expf(-INFINITY) >= 0 && model_expf(-INFINITY) <= 1.2e-38f);
+    float row[40];
+    for (int v = 0; v < 40; v++) row[v] = -(float)v;
+    double clean = model_row_expsum(row, 40, 0, 0);
+    assert_true(fabs(clean - 1 / (1 - exp(-1.0))) < 1e-6); /* the geometric series, 40 terms */
+    row[3] = NAN;                                          /* inside the vectorised lanes */
+    assert_true(isnan(model_row_expsum(row, 40, 0, 0)));
+    row[3] = 0, row[37] = NAN;                             /* in the scalar tail */
+    assert_true(isnan(model_row_expsum(row, 40, 0, 1)) && isnan(row[37]));
+}
+
 static void test_rmsnorm_backward_matches_finite_differences(void **state)
 {
     int N = 7, D = 33;
@@ -501,6 +529,7 @@ int main(void)
 {
     rng_seed(&R, getenv("SEED") ? atoi(getenv("SEED")) : 1234, 0);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_expf_matches_exp_and_is_defined_for_nan_and_inf),
         cmocka_unit_test(test_rmsnorm_backward_matches_finite_differences),
         cmocka_unit_test(test_rope_backward_is_the_transpose_and_matches_rotate_half),
         cmocka_unit_test(test_attention_backward_matches_finite_differences),
