@@ -16,6 +16,7 @@ int chat_template_parse(const char *name, chat_template *out, char *err)
 
 int chat_seq_push(chat_seq *s, const int32_t *ids, size_t n, uint8_t mask)
 {
+    if (n == 0) return 0; /* an empty piece ("content": ""): ids may be NULL, nothing to copy */
     if (s->n + n > s->cap) {
         size_t cap = s->cap ? s->cap : 64;
         while (cap < s->n + n) cap *= 2;

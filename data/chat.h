@@ -24,7 +24,9 @@
  * as Qwen's have none: the document starts with <|im_start|>); a mistral conversation
  * that ends with a user turn, and every chatml one, get a final EOS with mask 0
  * (tok_eos_id: "</s>", or "<|endoftext|>" for Qwen), so every rendered document ends
- * with EOS exactly once. */
+ * with EOS exactly once.  An empty content ("") is a turn like any other: its
+ * piece encodes to no ids and the template around it stays (an empty assistant
+ * reply is its EOS / <|im_end|> alone, still a target). */
 #ifndef MOET_CHAT_H
 #define MOET_CHAT_H
 

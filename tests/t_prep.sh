@@ -29,6 +29,14 @@ echo "== chatml template"
 $MOET prep --tokenizer "$TINY" --out "$W/chatml" --seq-len 32 --chat-template chatml $D/prep_chat.jsonl >/dev/null
 check docs "$W/chatml" "$TINY" chatml $D/prep_chat.jsonl
 
+echo "== empty contents in every role (system, user, assistant), both templates"
+for tpl in mistral chatml; do
+    $MOET prep --tokenizer "$TINY" --out "$W/empty-$tpl" --seq-len 32 --chat-template $tpl \
+        --on-error fatal $D/prep_chat_empty.jsonl >"$W/empty.out"
+    grep -q '^prep: 3 documents' "$W/empty.out" || fail "$tpl: 3 conversations with empty turns expected"
+    check docs "$W/empty-$tpl" "$TINY" $tpl $D/prep_chat_empty.jsonl
+done
+
 echo "== 32000-token Mistral tokenizer, paragraphs"
 $MOET prep --tokenizer "$MISTRAL" --out "$W/mistral" --seq-len 48 --split-paragraphs \
     $D/prep_paras.txt $D/prep_text.jsonl $D/prep_chat.jsonl >"$W/mistral.out"
