@@ -106,11 +106,7 @@ int ckpt_load_weights(model *m, const char *path, char *err)
         }
         src[i] = s;
         if (t->low && (int)s->dtype == st_of_model(m->base_dtype)) { /* zero copy: the mapped bytes themselves */
-            long bad = half_first_nonfinite(s->data, (size_t)s->numel, m->base_dtype == MODEL_BF16);
-            if (bad >= 0) {
-                err_set(err, "%s: tensor '%s' holds a non-finite value at element %ld", path, t->name, bad);
-                goto out;
-            }
+            if (st_check_finite(s, err)) goto bad_value; /* NaN / Inf: "tensor 'NAME': element I of N is NaN" */
             model_bind(m, i, s->data);
             mapped = 1;
             src[i] = NULL;
@@ -119,7 +115,7 @@ int ckpt_load_weights(model *m, const char *path, char *err)
     for (int i = 0; i < st_count(f); i++) {
         const char *name = st_at(f, i)->name;
         if (!model_find(m, name) && !(m->c.tie_embeddings && !strcmp(name, "lm_head.weight"))) {
-            err_set(err, "%s: unexpected tensor '%s' (not part of this %s config)", path, name,
+            err_set(err, "%s: unexpected tensor '%s' (not part of this %s config)", path, err_q(name, -1),
                     model_family_get(m->c.family)->model_type);
             goto out;
         }
@@ -128,24 +124,22 @@ int ckpt_load_weights(model *m, const char *path, char *err)
     for (int i = 0; i < m->tab.n; i++) {
         const model_tensor *t = &m->tab.t[i];
         if (!src[i]) continue;
+        if (st_check_finite(src[i], err)) goto bad_value; /* checked as it is read: one pass over the file */
         if (t->low) {
             if (convert_low(src[i], (uint16_t *)t->data, m->base_dtype, path, err)) goto out;
             st_release(src[i]);
             continue;
         }
-        float *dst = m->w + t->offset;
-        if (st_read_f32(src[i], dst, (int64_t)t->numel, err)) {
-            err_wrap(err, "%s: tensor '%s'", path, t->name);
+        if (st_read_f32(src[i], m->w + t->offset, (int64_t)t->numel, err)) {
+            err_wrap(err, "%s", path); /* the message names the tensor already */
             goto out;
         }
         st_release(src[i]);
-        for (size_t j = 0; j < t->numel; j++)
-            if (!isfinite(dst[j])) {
-                err_set(err, "%s: tensor '%s' holds a non-finite value (%g at element %zu)", path, t->name, dst[j], j);
-                goto out;
-            }
     }
     rc = 0;
+    goto out;
+bad_value:
+    err_wrap(err, "%s", path);
 out:
     free(src);
     if (!rc && mapped) { /* the model reads from the mapping until model_free */

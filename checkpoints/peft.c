@@ -32,7 +32,7 @@ int peft_read_config(const char *dir, lora_config *lc, char *base, size_t cap, c
     }
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(o, "peft_type");
     if (cJSON_IsString(pt) && strcmp(pt->valuestring, "LORA")) {
-        err_set(err, "%s: peft_type '%s' is not supported (only LORA)", p, pt->valuestring);
+        err_set(err, "%s: peft_type '%s' is not supported (only LORA)", p, err_q(pt->valuestring, -1));
         goto out;
     }
     const char *unsupported[] = {"use_dora", "rank_pattern", "alpha_pattern", "target_parameters",
@@ -73,7 +73,7 @@ int peft_read_config(const char *dir, lora_config *lc, char *base, size_t cap, c
         if (cJSON_IsString(it) && !strcmp(it->valuestring, "gate")) lc->train_router = 1;
         else {
             err_set(err, "%s: modules_to_save '%s' is not supported (only the router 'gate')", p,
-                    cJSON_IsString(it) ? it->valuestring : "?");
+                    cJSON_IsString(it) ? err_q(it->valuestring, -1) : "?");
             goto out;
         }
     }
@@ -109,14 +109,17 @@ int peft_load_weights(lora *lo, const char *dir, char *err)
                     (long long)t->shape[1]);
             goto out;
         }
-        if (st_read_f32(s, lo->w + t->offset, (int64_t)t->numel, err)) goto out;
+        if (st_check_finite(s, err) || st_read_f32(s, lo->w + t->offset, (int64_t)t->numel, err)) {
+            err_wrap(err, "%s", p);
+            goto out;
+        }
     }
     for (int i = 0; i < st_count(f); i++) {
         const char *name = st_at(f, i)->name;
         int known = 0;
         for (int j = 0; j < lo->tab.n && !known; j++) known = !strcmp(lo->tab.t[j].name, name);
         if (!known) {
-            err_set(err, "%s: unexpected tensor '%s' (adapter_config.json does not describe it)", p, name);
+            err_set(err, "%s: unexpected tensor '%s' (adapter_config.json does not describe it)", p, err_q(name, -1));
             goto out;
         }
     }

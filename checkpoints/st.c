@@ -121,9 +121,11 @@ static int by_begin(const void *a, const void *b)
 }
 
 /* Parse one tensor entry; data offsets go to *sp (validated by the caller). */
-static int parse_entry(const char *path, const char *name, const cJSON *v, st_tensor *t,
+static int parse_entry(const char *path, const char *raw_name, const cJSON *v, st_tensor *t,
                        span *sp, size_t data_len, char *err)
 {
+    char name[ERR_QUOTE_MAX]; /* the name as messages show it */
+    err_quote(name, sizeof name, raw_name, -1, 64);
     if (!cJSON_IsObject(v)) return err_set(err, "%s: tensor '%s': entry is not an object", path, name);
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(v, "dtype");
     const cJSON *sh = cJSON_GetObjectItemCaseSensitive(v, "shape");
@@ -132,7 +134,7 @@ static int parse_entry(const char *path, const char *name, const cJSON *v, st_te
     if (!cJSON_IsArray(sh)) return err_set(err, "%s: tensor '%s': missing \"shape\"", path, name);
     if (!cJSON_IsArray(off)) return err_set(err, "%s: tensor '%s': missing \"data_offsets\"", path, name);
     if (st_dtype_parse(dt->valuestring, &t->dtype) != 0)
-        return err_set(err, "%s: tensor '%s': unknown dtype \"%.32s\"", path, name, dt->valuestring);
+        return err_set(err, "%s: tensor '%s': unknown dtype \"%s\"", path, name, err_q(dt->valuestring, -1));
     int nd = cJSON_GetArraySize(sh);
     if (nd > ST_MAX_DIMS)
         return err_set(err, "%s: tensor '%s': bad shape (%d dimensions, at most %d supported)",
@@ -183,7 +185,7 @@ static int parse_metadata(shard *s, const cJSON *m, char *err)
     const cJSON *kv;
     cJSON_ArrayForEach(kv, m) {
         if (!cJSON_IsString(kv))
-            return err_set(err, "%s: __metadata__ value of '%s' is not a string", s->path, kv->string);
+            return err_set(err, "%s: __metadata__ value of '%s' is not a string", s->path, err_q(kv->string, -1));
         s->meta[2 * s->nmeta] = strdup(kv->string);
         s->meta[2 * s->nmeta + 1] = strdup(kv->valuestring);
         s->nmeta++;
@@ -235,13 +237,13 @@ static int parse_header(shard *s, const char *hdr, size_t hlen, size_t data_len,
         const char *nm = s->t[sp[k].i].name;
         if (sp[k].begin < at) {
             rc = err_set(err, "%s: tensors '%s' and '%s' overlap (data_offsets [%llu, %llu])", path,
-                         s->t[sp[k - 1].i].name, nm, (unsigned long long)sp[k].begin,
+                         err_q(s->t[sp[k - 1].i].name, -1), err_q(nm, -1), (unsigned long long)sp[k].begin,
                          (unsigned long long)sp[k].end);
             goto done;
         }
         if (sp[k].begin > at) {
             rc = err_set(err, "%s: hole of %llu bytes before tensor '%s' (data must be contiguous)",
-                         path, (unsigned long long)(sp[k].begin - at), nm);
+                         path, (unsigned long long)(sp[k].begin - at), err_q(nm, -1));
             goto done;
         }
         s->t[sp[k].i].data = (const char *)s->map + 8 + hlen + sp[k].begin;
@@ -255,7 +257,7 @@ static int parse_header(shard *s, const char *hdr, size_t hlen, size_t data_len,
     qsort(s->t, (size_t)s->n, sizeof *s->t, by_name);
     for (int i = 1; i < s->n; i++)
         if (!strcmp(s->t[i - 1].name, s->t[i].name)) {
-            rc = err_set(err, "%s: duplicate tensor name '%s'", path, s->t[i].name);
+            rc = err_set(err, "%s: duplicate tensor name '%s'", path, err_q(s->t[i].name, -1));
             goto done;
         }
 done:
@@ -311,7 +313,7 @@ static int sort_unique(st_file *f, const char *path, char *err)
     qsort(f->t, (size_t)f->n, sizeof *f->t, by_name);
     for (int i = 1; i < f->n; i++)
         if (!strcmp(f->t[i - 1].name, f->t[i].name))
-            return err_set(err, "%s: duplicate tensor name '%s'", path, f->t[i].name);
+            return err_set(err, "%s: duplicate tensor name '%s'", path, err_q(f->t[i].name, -1));
     return 0;
 }
 
@@ -328,6 +330,8 @@ static int shard_find(const shard *s, const char *name)
 static int shard_name_ok(const char *s)
 {
     if (!s[0] || s[0] == '/') return 0;
+    for (const char *c = s; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) return 0; /* it ends up in paths and messages */
     for (const char *p = s; (p = strstr(p, "..")) != NULL; p += 2)
         if ((p == s || p[-1] == '/') && (p[2] == '\0' || p[2] == '/')) return 0;
     return 1;
@@ -352,7 +356,7 @@ static int index_load(st_file *f, const char *path, char *err)
     const cJSON *v;
     cJSON_ArrayForEach(v, wm) {
         if (!cJSON_IsString(v) || !shard_name_ok(v->valuestring)) {
-            rc = err_set(err, "%s: weight_map entry '%s' does not name a shard file", path, v->string);
+            rc = err_set(err, "%s: weight_map entry '%s' does not name a shard file", path, err_q(v->string, -1));
             goto done;
         }
         names[nu++] = v->valuestring;
@@ -374,7 +378,7 @@ static int index_load(st_file *f, const char *path, char *err)
             goto done;
         }
         if (!fs_exists(sp)) {
-            rc = err_set(err, "%s: shard '%s' named by the index is missing", path, names[i]);
+            rc = err_set(err, "%s: shard '%s' named by the index is missing", path, err_q(names[i], -1));
             goto done;
         }
         f->nsh++;
@@ -386,7 +390,7 @@ static int index_load(st_file *f, const char *path, char *err)
         int j = shard_find(s, v->string);
         if (j < 0) {
             rc = err_set(err, "%s: tensor '%s' is listed in the index but absent from shard '%s'",
-                         path, v->string, v->valuestring);
+                         path, err_q(v->string, -1), err_q(v->valuestring, -1));
             goto done;
         }
         f->t[f->n++] = s->t[j];
@@ -480,10 +484,11 @@ void st_release(const st_tensor *t)
 int st_read_f32(const st_tensor *t, float *dst, int64_t n, char *err)
 {
     if (n != t->numel)
-        return err_set(err, "tensor '%s': asked for %lld values, it has %lld", t->name, (long long)n,
+        return err_set(err, "tensor '%s': asked for %lld values, it has %lld", err_q(t->name, -1), (long long)n,
                        (long long)t->numel);
     if (!is_float(t->dtype))
-        return err_set(err, "tensor '%s': dtype %s is not a float type", t->name, st_dtype_name(t->dtype));
+        return err_set(err, "tensor '%s': dtype %s is not a float type", err_q(t->name, -1),
+                       st_dtype_name(t->dtype));
     const unsigned char *p = t->data;
     if (t->dtype == ST_F32) { memcpy(dst, p, (size_t)n * 4); return 0; }
     #pragma omp parallel for schedule(static) if (n > (1 << 20))
@@ -502,7 +507,7 @@ int st_read_f32(const st_tensor *t, float *dst, int64_t n, char *err)
 int st_read_i64(const st_tensor *t, int64_t *dst, int64_t n, char *err)
 {
     if (n != t->numel)
-        return err_set(err, "tensor '%s': asked for %lld values, it has %lld", t->name, (long long)n,
+        return err_set(err, "tensor '%s': asked for %lld values, it has %lld", err_q(t->name, -1), (long long)n,
                        (long long)t->numel);
     const unsigned char *p = t->data;
     for (int64_t i = 0; i < n; i++) {
@@ -516,7 +521,7 @@ int st_read_i64(const st_tensor *t, int64_t *dst, int64_t n, char *err)
         case ST_U8:   dst[i] = p[i]; break;
         case ST_BOOL: dst[i] = p[i] != 0; break;
         default:
-            return err_set(err, "tensor '%s': dtype %s is not an integer type", t->name,
+            return err_set(err, "tensor '%s': dtype %s is not an integer type", err_q(t->name, -1),
                            st_dtype_name(t->dtype));
         }
     }
@@ -571,7 +576,7 @@ static int out_check(const st_out *o, size_t *nbytes, char *err)
 {
     if (!o->name || !o->name[0]) return err_set(err, "tensor with an empty name");
     if (!utf8_ok((const unsigned char *)o->name, strlen(o->name)))
-        return err_set(err, "tensor name '%s' is not valid UTF-8", o->name);
+        return err_set(err, "tensor name '%s' is not valid UTF-8", err_q(o->name, -1));
     if (!strcmp(o->name, "__metadata__")) return err_set(err, "tensor name '__metadata__' is reserved");
     if (!dt_ok(o->dtype)) return err_set(err, "tensor '%s': bad dtype %d", o->name, (int)o->dtype);
     if (o->ndim < 0 || o->ndim > ST_MAX_DIMS)

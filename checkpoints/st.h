@@ -56,6 +56,10 @@ void st_release(const st_tensor *t);
 
 /* Copy a float tensor (F32/F16/BF16/F64) into dst as fp32; n must equal numel. */
 int st_read_f32(const st_tensor *t, float *dst, int64_t n, char *err);
+/* 0 if every value of a float tensor (F32/BF16/F16; F64 also within fp32's range) is finite,
+ * else -1 and "tensor 'NAME': element I of N is NaN ..." (the first bad one); other dtypes
+ * pass.  Every loader of weights calls it on each tensor it takes (st_check.c). */
+int st_check_finite(const st_tensor *t, char *err);
 /* Copy an integer/bool tensor (I64/I32/I16/I8/U8/BOOL) into dst as int64. */
 int st_read_i64(const st_tensor *t, int64_t *dst, int64_t n, char *err);
 
