@@ -6,6 +6,7 @@
 
 #include <cJSON.h>
 #include <dirent.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,37 +118,93 @@ int ckpt_is_checkpoint(const char *dir)
     return fs_exists(p);
 }
 
+/* A "files" key names a file inside the checkpoint itself (moet writes plain ASCII names):
+ * no path, no control bytes, not the state file. */
+static int plain_name(const char *s)
+{
+    for (const char *c = s; *c; c++)
+        if (*c < 0x20 || *c > 0x7e || *c == '/') return 0;
+    return s[0] && strcmp(s, ".") && strcmp(s, "..") && strcmp(s, "trainer_state.json");
+}
+
 int ckpt_read_state(const char *dir, char **state_json, char *err)
 {
-    char p[4096];
+    char sp[4096], p[4096];
     char *text;
     size_t len;
     *state_json = NULL;
-    fs_path_join(p, sizeof p, dir, "trainer_state.json");
-    if (fs_read_file(p, &text, &len, err)) return -1;
+    fs_path_join(sp, sizeof sp, dir, "trainer_state.json");
+    if (fs_read_file(sp, &text, &len, err)) return -1;
     cJSON *s = cJSON_Parse(text);
     const cJSON *files = s ? cJSON_GetObjectItemCaseSensitive(s, "files") : NULL;
+    int rc = -1;
     if (!cJSON_IsObject(files)) {
-        cJSON_Delete(s);
-        free(text);
-        return err_set(err, "%s: not a valid trainer_state.json", p);
+        err_set(err, "%s: not a valid trainer_state.json (%s)", sp, s ? "no \"files\" object" : "not JSON");
+        goto out;
     }
     const cJSON *f;
     cJSON_ArrayForEach(f, files)
     {
         char hex[65] = "";
-        fs_path_join(p, sizeof p, dir, f->string);
-        if (!cJSON_IsString(f) || sha256_file(p, hex, err) || strcmp(hex, f->valuestring)) {
-            if (cJSON_IsString(f) && hex[0] && strcmp(hex, f->valuestring))
-                err_set(err, "%s: sha256 does not match trainer_state.json (damaged checkpoint)", p);
-            cJSON_Delete(s);
-            free(text);
-            return -1;
+        if (!plain_name(f->string) || !cJSON_IsString(f)) {
+            err_set(err, "%s: \"files\" entry '%s' is not a file name of the checkpoint with a sha256 string", sp,
+                    err_q(f->string, -1));
+            goto out;
+        }
+        if (fs_path_join(p, sizeof p, dir, f->string)) {
+            err_set(err, "%s: path of '%s' is too long", sp, err_q(f->string, -1));
+            goto out;
+        }
+        if (sha256_file(p, hex, err)) goto out; /* "P: cannot open: ..." */
+        if (strcmp(hex, f->valuestring)) {
+            err_set(err, "%s: sha256 does not match trainer_state.json (damaged checkpoint)", p);
+            goto out;
         }
     }
-    cJSON_Delete(s);
     *state_json = text;
-    return 0;
+    text = NULL;
+    rc = 0;
+out:
+    cJSON_Delete(s);
+    free(text);
+    return rc;
+}
+
+/* An exact integer in [0, max] (max < 2^53), or -1. */
+static long long json_count(const cJSON *v, double max)
+{
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= max) || v->valuedouble != floor(v->valuedouble))
+        return -1;
+    return (long long)v->valuedouble;
+}
+
+int ckpt_state_parse(const char *json, ckpt_state *st, char *err)
+{
+    memset(st, 0, sizeof *st);
+    cJSON *o = cJSON_Parse(json);
+    const char *bad = NULL;
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "data"), *r = cJSON_GetObjectItemCaseSensitive(o, "rng");
+    const cJSON *tok = cJSON_GetObjectItemCaseSensitive(o, "tokens_seen"), *kind = cJSON_GetObjectItemCaseSensitive(o, "kind");
+    long long step = json_count(cJSON_GetObjectItemCaseSensitive(o, "step"), 1e9);
+    st->epoch = json_count(cJSON_GetObjectItemCaseSensitive(d, "epoch"), 9007199254740991.0);
+    st->index = json_count(cJSON_GetObjectItemCaseSensitive(d, "index"), 9007199254740991.0);
+    st->tokens_seen = tok ? json_count(tok, 9007199254740991.0) : 0;
+    if (!cJSON_IsObject(o)) bad = "not a JSON object";
+    else if (step < 0) bad = "step is not an integer in [0, 1e9]";
+    else if (st->epoch < 0 || st->index < 0) bad = "data.epoch / data.index are not integers >= 0";
+    else if (st->tokens_seen < 0) bad = "tokens_seen is not an integer >= 0";
+    else if (!cJSON_IsArray(r) || cJSON_GetArraySize(r) != 4) bad = "rng is not a list of 4 states";
+    for (int i = 0; !bad && i < 4; i++) {
+        const cJSON *h = cJSON_GetArrayItem(r, i);
+        const char *x = cJSON_IsString(h) ? h->valuestring : "";
+        if (strlen(x) != 16 || strspn(x, "0123456789abcdefABCDEF") != 16) bad = "rng holds a value that is not 16 hex digits";
+        else st->rng[i] = strtoull(x, NULL, 16);
+    }
+    if (!bad && !(st->rng[0] | st->rng[1] | st->rng[2] | st->rng[3])) bad = "rng is all zero";
+    st->step = (int)step;
+    st->lora = cJSON_IsString(kind) && !strcmp(kind->valuestring, "lora");
+    cJSON_Delete(o);
+    return bad ? err_set(err, "step, data position or rng missing or out of range: %s", bad) : 0;
 }
 
 int ckpt_find_latest(const char *root, char *path_out, size_t cap, int *skipped, char *err)

@@ -294,30 +294,15 @@ static int restore_state(trainer *tr, const char *dir, char *err)
 {
     char *text;
     if (ckpt_read_state(dir, &text, err)) return -1;
-    cJSON *st = cJSON_Parse(text);
+    ckpt_state st;
+    int rc = ckpt_state_parse(text, &st, err);
     free(text);
-    const cJSON *step = cJSON_GetObjectItemCaseSensitive(st, "step");
-    const cJSON *d = cJSON_GetObjectItemCaseSensitive(st, "data");
-    const cJSON *r = cJSON_GetObjectItemCaseSensitive(st, "rng");
-    const cJSON *tok = cJSON_GetObjectItemCaseSensitive(st, "tokens_seen");
-    const cJSON *ep = cJSON_GetObjectItemCaseSensitive(d, "epoch"), *ix = cJSON_GetObjectItemCaseSensitive(d, "index");
-    int rc = -1;
-    int ok = cJSON_IsNumber(step) && cJSON_IsNumber(ep) && cJSON_IsNumber(ix) && cJSON_IsArray(r) &&
-             cJSON_GetArraySize(r) == 4 && step->valuedouble >= 0 && step->valuedouble <= 1e9 &&
-             step->valuedouble == (int)step->valuedouble && ep->valuedouble >= 0 && ix->valuedouble >= 0;
-    for (int i = 0; ok && i < 4; i++) { /* 16 hex digits each */
-        const cJSON *h = cJSON_GetArrayItem(r, i);
-        char *end;
-        ok = cJSON_IsString(h) && strlen(h->valuestring) == 16;
-        if (ok) tr->rng.s[i] = strtoull(h->valuestring, &end, 16), ok = *end == 0;
-    }
-    if (!ok) {
-        err_set(err, "%s/trainer_state.json: step, data position or rng missing or out of range", dir);
-        goto out;
-    }
-    tr->step = step->valueint;
-    tr->tokens_seen = cJSON_IsNumber(tok) ? (long long)tok->valuedouble : 0;
-    if (loader_seek(tr->train, (loader_pos){(int64_t)ep->valuedouble, (int64_t)ix->valuedouble}, err)) goto out;
+    if (rc) return err_wrap(err, "%s/trainer_state.json", dir);
+    rc = -1;
+    tr->step = st.step;
+    tr->tokens_seen = st.tokens_seen;
+    for (int i = 0; i < 4; i++) tr->rng.s[i] = st.rng[i];
+    if (loader_seek(tr->train, (loader_pos){st.epoch, st.index}, err)) goto out;
     /* optimizer moments */
     char p[4096];
     fs_path_join(p, sizeof p, dir, "optimizer.safetensors");
@@ -341,7 +326,6 @@ static int restore_state(trainer *tr, const char *dir, char *err)
     st_close(f);
     rc = 0;
 out:
-    cJSON_Delete(st);
     return rc;
 }
 
