@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* The smallest valid config: the required keys and nothing else. */
 static const char *minimal =
@@ -394,6 +395,98 @@ static void test_bad_yaml_syntax_reports_the_line(void **state)
     cfg_free(&c); /* a failed load leaves c empty: freeing is safe */
 }
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+/* Issue 14: 100,000 nested levels took libyaml 68 s to refuse; depth and size are now bounded
+ * before libyaml builds anything (each case well under a second here; allowed: 5 s). 64 levels
+ * is the limit, 4096 keys per mapping, 1 MB of text; a long list is fine. */
+static void test_deep_wide_or_huge_yaml_is_refused_at_once(void **state)
+{
+    cfg c;
+    char err[ERR_MAX];
+    size_t n = 2 * 100000 + 16;
+    char *deep = malloc(n), *t;
+    t = deep + sprintf(deep, "a: ");
+    for (int i = 0; i < 100000; i++) *t++ = '[';
+    for (int i = 0; i < 100000; i++) *t++ = ']';
+    *t = 0;
+    char *dashes = malloc(n);
+    for (int i = 0; i < 100000; i++) memcpy(dashes + 2 * i, "- ", 2);
+    strcpy(dashes + 200000, "x");
+    char *d65 = malloc(300), *d64 = malloc(300);
+    t = d65 + sprintf(d65, "run: ");
+    for (int i = 0; i < 64; i++) *t++ = '[';
+    for (int i = 0; i < 64; i++) *t++ = ']';
+    *t = 0;
+    strcpy(d64, d65);
+    d64[strlen(d64) - 1] = 0, memmove(d64 + 5, d64 + 6, strlen(d64 + 6) + 1); /* one level less */
+    char *keys = malloc(5000 * 16), *big = malloc((1 << 20) + 16);
+    t = keys;
+    for (int i = 0; i < 4097; i++) t += sprintf(t, "k%d: 1\n", i);
+    memset(big, '#', (1 << 20) + 1);
+    big[(1 << 20) + 1] = 0;
+    const struct { const char *what; char *text; const char *want; } cases[] = {
+        {"100,000 flow levels", deep, "line 1: document nested deeper than 64 levels"},
+        {"100,000 block levels", dashes, "line 1: document nested deeper than 64 levels"},
+        {"65 levels (the mapping is the first)", d65, "line 1: document nested deeper"},
+        {"64 levels: parsed, then checked", d64, "line 1: run: expected a mapping of keys"},
+        {"4097 keys", keys, "line 4097: a mapping with more than 4096 keys"},
+        {"1 MB + 1 byte", big, "line 1: more than 1 MB of YAML"},
+    };
+    for (int i = 0; i < 6; i++) {
+        double t0 = now_s();
+        assert_int_equal(parse(&c, err, cases[i].text, NULL), -1);
+        double dt = now_s() - t0;
+        printf("    %-38s %.3f s: %s\n", cases[i].what, dt, err);
+        assert_non_null(strstr(err, cases[i].want));
+        assert_true(dt < 5.0);
+    }
+    /* the override values go through the same parser */
+    char *ov = malloc(n);
+    t = ov + sprintf(ov, "data.train=");
+    for (int i = 0; i < 70; i++) *t++ = '[';
+    *t = 0;
+    assert_int_equal(parse(&c, err, minimal, ov, NULL), -1);
+    assert_non_null(strstr(err, "document nested deeper than 64 levels"));
+    /* 20,000 list items: fine, and linear (the arrays grow by doubling) */
+    char *list = malloc(20000 * 12 + 200);
+    t = list + sprintf(list, "data.val=[");
+    for (int i = 0; i < 20000; i++) t += sprintf(t, "%sv%d.h5", i ? ", " : "", i);
+    sprintf(t, "]");
+    if (parse(&c, err, minimal, list, NULL)) fail_msg("%s", err);
+    assert_int_equal(c.data.n_val, 20000);
+    assert_string_equal(c.data.val[19999], "v19999.h5");
+    cfg_free(&c);
+    free(deep), free(dashes), free(d65), free(d64), free(keys), free(big), free(ov), free(list);
+}
+
+/* Keys and values echoed in messages come quoted: control bytes, ESC and invalid UTF-8 as
+ * \xHH, never raw (issue 14). */
+static void test_messages_quote_what_the_config_says(void **state)
+{
+    cfg c;
+    char err[ERR_MAX];
+    assert_int_equal(parse(&c, err, "\"r\\eun\": 1\n", NULL), -1);
+    assert_string_equal(err, "line 1: unknown section 'r\\x1Bun' (did you mean 'run'?)");
+    assert_int_equal(parse(&c, err, minimal, "optim.l\x1br=1", NULL), -1);
+    assert_string_equal(err, "command line: unknown key 'optim.l\\x1Br' (did you mean 'optim.lr'?)");
+    assert_int_equal(parse(&c, err, minimal, "optim.lr=\"\\e[31m\\u0085\\\"\"", NULL), -1);
+    assert_string_equal(err, "command line: optim.lr: expected a positive number, got \"\\x1B[31m\\xC2\\x85\\\"\"");
+    assert_int_equal(parse(&c, err, minimal, "lora.targets=[\"q\\tproj\"]", "lora.enabled=true", "lora.r=2",
+                           "lora.alpha=2", NULL), -1);
+    assert_non_null(strstr(err, "got \"q\\x09proj\""));
+    assert_int_equal(parse(&c, err, minimal, "model.arch.hidden\x7fsize=2", NULL), -1);
+    assert_non_null(strstr(err, "unknown key 'model.arch.hidden\\x7Fsize'"));
+    assert_int_equal(parse(&c, err, minimal, "optim\x01=2", NULL), -1);
+    assert_non_null(strstr(err, "unknown section 'optim\\x01'"));
+    for (const char *p = err; *p; p++) assert_true(*p >= 0x20 && *p < 0x7f);
+}
+
 /* Field-by-field equality, so a key that print or JSON drops shows up by name. */
 static void assert_cfg_equal(const cfg *a, const cfg *b)
 {
@@ -476,6 +569,8 @@ int main(void)
         cmocka_unit_test(test_arch_keeps_yaml_types_as_json),
         cmocka_unit_test(test_missing_required_keys_are_named),
         cmocka_unit_test(test_bad_yaml_syntax_reports_the_line),
+        cmocka_unit_test(test_deep_wide_or_huge_yaml_is_refused_at_once),
+        cmocka_unit_test(test_messages_quote_what_the_config_says),
         cmocka_unit_test(test_print_and_json_round_trip_to_an_equal_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -233,7 +233,7 @@ static int unknown_keys(const ctx *x, const ytnode *root)
         if (!known) {
             suggest(NULL, s, hint, sizeof hint);
             return err_set(x->err, "%sunknown section '%s'%s",
-                           where(x, root->key_lines[i], wb, sizeof wb), s, hint);
+                           where(x, root->key_lines[i], wb, sizeof wb), err_q(s, -1), hint);
         }
         const ytnode *sec = root->kids[i];
         if (!strcmp(s, "tokenizer") || yt_is_null(sec)) continue;
@@ -245,7 +245,7 @@ static int unknown_keys(const ctx *x, const ytnode *root)
             if (known) continue;
             suggest(s, sec->keys[j], hint, sizeof hint);
             return err_set(x->err, "%sunknown key '%s.%s'%s",
-                           where(x, sec->key_lines[j], wb, sizeof wb), s, sec->keys[j], hint);
+                           where(x, sec->key_lines[j], wb, sizeof wb), s, err_q(sec->keys[j], -1), hint);
         }
     }
     return 0;
@@ -412,7 +412,7 @@ static int set_key(const ctx *x, cfg *c, const ckey *k, const ytnode *n)
             char wb[256], hint[96] = "";
             if (best) snprintf(hint, sizeof hint, " (did you mean '%s'?)", best);
             return err_set(x->err, "%sunknown key '%s.%s'%s: model.arch takes config.json keys",
-                           where(x, n->key_lines[i], wb, sizeof wb), path, key, hint);
+                           where(x, n->key_lines[i], wb, sizeof wb), path, err_q(key, -1), hint);
         }
         cJSON *j = yt_to_json(n);
         char *s = j ? cJSON_PrintUnformatted(j) : NULL;
@@ -527,7 +527,8 @@ static int cross_checks(const ctx *x, cfg *c, const ytnode *root)
                            where(x, tl, wb, sizeof wb), i, err_q(t, -1));
         for (int j = 0; j < i; j++)
             if (lora_target_parse(t) == lora_target_parse(c->lora.targets[j]))
-                return err_set(x->err, "%slora.targets: '%s' is listed twice", where(x, tl, wb, sizeof wb), t);
+                return err_set(x->err, "%slora.targets: '%s' is listed twice", where(x, tl, wb, sizeof wb),
+                               err_q(t, -1));
     }
     if (c->lora.enabled) {
         int el = key_line(root, "lora", "enabled");
@@ -599,11 +600,11 @@ int cfg_load(cfg *c, const char *yaml_path, char **overrides, int n_overrides, c
     for (;;) {
         if (len + 4096 + 1 > cap) {
             cap = cap ? 2 * cap : 65536;
-            char *t = cap > (64u << 20) ? NULL : realloc(text, cap);
+            char *t = cap > (2u << 20) ? NULL : realloc(text, cap); /* yt_parse takes 1 MB at most */
             if (!t) {
                 free(text);
                 fclose(f);
-                return err_set(err, "%s: too large for a config (or out of memory)", yaml_path);
+                return err_set(err, "%s: more than 1 MB of YAML (not a config?)", yaml_path);
             }
             text = t;
         }

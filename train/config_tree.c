@@ -11,9 +11,14 @@
 #include <string.h>
 #include <yaml.h>
 
-/* Aliases can make a tiny file expand to billions of nodes, or loop (&a [*a]). */
+/* Aliases can make a tiny file expand to billions of nodes, or loop (&a [*a]); libyaml's
+ * scanner is quadratic in nesting depth (100,000 levels: 68 s before it gives up), so depth
+ * and size are bounded before libyaml builds a document (yt_prescan). A mapping's duplicate
+ * check is linear per key: bounded too. */
 #define YT_MAX_DEPTH 64
 #define YT_MAX_NODES 200000
+#define YT_MAX_KEYS 4096
+#define YT_MAX_BYTES (1 << 20)
 
 struct ytblock {
     ytblock *next;
@@ -61,25 +66,33 @@ static ytnode *yt_scalar(ytarena *a, const char *s, int plain, int line)
     return n;
 }
 
-/* Append (key, value) to a mapping or value to a sequence (key NULL). */
+/* Append (key, value) to a mapping or value to a sequence (key NULL).  The arrays grow by
+ * doubling (the arena keeps the old ones until it is freed: linear memory in all). */
 static int yt_push(ytarena *a, ytnode *parent, const char *key, int key_line, ytnode *value)
 {
     int n = parent->n;
-    ytnode **kids = yt_alloc(a, (n + 1) * sizeof *kids);
-    if (!kids) return -1;
-    if (n) memcpy(kids, parent->kids, n * sizeof *kids);
-    kids[n] = value;
-    if (parent->kind == YT_MAP) {
-        char **keys = yt_alloc(a, (n + 1) * sizeof *keys);
-        int *lines = yt_alloc(a, (n + 1) * sizeof *lines);
-        if (!keys || !lines || !(keys[n] = yt_strndup(a, key, strlen(key)))) return -1;
-        if (n) memcpy(keys, parent->keys, n * sizeof *keys);
-        if (n) memcpy(lines, parent->key_lines, n * sizeof *lines);
-        lines[n] = key_line;
-        parent->keys = keys;
-        parent->key_lines = lines;
+    if (n == parent->cap) {
+        int cap = n ? 2 * n : 4;
+        ytnode **kids = yt_alloc(a, cap * sizeof *kids);
+        if (!kids) return -1;
+        if (n) memcpy(kids, parent->kids, n * sizeof *kids);
+        parent->kids = kids;
+        if (parent->kind == YT_MAP) {
+            char **keys = yt_alloc(a, cap * sizeof *keys);
+            int *lines = yt_alloc(a, cap * sizeof *lines);
+            if (!keys || !lines) return -1;
+            if (n) memcpy(keys, parent->keys, n * sizeof *keys);
+            if (n) memcpy(lines, parent->key_lines, n * sizeof *lines);
+            parent->keys = keys;
+            parent->key_lines = lines;
+        }
+        parent->cap = cap;
     }
-    parent->kids = kids;
+    parent->kids[n] = value;
+    if (parent->kind == YT_MAP) {
+        if (!(parent->keys[n] = yt_strndup(a, key, strlen(key)))) return -1;
+        parent->key_lines[n] = key_line;
+    }
     parent->n = n + 1;
     return 0;
 }
@@ -103,19 +116,9 @@ const char *yt_describe(const ytnode *n, char *buf, size_t size)
 {
     if (n->kind == YT_SEQ) return "a list";
     if (n->kind == YT_MAP) return "a mapping";
-    /* Quoted, shortened, control characters escaped: the message stays one line. */
-    size_t o = 0;
-    buf[o++] = '"';
-    for (const char *s = n->str; *s && o + 8 < size; s++) {
-        if (s - n->str == 57 && strlen(s) > 3) {
-            o += (size_t)snprintf(buf + o, size - o, "...");
-            break;
-        }
-        unsigned char ch = (unsigned char)*s;
-        if (ch < 0x20 || ch == 0x7f) o += (size_t)snprintf(buf + o, size - o, "\\x%02x", ch);
-        else buf[o++] = (char)ch;
-    }
-    snprintf(buf + o, size - o, "\"");
+    /* Quoted, shortened, control bytes and invalid UTF-8 escaped: the message stays one line. */
+    char q[ERR_QUOTE_MAX];
+    snprintf(buf, size, "\"%s\"", err_quote(q, sizeof q, n->str, -1, 60));
     return buf;
 }
 
@@ -197,10 +200,14 @@ static ytnode *yt_convert(ytload *L, yaml_node_t *y, int depth)
             return NULL;
         }
         const char *key = (const char *)k->data.scalar.value;
+        if (n->n == YT_MAX_KEYS) {
+            load_err(L, kline, "%s", "a mapping with more than 4096 keys (not a config?)");
+            return NULL;
+        }
         size_t plen = strlen(L->path);
         snprintf(L->path + plen, sizeof L->path - plen, "%s%s", plen ? "." : "", key);
         if (yt_get(n, key)) {
-            load_err(L, kline, "duplicate key '%s'", L->path);
+            load_err(L, kline, "duplicate key '%s'", err_q(L->path, -1));
             return NULL;
         }
         ytnode *kid = yt_convert(L, yaml_document_get_node(L->doc, p->value), depth + 1);
@@ -225,6 +232,30 @@ static int syntax_err(ytload *L, const yaml_parser_t *p)
     return load_err(L, (int)p->problem_mark.line + 1, "%s", msg);
 }
 
+/* The line where the events of text first nest deeper than YT_MAX_DEPTH, or 0. Parsing stops
+ * there, so a 100,000-level document costs what 64 levels do; a syntax error ends the scan
+ * (the loader then reports it). */
+static int yt_prescan(const char *text, size_t len)
+{
+    yaml_parser_t p;
+    yaml_event_t ev;
+    int depth = 0, line = 0;
+    if (!yaml_parser_initialize(&p)) return 0; /* the loader will say out of memory */
+    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+    while (!line && yaml_parser_parse(&p, &ev)) {
+        yaml_event_type_t t = ev.type;
+        if (t == YAML_SEQUENCE_START_EVENT || t == YAML_MAPPING_START_EVENT) {
+            if (++depth > YT_MAX_DEPTH) line = (int)ev.start_mark.line + 1;
+        } else if (t == YAML_SEQUENCE_END_EVENT || t == YAML_MAPPING_END_EVENT) {
+            depth--;
+        }
+        yaml_event_delete(&ev);
+        if (t == YAML_STREAM_END_EVENT) break;
+    }
+    yaml_parser_delete(&p);
+    return line;
+}
+
 int yt_parse(ytarena *a, const char *text, const char *name, int for_override, ytnode **root,
              char *err)
 {
@@ -232,8 +263,12 @@ int yt_parse(ytarena *a, const char *text, const char *name, int for_override, y
     yaml_parser_t p;
     yaml_document_t doc;
     *root = NULL;
+    size_t len = strlen(text);
+    if (len > YT_MAX_BYTES) return load_err(&L, 1, "%s", "more than 1 MB of YAML (not a config?)");
+    int deep = yt_prescan(text, len);
+    if (deep) return load_err(&L, deep, "%s", "document nested deeper than 64 levels (not a config?)");
     if (!yaml_parser_initialize(&p)) return err_set(err, "out of memory");
-    yaml_parser_set_input_string(&p, (const unsigned char *)text, strlen(text));
+    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
     int rc = -1;
     if (!yaml_parser_load(&p, &doc)) {
         syntax_err(&L, &p);
@@ -272,18 +307,18 @@ int yt_apply_override(ytarena *a, ytnode **root, const char *ov, char *err)
 {
     const char *eq = strchr(ov, '=');
     if (!eq || eq == ov)
-        return err_set(err, "command line: '%s': expected key.path=value", ov);
+        return err_set(err, "command line: '%s': expected key.path=value", err_q(ov, -1));
     char path[256];
     size_t plen = (size_t)(eq - ov);
-    if (plen >= sizeof path) return err_set(err, "command line: key path too long in '%s'", ov);
+    if (plen >= sizeof path) return err_set(err, "command line: key path too long in '%s'", err_q(ov, -1));
     memcpy(path, ov, plen);
     path[plen] = 0;
     for (const char *s = path; *s; s++)
         if ((*s == '.' && (s == path || s[1] == '.' || !s[1])) || *s == ' ')
-            return err_set(err, "command line: '%s': bad key path '%s'", ov, path);
+            return err_set(err, "command line: '%s': bad key path '%s'", err_q(ov, -1), err_q(path, -1));
 
     ytnode *value;
-    if (yt_parse(a, eq + 1, NULL, 1, &value, err)) return err_wrap(err, "command line: '%s'", ov);
+    if (yt_parse(a, eq + 1, NULL, 1, &value, err)) return err_wrap(err, "command line: '%s'", err_q(ov, -1));
     if (!value && !(value = yt_scalar(a, "", 1, YT_LINE_OVERRIDE))) goto oom;
     if (!*root || yt_is_null(*root)) {
         if (!(*root = yt_new(a, YT_MAP, YT_LINE_OVERRIDE))) goto oom;
@@ -309,8 +344,8 @@ int yt_apply_override(ytarena *a, ytnode **root, const char *ov, char *err)
         } else if (yt_is_null(map->kids[i])) {
             if (!(map->kids[i] = yt_new(a, YT_MAP, YT_LINE_OVERRIDE))) goto oom;
         } else if (map->kids[i]->kind != YT_MAP) {
-            return err_set(err, "command line: cannot set '%.*s': '%s' is not a mapping",
-                           (int)plen, ov, path);
+            return err_set(err, "command line: cannot set '%s': '%s' is not a mapping", err_q(ov, (long)plen),
+                           err_q(path, -1));
         }
         map = map->kids[i];
         *dot = '.';

@@ -19,7 +19,7 @@ typedef struct ytnode {
     int line;
     int plain;                /* scalar written without quotes: may be null, bool, number */
     char *str;                /* scalar text */
-    int n;                    /* sequence items / mapping pairs */
+    int n, cap;               /* sequence items / mapping pairs; room for them */
     char **keys;              /* mapping keys */
     int *key_lines;
     struct ytnode **kids;     /* sequence items / mapping values */
@@ -32,7 +32,8 @@ void yt_arena_free(ytarena *a);
 
 /* Parse one YAML document. *root is NULL for an empty document. Lines are file lines,
  * or all YT_LINE_OVERRIDE when for_override. name prefixes syntax errors ("f.yaml:3: ");
- * NULL gives "line 3: ". */
+ * NULL gives "line 3: ". Refused at once: over 1 MB, nesting deeper than 64 levels; and
+ * over 200,000 nodes (aliases expanded) or 4096 keys in one mapping. */
 int yt_parse(ytarena *a, const char *text, const char *name, int for_override, ytnode **root,
              char *err);
 
