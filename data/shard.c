@@ -340,6 +340,47 @@ static int open_dset(shard *s, int d, hsize_t dims[2], char *err)
     return 0;
 }
 
+/* The rows a dataset declares must be stored in the file.  HDF5 reads chunks that were never
+ * written (and an unwritten contiguous dataset) as fill values, so a few-KB file can declare
+ * 2^40 rows that eval would read for hours and the loader would permute (issue 14).  Refused:
+ * a chunked dataset with chunks missing, an unwritten contiguous one, and more data than
+ * SHARD_MAX_RATIO times the file's size (deflate, the strongest filter HDF5 has built in,
+ * stays under 1032:1). Compact datasets live in the object header and are small. */
+#define SHARD_MAX_RATIO 1100.0
+static int check_stored(shard *s, int d, const hsize_t dims[2], off_t file_size, char *err)
+{
+    double bytes = (double)dims[0] * (double)dims[1] * (d == 0 ? s->info.token_bytes : 1);
+    if (bytes > SHARD_MAX_RATIO * (double)file_size + 65536.0)
+        return err_set(err, "%s: /%s declares [%llu, %llu] (%.3g bytes) in a file of %lld bytes: rows that are not "
+                            "stored (a sparse or forged dataset?)",
+                       s->path, DSET[d], (unsigned long long)dims[0], (unsigned long long)dims[1], bytes,
+                       (long long)file_size);
+    hid_t pl = H5Dget_create_plist(s->dset[d]);
+    if (pl < 0) return err_set(err, "%s: cannot read the layout of /%s (corrupt file?)", s->path, DSET[d]);
+    H5D_layout_t layout = H5Pget_layout(pl);
+    hsize_t chunk[2] = {0, 0}, have = 0, want = 0;
+    char why[96] = "";
+    if (layout == H5D_CHUNKED) {
+        hid_t all = H5Dget_space(s->dset[d]); /* selects everything */
+        herr_t n = all < 0 ? -1 : H5Dget_num_chunks(s->dset[d], all, &have);
+        if (all >= 0) H5Sclose(all);
+        if (H5Pget_chunk(pl, 2, chunk) != 2 || !chunk[0] || !chunk[1] || n < 0)
+            snprintf(why, sizeof why, "unreadable chunk layout");
+        else if (have < (want = ((dims[0] + chunk[0] - 1) / chunk[0]) * ((dims[1] + chunk[1] - 1) / chunk[1])))
+            snprintf(why, sizeof why, "%llu of its %llu chunks are written", (unsigned long long)have,
+                     (unsigned long long)want);
+    } else if (layout == H5D_CONTIGUOUS) {
+        if (H5Dget_storage_size(s->dset[d]) < (hsize_t)bytes) snprintf(why, sizeof why, "its data was never written");
+    } else if (layout != H5D_COMPACT) {
+        snprintf(why, sizeof why, "unknown storage layout");
+    }
+    H5Pclose(pl);
+    if (why[0])
+        return err_set(err, "%s: /%s declares [%llu, %llu] but %s (a sparse or forged dataset?)", s->path, DSET[d],
+                       (unsigned long long)dims[0], (unsigned long long)dims[1], why);
+    return 0;
+}
+
 int shard_open(shard **out, const char *path, int seq_len, int vocab_size, char *err)
 {
     quiet();
@@ -363,10 +404,8 @@ int shard_open(shard **out, const char *path, int seq_len, int vocab_size, char 
         err_set(err, "%s: no 'format' attribute (not a moet shard?)", path);
         goto fail;
     }
-    if (strcmp(fmt, SHARD_FORMAT)) {
-        for (char *c = fmt; *c; c++)  /* a corrupt attribute may hold any bytes */
-            if (*c < 0x20 || *c > 0x7e) *c = '?';
-        err_set(err, "%s: format is '%s', expected '%s'", path, fmt, SHARD_FORMAT);
+    if (strcmp(fmt, SHARD_FORMAT)) {  /* a corrupt attribute may hold any bytes */
+        err_set(err, "%s: format is '%s', expected '%s'", path, err_q(fmt, -1), SHARD_FORMAT);
         goto fail;
     }
     int64_t v[3];
@@ -383,7 +422,15 @@ int shard_open(shard **out, const char *path, int seq_len, int vocab_size, char 
     s->info.vocab_size = (int)v[0];
     s->info.bos_id = v[1] >= 0 && v[1] < v[0] ? (int)v[1] : -1;
     s->info.eos_id = v[2] >= 0 && v[2] < v[0] ? (int)v[2] : -1;
-    read_str_attr(s->file, "tokenizer_sha256", s->info.tokenizer_sha256, sizeof s->info.tokenizer_sha256);
+    if (H5Aexists(s->file, "tokenizer_sha256") > 0) {  /* optional; when there, a sha256 in hex */
+        char sha[80];
+        if (read_str_attr(s->file, "tokenizer_sha256", sha, sizeof sha) ||
+            !(sha[0] == 0 || (strlen(sha) == 64 && strspn(sha, "0123456789abcdef") == 64))) {
+            err_set(err, "%s: attribute 'tokenizer_sha256' is not a sha256 in hex (64 digits 0-9a-f)", path);
+            goto fail;
+        }
+        snprintf(s->info.tokenizer_sha256, sizeof s->info.tokenizer_sha256, "%s", sha);
+    }
     if (vocab_size > 0 && s->info.vocab_size > vocab_size) {
         err_set(err, "%s: shard vocab_size %d is larger than the model's %d (other tokenizer?)", path,
                 s->info.vocab_size, vocab_size);
@@ -412,6 +459,8 @@ int shard_open(shard **out, const char *path, int seq_len, int vocab_size, char 
                 (unsigned long long)dims[0][1]);
         goto fail;
     }
+    for (int d = 0; d < 3; d++)
+        if (s->dset[d] >= 0 && check_stored(s, d, dims[0], st.st_size, err)) goto fail;
     s->info.rows = (int64_t)dims[0][0];
     s->info.seq_len = (int)dims[0][1];
     if (seq_len > 0 && s->info.seq_len != seq_len) {
@@ -443,6 +492,16 @@ static int read_into(shard *s, int d, int64_t i, hid_t mtype, void *dst, char *e
     return 0;
 }
 
+/* loss_mask and doc_start hold 0 or 1: anything else is a damaged or foreign file. */
+static int check_flags(const shard *s, int d, int64_t i, const uint8_t *v, char *err)
+{
+    for (int t = 0; t < s->info.seq_len; t++)
+        if (v[t] > 1)
+            return err_set(err, "%s: row %lld position %d: /%s is %u, not 0 or 1 (corrupt shard?)", s->path,
+                           (long long)i, t, DSET[d], v[t]);
+    return 0;
+}
+
 int shard_read_row(shard *s, int64_t i, int32_t *tokens, uint8_t *loss_mask, uint8_t *doc_start, char *err)
 {
     quiet();
@@ -458,17 +517,15 @@ int shard_read_row(shard *s, int64_t i, int32_t *tokens, uint8_t *loss_mask, uin
     }
     if (loss_mask) {
         if (!s->info.has_loss_mask) memset(loss_mask, 1, T);
-        else if (read_into(s, 1, i, H5T_NATIVE_UINT8, loss_mask, err)) return -1;
-        for (int t = 0; t < T; t++) loss_mask[t] = loss_mask[t] != 0;
+        else if (read_into(s, 1, i, H5T_NATIVE_UINT8, loss_mask, err) || check_flags(s, 1, i, loss_mask, err)) return -1;
     }
     if (doc_start) {
         if (!s->info.has_doc_start) {
             memset(doc_start, 0, T);
             doc_start[0] = 1;
-        } else if (read_into(s, 2, i, H5T_NATIVE_UINT8, doc_start, err)) {
+        } else if (read_into(s, 2, i, H5T_NATIVE_UINT8, doc_start, err) || check_flags(s, 2, i, doc_start, err)) {
             return -1;
         }
-        for (int t = 0; t < T; t++) doc_start[t] = doc_start[t] != 0;
     }
     return 0;
 }

@@ -66,7 +66,11 @@ typedef struct shard shard;
 
 /* Open and validate PATH.  seq_len > 0 demands that row length; vocab_size > 0 is
  * the model's vocabulary and the file's vocab_size attribute may not exceed it
- * (0 = take the file's).  Tokens are always checked against the file's vocab_size. */
+ * (0 = take the file's).  Tokens are always checked against the file's vocab_size.
+ * A tokenizer_sha256 attribute, when present, is a string of 64 lowercase hex digits
+ * (or empty).  Every row a dataset declares must be stored: chunks missing (a sparse
+ * dataset), an unwritten contiguous dataset, or more than 1100 bytes of data per byte of
+ * file (past deflate's 1032:1) are refused, so a few-KB file cannot declare 2^40 rows. */
 int shard_open(shard **out, const char *path, int seq_len, int vocab_size, char *err);
 
 const shard_info *shard_get_info(const shard *s);
@@ -74,7 +78,8 @@ const char *shard_path(const shard *s);
 
 /* Read row i (hyperslab) into tokens[seq_len]; loss_mask / doc_start may be NULL.
  * Absent datasets read as all ones (loss_mask) and as a start at position 0 only
- * (doc_start).  A token >= vocab_size is an error naming file, row and column. */
+ * (doc_start).  A token >= vocab_size, and a loss_mask / doc_start value other than 0
+ * or 1, is an error naming file, row and column. */
 int shard_read_row(shard *s, int64_t i, int32_t *tokens, uint8_t *loss_mask, uint8_t *doc_start,
                    char *err);
 

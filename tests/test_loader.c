@@ -211,7 +211,7 @@ static void test_missing_files_and_bad_sets_are_errors(void **state)
     assert_int_equal(loader_open(&L, three, 3, T + 1, VOCAB, 1, 0, 0, err), -1);
     assert_non_null(strstr(err, "expected seq_len 9"));
 
-    write_rows(tmp_path("other-tok.h5"), 0, 2, "ffff");
+    write_rows(tmp_path("other-tok.h5"), 0, 2, "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff");
     const char *mixed[2] = {three[0], tmp_path("other-tok.h5")};
     assert_int_equal(loader_open(&L, mixed, 2, T, VOCAB, 1, 0, 0, err), -1);
     assert_non_null(strstr(err, "different tokenizers"));

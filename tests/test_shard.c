@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tests/tmpdir.h"
@@ -136,7 +137,7 @@ static void test_wrong_format_attribute_is_refused_with_its_value(void **state)
     char err[ERR_MAX] = "";
     shard *s;
     assert_int_equal(shard_open(&s, p, 8, 512, err), -1);
-    assert_non_null(strstr(err, "format is 'moet-shard-9?', expected 'moet-shard-1'"));
+    assert_non_null(strstr(err, "format is 'moet-shard-9\\x01', expected 'moet-shard-1'"));
 }
 
 static void test_absent_mask_reads_as_all_targets_and_doc_start_as_row_start(void **state)
@@ -325,6 +326,156 @@ static void test_mask_shape_must_match_tokens(void **state)
     assert_non_null(strstr(err, "/doc_start is [3, 7] but /tokens is [3, 8]"));
 }
 
+/* A shard file with the format's attributes and one /tokens dataset of dims (uint16), chunked
+ * with chunk (0: contiguous) and gzip level (0: none); rows [0, written) hold token 2. */
+static void forge_shard(const char *path, hsize_t rows, hsize_t T, hsize_t chunk, int gzip, hsize_t written)
+{
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hsize_t dims[2] = {rows, T}, maxd[2] = {H5S_UNLIMITED, T}, cd[2] = {chunk, T};
+    hid_t sp = H5Screate_simple(2, dims, chunk ? maxd : NULL), pl = H5Pcreate(H5P_DATASET_CREATE);
+    if (chunk) H5Pset_chunk(pl, 2, cd);
+    if (gzip) H5Pset_deflate(pl, (unsigned)gzip);
+    hid_t d = H5Dcreate2(f, "tokens", H5T_STD_U16LE, sp, H5P_DEFAULT, pl, H5P_DEFAULT);
+    assert_true(d >= 0);
+    if (written) {
+        uint16_t *v = malloc(written * T * sizeof *v);
+        for (hsize_t i = 0; i < written * T; i++) v[i] = 2;
+        hsize_t start[2] = {0, 0}, count[2] = {written, T};
+        hid_t ms = H5Screate_simple(2, count, NULL);
+        H5Sselect_hyperslab(sp, H5S_SELECT_SET, start, NULL, count, NULL);
+        assert_true(H5Dwrite(d, H5T_NATIVE_UINT16, ms, sp, H5P_DEFAULT, v) >= 0);
+        H5Sclose(ms);
+        free(v);
+    }
+    H5Dclose(d), H5Pclose(pl), H5Sclose(sp);
+    hid_t as = H5Screate(H5S_SCALAR), st = H5Tcopy(H5T_C_S1);
+    H5Tset_size(st, 13);
+    hid_t a = H5Acreate2(f, "format", st, as, H5P_DEFAULT, H5P_DEFAULT);
+    H5Awrite(a, st, "moet-shard-1"), H5Aclose(a), H5Tclose(st);
+    const char *names[3] = {"vocab_size", "bos_id", "eos_id"};
+    int64_t vals[3] = {512, 1, 2};
+    for (int i = 0; i < 3; i++) {
+        a = H5Acreate2(f, names[i], H5T_STD_I64LE, as, H5P_DEFAULT, H5P_DEFAULT);
+        H5Awrite(a, H5T_NATIVE_INT64, &vals[i]), H5Aclose(a);
+    }
+    H5Sclose(as), H5Fclose(f);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+/* Issue 14: a few-KB shard declaring 2^31 x 32 or 2^40 x 1 rows (sparse chunks) kept eval busy
+ * for hours and the loader built a 2^31-row permutation. shard_open now refuses what the file
+ * does not store, at once (allowed 2 s each), for every reader. */
+static void test_rows_that_the_file_does_not_store_are_refused(void **state)
+{
+    const struct { const char *name, *want; hsize_t rows, T, chunk, written; } cases[] = {
+        {"2^31x32.h5", "/tokens declares [2147483648, 32] (1.37e+11 bytes) in a file of", 1ull << 31, 32, 1024, 1024},
+        {"2^40x1.h5", "/tokens declares [1099511627776, 1] (2.2e+12 bytes)", 1ull << 40, 1, 4096, 4096},
+        {"sparse.h5", "/tokens declares [4096, 32] but 1 of its 64 chunks are written", 4096, 32, 64, 64},
+        {"unwritten.h5", "/tokens declares [100, 32] but its data was never written", 100, 32, 0, 0},
+    };
+    char err[ERR_MAX];
+    shard *s;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        forge_shard(tmp_path(cases[i].name), cases[i].rows, cases[i].T, cases[i].chunk, 0, cases[i].written);
+        double t0 = now_s();
+        err[0] = 0;
+        assert_int_equal(shard_open(&s, tmp_path(cases[i].name), 0, 0, err), -1);
+        printf("    %.3f s: %s\n", now_s() - t0, err);
+        assert_non_null(strstr(err, cases[i].want));
+        assert_true(now_s() - t0 < 2.0);
+    }
+    /* stored in full, contiguous or chunked, and deflated ~400:1 (rows of one token): read */
+    forge_shard(tmp_path("full.h5"), 100, 32, 0, 0, 100);
+    forge_shard(tmp_path("gzip.h5"), 20000, 64, 1000, 9, 20000);
+    const char *ok[2] = {"full.h5", "gzip.h5"};
+    for (int k = 0; k < 2; k++) {
+        if (shard_open(&s, tmp_path(ok[k]), 0, 0, err)) fail_msg("%s: %s", ok[k], err);
+        int32_t tok[64];
+        int64_t last = shard_get_info(s)->rows - 1;
+        assert_int_equal(shard_read_row(s, last, tok, NULL, NULL, err), 0);
+        assert_int_equal(tok[0], 2);
+        shard_close(s);
+    }
+}
+
+/* Overwrite one byte of dataset name (uint8) at (row, col). */
+static void poke_u8(const char *path, const char *name, hsize_t row, hsize_t col, uint8_t v)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT), d = H5Dopen2(f, name, H5P_DEFAULT);
+    hid_t sp = H5Dget_space(d);
+    hsize_t start[2] = {row, col}, count[2] = {1, 1};
+    hid_t ms = H5Screate_simple(2, count, NULL);
+    H5Sselect_hyperslab(sp, H5S_SELECT_SET, start, NULL, count, NULL);
+    assert_true(H5Dwrite(d, H5T_NATIVE_UINT8, ms, sp, H5P_DEFAULT, &v) >= 0);
+    H5Sclose(ms), H5Sclose(sp), H5Dclose(d), H5Fclose(f);
+}
+
+static void test_mask_and_doc_start_values_other_than_0_or_1_are_errors(void **state)
+{
+    const struct { const char *dset; uint8_t v; } cases[] = {{"loss_mask", 2}, {"loss_mask", 255}, {"doc_start", 7}};
+    char err[ERR_MAX], want[128];
+    for (size_t i = 0; i < 3; i++) {
+        const char *p = tmp_path("flags.h5");
+        write_shard(p, 4, 8, &META_512, 1, 1);
+        poke_u8(p, cases[i].dset, 2, 5, cases[i].v);
+        shard *s;
+        assert_int_equal(shard_open(&s, p, 8, 512, err), 0);
+        int32_t tok[8];
+        uint8_t m[8], d[8];
+        assert_int_equal(shard_read_row(s, 1, tok, m, d, err), 0);
+        assert_int_equal(shard_read_row(s, 2, tok, m, d, err), -1);
+        snprintf(want, sizeof want, "row 2 position 5: /%s is %u, not 0 or 1", cases[i].dset, cases[i].v);
+        printf("    %s\n", err);
+        assert_non_null(strstr(err, want));
+        shard_close(s);
+    }
+}
+
+static void set_sha_attr(const char *path, hid_t type, const void *v)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Adelete(f, "tokenizer_sha256");
+    hid_t sp = H5Screate(H5S_SCALAR), a = H5Acreate2(f, "tokenizer_sha256", type, sp, H5P_DEFAULT, H5P_DEFAULT);
+    assert_true(H5Awrite(a, type, v) >= 0);
+    H5Aclose(a), H5Sclose(sp), H5Fclose(f);
+}
+
+static void test_tokenizer_sha256_must_be_hex_text(void **state)
+{
+    const char *p = tmp_path("sha.h5");
+    char err[ERR_MAX];
+    shard *s;
+    write_shard(p, 2, 8, &META_512, 1, 1);
+    int64_t num = 123;
+    set_sha_attr(p, H5T_STD_I64LE, &num);
+    assert_int_equal(shard_open(&s, p, 8, 512, err), -1);
+    assert_non_null(strstr(err, "attribute 'tokenizer_sha256' is not a sha256 in hex"));
+    hid_t ty = H5Tcopy(H5T_C_S1);
+    const char *bad[] = {"xyz", "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+                         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85"};
+    for (int i = 0; i < 3; i++) {
+        H5Tset_size(ty, strlen(bad[i]) + 1);
+        set_sha_attr(p, ty, bad[i]);
+        assert_int_equal(shard_open(&s, p, 8, 512, err), -1);
+        assert_non_null(strstr(err, "is not a sha256 in hex"));
+    }
+    const char *good[] = {"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"};
+    for (int i = 0; i < 2; i++) {
+        H5Tset_size(ty, strlen(good[i]) + 1);
+        set_sha_attr(p, ty, good[i]);
+        if (shard_open(&s, p, 8, 512, err)) fail_msg("%s", err);
+        assert_string_equal(shard_get_info(s)->tokenizer_sha256, good[i]);
+        shard_close(s);
+    }
+    H5Tclose(ty);
+}
+
 static int setup(void **state) { return tmpdir_make("moet_test_shard"); }
 
 static int teardown(void **state) { return tmpdir_remove(); }
@@ -345,6 +496,9 @@ int main(void)
         cmocka_unit_test(test_flipped_metadata_bytes_give_errors_not_crashes),
         cmocka_unit_test(test_files_that_are_not_shards_are_refused),
         cmocka_unit_test(test_mask_shape_must_match_tokens),
+        cmocka_unit_test(test_rows_that_the_file_does_not_store_are_refused),
+        cmocka_unit_test(test_mask_and_doc_start_values_other_than_0_or_1_are_errors),
+        cmocka_unit_test(test_tokenizer_sha256_must_be_hex_text),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
