@@ -177,8 +177,30 @@ static int dir_holds(const char *outer, const char *inner)
     return !strncmp(a, b, n) && (b[n] == 0 || b[n] == '/' || (n == 1 && a[0] == '/'));
 }
 
+/* What killed exports left next to out: OUT.tmp-PID (an unfinished export) is removed;
+ * OUT.old-PID (the previous export, moved aside by --force) is put back when out is missing
+ * (killed mid-swap) and removed otherwise. */
+static void clean_stale(const char *out)
+{
+    char parent[PATH_MAX], prefix[300], p[PATH_MAX + 300];
+    fs_parent_dir(out, parent, sizeof parent);
+    const char *base = strrchr(out, '/') ? strrchr(out, '/') + 1 : out;
+    if (snprintf(prefix, sizeof prefix, "%s.tmp-", base) >= (int)sizeof prefix) return;
+    fs_remove_stale(parent, prefix);
+    snprintf(prefix, sizeof prefix, "%s.old-", base);
+    DIR *d = opendir(parent);
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        if (!fs_stale_pid_name(e->d_name, prefix) || fs_path_join(p, sizeof p, parent, e->d_name)) continue;
+        if (fs_exists(out)) fs_rm_rf(p, NULL);
+        else rename(p, out); /* if that fails too, the old export stays where it is */
+    }
+    if (d) closedir(d);
+}
+
 int export_begin(const char *out, const char *src, int force, char *tmp, size_t cap, char *err)
 {
+    clean_stale(out);
     if (fs_exists(out)) {
         if (dir_holds(out, src))
             return err_set(err, "%s is or holds the source %s: export somewhere else", out, src);

@@ -28,7 +28,9 @@ int export_card_write(const char *dir, const export_card *card, char *err);
 int export_sums(const char *dir, char *err);
 
 /* Start an export: a temp dir next to out. Refuses an out that is or holds src (the model
- * exported), and an existing out unless force and it is an earlier export (has SHA256SUMS). */
+ * exported), and an existing out unless force and it is an earlier export (has SHA256SUMS).
+ * First tidies what killed exports left: OUT.tmp-PID of dead PIDs removed, an OUT.old-PID
+ * (a --force swap cut short) put back as out when out is missing, else removed. */
 int export_begin(const char *out, const char *src, int force, char *tmp, size_t cap, char *err);
 /* Put tmp in place of out (replacing it when force). */
 int export_commit(const char *tmp, const char *out, int force, char *err);

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -334,4 +335,29 @@ void fs_remove_levels(char *path, int n)
         if (!sl || sl == path) return;
         *sl = 0;
     }
+}
+
+int fs_stale_pid_name(const char *name, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    if (strncmp(name, prefix, n)) return 0;
+    const char *d = name + n;
+    if (!d[0] || strlen(d) > 9 || strspn(d, "0123456789") != strlen(d) || d[0] == '0') return 0;
+    long pid = strtol(d, NULL, 10);
+    return pid != (long)getpid() && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+int fs_remove_stale(const char *dir, const char *prefix)
+{
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int removed = 0;
+    struct dirent *e;
+    char p[PATH_MAX];
+    while ((e = readdir(d)) != NULL)
+        if (fs_stale_pid_name(e->d_name, prefix) && fs_path_join(p, sizeof p, dir, e->d_name) == 0 &&
+            fs_rm_rf(p, NULL) == 0)
+            removed++;
+    closedir(d);
+    return removed;
 }

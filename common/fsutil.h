@@ -79,4 +79,11 @@ void fs_trim_slashes(char *path);
 int fs_missing_levels(const char *path);
 void fs_remove_levels(char *path, int n);
 
+/* Temp dirs of a killed moet (".prep-<pid>" in prep's OUT, "OUT.tmp-<pid>" of an export):
+ * fs_stale_pid_name is 1 when name is prefix followed by the pid of a process that no longer
+ * exists (not this one; a live or foreign pid is left alone); fs_remove_stale rm -rf's every
+ * such entry of dir and returns how many went. */
+int fs_stale_pid_name(const char *name, const char *prefix);
+int fs_remove_stale(const char *dir, const char *prefix);
+
 #endif

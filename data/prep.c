@@ -2,6 +2,7 @@
 #include "data/prep.h"
 
 #include "common/err.h"
+#include "common/fsutil.h"
 #include "data/shard.h"
 
 #include <cjson/cJSON.h>
@@ -442,17 +443,8 @@ static int publish(prep_ctx *c, char *err)
     return 0;
 }
 
-/* After a failure: the stage and whatever it holds go; OUT keeps what it had. */
-static void unstage(prep_ctx *c)
-{
-    char path[4200];
-    for (int s = 0; s < 2; s++)
-        for (int k = 0; k < c->pk[s].shards; k++) {
-            snprintf(path, sizeof path, "%s/%s-%05d.h5", c->stage, c->pk[s].name, k);
-            unlink(path);
-        }
-    rmdir(c->stage);
-}
+/* The stage and whatever it still holds go (after success it is empty); OUT keeps what it had. */
+static void unstage(prep_ctx *c) { fs_rm_rf(c->stage, NULL); }
 
 int prep_run(const prep_opts *o, prep_stats *st, char *err)
 {
@@ -462,14 +454,16 @@ int prep_run(const prep_opts *o, prep_stats *st, char *err)
     if (check_inputs(o, &c.bytes_total, err)) return -1;
     if (tok_load(&c.t, o->tokenizer, err)) return strstr(err, o->tokenizer) ? -1 : err_wrap(err, "%s", o->tokenizer);
     c.bos = tok_bos_id(c.t), c.eos = tok_eos_id(c.t);
-    int rc = -1;
+    int rc = -1, made = 0; /* made: levels of OUT this run created, removed again on failure */
     if (c.eos < 0) {   /* a BOS is optional: Qwen's and gpt-oss's tokenizers have none */
         err_set(err, "%s: the tokenizer has no EOS token; prep needs one to end documents", o->tokenizer);
         goto done;
     }
     c.meta.vocab_size = tok_vocab_size(c.t), c.meta.bos_id = c.bos, c.meta.eos_id = c.eos;
     snprintf(c.meta.tokenizer_sha256, sizeof c.meta.tokenizer_sha256, "%s", tok_sha256(c.t));
+    made = fs_missing_levels(o->out_dir);
     if (make_dirs(o->out_dir, err)) goto done;
+    fs_remove_stale(o->out_dir, ".prep-"); /* stages of killed runs */
     snprintf(c.stage, sizeof c.stage, "%s/.prep-%d", o->out_dir, (int)getpid());
     if (mkdir(c.stage, 0755)) {
         err_set(err, "%s: cannot create: %s", c.stage, strerror(errno));
@@ -509,7 +503,12 @@ done:
         c.pk[s].w = NULL;
         free(c.pk[s].tok), free(c.pk[s].mask), free(c.pk[s].ds);
     }
-    if (c.stage[0]) unstage(&c);  /* after success only the empty directory is left */
+    if (c.stage[0]) unstage(&c);
+    if (rc && made) {
+        char out[4096];
+        snprintf(out, sizeof out, "%s", o->out_dir);
+        fs_remove_levels(out, made);  /* rmdir only: empty directories */
+    }
     free(c.u), free(c.r), free(c.maps);
     tok_free(c.t);
     st->seconds = now_s() - c.t0;

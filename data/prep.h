@@ -26,7 +26,9 @@
  * splitmix64(seed, its index among the accepted documents) / 2^64 < val_fraction.
  * Output: OUT/train-00000.h5, ... and OUT/val-00000.h5, ... of rows_per_shard rows
  * (the last one shorter); each written atomically; shards of those names left by an
- * earlier run beyond the new count are removed at the end.
+ * earlier run beyond the new count are removed at the end.  Shards wait in OUT/.prep-PID
+ * until the whole run has succeeded; a failed run removes that stage and the levels of OUT
+ * it created (so nothing is left), and a run removes the stages of killed runs (dead PIDs).
  *
  * Documents are parsed and tokenized in parallel (OpenMP, `threads`) chunk by chunk
  * and packed in input order, so the output does not depend on the thread count. */

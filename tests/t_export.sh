@@ -68,4 +68,19 @@ if "$MOET" export "$G/model" x --format onnx 2>err.log; then exit 1; fi; grep -q
 if "$MOET" export /nonexistent x --format hf 2>err.log; then exit 1; fi; [ "$(wc -l < err.log)" = 1 ]
 if "$MOET" export "$G/model" x --format hf --tokenizer nope.json 2>err.log; then exit 1; fi; grep -q "nope.json (from --tokenizer) does not exist" err.log
 [ ! -e p ] && [ ! -e x ]
+# what killed exports leave is tidied by the next export to the same OUT: an OUT.tmp-PID of a dead
+# PID goes (a live one stays); an OUT.old-PID (a --force swap cut short) comes back as OUT when
+# OUT is missing, and goes when OUT is there
+sh -c 'exit 0' & dead=$!; wait $dead
+mkdir -p k/sub "k.tmp-$dead" "k.tmp-$$" && echo junk > "k.tmp-$dead/model.safetensors"
+"$MOET" export "$G/model" k/sub/e --format hf > /dev/null
+mkdir -p "k/sub/e.tmp-$dead" "k/sub/e.old-$dead" && echo junk > "k/sub/e.old-$dead/x"
+"$MOET" export "$G/model" k/sub/e --format hf --dtype bf16 --force > /dev/null
+[ ! -e "k/sub/e.tmp-$dead" ] && [ ! -e "k/sub/e.old-$dead" ] && [ -d "k.tmp-$dead" ] && [ -d "k.tmp-$$" ] ||
+    { echo "stale temp dirs: $(ls -d k/sub/* k.*)"; exit 1; }
+mv k/sub/e "k/sub/e.old-$dead"          # as if killed between moving OUT aside and the rename
+"$MOET" export "$G/model" k/sub/e --format hf --force > /dev/null
+[ "$("$PY" -c 'import json;print(json.load(open("k/sub/e/config.json"))["dtype"])')" = float32 ] && [ ! -e "k/sub/e.old-$dead" ] ||
+    { echo "interrupted swap not repaired: $(ls -d k/sub/*)"; exit 1; }
+echo "stale export temp dirs: removed (dead PID), kept (live PID), an interrupted --force swap put back"
 echo "export checks passed"

@@ -130,6 +130,23 @@ cat "$W/fatal.err"
 grep -q "^moet prep: .*prep_bad.jsonl:2: invalid JSON" "$W/fatal.err" || fail "fatal error must name file:line"
 [ -z "$(ls -A "$W/fatal")" ] || fail "a failed run left files: $(ls -A "$W/fatal")"
 
+echo "== a failed run into a new OUT leaves no directory behind"
+set +e
+$MOET prep --tokenizer "$TINY" --out "$W/new/a/b" --seq-len 16 --on-error fatal $D/prep_bad.jsonl >/dev/null 2>&1
+rc=$?
+set -e
+[ $rc = 1 ] || fail "--on-error fatal into a new OUT exited $rc"
+[ ! -e "$W/new" ] || fail "a failed run left $(find "$W/new")"
+
+echo "== stages of killed runs (.prep-PID of a dead PID) are removed, a live one's stays"
+sh -c 'exit 0' & dead=$!; wait $dead
+mkdir -p "$W/stale/.prep-$dead" "$W/stale/.prep-$$"
+echo junk > "$W/stale/.prep-$dead/train-00000.h5"
+$MOET prep --tokenizer "$TINY" --out "$W/stale" --seq-len 16 $D/prep_doc.txt >/dev/null
+[ ! -e "$W/stale/.prep-$dead" ] || fail "the stage of dead pid $dead was left"
+[ -d "$W/stale/.prep-$$" ] || fail "the stage of a live pid was removed"
+[ -e "$W/stale/train-00000.h5" ] || fail "no shard written"
+
 expect_fail() {  # expect_fail CODE PATTERN ARGS...: exit CODE, one stderr line matching PATTERN
     local code=$1 pat=$2; shift 2
     set +e
@@ -142,6 +159,7 @@ expect_fail() {  # expect_fail CODE PATTERN ARGS...: exit CODE, one stderr line 
 }
 echo "== empty input, missing file, usage"
 expect_fail 1 "no documents in the input" --tokenizer "$TINY" --out "$W/e" $D/prep_empty.txt
+[ ! -e "$W/e" ] || fail "a failed run left an empty OUT"
 expect_fail 1 "nope.txt: No such file or directory" --tokenizer "$TINY" --out "$W/e" $D/prep_doc.txt "$W/nope.txt"
 expect_fail 1 "unsupported input" --tokenizer "$TINY" --out "$W/e" tests/prep_check.py
 expect_fail 1 "nope.json" --tokenizer "$W/nope.json" --out "$W/e" $D/prep_doc.txt
