@@ -59,13 +59,19 @@ assert all(r["grad_norm"] > 0 for r in rows), [r["grad_norm"] for r in rows]
 assert rows[-1]["ce_loss"] < rows[0]["ce_loss"] - 0.1, (rows[0]["ce_loss"], rows[-1]["ce_loss"])
 print(f"fresh LoRA: ce {rows[0]['ce_loss']:.3f} -> {rows[-1]['ce_loss']:.3f}, grad_norm {rows[0]['grad_norm']:.3f}")
 PY
-# moet eval counts every row, the last partial batch included: batch sizes 1, 3 and 8 over the
-# 8 val rows give the same targets and loss (to 1e-5: the rows are batched differently)
-for bs in 1 3 8; do "$MOET" eval run/checkpoints/step_00000040 --data val.h5 --batch-size $bs > eval$bs.log; done
+# moet eval counts every row, the last partial batch included: batch sizes 1, 3, 8 and 16 over
+# the 8 val rows give the same targets and loss (to 1e-5: the rows are batched differently);
+# a batch larger than the data is one batch of every row (issue 14: a 1-row shard was refused)
+for bs in 1 3 8 16; do "$MOET" eval run/checkpoints/step_00000040 --data val.h5 --batch-size $bs > eval$bs.log; done
+"$PY" "$here/make_shard.py" one.h5 1 64 256 5
+for bs in 1 3; do "$MOET" eval run/checkpoints/step_00000040 --data one.h5 --batch-size $bs > one$bs.log; done
+[ "$(cut -d' ' -f1-4 one1.log)" = "$(cut -d' ' -f1-4 one3.log)" ] && grep -q "in 1 rows of 64 tokens, batch 1" one3.log ||
+    { echo "FAIL: 1-row shard, --batch-size 3: $(cat one3.log)"; exit 1; }
+echo "1-row shard, --batch-size 3: $(cat one3.log)"
 "$PY" - <<'PY'
 import re
 got = {}
-for bs in (1, 3, 8):
+for bs in (1, 3, 8, 16):
     t = open(f"eval{bs}.log").read()
     got[bs] = (float(t.split()[1]), int(re.search(r"(\d+) targets", t).group(1)), int(re.search(r"in (\d+) rows", t).group(1)))
 assert len({g[1] for g in got.values()}) == 1 and all(g[2] == 8 for g in got.values()), got

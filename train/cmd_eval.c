@@ -89,10 +89,14 @@ int cmd_eval(int argc, char **argv)
     int32_t *labels = NULL;
     if (load_any_model_ex(path, CKPT_BASE_AUTO, base, &m, &lo, NULL, err)) goto fail;
     have = 1;
-    if (first_seq_len(files, nf, &T, err) ||
-        loader_open(&L, (const char *const *)files, nf, T, m.c.vocab, B, 0, 0, err) ||
-        loader_batch_alloc(&b, B, T, err) || model_acts_create(&a, &m, B, T, err))
+    if (first_seq_len(files, nf, &T, err) || loader_open(&L, (const char *const *)files, nf, T, m.c.vocab, 1, 0, 0, err))
         goto fail;
+    if (B > 1) { /* every row is evaluated: fewer rows than --batch-size make one smaller batch */
+        if (loader_rows(L) < B) B = (int)loader_rows(L);
+        loader_close(L);
+        if (loader_open(&L, (const char *const *)files, nf, T, m.c.vocab, B, 0, 0, err)) goto fail;
+    }
+    if (loader_batch_alloc(&b, B, T, err) || model_acts_create(&a, &m, B, T, err)) goto fail;
     labels = malloc((size_t)B * T * sizeof *labels);
     if (!labels) {
         err_set(err, "out of memory");
