@@ -4,14 +4,35 @@ BUILD   ?= build
 ARCH    ?= -march=native
 OPT     ?= -O3
 SAN     ?=
+PKGS    := hdf5 yaml-0.1 libcjson openblas libpcre2-8 libutf8proc
 CFLAGS  += -std=c11 $(OPT) $(ARCH) -fno-math-errno -fopenmp -g -Wall -Wextra -Wno-unused-parameter \
-           -D_GNU_SOURCE -I. $(SAN) \
-           $(shell pkg-config --cflags hdf5 yaml-0.1 libcjson openblas libpcre2-8 libutf8proc)
+           -Werror=implicit-function-declaration -D_GNU_SOURCE -I. $(SAN) \
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 # Link the OpenMP build of OpenBLAS so its threads and ours are one pool (no oversubscription).
 # RUNPATH, so LD_LIBRARY_PATH=.../openblas-pthread still swaps it in for measurements.
 BLASDIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 LDFLAGS += -fopenmp $(SAN) -Wl,--enable-new-dtags -Wl,-rpath,$(BLASDIR)
-LDLIBS  += $(shell pkg-config --libs hdf5 yaml-0.1 libcjson openblas libpcre2-8 libutf8proc) -lm -lpthread
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+
+# Building against headers that are not there (or another package's cblas.h) makes objects
+# that look fine and crash later: check the libraries first, except for the goals that
+# install them (test, demo and deps run tools/deps.sh before building).
+NEED_PKGS := $(PKGS) $(if $(filter test-run asan fuzz fuzz-smoke,$(MAKECMDGOALS)),cmocka)
+ifneq ($(filter-out test deps demo clean,$(or $(MAKECMDGOALS),all)),)
+  MISSING := $(shell for p in $(NEED_PKGS); do pkg-config --exists $$p 2>/dev/null || printf '%s ' $$p; done)
+  ifneq ($(strip $(MISSING)),)
+    $(error missing libraries ($(strip $(MISSING)) not found by pkg-config): run tools/deps.sh (or make test))
+  endif
+endif
+
+# Every object depends on the flags it was built with: $(BUILD)/flags holds them and is
+# rewritten only when they change (other CFLAGS, SAN, include paths of the libraries), so a
+# change rebuilds everything instead of linking stale objects.
+FLAGS_NOW := $(strip $(CC) $(CFLAGS) | $(LDFLAGS) | $(LDLIBS))
+ifneq ($(FLAGS_NOW),$(strip $(file <$(BUILD)/flags)))
+  $(shell mkdir -p $(BUILD))
+  $(file >$(BUILD)/flags,$(FLAGS_NOW))
+endif
 
 LIB_SRC  := $(wildcard common/*.c model/*.c optim/*.c data/*.c checkpoints/*.c) \
             $(filter-out train/main.c,$(wildcard train/*.c))
@@ -32,11 +53,11 @@ $(BUILD)/libmoet.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/%.o: %.c
+$(BUILD)/%.o: %.c $(BUILD)/flags
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
 
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libmoet.a
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libmoet.a $(BUILD)/flags
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libmoet.a $(LDLIBS) -lcmocka
 
