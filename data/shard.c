@@ -99,6 +99,7 @@ int shard_writer_create(shard_writer **out, const char *path, int seq_len, const
      * enough that a shuffled single-row read does not drag megabytes along. */
     int64_t cr = (256 * 1024) / ((int64_t)seq_len * w->token_bytes);
     w->chunk_rows = cr < 1 ? 1 : cr > 1024 ? 1024 : cr;
+    if (meta->rows > 0 && meta->rows < w->chunk_rows) w->chunk_rows = meta->rows; /* small shards, small chunks */
     w->path = strdup(path);
     w->tmp = malloc(strlen(path) + 5);
     if (!w->path || !w->tmp) goto oom;
@@ -211,7 +212,7 @@ static int fsync_path(const char *path, int flags)
     return rc;
 }
 
-int shard_writer_close(shard_writer *w, char *err)
+static int writer_finish(shard_writer *w, int durable, char *err)
 {
     quiet();
     if (writer_flush(w, err)) {
@@ -230,17 +231,20 @@ int shard_writer_close(shard_writer *w, char *err)
         shard_writer_abort(w);
         return -1;
     }
-    if (fsync_path(w->tmp, O_RDONLY) || rename(w->tmp, w->path)) {
+    if ((durable && fsync_path(w->tmp, O_RDONLY)) || rename(w->tmp, w->path)) {
         err_set(err, "%s: cannot fsync/rename into place: %s", w->path, strerror(errno));
         shard_writer_abort(w);
         return -1;
     }
-    char *dir = strdup(w->path);
+    char *dir = durable ? strdup(w->path) : NULL;
     if (dir) fsync_path(dirname(dir), O_RDONLY | O_DIRECTORY);  /* make the rename durable */
     free(dir);
     writer_free(w);
     return 0;
 }
+
+int shard_writer_close(shard_writer *w, char *err) { return writer_finish(w, 1, err); }
+int shard_writer_close_nosync(shard_writer *w, char *err) { return writer_finish(w, 0, err); }
 
 void shard_writer_abort(shard_writer *w)
 {

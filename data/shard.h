@@ -41,7 +41,9 @@ typedef struct {
 typedef struct shard_writer shard_writer;
 
 /* Create PATH.tmp for rows of seq_len tokens.  meta gives vocab_size, bos_id,
- * eos_id, tokenizer_sha256 (rows/seq_len/token_bytes there are ignored); the token
+ * eos_id, tokenizer_sha256, and in rows, when > 0, the most rows the file will get (a
+ * chunk is never bigger: a 1-row shard is not padded to a 256 KB chunk); seq_len and
+ * token_bytes there are ignored; the token
  * dtype follows vocab_size.  with_mask / with_doc_start choose the optional
  * datasets; when 0 the matching pointers of shard_writer_append are ignored. */
 int shard_writer_create(shard_writer **out, const char *path, int seq_len, const shard_info *meta,
@@ -57,6 +59,10 @@ int64_t shard_writer_rows(const shard_writer *w);
 /* Flush, fsync and rename PATH.tmp to PATH; frees w (also on failure, after
  * removing the temp file). */
 int shard_writer_close(shard_writer *w, char *err);
+
+/* The same without the fsyncs, for a caller that makes a whole directory of shards
+ * durable at once (prep: one syncfs before it publishes; 1-row shards cost 2 fsyncs each). */
+int shard_writer_close_nosync(shard_writer *w, char *err);
 
 /* Give up: remove PATH.tmp and free w.  NULL is a no-op. */
 void shard_writer_abort(shard_writer *w);
