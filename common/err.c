@@ -5,26 +5,38 @@
 #include <stdio.h>
 #include <string.h>
 
+/* A message cut at ERR_MAX may end inside a UTF-8 sequence: drop that partial character. */
+static void cut_partial_utf8(char *s)
+{
+    size_t n = strlen(s), j = n;
+    while (j > 0 && n - j < 4 && ((unsigned char)s[j - 1] & 0xc0) == 0x80) j--;
+    if (j == 0) return;
+    unsigned char lead = (unsigned char)s[j - 1];
+    size_t want = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
+    if (lead >= 0xc0 && n - (j - 1) < want) s[j - 1] = 0;
+}
+
 int err_set(char *err, const char *fmt, ...)
 {
     if (!err) return -1;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err, ERR_MAX, fmt, ap);
+    int n = vsnprintf(err, ERR_MAX, fmt, ap);
     va_end(ap);
+    if (n >= ERR_MAX) cut_partial_utf8(err);
     return -1;
 }
 
 int err_wrap(char *err, const char *fmt, ...)
 {
     if (!err) return -1;
-    char prefix[ERR_MAX], old[ERR_MAX];
+    char prefix[251], old[251]; /* 250 bytes each: both halves always fit */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    if (vsnprintf(prefix, sizeof prefix, fmt, ap) >= (int)sizeof prefix) cut_partial_utf8(prefix);
     va_end(ap);
-    snprintf(old, sizeof old, "%s", err);
-    snprintf(err, ERR_MAX, "%.250s: %.250s", prefix, old); /* both halves always fit */
+    if (snprintf(old, sizeof old, "%s", err) >= (int)sizeof old) cut_partial_utf8(old);
+    snprintf(err, ERR_MAX, "%s: %s", prefix, old);
     return -1;
 }
 

@@ -10,7 +10,7 @@ int chat_template_parse(const char *name, chat_template *out, char *err)
 {
     if (!strcmp(name, "mistral")) *out = CHAT_MISTRAL;
     else if (!strcmp(name, "chatml")) *out = CHAT_CHATML;
-    else return err_set(err, "unknown chat template '%s' (mistral or chatml)", name);
+    else return err_set(err, "unknown chat template '%s' (mistral or chatml)", err_q(name, -1));
     return 0;
 }
 

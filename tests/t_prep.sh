@@ -130,6 +130,21 @@ cat "$W/fatal.err"
 grep -q "^moet prep: .*prep_bad.jsonl:2: invalid JSON" "$W/fatal.err" || fail "fatal error must name file:line"
 [ -z "$(ls -A "$W/fatal")" ] || fail "a failed run left files: $(ls -A "$W/fatal")"
 
+echo "== what a line says is quoted in its warning (ESC, invalid UTF-8: never raw)"
+printf '{"messages": [{"role": "as\\u001b[31msistant\xff", "content": "x"}]}\n{"text": "ok"}\n' > "$W/esc.jsonl"
+$MOET prep --tokenizer "$TINY" --out "$W/esc" --seq-len 16 "$W/esc.jsonl" >/dev/null 2>"$W/esc.err"
+cat "$W/esc.err"
+grep -qF "messages[0]: unknown role 'as\x1B[31msistant\xFF' for the mistral template" "$W/esc.err" ||
+    fail "role not quoted: $(cat -v "$W/esc.err")"
+! grep -q $'\x1b' "$W/esc.err" || fail "raw ESC in a warning"
+
+echo "== 1-row shards are small and quick (chunks no bigger than a shard; one syncfs, not 2 fsyncs each)"
+$MOET prep --tokenizer "$TINY" --out "$W/rows1" --seq-len 32 --rows-per-shard 1 $D/prep_text.jsonl $D/prep_chat.jsonl >/dev/null
+n=$(ls "$W/rows1" | wc -l)
+big=$(find "$W/rows1" -name '*.h5' -size +32k | wc -l)
+[ "$n" -ge 2 ] && [ "$big" = 0 ] || fail "$n 1-row shards, $big over 32 KB: $(ls -l "$W/rows1" | head -3)"
+check layout "$W/rows1" "$TINY" 32 1
+
 echo "== a failed run into a new OUT leaves no directory behind"
 set +e
 $MOET prep --tokenizer "$TINY" --out "$W/new/a/b" --seq-len 16 --on-error fatal $D/prep_bad.jsonl >/dev/null 2>&1

@@ -386,6 +386,31 @@ static void test_err_quote_escapes_controls_invalid_utf8_and_cuts(void **state)
     assert_string_equal(q2, "two\\x0A");
 }
 
+/* A message cut at ERR_MAX (err_set) or at a half (err_wrap) never ends inside a UTF-8
+ * character: the fuzzers check every message is valid UTF-8. */
+static void test_err_messages_cut_at_a_character_boundary(void **state)
+{
+    char text[2000], err[ERR_MAX];
+    for (int shift = 0; shift < 3; shift++) {
+        int n = 0;
+        for (int i = 0; i < shift; i++) text[n++] = 'x';
+        while (n < 1990) memcpy(text + n, "\xe6\x97\xa5", 3), n += 3; /* 日, 3 bytes */
+        text[n] = 0;
+        err_set(err, "%s", text);
+        assert_true(strlen(err) < ERR_MAX && strlen(err) >= ERR_MAX - 4);
+        assert_int_equal((strlen(err) - shift) % 3, 0);
+        err_set(err, "%s", text + shift + 600); /* starts on a character */
+        err_wrap(err, "%s", text);
+        size_t half = strcspn(err, ":");
+        assert_int_equal((half - shift) % 3, 0); /* the prefix half ends on a whole character */
+        assert_int_equal(err[half + 1], ' ');
+        assert_int_equal((strlen(err) - half - 2) % 3, 0);
+    }
+    err_set(err, "short");
+    err_wrap(err, "ctx %d", 1);
+    assert_string_equal(err, "ctx 1: short");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -403,6 +428,7 @@ int main(void)
         cmocka_unit_test(test_rm_rf_removes_tree_but_not_symlink_targets),
         cmocka_unit_test(test_path_join_and_predicates),
         cmocka_unit_test(test_err_quote_escapes_controls_invalid_utf8_and_cuts),
+        cmocka_unit_test(test_err_messages_cut_at_a_character_boundary),
         cmocka_unit_test(test_dir_commit_builds_in_temp_and_never_replaces),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -81,7 +81,7 @@ int cmd_prep(int argc, char **argv)
         if (eq) val = eq + 1;
         else if (i + 1 < argc) val = argv[++i];
         else {
-            rc = usage_error("%s needs a value", name);
+            rc = usage_error("%s needs a value", err_q(name, -1));
             goto out;
         }
         long v;
@@ -127,12 +127,12 @@ int cmd_prep(int argc, char **argv)
             }
         } else if (!strcmp(name, "--on-error")) {
             if (strcmp(val, "skip") && strcmp(val, "fatal")) {
-                rc = usage_error("--on-error wants skip or fatal, not '%s'", val);
+                rc = usage_error("--on-error wants skip or fatal, not '%s'", err_q(val, -1));
                 goto out;
             }
             o.fatal_errors = !strcmp(val, "fatal");
         } else {
-            rc = usage_error("unknown option %s", name);
+            rc = usage_error("unknown option %s", err_q(name, -1));
             goto out;
         }
     }

@@ -116,9 +116,11 @@ const char *yt_describe(const ytnode *n, char *buf, size_t size)
 {
     if (n->kind == YT_SEQ) return "a list";
     if (n->kind == YT_MAP) return "a mapping";
-    /* Quoted, shortened, control bytes and invalid UTF-8 escaped: the message stays one line. */
-    char q[ERR_QUOTE_MAX];
-    snprintf(buf, size, "\"%s\"", err_quote(q, sizeof q, n->str, -1, 60));
+    /* Quoted, shortened (whole characters), control bytes and invalid UTF-8 escaped: the
+     * message stays one printable line. */
+    buf[0] = '"';
+    err_quote(buf + 1, (int)size - 2, n->str, -1, 60);
+    strcat(buf, "\"");
     return buf;
 }
 
