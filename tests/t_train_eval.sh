@@ -68,6 +68,11 @@ for bs in 1 3; do "$MOET" eval run/checkpoints/step_00000040 --data one.h5 --bat
 [ "$(cut -d' ' -f1-4 one1.log)" = "$(cut -d' ' -f1-4 one3.log)" ] && grep -q "in 1 rows of 64 tokens, batch 1" one3.log ||
     { echo "FAIL: 1-row shard, --batch-size 3: $(cat one3.log)"; exit 1; }
 echo "1-row shard, --batch-size 3: $(cat one3.log)"
+# without --batch-size, eval batches rows of 2048 tokens (here 32 rows of 64, so all 8 val rows
+# in one batch; one row at a time left the cores idle: 6x slower on the tiny model), same loss
+"$MOET" eval run/checkpoints/step_00000040 --data val.h5 > evaldef.log
+grep -q "in 8 rows of 64 tokens, batch 8" evaldef.log && [ "$(cut -d' ' -f1-2 evaldef.log)" = "$(cut -d' ' -f1-2 eval8.log)" ] ||
+    { echo "FAIL: default eval batch: $(cat evaldef.log)"; exit 1; }
 "$PY" - <<'PY'
 import re
 got = {}
