@@ -93,10 +93,11 @@ void prep_defaults(prep_opts *o)
 
 /* ------------------------------------------------------------ one document */
 
-static void text_doc(const prep_ctx *c, const char *p, size_t len, result *r)
+static void text_doc(const tok *t, const char *p, size_t len, result *r)
 {
-    if ((c->bos >= 0 && chat_seq_push(&r->seq, &c->bos, 1, 0)) || chat_seq_encode(&r->seq, c->t, p, len, 1, r->why) ||
-        chat_seq_push(&r->seq, &c->eos, 1, 1)) {
+    int32_t bos = tok_bos_id(t), eos = tok_eos_id(t);   /* a BOS is optional (Qwen has none) */
+    if ((bos >= 0 && chat_seq_push(&r->seq, &bos, 1, 0)) || chat_seq_encode(&r->seq, t, p, len, 1, r->why) ||
+        chat_seq_push(&r->seq, &eos, 1, 1)) {
         if (!r->why[0]) snprintf(r->why, sizeof r->why, "out of memory");
         r->status = DOC_BAD;
     }
@@ -113,7 +114,7 @@ static int bad(result *r, const char *fmt, ...)
     return -1;
 }
 
-static void chat_doc(const prep_ctx *c, const cJSON *msgs, result *r)
+static void chat_doc(const tok *t, chat_template tpl, const cJSON *msgs, result *r)
 {
     if (!cJSON_IsArray(msgs)) {
         bad(r, "\"messages\" is not an array");
@@ -142,21 +143,21 @@ static void chat_doc(const prep_ctx *c, const cJSON *msgs, result *r)
         m[i].content_len = strlen(content->valuestring);
         i++;
     }
-    if (r->status != DOC_BAD && chat_render(c->t, c->o->chat, m, n, &r->seq, r->why)) r->status = DOC_BAD;
+    if (r->status != DOC_BAD && chat_render(t, tpl, m, n, &r->seq, r->why)) r->status = DOC_BAD;
     free(m);
 }
 
-static void json_doc(const prep_ctx *c, const unit *u, result *r)
+static void json_doc(const tok *t, chat_template tpl, const char *line, size_t len, result *r)
 {
     const char *end = NULL;
-    cJSON *j = cJSON_ParseWithLengthOpts(u->p, u->len, &end, 0);
+    cJSON *j = cJSON_ParseWithLengthOpts(line, len, &end, 0);
     if (!j) {
-        bad(r, "invalid JSON (near byte %zu)", end && end >= u->p ? (size_t)(end - u->p) + 1 : (size_t)1);
+        bad(r, "invalid JSON (near byte %zu)", end && end >= line ? (size_t)(end - line) + 1 : (size_t)1);
         return;
     }
-    for (const char *q = end; q && q < u->p + u->len; q++)
+    for (const char *q = end; q && q < line + len; q++)
         if (*q != ' ' && *q != '\t' && *q != '\r') {
-            bad(r, "invalid JSON (text after the object at byte %zu)", (size_t)(q - u->p) + 1);
+            bad(r, "invalid JSON (text after the object at byte %zu)", (size_t)(q - line) + 1);
             goto done;
         }
     if (!cJSON_IsObject(j)) {
@@ -168,9 +169,9 @@ static void json_doc(const prep_ctx *c, const unit *u, result *r)
     if (text) {
         if (!cJSON_IsString(text)) bad(r, "\"text\" is not a string");
         else if (!text->valuestring[0]) r->status = DOC_EMPTY;
-        else text_doc(c, text->valuestring, strlen(text->valuestring), r);
+        else text_doc(t, text->valuestring, strlen(text->valuestring), r);
     } else if (msgs) {
-        chat_doc(c, msgs, r);
+        chat_doc(t, tpl, msgs, r);
     } else {
         bad(r, "no \"text\" or \"messages\" field");
     }
@@ -178,12 +179,28 @@ done:
     cJSON_Delete(j);
 }
 
+int prep_json_line(const tok *t, chat_template tpl, const char *line, size_t len, chat_seq *out, char *why)
+{
+    result r = {0};
+    json_doc(t, tpl, line, len, &r);
+    if (r.status == DOC_OK) {
+        int rc = chat_seq_push(out, r.seq.ids, r.seq.n, 0);
+        if (!rc) memcpy(out->mask + out->n - r.seq.n, r.seq.mask, r.seq.n);
+        chat_seq_free(&r.seq);
+        return rc ? err_set(why, "out of memory") : 0;
+    }
+    chat_seq_free(&r.seq);
+    if (r.status == DOC_EMPTY) return 1;
+    snprintf(why, ERR_MAX, "%s", r.why);
+    return -1;
+}
+
 static void process(const prep_ctx *c, const unit *u, result *r)
 {
     memset(r, 0, sizeof *r);
-    if (u->json) json_doc(c, u, r);
+    if (u->json) json_doc(c->t, c->o->chat, u->p, u->len, r);
     else if (u->len == 0) r->status = DOC_EMPTY;
-    else text_doc(c, u->p, u->len, r);
+    else text_doc(c->t, u->p, u->len, r);
     if (r->status != DOC_OK) chat_seq_free(&r->seq);
 }
 

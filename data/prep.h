@@ -72,4 +72,10 @@ void prep_defaults(prep_opts *o);
 
 int prep_run(const prep_opts *o, prep_stats *st, char *err);
 
+/* One .jsonl line (len bytes, without its newline) as prep_run reads it, appended to out:
+ * 0 a document (BOS ... EOS with its loss mask), 1 an empty one ("text": "" or "messages":
+ * []), -1 a bad line with the reason in why (ERR_MAX bytes; one line meant to follow
+ * "FILE:LINE: "). */
+int prep_json_line(const tok *t, chat_template tpl, const char *line, size_t len, chat_seq *out, char *why);
+
 #endif
