@@ -35,5 +35,20 @@ export M O --format hf --max-shard-size nanGB|--max-shard-size 'nanGB' is not a 
 export M O --format hf --max-shard-size infGB|--max-shard-size 'infGB' is not a size
 tokenizer train --vocab-size 12x --out O F|12x
 CASES
+# what a command echoes back from its arguments is quoted: ESC, controls, invalid UTF-8 as \xHH
+while IFS='|' read -r cmd arg want; do
+    "$MOET" $cmd "$(printf -- "$arg")" >/dev/null 2>err.$$; rc=$?
+    if [ $rc -ge 1 ] && grep -qF -- "$want" err.$$ && ! grep -q $'[\x01-\x1f\x7f]' err.$$; then
+        echo "ok   moet $cmd <$arg>: $(cat err.$$)"
+    else
+        echo "FAIL moet $cmd <$arg>: rc=$rc: $(cat -v err.$$)"; fail=1
+    fi
+done <<'CASES'
+|fo\033[31mo|unknown command 'fo\x1B[31mo'
+eval M --data D --batch-size|3\001|not '3\x01'
+train cfg.yaml|a\001b|'a\x01b' is not a key.path=value override
+export M O --format|h\377f|--format must be hf, peft, merged or gguf, not 'h\xFFf'
+generate M --prompt hi|--bo\033gus|unknown option or missing value '--bo\x1Bgus'
+CASES
 rm -f err.$$
 exit $fail

@@ -68,7 +68,7 @@ int cmd_eval(int argc, char **argv)
             int bs = !strcmp(argv[i], "--batch-size");
             if (cmd_long(argv[i + 1], bs, 1 << 30, &v)) {
                 fprintf(stderr, "moet eval: %s needs an integer %s, not '%s'\n", argv[i], bs ? ">= 1" : ">= 0 (0: all)",
-                        argv[i + 1]);
+                        err_q(argv[i + 1], -1));
                 free(files);
                 return 2;
             }
@@ -76,13 +76,13 @@ int cmd_eval(int argc, char **argv)
         } else if (!strcmp(argv[i], "--document-mask")) docmask = 1, in_data = 0;
         else if (!strcmp(argv[i], "--base") && i + 1 < argc) base = argv[++i], in_data = 0;
         else if (argv[i][0] == '-') {
-            fprintf(stderr, "moet eval: unknown option '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "moet eval: unknown option '%s'\n%s", err_q(argv[i], -1), usage);
             free(files);
             return 2;
         } else if (in_data) files[nf++] = argv[i];
         else if (!path) path = argv[i];
         else {
-            fprintf(stderr, "moet eval: unexpected argument '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "moet eval: unexpected argument '%s'\n%s", err_q(argv[i], -1), usage);
             free(files);
             return 2;
         }

@@ -136,16 +136,16 @@ int cmd_export(int argc, char **argv)
         else if (!strcmp(argv[i], "--base") && i + 1 < argc) base_dir = argv[++i];
         else if (!strcmp(argv[i], "--max-shard-size") && i + 1 < argc) {
             if (parse_size(argv[++i], &max_shard)) {
-                fprintf(stderr, "moet export: --max-shard-size '%s' is not a size like 5GB or 500MB\n", argv[i]);
+                fprintf(stderr, "moet export: --max-shard-size '%s' is not a size like 5GB or 500MB\n", err_q(argv[i], -1));
                 return 2;
             }
         } else if (argv[i][0] == '-') {
-            fprintf(stderr, "moet export: unknown option '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "moet export: unknown option '%s'\n%s", err_q(argv[i], -1), usage);
             return 2;
         } else if (!in) in = argv[i];
         else if (!out) out = argv[i];
         else {
-            fprintf(stderr, "moet export: unexpected argument '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "moet export: unexpected argument '%s'\n%s", err_q(argv[i], -1), usage);
             return 2;
         }
     }
@@ -162,11 +162,11 @@ int cmd_export(int argc, char **argv)
     else if (!strcmp(dtype_s, "bf16")) dt = ST_BF16;
     else if (!strcmp(dtype_s, "f16")) dt = ST_F16;
     else {
-        fprintf(stderr, "moet export: --dtype must be f32, bf16 or f16, not '%s'\n", dtype_s);
+        fprintf(stderr, "moet export: --dtype must be f32, bf16 or f16, not '%s'\n", err_q(dtype_s, -1));
         return 2;
     }
     if (strcmp(format, "hf") && strcmp(format, "merged") && strcmp(format, "peft") && strcmp(format, "gguf")) {
-        fprintf(stderr, "moet export: --format must be hf, peft, merged or gguf, not '%s'\n", format);
+        fprintf(stderr, "moet export: --format must be hf, peft, merged or gguf, not '%s'\n", err_q(format, -1));
         return 2;
     }
     char err[ERR_MAX], tmp[4096], p[4096];

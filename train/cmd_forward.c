@@ -88,13 +88,13 @@ int cmd_forward(int argc, char **argv)
         else if ((!strcmp(argv[i], "--z-loss") || !strcmp(argv[i], "--clip-grad-norm")) && i + 1 < argc) {
             int z = !strcmp(argv[i], "--z-loss");
             if (cmd_double(argv[i + 1], 0, 1e30, z ? &z_coef : &clip)) {
-                fprintf(stderr, "moet forward: %s needs a number >= 0, not '%s'\n", argv[i], argv[i + 1]);
+                fprintf(stderr, "moet forward: %s needs a number >= 0, not '%s'\n", argv[i], err_q(argv[i + 1], -1));
                 return 2;
             }
             i++;
         } else if (argv[i][0] != '-' && !dir) dir = argv[i];
         else {
-            fprintf(stderr, "moet forward: unexpected argument '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "moet forward: unexpected argument '%s'\n%s", err_q(argv[i], -1), usage);
             return 2;
         }
     }

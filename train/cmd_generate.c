@@ -187,13 +187,13 @@ static int parse_args(gen_opts *o, int argc, char **argv)
             else if (a[0] != '-' && !o->path) o->path = a;
             else {
                 fprintf(stderr, "moet generate: %s '%s'\n%s", a[0] == '-' ? "unknown option or missing value" :
-                        "unexpected argument", a, usage);
+                        "unexpected argument", err_q(a, -1), usage);
                 return 2;
             }
         }
         if (end && (end == v || *end || errno == ERANGE || (!strcmp(a, "--seed") && !isdigit((unsigned char)v[0])))) {
             fprintf(stderr, "moet generate: %s needs a number%s, not '%s'\n", a,
-                    !strcmp(a, "--seed") ? " in [0, 2^64)" : "", v);
+                    !strcmp(a, "--seed") ? " in [0, 2^64)" : "", err_q(v, -1));
             return 2;
         }
         i += takes;

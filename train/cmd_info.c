@@ -216,7 +216,7 @@ int cmd_info(int argc, char **argv)
             i + 1 < argc) {
             long v;
             if (cmd_long(argv[i + 1], 1, 1 << 24, &v)) {
-                fprintf(stderr, "moet info: %s needs an integer in [1, %d], not '%s'\n", argv[i], 1 << 24, argv[i + 1]);
+                fprintf(stderr, "moet info: %s needs an integer in [1, %d], not '%s'\n", argv[i], 1 << 24, err_q(argv[i + 1], -1));
                 return 2;
             }
             *(!strcmp(argv[i], "--batch") ? &B : !strcmp(argv[i], "--ranks") ? &ranks : &T) = (int)v, i++;
@@ -231,7 +231,7 @@ int cmd_info(int argc, char **argv)
         } else if (argv[i][0] != '-' && !path) path = argv[i];
         else if (argv[i][0] != '-' && strchr(argv[i], '=') && nover < 64) over[nover++] = argv[i];
         else {
-            fprintf(stderr, "moet info: unexpected argument '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "moet info: unexpected argument '%s'\n%s", err_q(argv[i], -1), usage);
             return 2;
         }
     }

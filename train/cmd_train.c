@@ -34,12 +34,12 @@ int cmd_train(int argc, char **argv)
         else if (!strcmp(argv[i], "--quiet")) o.quiet = 1;
         else if (!strcmp(argv[i], "--print-config")) print_only = 1;
         else if (argv[i][0] == '-') {
-            fprintf(stderr, "moet train: unknown option '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "moet train: unknown option '%s'\n%s", err_q(argv[i], -1), usage);
             return 2;
         } else if (!path) path = argv[i];
         else if (strchr(argv[i], '=') && nov < 256) ov[nov++] = argv[i];
         else {
-            fprintf(stderr, "moet train: '%s' is not a key.path=value override\n%s", argv[i], usage);
+            fprintf(stderr, "moet train: '%s' is not a key.path=value override\n%s", err_q(argv[i], -1), usage);
             return 2;
         }
     }

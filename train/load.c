@@ -21,7 +21,7 @@ int load_run_config(const cfg *c, model_config *mc, char *err)
         size_t len;
         fs_path_join(p, sizeof p, c->model.init_from, "config.json");
         if (!fs_is_dir(c->model.init_from))
-            return err_set(err, "model.init_from '%s': not a model directory", c->model.init_from);
+            return err_set(err, "model.init_from '%s': not a model directory", err_q(c->model.init_from, -1));
         if (fs_read_file(p, &text, &len, err)) return err_wrap(err, "model.init_from");
         base = cJSON_Parse(text);
         free(text);
@@ -290,7 +290,7 @@ int load_lora_config(const cfg *c, lora_config *lc, char *err)
     lc->train_router = c->lora.train_router;
     for (int i = 0; i < c->lora.n_targets; i++) {
         int t = lora_target_parse(c->lora.targets[i]);
-        if (t < 0) return err_set(err, "lora.targets: unknown target '%s'", c->lora.targets[i]);
+        if (t < 0) return err_set(err, "lora.targets: unknown target '%s'", err_q(c->lora.targets[i], -1));
         lc->targets |= 1u << t;
     }
     return 0;

@@ -1,5 +1,6 @@
 /* moet: the command-line front door.  Dispatches to train/cmd_<name>.c. */
 #include "common/blas.h"
+#include "common/err.h"
 #include "train/cmd.h"
 
 #include <errno.h>
@@ -88,6 +89,6 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "moet: unknown command '%s' (moet --help lists them)\n", argv[1]);
+    fprintf(stderr, "moet: unknown command '%s' (moet --help lists them)\n", err_q(argv[1], -1));
     return 2;
 }

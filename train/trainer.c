@@ -626,7 +626,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     if (c->train.resume == CFG_RESUME_PATH) {
         snprintf(resume, sizeof resume, "%s", c->train.resume_path);
         if (!ckpt_is_checkpoint(resume)) {
-            err_set(err, "train.resume: '%s' is not a training checkpoint", resume);
+            err_set(err, "train.resume: '%s' is not a training checkpoint", err_q(resume, -1));
             goto out;
         }
         /* this run will save into ckpt_root: any checkpoint there but the one resumed from
