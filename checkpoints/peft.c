@@ -4,6 +4,7 @@
 #include "common/fsutil.h"
 
 #include <cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,8 +44,9 @@ int peft_read_config(const char *dir, lora_config *lc, char *base, size_t cap, c
             goto out;
         }
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, "r"), *a = cJSON_GetObjectItemCaseSensitive(o, "lora_alpha");
-    if (!cJSON_IsNumber(r) || r->valueint < 1 || !cJSON_IsNumber(a)) {
-        err_set(err, "%s: needs integer r >= 1 and numeric lora_alpha", p);
+    if (!cJSON_IsNumber(r) || !(r->valuedouble >= 1 && r->valuedouble <= 65536) || r->valuedouble != (int)r->valuedouble ||
+        !cJSON_IsNumber(a) || !isfinite(a->valuedouble)) {
+        err_set(err, "%s: needs an integer r in [1, 65536] and a numeric lora_alpha", p);
         goto out;
     }
     lc->r = r->valueint;

@@ -249,7 +249,12 @@ static void test_peft_files_round_trip_and_bad_configs_are_refused(void **state)
         {"{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"fc1\"]}", "'fc1'"},
         {"{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\"],"
          "\"target_parameters\":[\"gate_up_proj\"]}", "'target_parameters'"},
-        {"{\"peft_type\":\"LORA\",\"lora_alpha\":8,\"target_modules\":[\"q_proj\"]}", "needs integer r"},
+        {"{\"peft_type\":\"LORA\",\"lora_alpha\":8,\"target_modules\":[\"q_proj\"]}", "needs an integer r in [1, 65536]"},
+        {"{\"peft_type\":\"LORA\",\"r\":1.5,\"lora_alpha\":8,\"target_modules\":[\"q_proj\"]}", "needs an integer r"},
+        {"{\"peft_type\":\"LORA\",\"r\":2e9,\"lora_alpha\":8,\"target_modules\":[\"q_proj\"]}", "needs an integer r"},
+        {"{\"peft_type\":\"LORA\",\"r\":0,\"lora_alpha\":8,\"target_modules\":[\"q_proj\"]}", "needs an integer r"},
+        {"{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":\"8\",\"target_modules\":[\"q_proj\"]}", "numeric lora_alpha"},
+        {"{\"peft_type\":\"LORA\\u001b\",\"r\":4}", "peft_type 'LORA\\x1B'"},
     };
     snprintf(p, sizeof p, "%s/adapter_config.json", dir);
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {

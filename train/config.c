@@ -80,7 +80,7 @@ static const ckey keys[] = {
     {"optim", "min_lr_ratio", KT_NUM, F(optim.min_lr_ratio), 0, 0, 1, 0},
     {"optim", "decay_steps", KT_INT, F(optim.decay_steps), 0, 0, INT_MAX, 0},
     {"lora", "enabled", KT_BOOL, F(lora.enabled), 0, 0, 0, 0},
-    {"lora", "r", KT_INT, F(lora.r), 0, 1, INT_MAX, 0},
+    {"lora", "r", KT_INT, F(lora.r), 0, 1, 65536, 0}, /* beyond any layer's width; bounds the memory */
     {"lora", "alpha", KT_NUM, F(lora.alpha), 0, 0, BIG, LO_OPEN},
     {"lora", "dropout", KT_NUM, F(lora.dropout), 0, 0, 1, HI_OPEN},
     {"lora", "rslora", KT_BOOL, F(lora.rslora), 0, 0, 0, 0},
