@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     err[0] = 0;
     if (lora_create(&lo, &m, &lc, 1, err)) fuzz_check_err(err);
     lora_free(lo);
-    char *json = peft_config_json(&lc, base);
+    char *json = peft_config_json(&lc, m.c.family, base);
     if (!json) abort();
     fuzz_write("adapter_config.json", json, strlen(json));
     err[0] = 0;
