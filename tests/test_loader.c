@@ -256,9 +256,9 @@ static void test_prefetch_hides_reading_from_a_slow_consumer(void **state)
     loader_batch b;
     assert_int_equal(loader_batch_alloc(&b, 4, T, NULL), 0);
     char err[ERR_MAX];
-    assert_int_equal(loader_next(L, &b, err), 0);  /* the first batch has to be waited for */
+    assert_int_equal(loader_next(L, &b, err), 0);  /* the first batch is usually waited for ... */
     double first = loader_wait_seconds(L);
-    assert_true(first > 0);
+    assert_true(first >= 0); /* ... but on a busy machine the reader thread may fill it first (1 in 5 under make asan) */
     for (int i = 0; i < 10; i++) {
         usleep(30000);  /* a 30 ms "training step"; a batch reads in well under 1 ms */
         assert_int_equal(loader_next(L, &b, err), 0);
