@@ -73,6 +73,7 @@ struct model_acts {
     float *lxa;                  /* LoRA: (S, 7N + 3Nk, r) inputs times A, kept for backward */
     int lora_r;
     double *f, *P;               /* (E) aux-loss statistics of the last forward */
+    double rows;                 /* router rows behind f and P (all ranks' with m->dp) */
     size_t bytes;
     char *mem;
 };
@@ -461,16 +462,14 @@ static void forward_layers(model *m, model_acts *a, const model_batch *b)
                                c->norm_eps));
 }
 
-/* Load-balancing (aux) and z losses over all MoE layers' router rows, HF's concatenation. */
-static void router_losses(model *m, model_acts *a, int N, model_stats *st)
+/* Load-balancing (aux) and z losses over all MoE layers' router rows, HF's concatenation. With
+ * global and data parallelism (m->dp) the pick counts, probability sums, z sum and row count
+ * are first summed over the ranks: f, P, aux and z are those of the global micro-batch. */
+static void router_losses(model *m, model_acts *a, int N, int global, model_stats *st)
 {
     const model_config *c = &m->c;
     int E = c->n_experts, L = c->n_layers;
-    double rows = (double)model_moe_layers(c) * N, aux = 0, z = 0;
-    if (rows == 0) {
-        st->aux = st->z = 0;
-        return;
-    }
+    double v[2 * E + 2], aux = 0, z = 0; /* [counts E | prob sums E | z sum | rows] */
     for (int e = 0; e < E; e++) {
         long cnt = 0;
         a->P[e] = 0;
@@ -479,14 +478,26 @@ static void router_losses(model *m, model_acts *a, int N, model_stats *st)
                 cnt += a->counts[l * E + e];
                 a->P[e] += a->Psum[(size_t)l * E + e];
             }
-        a->f[e] = cnt / rows;
-        a->P[e] /= rows;
-        aux += a->f[e] * a->P[e];
+        v[e] = (double)cnt;
+        v[E + e] = a->P[e];
     }
     for (int l = 0; l < L; l++)
         if (model_layer_is_moe(c, l)) z += a->zsum[l];
+    v[2 * E] = z;
+    v[2 * E + 1] = (double)model_moe_layers(c) * N;
+    if (global && m->dp && m->dp->sum) m->dp->sum(m->dp->ctx, v, 2 * E + 2);
+    double rows = a->rows = v[2 * E + 1];
+    if (rows == 0) {
+        st->aux = st->z = 0;
+        return;
+    }
+    for (int e = 0; e < E; e++) {
+        a->f[e] = v[e] / rows;
+        a->P[e] = v[E + e] / rows;
+        aux += a->f[e] * a->P[e];
+    }
     st->aux = E * aux;
-    st->z = z / rows;
+    st->z = v[2 * E] / rows;
 }
 
 /* lm_head + cross-entropy over a->head_rows-row chunks. With train, also the backward of both:
@@ -540,7 +551,7 @@ int model_forward(model *m, model_acts *a, const model_batch *b, float aux_coef,
     if (check_batch(m, a, b, err)) return -1;
     if (m->lora) m->lora->training = 0;
     forward_layers(m, a, b);
-    PROF(PROF_ROUTER, fwd, router_losses(m, a, b->B * b->T, st));
+    PROF(PROF_ROUTER, fwd, router_losses(m, a, b->B * b->T, 0, st));
     PROF(PROF_HEAD, fwd, head(m, a, b, logits, 0, 0, st));
     st->loss = st->ce + aux_coef * st->aux + z_coef * st->z;
     return 0;
@@ -665,7 +676,7 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
     int N = b->B * b->T, Na = a->N, D = c->dim, E = c->n_experts;
     if (m->lora) m->lora->training = 1; /* dropout on */
     forward_layers(m, a, b);
-    PROF(PROF_ROUTER, fwd, router_losses(m, a, N, st));
+    PROF(PROF_ROUTER, fwd, router_losses(m, a, N, 1, st));
     PROF(PROF_HEAD, bwd, head(m, a, b, NULL, 1, ce_scale, st)); /* fused fwd+bwd; leaves dL/dxnf in a->dxn */
     st->loss = st->ce + aux_coef * st->aux + z_coef * st->z;
     double aux_scale = aux_coef / n_micro, z_scale = z_coef / n_micro;
@@ -674,7 +685,8 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
     PROF(PROF_NORM, bwd,
          model_rmsnorm_backward(a->dx, m->gfinal_norm, a->dxn, a->x + (size_t)c->n_layers * Na * D, m->final_norm,
                                 a->rstdf, N, D));
-    double rows = (double)model_moe_layers(c) * N;
+    if (m->dp && m->dp->grads_done) m->dp->grads_done(m->dp->ctx, c->n_layers); /* lm_head, final norm */
+    double rows = a->rows;
     float aux_dp[E];
     for (int e = 0; e < E; e++) aux_dp[e] = rows > 0 ? (float)(aux_scale * E * a->f[e] / rows) : 0;
     float z_w = rows > 0 ? (float)(z_scale / rows) : 0;
@@ -682,6 +694,7 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
     for (int l = c->n_layers - 1; l >= 0; l--) {
         if (a->ckpt) forward_layer(m, a, b, l, 0); /* this layer's activations again, into the slot */
         backward_layer(m, a, b, l, aux_dp, z_w);
+        if (m->dp && m->dp->grads_done) m->dp->grads_done(m->dp->ctx, l);
     }
     float *dE = m->gembed;
     if (dE)
@@ -693,6 +706,7 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
                 for (int i = 0; i < D; i++) g[i] += d[i];
             }
         });
+    if (m->dp && m->dp->grads_done) m->dp->grads_done(m->dp->ctx, -1);
     if (m->lora) m->lora->training = 0;
     return 0;
 }

@@ -380,12 +380,13 @@ static const float *lora_input(const lora *lo, const lora_site *s, int e, const 
         *ld = ldx;
         return x;
     }
-    uint64_t key = site_key(lo, s, e);
+    uint64_t key = site_key(lo, s, e), r0 = s->target <= LORA_O ? lo->drop_row0 : 0; /* expert rows: per rank */
     float inv = 1.0f / (1.0f - p);
     int in = s->in;
     PAR_FOR(schedule(static), i, 0, rows,
         for (int j = 0; j < in; j++)
-            lo->scr_x[(size_t)i * in + j] = dropped(key, (uint64_t)i * in + j, p) ? 0 : x[(size_t)i * ldx + j] * inv;
+            lo->scr_x[(size_t)i * in + j] =
+                dropped(key, (r0 + i) * in + j, p) ? 0 : x[(size_t)i * ldx + j] * inv;
     );
     *ld = in;
     return lo->scr_x;
@@ -429,11 +430,11 @@ void lora_backward_x(const lora *lo, const lora_site *s, int e, float *dx, int l
         return;
     }
     model_gemm(0, 0, rows, in, r, 1, lo->scr_a, r, A, in, 0, lo->scr_t, in);
-    uint64_t key = site_key(lo, s, e);
+    uint64_t key = site_key(lo, s, e), r0 = s->target <= LORA_O ? lo->drop_row0 : 0;
     float inv = 1.0f / (1.0f - p);
     PAR_FOR(schedule(static), i, 0, rows,
         for (int j = 0; j < in; j++)
-            if (!dropped(key, (uint64_t)i * in + j, p)) dx[(size_t)i * lddx + j] += lo->scr_t[(size_t)i * in + j] * inv;
+            if (!dropped(key, (r0 + i) * in + j, p)) dx[(size_t)i * lddx + j] += lo->scr_t[(size_t)i * in + j] * inv;
     );
 }
 

@@ -87,6 +87,18 @@ typedef struct {
     double fwd[PROF_NFAM], bwd[PROF_NFAM];
 } model_prof;
 
+/* Data-parallel hooks, set by dist/ (NULL: this process is the whole run). Both are called by
+ * model_forward_backward on the calling thread, outside parallel regions:
+ * - sum(ctx, v, n): add v[n] over all ranks in place (the router statistics of the micro-batch,
+ *   so the aux and z losses are those of the global micro-batch);
+ * - grads_done(ctx, part): gradients of `part` are complete for this micro-batch: part = n_layers
+ *   after lm_head and the final norm, l after layer l, -1 at the end (the embedding). */
+typedef struct model_dp {
+    void *ctx;
+    void (*sum)(void *ctx, double *v, int n);
+    void (*grads_done)(void *ctx, int part);
+} model_dp;
+
 typedef struct model {
     model_config c;
     model_table tab;
@@ -107,6 +119,7 @@ typedef struct model {
     void *ext;         /* the mapping low tensors point into (closed by ext_free at model_free) */
     void (*ext_free)(void *);
     model_tiles tiles; /* widening tiles (low store only) */
+    const model_dp *dp; /* data-parallel hooks, NULL for one process */
 } model;
 
 /* Allocate the fp32 buffer (zeroed) and table for a config; with_grads allocates m->g. */

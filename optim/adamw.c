@@ -60,3 +60,14 @@ void adamw_step_scaled(const adamw_cfg *c, float *p, const float *g, float *m, f
                       b1, omb1, b2, omb2, neg_step_size, bc2_sqrt, eps, gscale);
     }
 }
+
+int adamw_segs_slice(const adamw_seg *segs, int nseg, size_t lo, size_t hi, adamw_seg *out)
+{
+    int k = 0;
+    for (int s = 0; s < nseg; s++) {
+        size_t a = segs[s].offset > lo ? segs[s].offset : lo, b = segs[s].offset + segs[s].n;
+        if (b > hi) b = hi;
+        if (a < b) out[k++] = (adamw_seg){a - lo, b - a, segs[s].decay};
+    }
+    return k;
+}

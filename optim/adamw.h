@@ -36,4 +36,10 @@ void adamw_step(const adamw_cfg *c, float *p, const float *g, float *m, float *v
 void adamw_step_scaled(const adamw_cfg *c, float *p, const float *g, float *m, float *v,
                        const adamw_seg *segs, int nseg, int step, float lr, float gscale);
 
+/* The segments' parts inside elements [lo, hi) of the buffer, with offsets relative to lo,
+ * into out (room for nseg): for an optimizer that owns one shard of the buffer (ZeRO-1).
+ * A tensor cut by a shard boundary keeps its decay flag on both sides. out may be segs.
+ * Returns the count. */
+int adamw_segs_slice(const adamw_seg *segs, int nseg, size_t lo, size_t hi, adamw_seg *out);
+
 #endif

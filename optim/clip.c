@@ -3,13 +3,15 @@
 
 #include <math.h>
 
-double clip_norm(const float *g, size_t n)
+double clip_sumsq(const float *g, size_t n)
 {
     double ss = 0.0;
     #pragma omp parallel for simd schedule(static) reduction(+:ss)
     for (size_t i = 0; i < n; i++) ss += (double)g[i] * (double)g[i];
-    return sqrt(ss);
+    return ss;
 }
+
+double clip_norm(const float *g, size_t n) { return sqrt(clip_sumsq(g, n)); }
 
 float clip_coef(double norm, double max_norm)
 {

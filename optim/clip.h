@@ -16,6 +16,8 @@ double clip_grad_norm(float *g, size_t n, double max_norm);
  * scale g by: max_norm / (norm + 1e-6) rounded to float, or exactly 1 when it does not
  * clip (coef >= 1, max_norm <= 0 or a non-finite norm). */
 double clip_norm(const float *g, size_t n);
+/* sum of g[i]^2 in double: a shard's share of the global norm (clip_norm = its sqrt). */
+double clip_sumsq(const float *g, size_t n);
 float clip_coef(double norm, double max_norm);
 
 #endif
