@@ -20,6 +20,7 @@ struct loader {
     int64_t *first_row;  /* [n_files + 1]: global index of each file's row 0 */
     int64_t rows, per_epoch;
     int B, T, shuffle;
+    int part, parts, nb;  /* slice: rows [part*nb, part*nb + nb) of each batch; nb = B / parts */
     uint64_t seed;
 
     /* owned by the reader thread while it runs */
@@ -117,7 +118,7 @@ static int read_batch(loader *L, loader_pos pos, loader_batch *b, char *err)
         make_perm(L->perm, L->rows, L->seed, pos.epoch);
         L->perm_epoch = pos.epoch;
     }
-    return read_rows(L, pos.index * L->B, L->B, b, err);
+    return read_rows(L, pos.index * L->B + (int64_t)L->part * L->nb, L->nb, b, err);
 }
 
 static void *reader_main(void *arg)
@@ -168,11 +169,29 @@ static double now_s(void)
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
+int loader_set_slice(loader *L, int part, int parts, char *err)
+{
+    if (parts < 1 || part < 0 || part >= parts) return err_set(err, "loader: slice %d of %d", part, parts);
+    if (L->B % parts)
+        return err_set(err, "train.batch_size %d does not split evenly over %d ranks (make it a multiple of %d)", L->B,
+                       parts, parts);
+    if (L->running) return err_set(err, "loader: slice set after reading started");
+    int nb = L->B / parts;
+    for (int s = 0; s < NSLOT; s++) { /* the read-ahead slots hold slices */
+        loader_batch_free(&L->slot[s]);
+        if (loader_batch_alloc(&L->slot[s], nb, L->T, err)) return -1;
+    }
+    L->part = part, L->parts = parts, L->nb = nb;
+    return 0;
+}
+
+int loader_batch_size(const loader *L) { return L->B; }
+
 int loader_next(loader *L, loader_batch *b, char *err)
 {
-    if (b->batch_size != L->B || b->seq_len != L->T)
+    if (b->batch_size != L->nb || b->seq_len != L->T)
         return err_set(err, "loader: batch buffer is [%d, %d], the loader gives [%d, %d]", b->batch_size,
-                       b->seq_len, L->B, L->T);
+                       b->seq_len, L->nb, L->T);
     if (!L->running) {
         L->produce = L->consume;
         if (pthread_create(&L->thread, NULL, reader_main, L))
@@ -192,7 +211,7 @@ int loader_next(loader *L, loader_batch *b, char *err)
     }
     loader_batch *s = &L->slot[L->head];
     pthread_mutex_unlock(&L->mu);
-    size_t n = (size_t)L->B * L->T;  /* the thread leaves a ready slot alone */
+    size_t n = (size_t)L->nb * L->T;  /* the thread leaves a ready slot alone */
     memcpy(b->tokens, s->tokens, n * sizeof *b->tokens);
     memcpy(b->loss_mask, s->loss_mask, n);
     memcpy(b->doc_start, s->doc_start, n);
@@ -207,13 +226,14 @@ int loader_next(loader *L, loader_batch *b, char *err)
 
 int loader_read_tail(loader *L, loader_batch *b, int *n, char *err)
 {
-    *n = (int)(L->rows - L->per_epoch * L->B);
+    int64_t t = L->rows - L->per_epoch * L->B, r0 = t * L->part / L->parts, r1 = t * (L->part + 1) / L->parts;
+    *n = (int)(r1 - r0);
     if (L->shuffle) return err_set(err, "loader: the tail of a shuffled epoch is not fixed");
-    if (b->batch_size != L->B || b->seq_len != L->T)
+    if (b->batch_size != L->nb || b->seq_len != L->T)
         return err_set(err, "loader: batch buffer is [%d, %d], the loader gives [%d, %d]", b->batch_size,
-                       b->seq_len, L->B, L->T);
+                       b->seq_len, L->nb, L->T);
     stop_thread(L); /* the shard files are not read from two threads */
-    return read_rows(L, L->per_epoch * L->B, *n, b, err);
+    return read_rows(L, L->per_epoch * L->B + r0, *n, b, err);
 }
 
 loader_pos loader_cursor(const loader *L) { return L->consume; }
@@ -272,6 +292,7 @@ int loader_open(loader **out, const char *const *files, int n_files, int seq_len
     loader *L = calloc(1, sizeof *L);
     if (!L) return err_set(err, "out of memory");
     L->B = batch_size, L->T = seq_len, L->shuffle = shuffle != 0, L->seed = seed;
+    L->part = 0, L->parts = 1, L->nb = batch_size;
     L->perm_epoch = -1;
     pthread_mutex_init(&L->mu, NULL);
     pthread_cond_init(&L->can_fill, NULL);

@@ -49,11 +49,20 @@ typedef struct {
 int loader_open(loader **out, const char *const *files, int n_files, int seq_len, int vocab_size,
                 int batch_size, int shuffle, uint64_t seed, char *err);
 
-/* Copy the next batch into b (allocated with loader_batch_alloc for this B, T). */
+/* Data parallelism: this loader reads slice `part` of `parts` of every batch, rows
+ * [part*B/parts, (part+1)*B/parts) of it, and the same share of the tail (loader_read_tail).
+ * Cursor, epochs and shuffle stay those of whole batches, so the parts together read exactly
+ * the rows one process would, and each reads only its own. B must divide evenly. Call
+ * before the first loader_next; batches then have B/parts rows. */
+int loader_set_slice(loader *L, int part, int parts, char *err);
+int loader_batch_size(const loader *L);  /* B, the whole batch of all slices */
+
+/* Copy the next batch into b (allocated with loader_batch_alloc for this B, T; B/parts with a slice). */
 int loader_next(loader *L, loader_batch *b, char *err);
 
 /* Eval of a whole set (shuffle = 0): the rows after the last full batch, the tail an epoch
- * drops, into b's first *n rows (*n in [0, batch_size)). Stops the read-ahead: loader_seek
+ * drops, into b's first *n rows (*n in [0, batch_size); with a slice, rows
+ * [t*part/parts, t*(part+1)/parts) of the t-row tail). Stops the read-ahead: loader_seek
  * before the next loader_next. */
 int loader_read_tail(loader *L, loader_batch *b, int *n, char *err);
 

@@ -87,10 +87,14 @@ static const ckey keys[] = {
     {"lora", "targets", KT_LIST, F(lora.targets), F(lora.n_targets), 0, 0, 0},
     {"lora", "init_from", KT_STR, F(lora.init_from), 0, 0, 0, 0},
     {"lora", "train_router", KT_BOOL, F(lora.train_router), 0, 0, 0, 0},
+    {"dist", "zero", KT_INT, F(dist.zero), 0, 0, 1, 0},
+    {"dist", "bucket_mb", KT_NUM, F(dist.bucket_mb), 0, 0, 4096, LO_OPEN},
+    {"dist", "overlap", KT_BOOL, F(dist.overlap), 0, 0, 0, 0},
+    {"dist", "timeout_s", KT_NUM, F(dist.timeout_s), 0, 0, 1e9, LO_OPEN},
 };
 #define NKEYS (int)(sizeof keys / sizeof keys[0])
 
-static const char *const sections[] = {"run", "model", "tokenizer", "data", "train", "optim", "lora"};
+static const char *const sections[] = {"run", "model", "tokenizer", "data", "train", "optim", "lora", "dist"};
 #define NSECTIONS (int)(sizeof sections / sizeof sections[0])
 
 
@@ -119,7 +123,7 @@ static const struct { const char *name, *path; } aliases[] = {
     {"rank", "lora.r"}, {"lora_r", "lora.r"}, {"lora_rank", "lora.r"},
     {"lora_alpha", "lora.alpha"}, {"lora_dropout", "lora.dropout"},
     {"target_modules", "lora.targets"}, {"lora_target_modules", "lora.targets"},
-    {"use_rslora", "lora.rslora"},
+    {"use_rslora", "lora.rslora"}, {"zero_stage", "dist.zero"}, {"bucket_cap_mb", "dist.bucket_mb"},
 };
 
 /* ---- messages ---- */
@@ -443,6 +447,10 @@ static int set_defaults(cfg *c)
     c->optim.schedule = SCHED_CONSTANT;
     c->optim.min_lr_ratio = 0.1;
     c->optim.decay_steps = -1; /* resolved after max_steps is known */
+    c->dist.zero = -1;
+    c->dist.bucket_mb = 4;
+    c->dist.overlap = 1;
+    c->dist.timeout_s = 600;
     if (!(c->lora.targets = calloc(5, sizeof *c->lora.targets))) return -1;
     for (int i = 0; i < 4; i++)
         if (!(c->lora.targets[c->lora.n_targets++] = strdup(def_targets[i]))) return -1;

@@ -50,7 +50,9 @@
  *   refuses bfloat16/float16.
  * - train.activation_checkpointing: false (keep every layer's activations) or true (keep
  *   each layer's input, recompute one layer at a time in backward: same results). The router is not a LoRA target: lora.train_router: true
- *   trains the gate weights fully (as modules_to_save) next to the adapters. */
+ *   trains the gate weights fully (as modules_to_save) next to the adapters.
+ * - dist.*: only used under an MPI launcher with more than one rank; dist.zero null means
+ *   ZeRO-1 there; the section is not part of a run's identity (a resume may change it). */
 #ifndef MOET_CONFIG_H
 #define MOET_CONFIG_H
 
@@ -124,6 +126,12 @@ typedef struct {
         char *init_from;         /* PEFT adapter dir, or NULL */
         int train_router;        /* 0 */
     } lora;
+    struct {                     /* data parallelism under an MPI launcher (dist/dist.h) */
+        int zero;                /* -1 (null): 1 with more than one rank; 0 or 1 (ZeRO-1) */
+        double bucket_mb;        /* 4: gradients are reduced in buckets of this size */
+        int overlap;             /* 1: buckets go out during the backward (0: after it) */
+        double timeout_s;        /* 600: a rank waiting longer for the others stops the run */
+    } dist;
 } cfg;
 
 /* Read, override, check and resolve. On failure returns -1 with one line in err and

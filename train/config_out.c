@@ -99,6 +99,12 @@ static cJSON *cfg_build(const cfg *c)
     add(s, "init_from", str_or_null(c->lora.init_from), &ok);
     add(s, "train_router", cJSON_CreateBool(c->lora.train_router), &ok);
 
+    s = section(r, "dist", &ok);
+    add(s, "zero", c->dist.zero >= 0 ? cJSON_CreateNumber(c->dist.zero) : cJSON_CreateNull(), &ok);
+    add(s, "bucket_mb", cJSON_CreateNumber(c->dist.bucket_mb), &ok);
+    add(s, "overlap", cJSON_CreateBool(c->dist.overlap), &ok);
+    add(s, "timeout_s", cJSON_CreateNumber(c->dist.timeout_s), &ok);
+
     if (!ok) {
         cJSON_Delete(r);
         return NULL;

@@ -20,17 +20,24 @@ int eval_run(model *m, model_acts *a, loader *L, int64_t max_batches, int doc_ma
              int32_t *labels, eval_result *r, char *err)
 {
     int64_t nb = loader_batches_per_epoch(L);
-    int whole = max_batches <= 0 || max_batches >= nb, tail = 0;
+    int whole = max_batches <= 0 || max_batches >= nb, tail = 0, bad = 0;
     if (!whole) nb = max_batches;
     double ce = 0;
     long cnt = 0;
     if (loader_seek(L, (loader_pos){0, 0}, err)) return -1;
-    for (int64_t i = 0; i < nb; i++)
-        if (loader_next(L, b, err) || eval_rows(m, a, b, b->batch_size, doc_mask, labels, &ce, &cnt, err)) return -1;
-    if (whole && (loader_read_tail(L, b, &tail, err) ||
-                  (tail > 0 && eval_rows(m, a, b, tail, doc_mask, labels, &ce, &cnt, err))))
-        return -1;
-    r->rows = nb * b->batch_size + tail;
+    for (int64_t i = 0; i < nb && !bad; i++)
+        bad = loader_next(L, b, err) || eval_rows(m, a, b, b->batch_size, doc_mask, labels, &ce, &cnt, err);
+    if (!bad && whole && (loader_read_tail(L, b, &tail, err) ||
+                          (tail > 0 && eval_rows(m, a, b, tail, doc_mask, labels, &ce, &cnt, err))))
+        bad = 1;
+    if (m->dp && m->dp->sum) { /* data parallelism: each rank evaluated its slice of the rows */
+        double v[3] = {ce, (double)cnt, bad};
+        m->dp->sum(m->dp->ctx, v, 3);
+        ce = v[0], cnt = (long)v[1];
+        if (v[2] > 0 && !bad) err[0] = 0, bad = 1; /* another rank's data failed: it says why */
+    }
+    if (bad) return -1;
+    r->rows = whole ? loader_rows(L) : nb * loader_batch_size(L);
     r->targets = cnt;
     r->loss = cnt ? ce / cnt : NAN;
     if (!cnt) {
