@@ -7,7 +7,9 @@ SAN     ?=
 PKGS    := hdf5 yaml-0.1 libcjson openblas libpcre2-8 libutf8proc
 CFLAGS  += -std=c11 $(OPT) $(ARCH) -fno-math-errno -fopenmp -g -Wall -Wextra -Wno-unused-parameter \
            -Werror=implicit-function-declaration -D_GNU_SOURCE -I. $(SAN) \
-           $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
+           $(shell pkg-config --cflags ompi-c 2>/dev/null)
+# OpenMPI: only its header; libmpi.so.40 is dlopened under a launcher (dist/mpi.h), never linked.
 # Link the OpenMP build of OpenBLAS so its threads and ours are one pool (no oversubscription).
 # RUNPATH, so LD_LIBRARY_PATH=.../openblas-pthread still swaps it in for measurements.
 BLASDIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
@@ -17,7 +19,7 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 # Building against headers that are not there (or another package's cblas.h) makes objects
 # that look fine and crash later: check the libraries first, except for the goals that
 # install them (test, demo and deps run tools/deps.sh before building).
-NEED_PKGS := $(PKGS) $(if $(filter test-run asan,$(MAKECMDGOALS)),cmocka)
+NEED_PKGS := $(PKGS) ompi-c $(if $(filter test-run asan,$(MAKECMDGOALS)),cmocka)
 ifneq ($(filter-out test deps demo clean,$(or $(MAKECMDGOALS),all)),)
   MISSING := $(shell for p in $(NEED_PKGS); do pkg-config --exists $$p 2>/dev/null || printf '%s ' $$p; done)
   ifneq ($(filter fuzz fuzz-build,$(MAKECMDGOALS)),)
@@ -38,7 +40,7 @@ ifneq ($(FLAGS_NOW),$(strip $(file <$(BUILD)/flags)))
   $(file >$(BUILD)/flags,$(FLAGS_NOW))
 endif
 
-LIB_SRC  := $(wildcard common/*.c model/*.c optim/*.c data/*.c checkpoints/*.c) \
+LIB_SRC  := $(wildcard common/*.c model/*.c optim/*.c data/*.c checkpoints/*.c dist/*.c) \
             $(filter-out train/main.c,$(wildcard train/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)

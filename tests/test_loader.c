@@ -250,6 +250,54 @@ static void test_reader_thread_errors_arrive_after_the_good_batches(void **state
     loader_close(L);
 }
 
+/* Data parallelism: each of P slices reads rows [p*B/P, (p+1)*B/P) of every batch, so together
+ * they read exactly the batches one loader reads (shuffled, across epochs), and of the tail. */
+static void test_slices_split_every_batch_and_the_tail_exactly(void **state)
+{
+    enum { B = 4, P = 2, N = 9 }; /* 16 rows: 4 batches per epoch; 9 batches cross two epochs */
+    char err[ERR_MAX] = "";
+    int whole[N * B], part[N * B];
+    loader *L = open_or_fail(three, 3, B, 1, 7);
+    loader_batch b;
+    assert_int_equal(loader_batch_alloc(&b, B, T, NULL), 0);
+    take(L, &b, N, whole);
+    loader_close(L);
+    loader_batch_free(&b);
+    assert_int_equal(loader_batch_alloc(&b, B / P, T, NULL), 0);
+    for (int p = 0; p < P; p++) {
+        L = open_or_fail(three, 3, B, 1, 7);
+        assert_int_equal(loader_set_slice(L, p, P, err), 0);
+        assert_int_equal(loader_batch_size(L), B);
+        int got[N * (B / P)];
+        take(L, &b, N, got);
+        for (int i = 0; i < N; i++)
+            for (int r = 0; r < B / P; r++) part[i * B + p * (B / P) + r] = got[i * (B / P) + r];
+        loader_close(L);
+    }
+    assert_memory_equal(part, whole, sizeof whole);
+    /* the tail of an unshuffled set (16 rows, batches of 6: rows 12..15) splits 2 + 2 */
+    int seen = 0;
+    for (int p = 0; p < P; p++) {
+        loader *V = open_or_fail(three, 3, 6, 0, 0);
+        loader_batch vb;
+        assert_int_equal(loader_batch_alloc(&vb, 3, T, NULL), 0);
+        assert_int_equal(loader_set_slice(V, p, P, err), 0);
+        int n = -1;
+        assert_int_equal(loader_read_tail(V, &vb, &n, err), 0);
+        assert_int_equal(n, 2);
+        for (int r = 0; r < n; r++) assert_int_equal(vb.tokens[r * T], 12 + seen++);
+        loader_batch_free(&vb);
+        loader_close(V);
+    }
+    loader_batch_free(&b);
+    /* a batch that does not split evenly is refused, naming both numbers */
+    L = open_or_fail(three, 3, 3, 0, 0);
+    assert_int_equal(loader_set_slice(L, 0, 2, err), -1);
+    assert_non_null(strstr(err, "batch_size 3"));
+    assert_non_null(strstr(err, "2 ranks"));
+    loader_close(L);
+}
+
 static void test_prefetch_hides_reading_from_a_slow_consumer(void **state)
 {
     loader *L = open_or_fail(three, 3, 4, 1, 1);
@@ -294,6 +342,7 @@ int main(void)
         cmocka_unit_test(test_missing_files_and_bad_sets_are_errors),
         cmocka_unit_test(test_reader_thread_errors_arrive_after_the_good_batches),
         cmocka_unit_test(test_prefetch_hides_reading_from_a_slow_consumer),
+        cmocka_unit_test(test_slices_split_every_batch_and_the_tail_exactly),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -6,8 +6,8 @@
 set -e
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 PKGS="build-essential pkg-config git libopenblas-dev libopenblas0-openmp libhdf5-dev libyaml-dev \
-      libcjson-dev libcmocka-dev libpcre2-dev libutf8proc-dev python3 python3-numpy python3-h5py python3-torch bible-kjv \
-      clang libomp-dev"
+      libcjson-dev libcmocka-dev libpcre2-dev libutf8proc-dev libopenmpi-dev openmpi-bin \
+      python3 python3-numpy python3-h5py python3-torch bible-kjv clang libomp-dev"
 command -v npm > /dev/null 2>&1 || PKGS="$PKGS nodejs npm"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

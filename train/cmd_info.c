@@ -26,7 +26,9 @@ static const char usage[] =
     "  model.init_from=configs/models/mixtral-8x7b). MODEL_DIR or config.json (a\n"
     "  directory with only config.json will do; its dtype/torch_dtype stands for the weights):\n"
     "  a full fine-tune at 1 x the model's context, with a LoRA r=16 q,k,v,o line beside it.\n"
-    "  --ranks N: data-parallel ranks with ZeRO-1 (AdamW state divided by N; B is per rank).\n"
+    "  --ranks N: per rank of N data-parallel ranks (mpirun -np N): B is the global batch\n"
+    "  (train.batch_size), B/N rows each; ZeRO-1 (dist.zero, the default) divides the AdamW state\n"
+    "  by N and adds a 1/N gradient shard; also the bytes a step sends.\n"
     "  --json prints one object: parameters, active_parameters, flops_per_token, memory {weights,\n"
     "  trainable, grads, optimizer, activations, scratch, total} in bytes, ram, fits, suggestions.\n";
 
@@ -149,7 +151,7 @@ static void print_text(const model_config *c, const plan_in *in, const plan_out 
                model_dtype_name(in->base_dtype));
     else
         printf("\nfull fine-tune, fp32 weights and AdamW state");
-    printf(", batch %d x %d%s%s", in->B, in->T, in->grad_accum > 1 ? " (grad_accum " : "",
+    printf(", batch %d x %d%s%s%s", in->B, in->T, in->ranks > 1 ? " per rank" : "", in->grad_accum > 1 ? " (grad_accum " : "",
            in->grad_accum > 1 ? "" : "");
     if (in->grad_accum > 1) printf("%d)", in->grad_accum);
     if (in->ranks > 1) printf(", %d ranks%s", in->ranks, in->zero ? " with ZeRO-1" : "");
@@ -163,7 +165,10 @@ static void print_text(const model_config *c, const plan_in *in, const plan_out 
            in->ckpt ? "each layer's input + one layer recomputed at a time" : "kept for backward + one layer of scratch");
     printf("  scratch           %9.3f GiB  (widening tiles %.3f, LoRA %.3f, batches %.3f, process %.3f)\n",
            gib(o->scratch), gib(o->tiles), gib(o->lora_scratch), gib(o->batches), gib(o->runtime));
-    printf("  total             %9.3f GiB  at the peak of a step\n", gib(o->total));
+    printf("  total             %9.3f GiB  at the peak of a step%s\n", gib(o->total), in->ranks > 1 ? ", per rank" : "");
+    if (in->ranks > 1) /* ring collectives: the gradients out, the parameters back (ZeRO-1) or an all-reduce */
+        printf("  sent per step     %9.3f GiB  per rank: 2(N-1)/N x the trainable fp32 bytes\n",
+               gib(2.0 * (in->ranks - 1) / in->ranks * 4.0 * o->trainable_params));
     if (ram) {
         printf("  RAM available     %9.3f GiB: %s\n", gib(ram), o->total <= ram ? "fits" : "does NOT fit");
         for (int i = 0; i < ns; i++) printf("    - %s\n", s[i]);
@@ -254,6 +259,7 @@ int cmd_info(int argc, char **argv)
         if (cfg_load(&y, path, over, nover, err)) goto fail;
         int rc = load_run_config(&y, &c, err);
         in.B = B ? B : y.train.batch_size;
+        in.zero = ranks > 1 && y.dist.zero != 0;
         in.T = T ? T : y.data.seq_len;
         in.grad_accum = y.train.grad_accum;
         in.ckpt = y.train.activation_checkpointing;
@@ -293,10 +299,15 @@ int cmd_info(int argc, char **argv)
                 goto fail;
             }
         }
-        in.B = B ? B : 1;
+        in.B = B ? B : ranks;
         in.T = T ? T : c.max_pos;
         lora_side = 1;
     }
+    if (ranks > 1 && in.B % ranks) {
+        fprintf(stderr, "moet info: batch %d does not split evenly over %d ranks\n", in.B, ranks);
+        return 2;
+    }
+    in.B /= ranks; /* the rows each rank holds */
     plan_out o;
     char sug[8][160];
     if (plan_make(&c, &in, &o, err)) goto fail;

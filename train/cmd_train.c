@@ -1,5 +1,6 @@
 /* moet train: YAML config (+ key.path=value overrides) in, checkpoints out. */
 #include "common/err.h"
+#include "dist/dist.h"
 #include "train/cmd.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -16,7 +17,9 @@ static const char usage[] =
     "  --profile prints time per kernel family; --quiet prints nothing but errors (and the\n"
     "  profile when asked; metrics.jsonl is written as always); --print-config checks the\n"
     "  config's keys and values and prints it resolved (every default filled in) without\n"
-    "  training (the model, data and tokenizer files are checked when training starts).\n";
+    "  training (the model, data and tokenizer files are checked when training starts).\n"
+    "  Under an MPI launcher (mpirun -np N moet train ...) the N ranks train one data-parallel\n"
+    "  run (README: Data-parallel training); rank 0 prints and writes.\n";
 
 int cmd_train(int argc, char **argv)
 {
@@ -49,17 +52,27 @@ int cmd_train(int argc, char **argv)
     }
     char err[ERR_MAX];
     cfg c;
-    if (cfg_load(&c, path, ov, nov, err)) {
+    dist *d = NULL;
+    if (!print_only && dist_open(&d, err)) { /* under a launcher asking for ranks: every rank, the same line */
         fprintf(stderr, "moet train: %s\n", err);
         return 1;
     }
+    int rc = cfg_load(&c, path, ov, nov, err);
+    if (dist_agree(d, rc, err)) { /* the same config on every rank: rank 0 says what is wrong */
+        if (dist_rank(d) == 0) fprintf(stderr, "moet train: %s\n", err);
+        dist_close(d);
+        return 1;
+    }
+    if (c.dist.zero < 0) c.dist.zero = dist_size(d) > 1 || dist_launcher_size() > 1; /* resolved for the record */
     if (print_only) {
         cfg_print_yaml(&c, stdout);
         cfg_free(&c);
         return 0;
     }
-    int rc = trainer_run(&c, &o, err);
-    if (rc) fprintf(stderr, "moet train: %s\n", err);
+    o.dist = d;
+    rc = trainer_run(&c, &o, err);
+    if (rc && dist_rank(d) == 0) fprintf(stderr, "moet train: %s\n", err);
     cfg_free(&c);
+    dist_close(d);
     return rc ? 1 : 0;
 }

@@ -29,7 +29,10 @@ int plan_make(const model_config *c, const plan_in *in, plan_out *o, char *err)
     o->trainable = in->lora ? tp * sizeof(float) : 0;
     o->grads = tp * sizeof(float);
     o->optimizer = 2 * tp * sizeof(float);
-    if (in->zero && ranks > 1) o->optimizer = (o->optimizer + ranks - 1) / ranks;
+    if (in->zero && ranks > 1) { /* ZeRO-1: 1/ranks of m and v, plus the reduced gradient shard */
+        o->optimizer = (o->optimizer + ranks - 1) / ranks;
+        o->grads += (o->grads + ranks - 1) / ranks;
+    }
     int r = in->lora ? in->lc.r : 0;
     o->activations = model_acts_bytes_ckpt(c, in->B, in->T, r, in->ckpt);
     if (in->lora) { /* as model_acts_create reserves it */

@@ -1,5 +1,5 @@
 /* trainer: the training loop of `moet train`. */
-#include "train/trainer.h"
+#include "train/trainer_int.h"
 #include "train/eval.h"
 #include "train/load.h"
 #include "train/plan.h"
@@ -33,9 +33,14 @@
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t stop_signal;
+static volatile sig_atomic_t stop_signal, stop_from_parent;
 
-static void on_signal(int sig) { stop_signal = sig; }
+/* The sender matters under MPI: a launcher (our parent) signals every rank when it ends the job. */
+static void on_signal(int sig, siginfo_t *si, void *uc)
+{
+    stop_signal = sig;
+    stop_from_parent = si && si->si_pid == getppid();
+}
 
 static double now(void)
 {
@@ -44,48 +49,9 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* What the optimizer updates: one flat buffer described by named tensors. */
-typedef struct {
-    const model_tensor *t;
-    int n;
-    float *w, *g;
-    size_t total;
-} tview;
 
-typedef struct {
-    const cfg *c;
-    const trainer_opts *o;
-    model m;
-    int have_model;
-    lora *lo;              /* LoRA runs: the adapters (the base is frozen) */
-    model_acts *acts;
-    loader *train, *val;
-    loader_batch *mb;      /* grad_accum micro-batches */
-    int32_t *labels;       /* (B*T) scratch */
-    tview tv;
-    float *mom, *vel;      /* AdamW moments over tv */
-    adamw_seg *segs;
-    int nseg;
-    adamw_cfg ac;
-    sched_cfg sc;
-    double aux_coef, z_coef;
-    int step;              /* optimizer steps completed */
-    long long tokens_seen;
-    rng_state rng;
-    FILE *metrics;
-    char run_dir[4096], ckpt_root[4096], last_ckpt[4096];
-    long *load;            /* (L, E) expert picks of the current step */
-    double last_loss, last_val_loss; /* for trainer_state.json and the model card */
-    model_prof prof;       /* --profile: kernel times */
-    double t_opt, t_step, t_data; /* --profile: optimizer, whole steps, data wait */
-    double t_fb;           /* wall time inside model_forward_backward */
-    int prof_steps;
-    int lock_fd;           /* RUN_DIR/.moet-train.lock, flock'ed while training (-1: none) */
-    int made_run_dir;      /* levels of run_dir this process created (it holds the lock; removed if setup fails) */
-    int warned_no_targets; /* a step without target tokens was reported */
-    plan_in plan_in;       /* the run as the memory planner sees it */
-    size_t planned_bytes;  /* its planned peak (0: not planned) */
-} trainer;
+/* Stop after this step: a signal (one process), or one to any rank (agreed under MPI). */
+static int stopping(const trainer *tr) { return tr->d ? tr->stop : stop_signal != 0; }
 
 /* ------------------------------------------------------------------ setup */
 
@@ -132,8 +98,9 @@ static int build_model(trainer *tr, const char *resume_dir, char *err)
     }
     tr->aux_coef = c->model.aux_coef_set ? c->model.aux_coef : tr->m.c.aux_coef;
     tr->z_coef = c->model.z_coef;
-    tr->plan_in = (plan_in){.B = c->train.batch_size, .T = c->data.seq_len, .grad_accum = c->train.grad_accum,
-                            .ckpt = c->train.activation_checkpointing, .base_dtype = tr->m.base_dtype, .ranks = 1};
+    tr->plan_in = (plan_in){.B = c->train.batch_size / dist_size(tr->d), .T = c->data.seq_len,
+                            .grad_accum = c->train.grad_accum, .ckpt = c->train.activation_checkpointing,
+                            .base_dtype = tr->m.base_dtype, .ranks = dist_size(tr->d), .zero = c->dist.zero > 0};
     if (!use_lora) {
         tr->tv = (tview){tr->m.tab.t, tr->m.tab.n, tr->m.w, tr->m.g, tr->m.tab.total};
         return 0;
@@ -158,11 +125,18 @@ static int build_model(trainer *tr, const char *resume_dir, char *err)
 
 static int setup_optimizer(trainer *tr, char *err)
 {
-    size_t n = tr->tv.total;
+    const cfg *c = tr->c;
+    dist_opts dop = {c->dist.zero, c->dist.bucket_mb, c->dist.overlap, c->dist.timeout_s};
+    if (dist_attach(tr->d, &tr->m, tr->tv.t, tr->tv.n, tr->tv.w, tr->tv.g, tr->tv.total, &dop, err)) return -1;
+    size_t lo, hi;
+    dist_shard(tr->d, tr->tv.total, &lo, &hi);
+    tr->opt_lo = lo, tr->nopt = hi - lo;
+    size_t n = tr->nopt + 1;
     tr->mom = calloc(n, sizeof(float));
     tr->vel = calloc(n, sizeof(float));
     tr->segs = calloc((size_t)tr->tv.n, sizeof *tr->segs);
-    if (!tr->mom || !tr->vel || !tr->segs)
+    tr->sums = calloc(2 + (size_t)tr->m.c.n_layers * tr->m.c.n_experts, sizeof *tr->sums);
+    if (!tr->mom || !tr->vel || !tr->segs || !tr->sums)
         return err_set(err, "out of memory for AdamW state (%.2f GiB)", 2.0 * n * 4 / 1073741824.0);
     /* merge neighbouring tensors with the same decay flag into one segment */
     for (int i = 0; i < tr->tv.n; i++) {
@@ -174,6 +148,7 @@ static int setup_optimizer(trainer *tr, char *err)
         else
             tr->segs[tr->nseg++] = (adamw_seg){t->offset, t->numel, decay};
     }
+    tr->nseg = adamw_segs_slice(tr->segs, tr->nseg, lo, hi, tr->segs); /* this rank's shard (ZeRO-1) */
     cfg_adamw(tr->c, &tr->ac);
     cfg_sched(tr->c, &tr->sc);
     return 0;
@@ -182,13 +157,17 @@ static int setup_optimizer(trainer *tr, char *err)
 static int setup_data(trainer *tr, char *err)
 {
     const cfg *c = tr->c;
-    int B = c->train.batch_size, T = c->data.seq_len;
+    int B = c->train.batch_size, T = c->data.seq_len, r = dist_rank(tr->d), P = dist_size(tr->d);
     if (loader_open(&tr->train, (const char *const *)c->data.train, c->data.n_train, T, tr->m.c.vocab, B,
-                    c->data.shuffle, c->run.seed, err))
+                    c->data.shuffle, c->run.seed, err) ||
+        loader_set_slice(tr->train, r, P, err)) /* each rank reads only its rows of every batch */
         return err_wrap(err, "data.train");
     if (c->data.n_val &&
-        loader_open(&tr->val, (const char *const *)c->data.val, c->data.n_val, T, tr->m.c.vocab, B, 0, 0, err))
+        (loader_open(&tr->val, (const char *const *)c->data.val, c->data.n_val, T, tr->m.c.vocab, B, 0, 0, err) ||
+         loader_set_slice(tr->val, r, P, err)))
         return err_wrap(err, "data.val");
+    B /= P;
+    if (tr->lo) tr->lo->drop_row0 = (uint64_t)r * B * T; /* attention adapters drop as one process would */
     if (c->tokenizer) { /* a tokenizer the model can use, and the shards must come from it */
         char hex[65];
         tok *t;
@@ -218,143 +197,6 @@ static int setup_data(trainer *tr, char *err)
     for (int i = 0; i < k; i++)
         if (loader_batch_alloc(&tr->mb[i], B, T, err)) return -1;
     return model_acts_create_ckpt(&tr->acts, &tr->m, B, T, c->train.activation_checkpointing, err);
-}
-
-/* ------------------------------------------------------------------ checkpoints */
-
-static st_out *moment_list(const trainer *tr, char (**names)[160])
-{
-    int n = tr->tv.n;
-    st_out *o = calloc(2 * (size_t)n, sizeof *o);
-    *names = calloc(2 * (size_t)n, 160);
-    for (int i = 0; i < 2 * n; i++) {
-        const model_tensor *t = &tr->tv.t[i % n];
-        snprintf((*names)[i], 160, "%s.%s", i < n ? "exp_avg" : "exp_avg_sq", t->name);
-        o[i].name = (*names)[i];
-        o[i].ndim = t->ndim;
-        for (int d = 0; d < t->ndim; d++) o[i].shape[d] = t->shape[d];
-        o[i].dtype = ST_F32;
-        o[i].f32 = (i < n ? tr->mom : tr->vel) + t->offset;
-    }
-    return o;
-}
-
-static int save_checkpoint(trainer *tr, char *err)
-{
-    const cfg *c = tr->c;
-    char *cfg_json = cfg_to_json(c), rng_hex[4][24];
-    loader_pos pos = loader_cursor(tr->train);
-    cJSON *st = cJSON_CreateObject();
-    cJSON_AddStringToObject(st, "format", "moet-trainer-state-1");
-    cJSON_AddNumberToObject(st, "step", tr->step);
-    cJSON_AddStringToObject(st, "kind", tr->lo ? "lora" : "full");
-    cJSON *d = cJSON_AddObjectToObject(st, "data");
-    cJSON_AddNumberToObject(d, "epoch", (double)pos.epoch);
-    cJSON_AddNumberToObject(d, "index", (double)pos.index);
-    cJSON *r = cJSON_AddArrayToObject(st, "rng");
-    for (int i = 0; i < 4; i++) {
-        snprintf(rng_hex[i], sizeof rng_hex[i], "%016llx", (unsigned long long)tr->rng.s[i]);
-        cJSON_AddItemToArray(r, cJSON_CreateString(rng_hex[i]));
-    }
-    cJSON_AddNumberToObject(st, "tokens_seen", (double)tr->tokens_seen);
-    char cwd[PATH_MAX], base_abs[PATH_MAX]; /* the config's relative paths are relative to this */
-    if (getcwd(cwd, sizeof cwd)) cJSON_AddStringToObject(st, "cwd", cwd);
-    cJSON *last = cJSON_AddObjectToObject(st, "last");
-    if (isfinite(tr->last_loss)) cJSON_AddNumberToObject(last, "loss", tr->last_loss);
-    if (isfinite(tr->last_val_loss)) cJSON_AddNumberToObject(last, "val_loss", tr->last_val_loss);
-    cJSON_AddItemToObject(st, "config", cJSON_Parse(cfg_json));
-    char *state = cJSON_Print(st);
-    cJSON_Delete(st);
-    free(cfg_json);
-
-    char(*mnames)[160];
-    st_out *mv = moment_list(tr, &mnames);
-    char *mcfg;
-    st_out *w;
-    ckpt_file files[3];
-    if (tr->lo) { /* the adapter in PEFT format; the base is model.init_from, unchanged */
-        const char *base = c->model.init_from && realpath(c->model.init_from, base_abs) ? base_abs : c->model.init_from;
-        mcfg = peft_config_json(&tr->lo->lc, tr->lo->family, base);
-        w = peft_weight_list(tr->lo, ST_F32);
-        files[0] = (ckpt_file){"adapter_config.json", NULL, 0, mcfg};
-        files[1] = (ckpt_file){"adapter_model.safetensors", w, tr->lo->tab.n, NULL};
-    } else {
-        mcfg = model_config_to_json(&tr->m.c, "float32");
-        w = ckpt_weight_list(&tr->m, ST_F32);
-        files[0] = (ckpt_file){"config.json", NULL, 0, mcfg};
-        files[1] = (ckpt_file){"model.safetensors", w, tr->m.tab.n, NULL};
-    }
-    files[2] = (ckpt_file){"optimizer.safetensors", mv, 2 * tr->tv.n, NULL};
-    int rc = ckpt_save(tr->ckpt_root, tr->step, files, 3, state, c->train.keep_checkpoints, tr->last_ckpt, err);
-    free(state), free(mcfg), free(w), free(mv), free(mnames);
-    return rc;
-}
-
-static int restore_state(trainer *tr, const char *dir, char *err)
-{
-    char *text;
-    if (ckpt_read_state(dir, &text, err)) return -1;
-    ckpt_state st;
-    int rc = ckpt_state_parse(text, &st, err);
-    free(text);
-    if (rc) return err_wrap(err, "%s/trainer_state.json", dir);
-    rc = -1;
-    tr->step = st.step;
-    tr->tokens_seen = st.tokens_seen;
-    for (int i = 0; i < 4; i++) tr->rng.s[i] = st.rng[i];
-    if (loader_seek(tr->train, (loader_pos){st.epoch, st.index}, err)) goto out;
-    /* optimizer moments */
-    char p[4096];
-    fs_path_join(p, sizeof p, dir, "optimizer.safetensors");
-    st_file *f;
-    if (st_open(&f, p, err)) goto out;
-    for (int i = 0; i < 2 * tr->tv.n; i++) {
-        const model_tensor *t = &tr->tv.t[i % tr->tv.n];
-        char name[160];
-        snprintf(name, sizeof name, "%s.%s", i < tr->tv.n ? "exp_avg" : "exp_avg_sq", t->name);
-        const st_tensor *s = st_find(f, name);
-        if (!s || s->numel != (int64_t)t->numel) {
-            err_set(err, "%s: missing or misshapen '%s'", p, name);
-            st_close(f);
-            goto out;
-        }
-        if (st_read_f32(s, (i < tr->tv.n ? tr->mom : tr->vel) + t->offset, s->numel, err)) {
-            st_close(f);
-            goto out;
-        }
-    }
-    st_close(f);
-    rc = 0;
-out:
-    return rc;
-}
-
-/* metrics.jsonl of a resumed run: drop lines of steps after the checkpoint (the killed
- * run logged them but the resumed run will log them again). */
-static int trim_metrics(const char *path, int step, char *err)
-{
-    char *text;
-    size_t len;
-    if (!fs_exists(path)) return 0;
-    if (fs_read_file(path, &text, &len, err)) return -1;
-    char *out = malloc(len + 1), *line = text;
-    size_t n = 0;
-    while (*line) {
-        char *end = strchr(line, '\n');
-        size_t l = end ? (size_t)(end - line + 1) : strlen(line);
-        cJSON *j = cJSON_ParseWithLength(line, l);
-        const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "step");
-        if (j && cJSON_IsNumber(s) && s->valueint <= step && end) {
-            memcpy(out + n, line, l);
-            n += l;
-        }
-        cJSON_Delete(j);
-        line += l;
-    }
-    int rc = fs_write_atomic(path, out, n, err);
-    free(out);
-    free(text);
-    return rc;
 }
 
 /* ------------------------------------------------------------------ eval */
@@ -392,14 +234,20 @@ typedef struct {
 static int train_step(trainer *tr, step_result *res, char *err)
 {
     const cfg *c = tr->c;
-    int k = c->train.grad_accum, L = tr->m.c.n_layers, E = tr->m.c.n_experts;
+    int k = c->train.grad_accum, L = tr->m.c.n_layers, E = tr->m.c.n_experts, rc = 0;
     double t0 = now();
     long total = 0;
-    for (int i = 0; i < k; i++) { /* all micro-batches first: the CE mean spans them all */
-        if (loader_next(tr->train, &tr->mb[i], err)) return err_wrap(err, "data.train");
+    for (int i = 0; i < k && !rc; i++) { /* all micro-batches first: the CE mean spans them all */
+        if (loader_next(tr->train, &tr->mb[i], err)) rc = err_wrap(err, "data.train");
         const loader_batch *b = &tr->mb[i];
-        for (int j = 0; j < b->batch_size * b->seq_len; j++) total += b->loss_mask[j] && j % b->seq_len;
+        for (int j = 0; !rc && j < b->batch_size * b->seq_len; j++) total += b->loss_mask[j] && j % b->seq_len;
     }
+    if (tr->d) { /* the targets of all ranks' rows; a rank that could not read its rows stops them all */
+        double v[2] = {(double)total, rc != 0};
+        dist_sum(tr->d, v, 2);
+        total = (long)v[0];
+        if (v[1] > 0) return dist_agree(tr->d, rc, rc ? err : (err[0] = 0, err));
+    } else if (rc) return -1;
     memset(tr->tv.g, 0, tr->tv.total * sizeof(float));
     memset(tr->load, 0, (size_t)L * E * sizeof *tr->load);
     double ce_sum = 0, aux = 0, z = 0;
@@ -409,20 +257,33 @@ static int train_step(trainer *tr, step_result *res, char *err)
         model_batch mb = {b->batch_size, b->seq_len, b->tokens, tr->labels, b->doc_start, c->data.document_mask};
         model_stats st;
         if (tr->lo) lora_set_dropout_key(tr->lo, c->run.seed, (uint64_t)tr->step, i);
+        dist_micro(tr->d, i == k - 1); /* the last micro-batch's gradients go out as they complete */
         double t_fb = now();
         if (model_forward_backward(&tr->m, tr->acts, &mb, total ? 1.0 / total : 0, tr->aux_coef, tr->z_coef, k, &st,
-                                   err))
+                                   err)) {
+            if (tr->d) dist_fail(tr->d, err); /* mid-step: the other ranks cannot join this */
             return -1;
+        }
         tr->t_fb += now() - t_fb;
         ce_sum += st.ce_sum;
-        aux += st.aux / k;
+        aux += st.aux / k; /* aux and z are the global micro-batch's already (model_dp.sum) */
         z += st.z / k;
         const int *cnt = model_expert_counts(tr->acts);
         for (int j = 0; j < L * E; j++) tr->load[j] += cnt[j];
-        res->tokens += b->batch_size * b->seq_len;
+        res->tokens += b->batch_size * b->seq_len * dist_size(tr->d);
+    }
+    const float *g = tr->tv.g;
+    if (tr->d) { /* reduced gradients (this rank's shard under ZeRO-1); loss, stop and load summed */
+        g = dist_grads(tr->d);
+        double *v = tr->sums;
+        v[0] = ce_sum, v[1] = stop_signal != 0;
+        for (int j = 0; j < L * E; j++) v[2 + j] = (double)tr->load[j];
+        dist_sum(tr->d, v, 2 + L * E);
+        ce_sum = v[0], tr->stop = v[1] > 0;
+        for (int j = 0; j < L * E; j++) tr->load[j] = (long)v[2 + j];
     }
     res->targets = total;
-    if (!total && !tr->warned_no_targets) { /* the CE gradient is zero: say so once, not per step */
+    if (!total && !tr->warned_no_targets && dist_rank(tr->d) == 0) { /* the CE gradient is zero: say so once */
         fprintf(stderr, "moet train: step %d has no target tokens (every loss_mask 0 in its batch): its update is "
                         "weight decay and momentum only (said once)\n", tr->step + 1);
         tr->warned_no_targets = 1;
@@ -432,15 +293,17 @@ static int train_step(trainer *tr, step_result *res, char *err)
     res->z = z;
     res->loss = res->ce + tr->aux_coef * aux + tr->z_coef * z;
     double t_opt = now();
-    res->grad_norm = clip_norm(tr->tv.g, tr->tv.total); /* clipping is applied inside AdamW */
-    if (!isfinite(res->loss) || !isfinite(res->grad_norm))
+    /* the norm over all ranks' gradients; clipping is applied inside AdamW */
+    res->grad_norm = tr->d ? dist_grad_norm(tr->d) : clip_norm(tr->tv.g, tr->tv.total);
+    if (!isfinite(res->loss) || !isfinite(res->grad_norm)) /* the same values, so the same stop, on every rank */
         return err_set(err, "non-finite %s at step %d (loss %g, grad_norm %g): stopping; %s",
                        isfinite(res->loss) ? "gradient norm" : "loss", tr->step + 1, res->loss, res->grad_norm,
                        tr->last_ckpt[0] ? "the last good checkpoint is kept" : "no checkpoint was written");
     res->lr = sched_lr(&tr->sc, tr->step + 1);
-    adamw_step_scaled(&tr->ac, tr->tv.w, tr->tv.g, tr->mom, tr->vel, tr->segs, tr->nseg, tr->step + 1,
+    adamw_step_scaled(&tr->ac, tr->tv.w + tr->opt_lo, g, tr->mom, tr->vel, tr->segs, tr->nseg, tr->step + 1,
                       (float)res->lr, clip_coef(res->grad_norm, c->optim.grad_clip));
     tr->t_opt += now() - t_opt;
+    dist_params(tr->d); /* ZeRO-1: every rank's updated shard to every rank */
     tr->step++;
     tr->tokens_seen += res->tokens;
     res->seconds = now() - t0;
@@ -497,9 +360,9 @@ static int log_eval(trainer *tr, char *err)
     double vl = 0, t0 = now();
     long n = 0;
     int rc = evaluate(tr, &vl, &n, err);
-    if (rc < 0) return -1;
+    if (rc < 0) return tr->d ? dist_agree(tr->d, rc, err) : -1; /* every rank returns -1: share the reason */
     if (rc > 0) { /* no number (no targets, or not finite): say so, log null, keep training */
-        fprintf(stderr, "moet train: eval at step %d: %s\n", tr->step, err);
+        if (dist_rank(tr->d) == 0) fprintf(stderr, "moet train: eval at step %d: %s\n", tr->step, err);
         tr->last_val_loss = NAN; /* the card and trainer_state.json do not carry an older number */
         if (tr->metrics) {
             fprintf(tr->metrics, "{\"step\": %d, \"val_loss\": null, \"val_ppl\": null}\n", tr->step);
@@ -521,17 +384,22 @@ static void print_summary(trainer *tr, const char *resumed)
 {
     const cfg *c = tr->c;
     double G = 1073741824.0;
+    int B = c->train.batch_size, P = dist_size(tr->d);
     plan_out pl;
     char perr[ERR_MAX];
     int planned = plan_make(&tr->m.c, &tr->plan_in, &pl, perr) == 0;
     printf("model: %zu parameters (%.1f M active per token), %zu trainable%s\n", pl.parameters, pl.active / 1e6,
            tr->tv.total, tr->lo ? " (LoRA; base frozen: no gradients or AdamW state for it)" : "");
+    if (tr->d)
+        printf("ranks: %d data-parallel (MPI), %d rows of each batch per rank, %s, gradients in %.3g MB buckets %s\n", P,
+               B / P, dist_zero(tr->d) ? "ZeRO-1 (AdamW state and its update sharded)" : "no ZeRO",
+               c->dist.bucket_mb, c->dist.overlap ? "reduced during the backward" : "reduced after the backward");
     if (planned)
-        printf("memory plan: %.3f GiB = weights %.3f (%s base) + trainable %.3f + grads %.3f + AdamW %.3f + "
+        printf("memory plan%s: %.3f GiB = weights %.3f (%s base) + trainable %.3f + grads %.3f + AdamW %.3f + "
                "activations %.3f%s + scratch %.3f\n",
-               pl.total / G, pl.weights / G, model_dtype_name(tr->m.base_dtype), pl.trainable / G, pl.grads / G,
-               pl.optimizer / G, pl.activations / G, c->train.activation_checkpointing ? " (checkpointed)" : "",
-               pl.scratch / G);
+               tr->d ? " per rank" : "", pl.total / G, pl.weights / G, model_dtype_name(tr->m.base_dtype),
+               pl.trainable / G, pl.grads / G, pl.optimizer / G, pl.activations / G,
+               c->train.activation_checkpointing ? " (checkpointed)" : "", pl.scratch / G);
     tr->planned_bytes = planned ? pl.total : 0;
     printf("data: %lld rows in %d file(s), %lld batches of %dx%d per epoch, grad_accum %d\n",
            (long long)loader_rows(tr->train), loader_n_files(tr->train), (long long)loader_batches_per_epoch(tr->train),
@@ -569,6 +437,17 @@ static void print_profile(trainer *tr)
     printf("  %-14s %10.2f %10.2f %10.2f\n", "step", fwd / n * 1e3, bwd / n * 1e3, total);
     printf("PROFILE fwd_ms=%.3f bwd_ms=%.3f opt_ms=%.3f data_ms=%.3f step_ms=%.3f\n", fwd / n * 1e3, bwd / n * 1e3,
            opt, data, total);
+    if (!tr->d) return;
+    dist_times t;
+    dist_get_times(tr->d, &t);
+    double gw = (t.grads_wait - tr->dt0.grads_wait) / n * 1e3, gf = (t.grads_flight - tr->dt0.grads_flight) / n * 1e3;
+    double pw = (t.params_wait - tr->dt0.params_wait) / n * 1e3, sw = (t.sync_wait - tr->dt0.sync_wait) / n * 1e3;
+    printf("communication, rank 0 (ms per step): gradient buckets in flight %.2f (launch to done, summed), waited "
+           "for after the backward %.2f (not hidden: %.1f%% of the step); parameter all-gather %.2f; sums %.2f "
+           "(router statistics, targets, losses, norm; they also wait for the slowest rank)\n",
+           gf, gw, 100 * gw / total, pw, sw);
+    printf("PROFILE_DIST ranks=%d zero=%d grads_flight_ms=%.3f grads_wait_ms=%.3f params_ms=%.3f sync_ms=%.3f\n",
+           dist_size(tr->d), dist_zero(tr->d), gf, gw, pw, sw);
 }
 
 static void trainer_free(trainer *tr)
@@ -583,80 +462,99 @@ static void trainer_free(trainer *tr)
     lora_free(tr->lo);
 }
 
-int trainer_run(const cfg *c, const trainer_opts *o, char *err)
+/* Rank 0 (or the one process): take the run dir's lock and find the checkpoint to resume
+ * (resume = "" for a fresh run). */
+static int claim_run_dir(trainer *tr, char *resume /* 4096 bytes */, char *err)
 {
-    trainer tr = {.c = c, .o = o, .last_loss = NAN, .last_val_loss = NAN, .lock_fd = -1};
-    int rc = -1;
-    char resume[4096] = "", p[4096], *yaml = NULL;
-    snprintf(tr.run_dir, sizeof tr.run_dir, "%s", c->run.dir);
-    fs_path_join(tr.ckpt_root, sizeof tr.ckpt_root, tr.run_dir, "checkpoints");
+    const cfg *c = tr->c;
+    char p[4096];
     /* one trainer per run dir, decided before looking for checkpoints to resume: a flock on
      * RUN_DIR/.moet-train.lock, opened for writing (NFS emulates flock with fcntl locks, which
      * need that). The file is unlinked only by a holder that made the run dir and failed its
      * setup; so a lock won on a file no longer at that path (dev/ino differ) means another
      * trainer came and went in between: refused like a busy one. */
-    int made = fs_missing_levels(tr.run_dir);
-    if (fs_mkdir_p(tr.run_dir, err)) {
+    int made = fs_missing_levels(tr->run_dir);
+    if (fs_mkdir_p(tr->run_dir, err)) {
         err_wrap(err, "run.dir");
-        goto out;
+        return -1;
     }
-    fs_path_join(p, sizeof p, tr.run_dir, ".moet-train.lock");
-    tr.lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (tr.lock_fd < 0) {
-        err_set(err, "run.dir %s: %s", tr.run_dir, strerror(errno));
-        goto out;
+    fs_path_join(p, sizeof p, tr->run_dir, ".moet-train.lock");
+    tr->lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (tr->lock_fd < 0) {
+        err_set(err, "run.dir %s: %s", tr->run_dir, strerror(errno));
+        return -1;
     }
-    if (flock(tr.lock_fd, LOCK_EX | LOCK_NB)) {
+    if (flock(tr->lock_fd, LOCK_EX | LOCK_NB)) {
         if (errno == EWOULDBLOCK) {
             err_set(err, "run.dir %s: another moet train is using it (wait for it, or use another run.dir)",
-                    tr.run_dir);
-            goto out;
+                    tr->run_dir);
+            return -1;
         } /* a filesystem without flock: train, but say it is unguarded */
         fprintf(stderr, "moet train: run.dir %s: cannot lock it (%s): nothing stops a second trainer there\n",
-                tr.run_dir, strerror(errno));
+                tr->run_dir, strerror(errno));
     } else {
         struct stat held, now_at;
-        if (fstat(tr.lock_fd, &held) || stat(p, &now_at) || held.st_dev != now_at.st_dev ||
+        if (fstat(tr->lock_fd, &held) || stat(p, &now_at) || held.st_dev != now_at.st_dev ||
             held.st_ino != now_at.st_ino) {
-            err_set(err, "run.dir %s: another moet train used it while this one started: try again", tr.run_dir);
-            goto out;
+            err_set(err, "run.dir %s: another moet train used it while this one started: try again", tr->run_dir);
+            return -1;
         }
-        tr.made_run_dir = made;
+        tr->made_run_dir = made;
     }
     if (c->train.resume == CFG_RESUME_PATH) {
-        snprintf(resume, sizeof resume, "%s", c->train.resume_path);
+        snprintf(resume, (size_t)4096, "%s", c->train.resume_path);
         if (!ckpt_is_checkpoint(resume)) {
             err_set(err, "train.resume: '%s' is not a training checkpoint", err_q(resume, -1));
-            goto out;
+            return -1;
         }
         /* this run will save into ckpt_root: any checkpoint there but the one resumed from
          * would be overwritten or rotated away */
         char latest[4096], a[PATH_MAX], b[PATH_MAX];
         int skipped;
-        if (ckpt_find_latest(tr.ckpt_root, latest, sizeof latest, &skipped, err)) goto out;
+        if (ckpt_find_latest(tr->ckpt_root, latest, sizeof latest, &skipped, err)) return -1;
         int other = latest[0] && !(realpath(latest, a) && realpath(resume, b) && !strcmp(a, b));
         if (other || skipped) {
             err_set(err, "train.resume: %s already holds %s, which this run would overwrite: set train.resume: "
                          "auto to continue this run from its newest checkpoint, or use another run.dir",
-                    tr.ckpt_root, other ? "newer or other checkpoints than the one given" : "damaged checkpoints");
-            goto out;
+                    tr->ckpt_root, other ? "newer or other checkpoints than the one given" : "damaged checkpoints");
+            return -1;
         }
     } else {
         int skipped;
-        if (ckpt_find_latest(tr.ckpt_root, resume, sizeof resume, &skipped, err)) goto out;
+        if (ckpt_find_latest(tr->ckpt_root, resume, (size_t)4096, &skipped, err)) return -1;
         if (c->train.resume == CFG_RESUME_NEVER && (resume[0] || skipped)) { /* never overwrite a run */
             err_set(err, "train.resume is never but %s already holds checkpoints: use another run.dir or remove them",
-                    tr.ckpt_root);
-            goto out;
+                    tr->ckpt_root);
+            return -1;
         }
         if (skipped && !resume[0]) { /* starting over would overwrite them: let a person look first */
             err_set(err, "every checkpoint in %s is damaged (%d): not starting over them; move them away, or set "
                          "train.resume to a checkpoint",
-                    tr.ckpt_root, skipped);
-            goto out;
+                    tr->ckpt_root, skipped);
+            return -1;
         }
-        if (skipped) fprintf(stderr, "moet train: skipped %d damaged checkpoint(s) in %s\n", skipped, tr.ckpt_root);
+        if (skipped) fprintf(stderr, "moet train: skipped %d damaged checkpoint(s) in %s\n", skipped, tr->ckpt_root);
     }
+    return 0;
+}
+
+int trainer_run(const cfg *c, const trainer_opts *o, char *err)
+{
+    trainer tr = {.c = c, .o = o, .last_loss = NAN, .last_val_loss = NAN, .lock_fd = -1, .d = o->dist};
+    int rc = -1, r0 = dist_rank(tr.d) == 0;
+    char resume[4096] = "", p[4096], *yaml = NULL;
+    trainer_opts quiet = *o; /* only rank 0 prints */
+    if (!r0) quiet.quiet = 1, tr.o = o = &quiet;
+    snprintf(tr.run_dir, sizeof tr.run_dir, "%s", c->run.dir);
+    fs_path_join(tr.ckpt_root, sizeof tr.ckpt_root, tr.run_dir, "checkpoints");
+    dist_watch(tr.d, &stop_signal, &stop_from_parent, &tr.step, tr.last_ckpt);
+    if (c->train.batch_size % dist_size(tr.d)) { /* before anything is loaded */
+        err_set(err, "train.batch_size %d does not split evenly over %d ranks (make it a multiple of %d)",
+                c->train.batch_size, dist_size(tr.d), dist_size(tr.d));
+        goto out;
+    }
+    if (dist_agree(tr.d, r0 ? claim_run_dir(&tr, resume, err) : 0, err)) goto out;
+    dist_bcast(tr.d, resume, sizeof resume);
     /* the resolved config, printed now and written once the run is set up (a config that
      * fails below never replaces the run's good config.yaml) */
     size_t ylen = 0;
@@ -665,55 +563,64 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     fclose(ym);
     if (!o->quiet) printf("%s", yaml);
 
-    if ((resume[0] && load_check_resume(c, resume, err)) || build_model(&tr, resume[0] ? resume : NULL, err) ||
-        setup_optimizer(&tr, err) || setup_data(&tr, err))
-        goto out;
+    /* every rank builds the model and its slice of the data (each phase ends with the ranks agreeing) */
+    rc = (r0 && resume[0] && load_check_resume(c, resume, err)) || build_model(&tr, resume[0] ? resume : NULL, err) ||
+         setup_optimizer(&tr, err) || setup_data(&tr, err);
+    if (dist_agree(tr.d, -rc, err)) goto fail;
     tr.made_run_dir = 0; /* from here on the run dir is the run's */
     rng_seed(&tr.rng, c->run.seed, 0x7261696eULL);
     fs_path_join(p, sizeof p, tr.run_dir, "metrics.jsonl");
     if (resume[0]) {
-        if (restore_state(&tr, resume, err) || trim_metrics(p, tr.step, err)) goto out;
+        if (trainer_restore_state(&tr, resume, err) ||
+            dist_agree(tr.d, r0 ? trainer_trim_metrics(p, tr.step, err) : 0, err))
+            goto fail;
         snprintf(tr.last_ckpt, sizeof tr.last_ckpt, "%s", resume);
-    } else if (fs_exists(p) && trim_metrics(p, 0, err)) { /* a fresh run starts a fresh log */
-        goto out;
     }
+    rc = 0; /* rank 0 alone writes the run dir */
+    if (r0 && !resume[0] && fs_exists(p)) rc = trainer_trim_metrics(p, 0, err); /* a fresh run starts a fresh log */
     fs_path_join(p, sizeof p, tr.run_dir, "config.yaml");
-    if (fs_write_atomic(p, yaml, ylen, err)) goto out;
+    if (r0 && !rc) rc = fs_write_atomic(p, yaml, ylen, err);
     fs_path_join(p, sizeof p, tr.run_dir, "metrics.jsonl");
-    tr.metrics = fopen(p, "a");
-    if (!tr.metrics) {
-        err_set(err, "%s: %s", p, strerror(errno));
-        goto out;
-    }
+    if (r0 && !rc && !(tr.metrics = fopen(p, "a"))) rc = err_set(err, "%s: %s", p, strerror(errno));
+    if (dist_agree(tr.d, rc, err)) goto fail;
     if (!o->quiet) print_summary(&tr, resume[0] ? resume : NULL);
 
     struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESETHAND; /* a second Ctrl-C kills at once */
+    sa.sa_sigaction = on_signal;
+    sa.sa_flags = SA_RESETHAND | SA_SIGINFO; /* a second Ctrl-C kills at once */
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    stop_signal = 0;
+    if (tr.d) sigaction(SIGUSR1, &sa, NULL); /* mpirun forwards SIGUSR1 to every rank (and kills after SIGTERM) */
+    stop_signal = stop_from_parent = 0;
 
     double t_start = now(), avg = 0;
     int first = tr.step;
     if (o->profile) tr.m.prof = &tr.prof;
-    while (tr.step < c->train.max_steps && !stop_signal) {
+    while (tr.step < c->train.max_steps && !stopping(&tr)) {
         step_result r = {0};
         double wait0 = loader_wait_seconds(tr.train);
         if (o->profile && tr.step - first == 1) { /* the first step warms caches and threads: not counted */
             memset(&tr.prof, 0, sizeof tr.prof);
             tr.t_opt = tr.t_step = tr.t_data = 0;
             tr.prof_steps = 0;
+            dist_get_times(tr.d, &tr.dt0);
         }
         double fwd0 = 0, fb0 = tr.t_fb, opt0 = tr.t_opt;
         for (int f = 0; f < PROF_NFAM; f++) fwd0 += tr.prof.fwd[f];
-        if (train_step(&tr, &r, err)) goto out;
-        if (o->profile) { /* one line per step: forward = its kernels, backward = the rest of the pass */
+        dist_times c0, c1;
+        dist_get_times(tr.d, &c0);
+        if (train_step(&tr, &r, err)) goto fail;
+        if (o->profile && r0) { /* one line per step: forward = its kernels, backward = the rest of the pass */
             double fwd1 = 0;
             for (int f = 0; f < PROF_NFAM; f++) fwd1 += tr.prof.fwd[f];
             double F = (fwd1 - fwd0) * 1e3, B = (tr.t_fb - fb0) * 1e3 - F, O = (tr.t_opt - opt0) * 1e3;
-            printf("profile step=%d fwd_ms=%.2f bwd_ms=%.2f opt_ms=%.2f step_ms=%.2f\n", tr.step, F, B, O,
+            printf("profile step=%d fwd_ms=%.2f bwd_ms=%.2f opt_ms=%.2f step_ms=%.2f", tr.step, F, B, O,
                    r.seconds * 1e3);
+            dist_get_times(tr.d, &c1); /* MPI: waits for the gradients, the parameters, the small sums */
+            if (tr.d)
+                printf(" grads_wait_ms=%.2f params_ms=%.2f sync_ms=%.2f", (c1.grads_wait - c0.grads_wait) * 1e3,
+                       (c1.params_wait - c0.params_wait) * 1e3, (c1.sync_wait - c0.sync_wait) * 1e3);
+            printf("\n");
         }
         tr.t_step += r.seconds;
         tr.t_data += loader_wait_seconds(tr.train) - wait0;
@@ -724,24 +631,30 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
             log_step(&tr, &r, now() - t_start, avg);
         if (tr.val && c->train.eval_every > 0 && tr.step % c->train.eval_every == 0 && log_eval(&tr, err)) {
             char e2[ERR_MAX]; /* the val data failed: keep this step's weights before stopping */
-            if (save_checkpoint(&tr, e2) == 0 && !o->quiet) printf("saved %s\n", tr.last_ckpt);
-            goto out;
+            if (trainer_save_checkpoint(&tr, e2) == 0 && !o->quiet) printf("saved %s\n", tr.last_ckpt);
+            goto fail;
         }
         int last = tr.step == c->train.max_steps;
-        if ((c->train.save_every > 0 && tr.step % c->train.save_every == 0) || last || stop_signal) {
-            if (save_checkpoint(&tr, err)) goto out;
+        if ((c->train.save_every > 0 && tr.step % c->train.save_every == 0) || last || stopping(&tr)) {
+            if (trainer_save_checkpoint(&tr, err)) goto fail;
             if (!o->quiet) printf("saved %s\n", tr.last_ckpt);
         }
     }
-    if (stop_signal) printf("stopped by signal %d at step %d; resume with the same command\n", (int)stop_signal, tr.step);
-    else if (!o->quiet) {
+    if (stopping(&tr) && r0) {
+        if (stop_signal) printf("stopped by signal %d at step %d; resume with the same command\n", (int)stop_signal, tr.step);
+        else printf("stopped by a signal to another rank at step %d; resume with the same command\n", tr.step);
+    } else if (!o->quiet) {
         double G = 1073741824.0, peak = (double)plan_peak_rss();
-        printf("done: %d steps in %.1fs; peak RSS %.3f GiB", tr.step - first, now() - t_start, peak / G);
+        printf("done: %d steps in %.1fs; peak RSS %.3f GiB%s", tr.step - first, now() - t_start, peak / G,
+               tr.d ? " (rank 0)" : "");
         if (tr.planned_bytes) printf(" (planned %.3f GiB, %+.1f%%)", tr.planned_bytes / G, 100.0 * (peak / tr.planned_bytes - 1));
         printf("\n");
     }
-    if (o->profile) print_profile(&tr);
+    if (o->profile && r0) print_profile(&tr);
     rc = 0;
+    goto out;
+fail:
+    rc = -1;
 out:
     free(yaml);
     trainer_free(&tr);
