@@ -367,6 +367,13 @@ static inline int dropped(uint64_t key, uint64_t i, float p)
     return (float)((z >> 40) * 0x1.0p-24) < p;
 }
 
+/* The global index of row 0 of a site's rows under data parallelism: attention and dense-MLP
+ * rows are the micro-batch's token rows; the experts' rows are this rank's own sorted slice. */
+static uint64_t row0(const lora *lo, const lora_site *s)
+{
+    return s->target < LORA_W1 || s->target >= LORA_S1 ? lo->drop_row0 : 0;
+}
+
 static uint64_t site_key(const lora *lo, const lora_site *s, int e)
 {
     return lo->drop_key ^ ((uint64_t)s->layer << 48) ^ ((uint64_t)s->target << 40) ^ ((uint64_t)e << 20);
@@ -380,7 +387,7 @@ static const float *lora_input(const lora *lo, const lora_site *s, int e, const 
         *ld = ldx;
         return x;
     }
-    uint64_t key = site_key(lo, s, e), r0 = s->target <= LORA_O ? lo->drop_row0 : 0; /* expert rows: per rank */
+    uint64_t key = site_key(lo, s, e), r0 = row0(lo, s);
     float inv = 1.0f / (1.0f - p);
     int in = s->in;
     PAR_FOR(schedule(static), i, 0, rows,
@@ -430,7 +437,7 @@ void lora_backward_x(const lora *lo, const lora_site *s, int e, float *dx, int l
         return;
     }
     model_gemm(0, 0, rows, in, r, 1, lo->scr_a, r, A, in, 0, lo->scr_t, in);
-    uint64_t key = site_key(lo, s, e), r0 = s->target <= LORA_O ? lo->drop_row0 : 0;
+    uint64_t key = site_key(lo, s, e), r0 = row0(lo, s);
     float inv = 1.0f / (1.0f - p);
     PAR_FOR(schedule(static), i, 0, rows,
         for (int j = 0; j < in; j++)

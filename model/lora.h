@@ -54,7 +54,8 @@ typedef struct lora {
     int L;
     uint64_t drop_key;   /* dropout stream of the current micro-batch (lora_set_dropout_key) */
     uint64_t drop_row0;  /* data parallelism: index of this rank's first row in the global micro-batch's
-                          * token rows, so attention adapters drop what one process would (0 alone) */
+                          * token rows, so attention and dense-MLP adapters drop what one process would
+                          * (0 alone; expert adapters draw per rank) */
     int training;        /* dropout on (set by model_forward_backward) */
     float *scr_x, *scr_t, *scr_a; /* scratch: dropped input, input-gradient term, dxa */
     size_t scr_floats, scr_cols;  /* scr_x, scr_t: rows x scr_cols (only with dropout); scr_a: rows x r */
