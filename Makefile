@@ -46,7 +46,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test test-run asan fuzz fuzz-build deps demo bench bench-big clean
+.PHONY: all test test-run asan fuzz fuzz-build deps demo bench bench-dist bench-big clean
 all: moet
 
 moet: $(BUILD)/moet
@@ -113,6 +113,11 @@ demo:
 
 bench: moet
 	tests/bench/bench.sh
+	tests/bench/dist_bench.sh
+
+# the data-parallel part alone: 2 MPI ranks x 1 thread vs 1 process x 2 threads
+bench-dist: moet
+	tests/bench/dist_bench.sh
 
 # LoRA on a 2-layer slice of the real Mixtral-8x7B (6.3 GB bf16, written once into
 # build/bigslice, or BIG_DIR): bf16 base as stored vs widened to fp32; BIG_FAMILY=qwen3_moe

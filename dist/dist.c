@@ -446,7 +446,11 @@ void dist_micro(dist *d, int last)
 {
     if (!d) return;
     d->last_micro = last;
-    if (last) d->launched = 0;
+    if (last) { /* a new step's buckets (the last step's are all done) */
+        pthread_mutex_lock(&d->mu);
+        d->launched = 0;
+        pthread_mutex_unlock(&d->mu);
+    }
 }
 
 const float *dist_grads(dist *d)

@@ -63,7 +63,7 @@ int cmd_train(int argc, char **argv)
         dist_close(d);
         return 1;
     }
-    if (c.dist.zero < 0) c.dist.zero = dist_size(d) > 1 || dist_launcher_size() > 1; /* resolved for the record */
+    if (c.dist.zero < 0 && (dist_size(d) > 1 || dist_launcher_size() > 1)) c.dist.zero = 1; /* the default, recorded */
     if (print_only) {
         cfg_print_yaml(&c, stdout);
         cfg_free(&c);
