@@ -16,6 +16,7 @@
 #include "common/fsutil.h"
 #include "common/half.h"
 #include "model/family.h"
+#include "model/lora.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -190,6 +191,8 @@ typedef struct {
     int src_dtype;         /* MODEL_F32, or the low-precision base store's MODEL_BF16 / MODEL_F16 */
     uint64_t rows_per_part;
     int perm_heads;        /* > 0: undo HF's rotate_half permute with this many heads */
+    const lora *lo;        /* adapters not merged into a 16-bit base: added row block by row block */
+    lora_ref *refs;        /* [n_parts]; refs[e].s NULL: no adapter on part e */
     uint64_t offset;       /* in the data section */
     size_t nbytes;
 } gtensor;
@@ -230,7 +233,11 @@ static int plan_add(plan *p, const model *m, const char *gname, int type, const 
     gtensor *g = &p->t[p->n];
     memset(g, 0, sizeof *g);
     g->parts = malloc((size_t)n_parts * sizeof *g->parts);
-    if (!g->parts) return err_set(err, "out of memory");
+    g->refs = calloc((size_t)n_parts, sizeof *g->refs);
+    if (!g->parts || !g->refs) {
+        free(g->parts), free(g->refs);
+        return err_set(err, "out of memory");
+    }
     p->n++;
     snprintf(g->name, sizeof g->name, "%s", gname);
     g->type = type;
@@ -249,8 +256,16 @@ static int plan_add(plan *p, const model *m, const char *gname, int type, const 
             return err_set(err, "GGUF %s: the stacked tensors differ in shape", gname);
         g->parts[e] = mt->low ? mt->data : (const void *)(m->w + mt->offset);
         if (!g->parts[e]) return err_set(err, "GGUF %s: %s has no data", gname, name);
+        /* a LoRA checkpoint on a 16-bit base is not merged in memory (an fp32 base is, before
+         * this): its adapters are added here, and a trained router's copy replaces the router */
+        if (m->lora && m->base_dtype != MODEL_F32) {
+            const float *rc = lora_router_copy(m->lora, name);
+            if (rc && n_parts == 1) g->parts[e] = rc, first = NULL;
+            else if (lora_find(m->lora, m, name, &g->refs[e])) g->lo = m->lora;
+        }
     }
-    g->src_dtype = first->low ? m->base_dtype : MODEL_F32;
+    g->src_dtype = first && first->low ? m->base_dtype : MODEL_F32;
+    if (!first) first = model_find(m, pre);
     if (first->ndim == 1) {
         g->ndim = 1;
         g->ne[0] = (uint64_t)first->shape[0];
@@ -271,7 +286,7 @@ static int plan_add(plan *p, const model *m, const char *gname, int type, const 
 
 static void plan_free(plan *p)
 {
-    for (int i = 0; i < p->n; i++) free(p->t[i].parts);
+    for (int i = 0; i < p->n; i++) free(p->t[i].parts), free(p->t[i].refs);
     free(p->t);
 }
 
@@ -485,21 +500,36 @@ static int vocab_kvs(kvs *k, const tok *t, int n, char *err)
 
 /* ------------------------------------------------------------------ writing */
 
+/* Rows of the adapter delta computed at once (a head's rows when q/k are permuted: the
+ * permutation stays inside a head). */
+#define DELTA_ROWS 64
+
 /* Stream g's rows, converted to its type, through out (GGUF_CHUNK bytes); row (ne[0] floats)
- * holds a row of a low-precision source widened to fp32. */
-static int write_tensor(fs_atomic *w, const gtensor *g, unsigned char *out, float *row, char *err)
+ * holds a row of a low-precision source widened to fp32 (plus its adapter delta), delta
+ * (DELTA_ROWS or a head's rows of ne[0] floats, when g->lo) the delta of the current block. */
+static int write_tensor(fs_atomic *w, const gtensor *g, unsigned char *out, float *row, float *delta, char *err)
 {
     size_t esz = type_size(g->type), row_bytes = (size_t)g->ne[0] * esz, fill = 0;
     uint64_t rows = g->rows_per_part;
+    uint64_t blk = g->perm_heads > 0 ? rows / (uint64_t)g->perm_heads : DELTA_ROWS;
     for (int e = 0; e < g->n_parts; e++)
         for (uint64_t r = 0; r < rows; r++) {
             const float *x;
-            uint64_t at = src_row(g, r) * g->ne[0];
+            uint64_t sr = src_row(g, r), at = sr * g->ne[0];
             if (g->src_dtype == MODEL_F32) x = (const float *)g->parts[e] + at;
             else {
                 const uint16_t *lo = (const uint16_t *)g->parts[e] + at;
                 if (g->src_dtype == MODEL_BF16) half_widen_bf16(row, lo, (size_t)g->ne[0]);
                 else half_widen_f16(row, lo, (size_t)g->ne[0]);
+                x = row;
+            }
+            if (g->lo && g->refs[e].s) {   /* W + s B A, rows of the block that holds sr */
+                uint64_t b0 = r - r % blk;
+                if (r % blk == 0)
+                    lora_ref_rows(g->lo, &g->refs[e], (int)b0, (int)(b0 + blk < rows ? b0 + blk : rows), delta);
+                if (x != row) memcpy(row, x, (size_t)g->ne[0] * sizeof *row);
+                const float *d = delta + (sr - b0) * g->ne[0];
+                for (uint64_t i = 0; i < g->ne[0]; i++) row[i] += d[i];
                 x = row;
             }
             for (size_t done = 0; done < row_bytes;) {   /* a row may exceed the chunk */
@@ -559,7 +589,7 @@ int gguf_write_model(const char *path, const model *m, const tok *t, st_dtype dt
     kvs k = {0};
     buf h = {0};
     unsigned char *chunk = NULL;
-    float *row = NULL;
+    float *row = NULL, *delta = NULL;
     fs_atomic w = {.fd = -1};
     if (plan_model(&p, m, wt, err)) goto fail;
 
@@ -615,20 +645,27 @@ int gguf_write_model(const char *path, const model *m, const tok *t, st_dtype dt
         err_set(err, "out of memory");
         goto fail;
     }
-    uint64_t widest = 1;
-    for (int i = 0; i < p.n; i++) widest = p.t[i].ne[0] > widest ? p.t[i].ne[0] : widest;
+    uint64_t widest = 1, dfloats = 1;
+    for (int i = 0; i < p.n; i++) {
+        const gtensor *g = &p.t[i];
+        widest = g->ne[0] > widest ? g->ne[0] : widest;
+        uint64_t blk = g->perm_heads > 0 ? g->rows_per_part / (uint64_t)g->perm_heads : DELTA_ROWS;
+        if (g->lo && blk * g->ne[0] > dfloats) dfloats = blk * g->ne[0];
+    }
     chunk = malloc(GGUF_CHUNK);
     row = malloc((size_t)widest * sizeof *row);
-    if (!chunk || !row) {
+    delta = malloc((size_t)dfloats * sizeof *delta);
+    if (!chunk || !row || !delta) {
         err_set(err, "out of memory");
         goto fail;
     }
     if (fs_atomic_open(&w, path, err) || fs_atomic_write(&w, h.p, h.n, err) || write_pad(&w, h.n, err))
         goto fail;
     for (int i = 0; i < p.n; i++)
-        if (write_tensor(&w, &p.t[i], chunk, row, err) || write_pad(&w, p.t[i].nbytes, err)) goto fail;
+        if (write_tensor(&w, &p.t[i], chunk, row, delta, err) || write_pad(&w, p.t[i].nbytes, err)) goto fail;
     if (fs_atomic_commit(&w, err)) goto fail;
     free(row);
+    free(delta);
     free(chunk);
     free(h.p);
     free(k.b.p);
@@ -637,6 +674,7 @@ int gguf_write_model(const char *path, const model *m, const tok *t, st_dtype dt
 fail:
     if (w.fd >= 0) fs_atomic_abort(&w);
     free(row);
+    free(delta);
     free(chunk);
     free(h.p);
     free(k.b.p);

@@ -281,11 +281,10 @@ int lora_merge(model *m, char *err)
     return 0;
 }
 
-int lora_delta_rows(const lora *lo, const model *m, const char *name, int r0, int r1, float *delta)
+int lora_find(const lora *lo, const model *m, const char *name, lora_ref *ref)
 {
     const model_config *c = &m->c;
     char path[160], want[200];
-    int r = lo->lc.r;
     for (int l = 0; l < c->n_layers; l++)
         for (int t = 0; t < LORA_NS; t++) {
             const lora_site *s = lora_site_at(lo, l, t);
@@ -293,14 +292,29 @@ int lora_delta_rows(const lora *lo, const model *m, const char *name, int r0, in
                 module_path(path, sizeof path, c, l, t, e);
                 snprintf(want, sizeof want, "%s.weight", path);
                 if (strcmp(want, name) != 0) continue;
-                if (r1 > s->out) r1 = s->out;
-                if (r1 > r0) /* rows [r0, r1) of s * B (out, r) A (r, in) */
-                    model_gemm(0, 0, r1 - r0, s->in, r, lo->scale, s->B + ((size_t)e * s->out + r0) * r, r,
-                               s->A + (size_t)e * r * s->in, s->in, 0, delta, s->in);
+                *ref = (lora_ref){s, e};
                 return 1;
             }
         }
     return 0;
+}
+
+void lora_ref_rows(const lora *lo, const lora_ref *ref, int r0, int r1, float *delta)
+{
+    const lora_site *s = ref->s;
+    int r = lo->lc.r, e = ref->e;
+    if (r1 > s->out) r1 = s->out;
+    if (r1 > r0) /* rows [r0, r1) of s * B (out, r) A (r, in) */
+        model_gemm(0, 0, r1 - r0, s->in, r, lo->scale, s->B + ((size_t)e * s->out + r0) * r, r,
+                   s->A + (size_t)e * r * s->in, s->in, 0, delta, s->in);
+}
+
+int lora_delta_rows(const lora *lo, const model *m, const char *name, int r0, int r1, float *delta)
+{
+    lora_ref ref;
+    if (!lora_find(lo, m, name, &ref)) return 0;
+    lora_ref_rows(lo, &ref, r0, r1, delta);
+    return 1;
 }
 
 void lora_set_dropout_key(lora *lo, uint64_t seed, uint64_t step, int micro)

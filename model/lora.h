@@ -80,6 +80,14 @@ int lora_merge(model *m, char *err);
  * (r1-r0, in) = s B[r0:r1] A; returns 1, or 0 (delta untouched) when no adapter sits on it
  * (the router copy, when trained, is not a delta). */
 int lora_delta_rows(const lora *lo, const model *m, const char *name, int r0, int r1, float *delta);
+/* The same for many row blocks of one tensor: lora_find looks name up once (0: no adapter
+ * on it), lora_ref_rows then writes rows [r0, r1) of its delta. */
+typedef struct {
+    const lora_site *s;
+    int e;
+} lora_ref;
+int lora_find(const lora *lo, const model *m, const char *name, lora_ref *ref);
+void lora_ref_rows(const lora *lo, const lora_ref *ref, int r0, int r1, float *delta);
 /* The trained router copy standing for base tensor name (train_router), or NULL. */
 const float *lora_router_copy(const lora *lo, const char *name);
 

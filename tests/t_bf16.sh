@@ -101,8 +101,32 @@ print(f"merged f32: {len(want)} tensors ({adapted} adapted), max abs diff vs num
 sys.exit(0 if d <= 1e-6 and same else 1)
 EOF
 
-echo "== generate and eval on the bf16 base"
 T="$G/model/tokenizer.json"
+echo "== GGUF from the bf16-base LoRA checkpoint: adapters added row block by row block, no fp32 copy"
+"$MOET" export "$ck" "$work/g-direct" --format gguf --dtype f32 --tokenizer "$T" --name lb0 > /dev/null
+"$MOET" export "$work/m32" "$work/g-merged" --format gguf --dtype f32 --tokenizer "$T" --name lb0 > /dev/null
+"$PY" - "$work/g-direct/model-f32.gguf" "$work/g-merged/model-f32.gguf" <<'EOF'
+import sys
+import numpy as np
+a, b = (open(p, "rb").read() for p in sys.argv[1:3])
+n = len(a)
+if n != len(b):
+    sys.exit(f"GGUF sizes differ: {n} vs {len(b)}")
+i = next((k for k in range(n) if a[k] != b[k]), n)
+if i == n:
+    print("GGUF of the LoRA checkpoint on the bf16 base = GGUF of its merged f32 export, byte for byte")
+    sys.exit(0)
+# same header (names, shapes, offsets: equal sizes); every tensor is F32: compare the floats
+fa = np.frombuffer(a[: n - n % 4], dtype=np.float32).astype(np.float64)
+fb = np.frombuffer(b[: n - n % 4], dtype=np.float32).astype(np.float64)
+ok = np.isfinite(fa) & np.isfinite(fb)
+d = np.abs(fa - fb)[ok]
+print(f"GGUF direct vs via its merged export: first byte difference at {i} of {n}, max abs diff {d.max():.2e} "
+      f"(tolerance 1e-6)")
+sys.exit(0 if d.max() <= 1e-6 else 1)
+EOF
+
+echo "== generate and eval on the bf16 base"
 a=$("$MOET" generate "$ck" --prompt "hello world" --max-new-tokens 12 --temperature 0 --ids --tokenizer "$T" 2>/dev/null)
 b=$("$MOET" generate "$work/m32" --prompt "hello world" --max-new-tokens 12 --temperature 0 --ids --tokenizer "$T" 2>/dev/null)
 [ -n "$a" ] && [ "$a" = "$b" ] || fail "generate: LoRA checkpoint on the bf16 base ($a) != merged export ($b)"

@@ -72,13 +72,13 @@ static void base_hub_id(const char *base_dir, const char *given, char *out, size
     cJSON_Delete(o);
 }
 
-/* GGUF's writer reads fp32 tensors: a 16-bit base is widened for it (hf, peft and merged
- * write a 16-bit base tensor by tensor, without an fp32 copy of the model). */
-static int load_source(source *s, const char *path, const char *tokenizer, int fp32, const char *base_dir,
+/* A 16-bit base stays as stored (mapped): every format writes it tensor by tensor, row block
+ * by row block, adding a LoRA checkpoint's adapters on the way, without an fp32 copy. */
+static int load_source(source *s, const char *path, const char *tokenizer, const char *base_dir,
                        const char *name, const char *hub_id, char *err)
 {
     memset(s, 0, sizeof *s);
-    if (load_any_model_ex(path, fp32 ? MODEL_F32 : CKPT_BASE_AUTO, base_dir, &s->m, &s->lo, &s->state, err))
+    if (load_any_model_ex(path, CKPT_BASE_AUTO, base_dir, &s->m, &s->lo, &s->state, err))
         return -1;
     s->have_model = 1;
     char bdir[4096];
@@ -178,7 +178,7 @@ int cmd_export(int argc, char **argv)
                         "its public id, never a local path)\n", hub_id);
         return 2;
     }
-    if (load_source(&s, in, tokenizer, !strcmp(format, "gguf"), base_dir, name, hub_id, err)) goto fail;
+    if (load_source(&s, in, tokenizer, base_dir, name, hub_id, err)) goto fail;
     int peft = !strcmp(format, "peft");
     if (peft && !s.lo) {
         err_set(err, "%s is a full model, not a LoRA checkpoint: use --format hf", in);
