@@ -3,6 +3,7 @@
 #include "common/err.h"
 #include "common/fsutil.h"
 #include "common/sha256.h"
+#include "data/chat.h"
 
 #include <cJSON.h>
 #include <dirent.h>
@@ -185,6 +186,8 @@ int ckpt_state_parse(const char *json, ckpt_state *st, char *err)
     const char *bad = NULL;
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "data"), *r = cJSON_GetObjectItemCaseSensitive(o, "rng");
     const cJSON *tok = cJSON_GetObjectItemCaseSensitive(o, "tokens_seen"), *kind = cJSON_GetObjectItemCaseSensitive(o, "kind");
+    const cJSON *el = cJSON_GetObjectItemCaseSensitive(o, "elapsed_s"), *ct = cJSON_GetObjectItemCaseSensitive(o, "chat_template");
+    chat_template tpl;
     long long step = json_count(cJSON_GetObjectItemCaseSensitive(o, "step"), 1e9);
     st->epoch = json_count(cJSON_GetObjectItemCaseSensitive(d, "epoch"), 9007199254740991.0);
     st->index = json_count(cJSON_GetObjectItemCaseSensitive(d, "index"), 9007199254740991.0);
@@ -193,6 +196,10 @@ int ckpt_state_parse(const char *json, ckpt_state *st, char *err)
     else if (step < 0) bad = "step is not an integer in [0, 1e9]";
     else if (st->epoch < 0 || st->index < 0) bad = "data.epoch / data.index are not integers >= 0";
     else if (st->tokens_seen < 0) bad = "tokens_seen is not an integer >= 0";
+    else if (el && !(cJSON_IsNumber(el) && isfinite(el->valuedouble) && el->valuedouble >= 0))
+        bad = "elapsed_s is not a number >= 0";
+    else if (ct && !(cJSON_IsString(ct) && chat_template_parse(ct->valuestring, &tpl, NULL) == 0))
+        bad = "chat_template is not mistral or chatml";
     else if (!cJSON_IsArray(r) || cJSON_GetArraySize(r) != 4) bad = "rng is not a list of 4 states";
     for (int i = 0; !bad && i < 4; i++) {
         const cJSON *h = cJSON_GetArrayItem(r, i);
@@ -203,6 +210,8 @@ int ckpt_state_parse(const char *json, ckpt_state *st, char *err)
     if (!bad && !(st->rng[0] | st->rng[1] | st->rng[2] | st->rng[3])) bad = "rng is all zero";
     st->step = (int)step;
     st->lora = cJSON_IsString(kind) && !strcmp(kind->valuestring, "lora");
+    if (!bad && el) st->elapsed_s = el->valuedouble;
+    if (!bad && ct) snprintf(st->chat_template, sizeof st->chat_template, "%s", ct->valuestring);
     cJSON_Delete(o);
     return bad ? err_set(err, "step, data position or rng missing or out of range: %s", bad) : 0;
 }

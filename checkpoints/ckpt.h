@@ -34,13 +34,16 @@ int ckpt_read_state(const char *dir, char **state_json, char *err);
 /* The trainer's own fields of a trainer_state.json text (the config snapshot, last losses
  * and the sha256s are read by their users). Each is checked: step an integer in [0, 1e9],
  * epoch / index integers in [0, 2^53), rng four strings of 16 hex digits (not all zero),
- * tokens_seen absent (0) or an integer in [0, 2^53). err: "step, data position or rng
+ * tokens_seen absent (0) or an integer in [0, 2^53), elapsed_s absent (0) or a finite number >= 0,
+ * chat_template absent ("") or a template name (data/chat.h). err: "step, data position or rng
  * missing or out of range: <which>". */
 typedef struct {
     int step;
     long long epoch, index;   /* the loader position of the next batch */
     unsigned long long rng[4];
     long long tokens_seen;
+    double elapsed_s;         /* wall seconds of training so far; absent (older checkpoints): 0 */
+    char chat_template[16];   /* the shards' chat template ("mistral", "chatml"); absent: "" */
     int lora;                 /* "kind": "lora" (else a full model) */
 } ckpt_state;
 int ckpt_state_parse(const char *json, ckpt_state *st, char *err);

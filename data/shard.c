@@ -2,6 +2,7 @@
 #include "data/shard.h"
 
 #include "common/err.h"
+#include "data/chat.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -138,7 +139,8 @@ int shard_writer_create(shard_writer **out, const char *path, int seq_len, const
     }
     if (write_str_attr(w->file, "format", SHARD_FORMAT) || write_int_attr(w->file, "vocab_size", meta->vocab_size) ||
         write_int_attr(w->file, "bos_id", meta->bos_id) || write_int_attr(w->file, "eos_id", meta->eos_id) ||
-        write_str_attr(w->file, "tokenizer_sha256", meta->tokenizer_sha256))
+        write_str_attr(w->file, "tokenizer_sha256", meta->tokenizer_sha256) ||
+        (meta->chat_template[0] && write_str_attr(w->file, "chat_template", meta->chat_template)))
         goto h5fail;
     *out = w;
     return 0;
@@ -434,6 +436,15 @@ int shard_open(shard **out, const char *path, int seq_len, int vocab_size, char 
             goto fail;
         }
         snprintf(s->info.tokenizer_sha256, sizeof s->info.tokenizer_sha256, "%s", sha);
+    }
+    if (H5Aexists(s->file, "chat_template") > 0) {  /* optional; when there, a template name */
+        char name[80];
+        chat_template tpl;
+        if (read_str_attr(s->file, "chat_template", name, sizeof name) || chat_template_parse(name, &tpl, NULL)) {
+            err_set(err, "%s: attribute 'chat_template' is not a chat template name (mistral or chatml)", path);
+            goto fail;
+        }
+        snprintf(s->info.chat_template, sizeof s->info.chat_template, "%.15s", name); /* a template name: short */
     }
     if (vocab_size > 0 && s->info.vocab_size > vocab_size) {
         err_set(err, "%s: shard vocab_size %d is larger than the model's %d (other tokenizer?)", path,

@@ -4,7 +4,8 @@
  *   /loss_mask  [rows, seq_len] uint8, optional, 1 = position is a target
  *   /doc_start  [rows, seq_len] uint8, optional, 1 = a document begins here
  *   attributes on "/": format = "moet-shard-1", vocab_size, bos_id, eos_id,
- *                      tokenizer_sha256 (hex string)
+ *                      tokenizer_sha256 (hex string), optional chat_template (the template
+ *                      `moet prep` used: "mistral" or "chatml"; exports carry it on)
  *
  * Strings are fixed-length ASCII (h5py gives bytes: attrs["format"] ==
  * b"moet-shard-1"); the reader accepts variable-length ones too, as h5py writes.
@@ -35,13 +36,15 @@ typedef struct {
     int has_loss_mask, has_doc_start;
     int token_bytes;                 /* 2 (uint16) or 4 (uint32) on disk */
     char tokenizer_sha256[65];       /* "" when the file has none */
+    char chat_template[16];          /* the template prep renders conversations with ("mistral",
+                                        "chatml"); "" when the file has none */
 } shard_info;
 
 /* ---- writer ---- */
 typedef struct shard_writer shard_writer;
 
 /* Create PATH.tmp for rows of seq_len tokens.  meta gives vocab_size, bos_id,
- * eos_id, tokenizer_sha256, and in rows, when > 0, the most rows the file will get (a
+ * eos_id, tokenizer_sha256, chat_template (written when not ""), and in rows, when > 0, the most rows the file will get (a
  * chunk is never bigger: a 1-row shard is not padded to a 256 KB chunk); seq_len and
  * token_bytes there are ignored; the token
  * dtype follows vocab_size.  with_mask / with_doc_start choose the optional

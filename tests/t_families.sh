@@ -105,7 +105,7 @@ labels = [f"layer {l}: expert load" for l in moe]
 assert all(s in svg for s in labels) and svg.count(": expert load") == len(moe), "one heat map per MoE layer"
 assert all(f"  layer {l}: " in open("report.txt").read() for l in moe)
 val = [r for r in rows if "val_loss" in r]
-assert len(val) == 2 and train[-1]["ce_loss"] < train[0]["ce_loss"] + 1
+assert len(val) == 3 and val[0]["step"] == 0 and train[-1]["ce_loss"] < train[0]["ce_loss"] + 1
 print(f"ok   train: 8 steps, expert_load / load_imbalance for MoE layers {moe} of {L} only, report.svg "
       f"{len(moe)} heat maps; loss {train[0]['loss']:.3f} -> {train[-1]['loss']:.3f}")
 PY

@@ -25,7 +25,10 @@ rows = [json.loads(l) for l in open("run/metrics.jsonl")]
 train = [r for r in rows if "loss" in r]
 evals = [r for r in rows if "val_loss" in r]
 assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30, 35, 40], [r["step"] for r in train]
-assert [r["step"] for r in evals] == [20, 40]
+assert [r["step"] for r in evals] == [0, 20, 40], [r["step"] for r in evals]   # train.eval_at_start: a baseline
+# at step 0 the model is its random init: near-uniform over 256 tokens (ln 256 = 5.545)
+assert abs(evals[0]["val_loss"] - math.log(256)) < 0.25, evals[0]
+assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5, evals
 for r in train:
     for k in ("step", "loss", "ce_loss", "aux_loss", "lr", "grad_norm", "tokens_per_s", "expert_load", "load_imbalance"):
         assert k in r, k
@@ -95,9 +98,64 @@ echo "no targets: $(cat err.log)"
 if "$MOET" train cfg.yaml run.dir=$work/runnv 'data.val=[nomask.h5]' train.max_steps=4 train.eval_every=2 \
        train.save_every=0 --quiet >/dev/null 2>err.log && [ -e runnv/checkpoints/step_00000004/model.safetensors ]; then
     grep -q "eval at step 2: data.val: no target tokens" err.log
-    [ "$(grep -c '"val_loss": null' runnv/metrics.jsonl)" = 2 ]
+    [ "$(grep -c '"val_loss": null' runnv/metrics.jsonl)" = 3 ]   # steps 0 (eval_at_start), 2, 4
     "$PY" "$here/../tools/report.py" runnv >/dev/null
     echo "eval without a number: $(head -1 err.log)"
 else
     echo "FAIL: a val set without targets stopped the run: $(cat err.log)"; exit 1
 fi
+
+# train.eval_at_start: not repeated on resume; elapsed_s and tokens continue over resumes (kept in
+# trainer_state.json; a checkpoint without elapsed_s, as older ones, resumes from 0 s)
+"$MOET" train cfg.yaml train.max_steps=50 train.log_every=5 > resume.log
+grep -q "^eval step 0 " resume.log && { echo "FAIL: eval_at_start repeated on resume"; exit 1; }
+"$PY" - <<'PY'
+import json
+rows = [json.loads(l) for l in open("run/metrics.jsonl")]
+assert [r["step"] for r in rows if "val_loss" in r] == [0, 20, 40], rows
+tr = [r for r in rows if "loss" in r]
+assert [r["step"] for r in tr] == list(range(5, 55, 5)), [r["step"] for r in tr]
+assert all(r["tokens"] == r["step"] * 4 * 64 for r in tr), [(r["step"], r["tokens"]) for r in tr]
+st = json.load(open("run/checkpoints/step_00000050/trainer_state.json"))
+el = {r["step"]: r["elapsed_s"] for r in tr}
+assert el[45] > el[40] and el[50] >= el[45], el    # the resumed run goes on from the first run's time
+assert abs(st["elapsed_s"] - el[50]) < 0.5, (st["elapsed_s"], el[50])
+print(f"resume: elapsed_s {el[40]:.2f} at step 40 -> {el[45]:.2f} at 45 (resumed), {st['elapsed_s']:.2f} in the state")
+PY
+grep -Eq "^done: 10 steps in [0-9.]+s \(all runs of this training: 50 steps, 12800 tokens, [0-9.]+s\); peak RSS [0-9.]+ GiB" resume.log ||
+    { echo "FAIL: done line: $(grep '^done' resume.log)"; exit 1; }
+grep '^done' resume.log
+"$PY" - <<'PY'
+import json   # an older checkpoint: no elapsed_s (trainer_state.json is not in its own sha256 list)
+p = "run/checkpoints/step_00000050/trainer_state.json"
+st = json.load(open(p)); del st["elapsed_s"]; json.dump(st, open(p, "w"))
+PY
+"$MOET" train cfg.yaml train.max_steps=55 train.log_every=5 --quiet
+"$PY" - <<'PY'
+import json
+tr = {r["step"]: r for r in map(json.loads, open("run/metrics.jsonl")) if "loss" in r}
+assert tr[55]["elapsed_s"] < tr[50]["elapsed_s"] and tr[55]["tokens"] == 55 * 256, (tr[50], tr[55])
+print(f"resumed from a state without elapsed_s: elapsed_s {tr[55]['elapsed_s']:.2f} (from 0), tokens {tr[55]['tokens']}")
+PY
+# eval_at_start false: no step-0 line; true without data.val is an error naming the key
+"$MOET" train cfg.yaml run.dir=$work/runns train.max_steps=4 train.eval_every=0 train.eval_at_start=false --quiet
+grep -q '"step": 0' runns/metrics.jsonl && { echo "FAIL: eval_at_start=false still evaluated"; exit 1; }
+"$MOET" train lora.yaml run.dir=$work/runx train.eval_at_start=true > /dev/null 2> err.log && { echo "FAIL: eval_at_start without val"; exit 1; }
+grep -q "train.eval_at_start: true but data.val lists no files" err.log && [ "$(wc -l < err.log)" = 1 ] ||
+    { echo "FAIL: $(cat err.log)"; exit 1; }
+# data.seq_len beyond max_position_embeddings: a warning at the start of train and eval, an error with --strict
+"$MOET" train cfg.yaml run.dir=$work/runctx model.arch.max_position_embeddings=32 train.max_steps=4 \
+    train.eval_every=0 train.eval_at_start=false --quiet 2> warn.log
+grep -q "^moet train: warning: data.seq_len 64 is more than the model's max_position_embeddings 32" warn.log ||
+    { echo "FAIL: no seq_len warning: $(cat warn.log)"; exit 1; }
+if "$MOET" train cfg.yaml run.dir=$work/runctx2 model.arch.max_position_embeddings=32 --strict > /dev/null 2> err.log; then
+    echo "FAIL: --strict accepted seq_len > max_position_embeddings"; exit 1
+fi
+grep -q "data.seq_len 64 is more than the model's max_position_embeddings 32 (--strict)" err.log && [ "$(wc -l < err.log)" = 1 ]
+[ ! -e runctx2/checkpoints ] || { echo "FAIL: --strict left checkpoints"; exit 1; }
+"$MOET" eval runctx/checkpoints/step_00000004 --data val.h5 > /dev/null 2> warn.log
+grep -q "^moet eval: warning: the shards' rows of 64 tokens are longer than the model's max_position_embeddings 32" warn.log
+"$MOET" eval runctx/checkpoints/step_00000004 --data val.h5 --strict > /dev/null 2> err.log && { echo "FAIL: eval --strict"; exit 1; }
+grep -q "max_position_embeddings 32 (--strict)" err.log && [ "$(wc -l < err.log)" = 1 ]
+"$MOET" eval run/checkpoints/step_00000050 --data val.h5 --strict --max-batches 1 > /dev/null   # within the context: fine
+echo "seq_len past the context: warning, --strict error (train and eval)"

@@ -16,12 +16,13 @@
 
 static const char usage[] =
     "usage: moet eval MODEL_OR_CHECKPOINT --data SHARD... [--batch-size B] [--max-batches N]\n"
-    "                 [--document-mask] [--base DIR]\n"
+    "                 [--document-mask] [--base DIR] [--strict]\n"
     "  MODEL_OR_CHECKPOINT: an HF dir, a training checkpoint, or a PEFT adapter dir (on --base DIR,\n"
     "  else its base_model_name_or_path).\n"
     "  Mean cross-entropy over every counted target (loss_mask) of the shards, in file order,\n"
     "  and its perplexity exp(loss). Default: all batches, of 2048 tokens (at most 2 GiB of\n"
-    "  activations; rows of 2048 tokens or more: one row per batch).\n";
+    "  activations; rows of 2048 tokens or more: one row per batch). Rows longer than the model's\n"
+    "  max_position_embeddings are a warning, an error with --strict.\n";
 
 /* seq_len of the first shard a list of files/globs names. */
 static int first_seq_len(char **files, int n, int *seq, char *err)
@@ -60,7 +61,7 @@ int cmd_eval(int argc, char **argv)
     }
     const char *path = NULL, *base = NULL;
     char **files = calloc((size_t)argc, sizeof *files);
-    int nf = 0, B = 0, maxb = 0, docmask = 0, in_data = 0; /* B 0: chosen below */
+    int nf = 0, B = 0, maxb = 0, docmask = 0, strict = 0, in_data = 0; /* B 0: chosen below */
     for (int i = 1; i < argc; i++) {
         long v;
         if (!strcmp(argv[i], "--data")) in_data = 1;
@@ -74,6 +75,7 @@ int cmd_eval(int argc, char **argv)
             }
             *(bs ? &B : &maxb) = (int)v, in_data = 0, i++;
         } else if (!strcmp(argv[i], "--document-mask")) docmask = 1, in_data = 0;
+        else if (!strcmp(argv[i], "--strict")) strict = 1, in_data = 0;
         else if (!strcmp(argv[i], "--base") && i + 1 < argc) base = argv[++i], in_data = 0;
         else if (argv[i][0] == '-') {
             fprintf(stderr, "moet eval: unknown option '%s'\n%s", err_q(argv[i], -1), usage);
@@ -104,6 +106,16 @@ int cmd_eval(int argc, char **argv)
     have = 1;
     if (first_seq_len(files, nf, &T, err) || loader_open(&L, (const char *const *)files, nf, T, m.c.vocab, 1, 0, 0, err))
         goto fail;
+    if (m.c.max_pos > 0 && T > m.c.max_pos) { /* as `moet train`: positions the model never saw */
+        if (strict) {
+            err_set(err, "the shards' rows of %d tokens are longer than the model's max_position_embeddings %d (--strict)",
+                    T, m.c.max_pos);
+            goto fail;
+        }
+        fprintf(stderr, "moet eval: warning: the shards' rows of %d tokens are longer than the model's "
+                        "max_position_embeddings %d: positions past %d were never trained (--strict makes this an "
+                        "error)\n", T, m.c.max_pos, m.c.max_pos);
+    }
     if (B == 0) B = default_batch(&m.c, T);
     if (B > 1) { /* every row is evaluated: fewer rows than --batch-size make one smaller batch */
         if (loader_rows(L) < B) B = (int)loader_rows(L);

@@ -10,6 +10,7 @@
 
 static const char usage[] =
     "usage: moet train CONFIG.yaml [key.path=value ...] [--profile] [--quiet] [--print-config]\n"
+    "                  [--strict]\n"
     "  Trains as CONFIG says (keys: ../shared/DESIGN.md, README). Overrides like\n"
     "  optim.lr=1e-4 or data.train=[a.h5,b.h5] apply before validation. Writes\n"
     "  RUN_DIR/config.yaml, metrics.jsonl and checkpoints/step_NNNNNNNN; resumes from the\n"
@@ -18,6 +19,8 @@ static const char usage[] =
     "  profile when asked; metrics.jsonl is written as always); --print-config checks the\n"
     "  config's keys and values and prints it resolved (every default filled in) without\n"
     "  training (the model, data and tokenizer files are checked when training starts).\n"
+    "  --strict: a data.seq_len longer than the model's max_position_embeddings is an error\n"
+    "  (without it, a warning).\n"
     "  Under an MPI launcher (mpirun -np N moet train ...) the N ranks train one data-parallel\n"
     "  run (README: Data-parallel training); rank 0 prints and writes.\n";
 
@@ -35,6 +38,7 @@ int cmd_train(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--profile")) o.profile = 1;
         else if (!strcmp(argv[i], "--quiet")) o.quiet = 1;
+        else if (!strcmp(argv[i], "--strict")) o.strict = 1;
         else if (!strcmp(argv[i], "--print-config")) print_only = 1;
         else if (argv[i][0] == '-') {
             fprintf(stderr, "moet train: unknown option '%s'\n%s", err_q(argv[i], -1), usage);

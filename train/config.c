@@ -70,6 +70,7 @@ static const ckey keys[] = {
     {"train", "keep_checkpoints", KT_INT, F(train.keep_checkpoints), 0, 0, INT_MAX, 0},
     {"train", "resume", KT_RESUME, F(train.resume), F(train.resume_path), 0, 0, 0},
     {"train", "activation_checkpointing", KT_BOOL, F(train.activation_checkpointing), 0, 0, 0, 0},
+    {"train", "eval_at_start", KT_BOOL, F(train.eval_at_start), 0, 0, 0, 0},
     {"optim", "lr", KT_NUM, F(optim.lr), 0, 0, BIG, REQUIRED | LO_OPEN},
     {"optim", "betas", KT_BETAS, F(optim.beta1), F(optim.beta2), 0, 1, HI_OPEN},
     {"optim", "eps", KT_NUM, F(optim.eps), 0, 0, BIG, LO_OPEN},
@@ -440,6 +441,7 @@ static int set_defaults(cfg *c)
     c->train.log_every = 1;
     c->train.keep_checkpoints = 3;
     c->train.resume = CFG_RESUME_AUTO;
+    c->train.eval_at_start = -1; /* resolved once data.val is known */
     c->optim.beta1 = 0.9;
     c->optim.beta2 = 0.95;
     c->optim.eps = 1e-8;
@@ -508,6 +510,10 @@ static int cross_checks(const ctx *x, cfg *c, const ytnode *root)
         return err_set(x->err, "%strain.eval_every: %d but data.val lists no files",
                        where(x, key_line(root, "train", "eval_every"), wb, sizeof wb),
                        c->train.eval_every);
+    if (c->train.eval_at_start == 1 && c->data.n_val == 0)
+        return err_set(x->err, "%strain.eval_at_start: true but data.val lists no files",
+                       where(x, key_line(root, "train", "eval_at_start"), wb, sizeof wb));
+    if (c->train.eval_at_start < 0) c->train.eval_at_start = c->data.n_val > 0;
     if (!c->lora.enabled && (c->lora.r || c->lora.alpha) && key_line(root, "lora", "enabled") == -2) {
         int l = key_line(root, "lora", c->lora.r ? "r" : "alpha");
         return err_set(x->err, "%slora.%s is set but lora.enabled is not: add lora.enabled: true for LoRA, or "

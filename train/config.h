@@ -34,6 +34,9 @@
  * - train.batch_size, train.max_steps and optim.lr are required; tokenizer is optional.
  * - train.eval_batches 0 = the whole val set; eval_every / save_every 0 = never during the
  *   run (eval_every > 0 needs data.val); keep_checkpoints 0 = keep all.
+ * - train.eval_at_start (extra key): eval before the first step of a fresh run (a baseline
+ *   at step 0; not repeated on resume); default true when data.val lists files, and true
+ *   without data.val is an error.
  * - train.resume: auto (newest complete checkpoint in run.dir, if any; also `true`),
  *   never (start fresh; also `false`), or a path to one checkpoint directory
  *   (write ./auto for a directory literally named auto).
@@ -103,6 +106,7 @@ typedef struct {
         cfg_resume resume;       /* auto */
         char *resume_path;       /* CFG_RESUME_PATH only, else NULL */
         int activation_checkpointing; /* 0: keep every layer's activations; 1: recompute in backward */
+        int eval_at_start;       /* 1 when data.val lists files: eval at step 0 of a fresh run */
     } train;
     struct {
         double lr;               /* peak, > 0 */

@@ -75,6 +75,7 @@ static cJSON *cfg_build(const cfg *c)
                                                                               : c->train.resume_path),
         &ok);
     add(s, "activation_checkpointing", cJSON_CreateBool(c->train.activation_checkpointing), &ok);
+    add(s, "eval_at_start", cJSON_CreateBool(c->train.eval_at_start), &ok);
 
     s = section(r, "optim", &ok);
     const double betas[2] = {c->optim.beta1, c->optim.beta2};

@@ -166,6 +166,14 @@ static int setup_data(trainer *tr, char *err)
         (loader_open(&tr->val, (const char *const *)c->data.val, c->data.n_val, T, tr->m.c.vocab, B, 0, 0, err) ||
          loader_set_slice(tr->val, r, P, err)))
         return err_wrap(err, "data.val");
+    for (int i = 0, first = -1; i < loader_n_files(tr->train); i++) { /* the template the shards were prepped with */
+        const char *ct = loader_file_info(tr->train, i)->chat_template;
+        if (!ct[0]) continue;
+        if (first >= 0 && strcmp(ct, tr->chat_template))
+            return err_set(err, "data.train: %s was prepped with chat template %s, %s with %s",
+                           loader_file_path(tr->train, first), tr->chat_template, loader_file_path(tr->train, i), ct);
+        if (first < 0) first = i, snprintf(tr->chat_template, sizeof tr->chat_template, "%s", ct);
+    }
     B /= P;
     if (tr->lo) tr->lo->drop_row0 = (uint64_t)r * B * T; /* attention adapters drop as one process would */
     if (c->tokenizer) { /* a tokenizer the model can use, and the shards must come from it */
@@ -216,6 +224,25 @@ static int evaluate(trainer *tr, double *val_loss, long *targets, char *err)
 }
 
 /* ------------------------------------------------------------------ the loop */
+
+double trainer_elapsed(const trainer *tr)
+{
+    return tr->elapsed0 + (tr->t_start > 0 ? now() - tr->t_start : 0);
+}
+
+/* A seq_len past max_position_embeddings runs (RoPE has no table to overflow) but asks for
+ * positions the model never saw: a warning, or with --strict an error. */
+static int check_context(trainer *tr, char *err)
+{
+    int T = tr->c->data.seq_len, P = tr->m.c.max_pos;
+    if (P <= 0 || T <= P) return 0;
+    if (tr->o->strict)
+        return err_set(err, "data.seq_len %d is more than the model's max_position_embeddings %d (--strict)", T, P);
+    if (dist_rank(tr->d) == 0)
+        fprintf(stderr, "moet train: warning: data.seq_len %d is more than the model's max_position_embeddings %d: "
+                        "positions past %d were never trained (--strict makes this an error)\n", T, P, P);
+    return 0;
+}
 
 static void fmt_duration(char *buf, size_t n, double s)
 {
@@ -565,7 +592,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
 
     /* every rank builds the model and its slice of the data (each phase ends with the ranks agreeing) */
     rc = (r0 && resume[0] && load_check_resume(c, resume, err)) || build_model(&tr, resume[0] ? resume : NULL, err) ||
-         setup_optimizer(&tr, err) || setup_data(&tr, err);
+         check_context(&tr, err) || setup_optimizer(&tr, err) || setup_data(&tr, err);
     if (dist_agree(tr.d, -rc, err)) goto fail;
     tr.made_run_dir = 0; /* from here on the run dir is the run's */
     rng_seed(&tr.rng, c->run.seed, 0x7261696eULL);
@@ -593,8 +620,10 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     if (tr.d) sigaction(SIGUSR1, &sa, NULL); /* mpirun forwards SIGUSR1 to every rank (and kills after SIGTERM) */
     stop_signal = stop_from_parent = 0;
 
-    double t_start = now(), avg = 0;
+    double t_start = tr.t_start = now(), avg = 0;
     int first = tr.step;
+    if (tr.val && c->train.eval_at_start && tr.step == 0 && log_eval(&tr, err)) /* the baseline; a resume has it */
+        goto fail;
     if (o->profile) tr.m.prof = &tr.prof;
     while (tr.step < c->train.max_steps && !stopping(&tr)) {
         step_result r = {0};
@@ -628,7 +657,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
         tr.last_loss = r.loss;
         avg = tr.step - first == 1 ? r.seconds : 0.9 * avg + 0.1 * r.seconds;
         if (tr.step % c->train.log_every == 0 || tr.step == c->train.max_steps)
-            log_step(&tr, &r, now() - t_start, avg);
+            log_step(&tr, &r, trainer_elapsed(&tr), avg);
         if (tr.val && c->train.eval_every > 0 && tr.step % c->train.eval_every == 0 && log_eval(&tr, err)) {
             char e2[ERR_MAX]; /* the val data failed: keep this step's weights before stopping */
             if (trainer_save_checkpoint(&tr, e2) == 0 && !o->quiet) printf("saved %s\n", tr.last_ckpt);
@@ -645,8 +674,10 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
         else printf("stopped by a signal to another rank at step %d; resume with the same command\n", tr.step);
     } else if (!o->quiet) {
         double G = 1073741824.0, peak = (double)plan_peak_rss();
-        printf("done: %d steps in %.1fs; peak RSS %.3f GiB%s", tr.step - first, now() - t_start, peak / G,
-               tr.d ? " (rank 0)" : "");
+        printf("done: %d steps in %.1fs", tr.step - first, now() - t_start);
+        if (first > 0) printf(" (all runs of this training: %d steps, %lld tokens, %.1fs)", tr.step, tr.tokens_seen,
+                              trainer_elapsed(&tr));
+        printf("; peak RSS %.3f GiB%s", peak / G, tr.d ? " (rank 0)" : "");
         if (tr.planned_bytes) printf(" (planned %.3f GiB, %+.1f%%)", tr.planned_bytes / G, 100.0 * (peak / tr.planned_bytes - 1));
         printf("\n");
     }

@@ -10,6 +10,7 @@
 typedef struct {
     int profile;   /* print time per kernel family at the end */
     int quiet;     /* no progress lines (metrics.jsonl is still written) */
+    int strict;    /* data.seq_len beyond the model's max_position_embeddings is an error, not a warning */
     dist *dist;    /* data parallelism over MPI ranks (dist/dist.h); NULL: one process */
 } trainer_opts;
 

@@ -49,6 +49,8 @@ static int write_checkpoint(trainer *tr, const float *mom, const float *vel, cha
         cJSON_AddItemToArray(r, cJSON_CreateString(rng_hex[i]));
     }
     cJSON_AddNumberToObject(st, "tokens_seen", (double)tr->tokens_seen);
+    cJSON_AddNumberToObject(st, "elapsed_s", round(trainer_elapsed(tr) * 1e3) / 1e3); /* over resumes */
+    if (tr->chat_template[0]) cJSON_AddStringToObject(st, "chat_template", tr->chat_template);
     char cwd[PATH_MAX], base_abs[PATH_MAX]; /* the config's relative paths are relative to this */
     if (getcwd(cwd, sizeof cwd)) cJSON_AddStringToObject(st, "cwd", cwd);
     cJSON *last = cJSON_AddObjectToObject(st, "last");
@@ -119,6 +121,7 @@ int trainer_restore_state(trainer *tr, const char *dir, char *err)
     rc = -1;
     tr->step = st.step;
     tr->tokens_seen = st.tokens_seen;
+    tr->elapsed0 = st.elapsed_s;
     for (int i = 0; i < 4; i++) tr->rng.s[i] = st.rng[i];
     if (loader_seek(tr->train, (loader_pos){st.epoch, st.index}, err)) goto out;
     /* optimizer moments */

@@ -44,6 +44,9 @@ typedef struct {
     double aux_coef, z_coef;
     int step;              /* optimizer steps completed */
     long long tokens_seen;
+    double elapsed0;       /* wall seconds of the earlier runs of this training (trainer_state.json) */
+    double t_start;        /* when this process's first step began */
+    char chat_template[16]; /* the shards' chat_template attribute ("" when they have none) */
     rng_state rng;
     FILE *metrics;
     char run_dir[4096], ckpt_root[4096], last_ckpt[4096];
@@ -70,5 +73,7 @@ int trainer_save_checkpoint(trainer *tr, char *err);
 int trainer_restore_state(trainer *tr, const char *dir, char *err);
 /* Drop metrics.jsonl lines of steps after `step` (a resumed run logs them again). */
 int trainer_trim_metrics(const char *path, int step, char *err);
+/* Wall seconds of the whole training so far: the earlier runs' and this one's. */
+double trainer_elapsed(const trainer *tr);
 
 #endif
