@@ -21,7 +21,7 @@
 #define CHUNK_UNITS 2048               /* documents tokenized in one parallel sweep */
 #define CHUNK_BYTES (16u << 20)
 
-enum { DOC_OK, DOC_EMPTY, DOC_BAD };
+enum { DOC_OK, DOC_EMPTY, DOC_BAD, DOC_NO_TARGET };
 
 typedef struct {       /* one document to be, before tokenizing */
     const char *p;
@@ -50,6 +50,7 @@ typedef struct {       /* one split's output: rows being filled, shard being wri
 typedef struct {
     const prep_opts *o;
     tok *t;
+    chat_template chat;       /* o->chat, or the tokenizer's own when not given */
     int32_t bos, eos;
     shard_info meta;
     unit *u;
@@ -145,6 +146,7 @@ static void chat_doc(const tok *t, chat_template tpl, const cJSON *msgs, result 
     }
     if (r->status != DOC_BAD && chat_render(t, tpl, m, n, &r->seq, r->why)) r->status = DOC_BAD;
     free(m);
+    if (r->status == DOC_OK && !memchr(r->seq.mask, 1, r->seq.n)) r->status = DOC_NO_TARGET; /* no assistant turn */
 }
 
 static void json_doc(const tok *t, chat_template tpl, const char *line, size_t len, result *r)
@@ -190,7 +192,7 @@ int prep_json_line(const tok *t, chat_template tpl, const char *line, size_t len
         return rc ? err_set(why, "out of memory") : 0;
     }
     chat_seq_free(&r.seq);
-    if (r.status == DOC_EMPTY) return 1;
+    if (r.status == DOC_EMPTY || r.status == DOC_NO_TARGET) return 1;
     snprintf(why, ERR_MAX, "%s", r.why);
     return -1;
 }
@@ -198,7 +200,7 @@ int prep_json_line(const tok *t, chat_template tpl, const char *line, size_t len
 static void process(const prep_ctx *c, const unit *u, result *r)
 {
     memset(r, 0, sizeof *r);
-    if (u->json) json_doc(c->t, c->o->chat, u->p, u->len, r);
+    if (u->json) json_doc(c->t, c->chat, u->p, u->len, r);
     else if (u->len == 0) r->status = DOC_EMPTY;
     else text_doc(c->t, u->p, u->len, r);
     if (r->status != DOC_OK) chat_seq_free(&r->seq);
@@ -294,6 +296,8 @@ static int flush_chunk(prep_ctx *c, int keep_last, double bytes_done, char *err)
             }
         } else if (rc == 0 && r->status == DOC_EMPTY) {
             c->st->empty_documents++;
+        } else if (rc == 0 && r->status == DOC_NO_TARGET) {
+            c->st->no_target_conversations++;
         } else if (rc == 0) {
             int v = is_val(c, c->st->documents++);
             rc = packer_add(c, &c->pk[v], &r->seq, err);
@@ -485,6 +489,9 @@ int prep_run(const prep_opts *o, prep_stats *st, char *err)
     c.meta.vocab_size = tok_vocab_size(c.t), c.meta.bos_id = c.bos, c.meta.eos_id = c.eos;
     c.meta.rows = o->rows_per_shard; /* chunks no bigger than a shard */
     snprintf(c.meta.tokenizer_sha256, sizeof c.meta.tokenizer_sha256, "%s", tok_sha256(c.t));
+    c.chat = o->chat_given ? o->chat : chat_template_default(c.t);
+    snprintf(c.meta.chat_template, sizeof c.meta.chat_template, "%s", chat_template_name(c.chat));
+    st->chat = c.chat;
     made = fs_missing_levels(o->out_dir);
     if (make_dirs(o->out_dir, err)) goto done;
     fs_remove_stale(o->out_dir, ".prep-"); /* stages of killed runs */
@@ -507,8 +514,9 @@ int prep_run(const prep_opts *o, prep_stats *st, char *err)
     }
     if (read_inputs(&c, err)) goto done;
     if (st->documents == 0) {
-        err_set(err, "no documents in the input (%lld bad lines skipped, %lld empty documents)",
-                (long long)st->skipped_lines, (long long)st->empty_documents);
+        err_set(err, "no documents in the input (%lld bad lines skipped, %lld empty documents, %lld conversations "
+                     "without an assistant turn)",
+                (long long)st->skipped_lines, (long long)st->empty_documents, (long long)st->no_target_conversations);
         goto done;
     }
     if (packer_finish(&c, &c.pk[0], err) || packer_finish(&c, &c.pk[1], err)) goto done;

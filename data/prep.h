@@ -10,7 +10,9 @@
  *           Blank lines are ignored; a bad line (invalid JSON, neither field, wrong
  *           types, bad role order) is reported as "FILE:LINE: reason" and skipped,
  *           or ends the run with that message when fatal_errors.
- * Empty documents ("" or an empty .txt) are skipped and counted.
+ * Empty documents ("" or an empty .txt) are skipped and counted, and so are conversations
+ * without a target (no assistant turn: only system / user messages).  Every shard records
+ * the chat template (attribute chat_template), the one given or the tokenizer's own.
  *
  * A text document is BOS + tok_encode(text) + EOS (the ids `moet tokenize` prints,
  * then EOS), without the BOS for a tokenizer that has none (Qwen, gpt-oss: the
@@ -50,7 +52,8 @@ typedef struct {
     double val_fraction;          /* [0] in [0, 1) */
     int64_t rows_per_shard;       /* [2048] */
     int split_paragraphs;         /* [0] */
-    chat_template chat;           /* [CHAT_MISTRAL] */
+    chat_template chat;           /* with chat_given; else the tokenizer's own (chat_template_default) */
+    int chat_given;               /* [0] */
     uint64_t seed;                /* [0] */
     int fatal_errors;             /* [0] --on-error fatal */
     int threads;                  /* [0] = OpenMP's default */
@@ -61,6 +64,8 @@ typedef struct {
 
 typedef struct {
     int64_t documents, train_documents, val_documents, empty_documents, skipped_lines;
+    int64_t no_target_conversations; /* skipped: only system / user turns, nothing to learn */
+    chat_template chat;           /* the template conversations were rendered with (the shards' chat_template) */
     int64_t tokens;               /* document tokens, BOS and EOS included, padding not */
     int64_t padding, targets;     /* padding tokens; positions with loss_mask 1 */
     int64_t train_rows, val_rows;
@@ -73,8 +78,8 @@ void prep_defaults(prep_opts *o);
 int prep_run(const prep_opts *o, prep_stats *st, char *err);
 
 /* One .jsonl line (len bytes, without its newline) as prep_run reads it, appended to out:
- * 0 a document (BOS ... EOS with its loss mask), 1 an empty one ("text": "" or "messages":
- * []), -1 a bad line with the reason in why (ERR_MAX bytes; one line meant to follow
+ * 0 a document (BOS ... EOS with its loss mask), 1 none (an empty one, "text": "" or
+ * "messages": [], or a conversation without an assistant turn), -1 a bad line with the reason in why (ERR_MAX bytes; one line meant to follow
  * "FILE:LINE: "). */
 int prep_json_line(const tok *t, chat_template tpl, const char *line, size_t len, chat_seq *out, char *why);
 

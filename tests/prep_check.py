@@ -157,7 +157,7 @@ def expected_docs(tokenizer, template, paragraphs, inputs, bos, eos, vocab):
                 if ok and template == "mistral":
                     r = roles[1:] if roles[0] == "system" else roles
                     ok = len(r) > 0 and all(x == ("user" if k % 2 == 0 else "assistant") for k, x in enumerate(r))
-                if ok:
+                if ok and "assistant" in roles:  # a conversation without a target is skipped (and counted)
                     docs.append(render_chat(tokenizer, template, msgs, bos, eos, vocab))
         elif paragraphs:
             lines, block = raw.split("\n"), []

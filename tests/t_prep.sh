@@ -18,8 +18,9 @@ INPUTS="$D/prep_doc.txt $D/prep_text.jsonl $D/prep_chat.jsonl"
 echo "== text + jsonl + chat, tiny tokenizer, rows of 64, 4 rows per shard"
 $MOET prep --tokenizer "$TINY" --out "$W/all" --seq-len 64 --rows-per-shard 4 $INPUTS >"$W/all.out"
 cat "$W/all.out"
-grep -q '^prep: 9 documents (9 train, 0 val)' "$W/all.out" || fail "summary: 9 documents expected"
-grep -q '1 empty documents' "$W/all.out" || fail "summary: the empty text line must be counted"
+grep -q '^prep: 8 documents (8 train, 0 val)' "$W/all.out" || fail "summary: 8 documents expected"
+grep -q '1 empty documents, 1 conversations without an assistant turn skipped; chat template mistral;' "$W/all.out" ||
+    fail "summary: the empty text line and the conversation without a reply must be counted"
 [ -e "$W/all/train-00001.h5" ] || fail "expected more than one train shard"
 [ -z "$(ls -A "$W/all" | grep -v '^train-')" ] || fail "stray files in OUT: $(ls -A "$W/all")"
 check layout "$W/all" "$TINY" 64 4
@@ -40,14 +41,14 @@ done
 echo "== 32000-token Mistral tokenizer, paragraphs"
 $MOET prep --tokenizer "$MISTRAL" --out "$W/mistral" --seq-len 48 --split-paragraphs \
     $D/prep_paras.txt $D/prep_text.jsonl $D/prep_chat.jsonl >"$W/mistral.out"
-grep -q '^prep: 11 documents' "$W/mistral.out" || fail "3 paragraphs + 5 texts + 3 chats expected"
+grep -q '^prep: 10 documents' "$W/mistral.out" || fail "3 paragraphs + 5 texts + 2 chats expected"
 check layout "$W/mistral" "$MISTRAL" 48 2048
 check docs "$W/mistral" "$MISTRAL" mistral --split-paragraphs $D/prep_paras.txt $D/prep_text.jsonl $D/prep_chat.jsonl
 
 echo "== byte-level Qwen3 tokenizer (no BOS; EOS <|endoftext|>), text and chatml with its own <|im_start|>/<|im_end|>"
 QWEN=$SHARED/data/qwen3-tokenizer/tokenizer.json
 $MOET prep --tokenizer "$QWEN" --out "$W/qwen" --seq-len 48 --chat-template chatml $INPUTS >"$W/qwen.out"
-grep -q '^prep: 9 documents' "$W/qwen.out" || fail "qwen: 9 documents expected: $(cat "$W/qwen.out")"
+grep -q '^prep: 8 documents' "$W/qwen.out" || fail "qwen: 8 documents expected: $(cat "$W/qwen.out")"
 check layout "$W/qwen" "$QWEN" 48 2048 -1 151643
 check docs "$W/qwen" "$QWEN" chatml $INPUTS
 "$PY" - "$W/qwen" <<'PY' || fail "qwen: chatml documents must use the special <|im_start|> / <|im_end|> ids"
@@ -55,6 +56,21 @@ import glob, sys
 import h5py, numpy as np
 t = np.concatenate([h5py.File(p, "r")["tokens"][()].ravel() for p in sorted(glob.glob(sys.argv[1] + "/train-*.h5"))])
 sys.exit(0 if (t == 151644).sum() >= 3 and (t == 151645).sum() == (t == 151644).sum() else 1)
+PY
+
+echo "== the tokenizer's own template by default (Qwen: chatml), recorded in every shard as chat_template"
+$MOET prep --tokenizer "$QWEN" --out "$W/qwen-default" --seq-len 48 $INPUTS >"$W/qwen-default.out"
+grep -q 'chat template chatml;' "$W/qwen-default.out" || fail "qwen: default template: $(cat "$W/qwen-default.out")"
+for f in "$W"/qwen/train-*.h5; do
+    cmp -s "$f" "$W/qwen-default/$(basename "$f")" || fail "qwen: default template gives other shards than chatml"
+done
+"$PY" - "$W" <<'PY' || fail "chat_template attribute"
+import glob, sys
+import h5py
+for d, want in (("qwen", b"chatml"), ("all", b"mistral"), ("chatml", b"chatml")):
+    for p in glob.glob(f"{sys.argv[1]}/{d}/*.h5"):
+        got = h5py.File(p, "r").attrs["chat_template"]
+        assert got == want, (p, got, want)
 PY
 
 echo "== --val-fraction holds out whole documents"

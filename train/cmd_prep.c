@@ -22,7 +22,8 @@ static const char USAGE[] =
     "  --val-fraction F      share of documents held out into val-*.h5 [0]\n"
     "  --rows-per-shard R    rows per shard file [2048]\n"
     "  --split-paragraphs    .txt: one document per blank-line-separated block\n"
-    "  --chat-template T     mistral | chatml, for \"messages\" lines [mistral]\n"
+    "  --chat-template T     mistral | chatml, for \"messages\" lines [chatml when the tokenizer has\n"
+    "                        <|im_start|>, else mistral]; recorded in the shards (chat_template)\n"
     "  --seed S              seed of the train/val split [0]\n"
     "  --on-error E          skip | fatal: what a bad jsonl line does [skip]\n"
     "  --threads N           tokenizer threads [all cores]\n"
@@ -125,6 +126,7 @@ int cmd_prep(int argc, char **argv)
                 rc = usage_error("%s", err);
                 goto out;
             }
+            o.chat_given = 1;
         } else if (!strcmp(name, "--on-error")) {
             if (strcmp(val, "skip") && strcmp(val, "fatal")) {
                 rc = usage_error("--on-error wants skip or fatal, not '%s'", err_q(val, -1));
@@ -163,9 +165,11 @@ int cmd_prep(int argc, char **argv)
            (long long)rows, o.seq_len, (long long)st.train_rows, st.train_shards, (long long)st.val_rows,
            st.val_shards, o.out_dir);
     printf("prep: padding %.2f%%, masked (not a target) %.2f%% of positions; %lld bad lines skipped, "
-           "%lld empty documents; %.2f s, %.1f MB/s\n",
+           "%lld empty documents, %lld conversations without an assistant turn skipped; chat template %s; "
+           "%.2f s, %.1f MB/s\n",
            pct(st.padding, positions), pct(positions - st.targets, positions), (long long)st.skipped_lines,
-           (long long)st.empty_documents, st.seconds, st.seconds > 0 ? st.bytes / 1e6 / st.seconds : 0.0);
+           (long long)st.empty_documents, (long long)st.no_target_conversations, chat_template_name(st.chat),
+           st.seconds, st.seconds > 0 ? st.bytes / 1e6 / st.seconds : 0.0);
     rc = 0;
 out:
     free(inputs);
