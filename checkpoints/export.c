@@ -3,6 +3,7 @@
 #include "common/err.h"
 #include "common/fsutil.h"
 #include "common/sha256.h"
+#include "data/tok.h"
 
 #include <cJSON.h>
 #include <dirent.h>
@@ -24,7 +25,51 @@ static int copy_file(const char *src, const char *dst, char *err)
     return rc;
 }
 
-int export_tokenizer(const char *dir, const char *tokenizer_json, int model_max_length, char *err)
+/* tokenizer_config.json: the source's with chat_template set, or a minimal one. */
+static int tokenizer_config(const char *src, const char *dst, int model_max_length, const tok *t,
+                            const char *chat_template, char *err)
+{
+    cJSON *c = NULL;
+    if (fs_exists(src)) {
+        char *text;
+        size_t len;
+        if (fs_read_file(src, &text, &len, err)) return -1;
+        c = cJSON_ParseWithLength(text, len);
+        free(text);
+        if (!cJSON_IsObject(c)) {
+            cJSON_Delete(c);
+            return err_set(err, "%s is not a JSON object", src);
+        }
+    } else {
+        int bos = t ? tok_bos_id(t) : 1, eos = t ? tok_eos_id(t) : 2, unk = t ? tok_unk_id(t) : 0;
+        const char *bp = t && bos >= 0 ? tok_piece(t, bos) : "<s>", *ep = t && eos >= 0 ? tok_piece(t, eos) : "</s>";
+        c = cJSON_CreateObject();
+        cJSON_AddBoolToObject(c, "add_bos_token", bos >= 0);
+        cJSON_AddBoolToObject(c, "add_eos_token", 0);
+        if (bos >= 0) cJSON_AddStringToObject(c, "bos_token", bp);
+        else cJSON_AddNullToObject(c, "bos_token");
+        if (eos >= 0) cJSON_AddStringToObject(c, "eos_token", ep);
+        if (unk >= 0) cJSON_AddStringToObject(c, "unk_token", t ? tok_piece(t, unk) : "<unk>");
+        cJSON_AddNumberToObject(c, "model_max_length", model_max_length);
+        cJSON_AddStringToObject(c, "tokenizer_class",
+                                t && tok_is_bytelevel(t) ? "PreTrainedTokenizerFast" : "LlamaTokenizerFast");
+    }
+    if (chat_template) {
+        cJSON_DeleteItemFromObjectCaseSensitive(c, "chat_template");
+        cJSON_AddStringToObject(c, "chat_template", chat_template);
+    }
+    char *out = cJSON_Print(c);
+    cJSON_Delete(c);
+    if (!out) return err_set(err, "out of memory");
+    size_t n = strlen(out);
+    out[n] = '\n'; /* cJSON_Print leaves no newline; its buffer has the NUL's byte */
+    int rc = fs_write_atomic(dst, out, n + 1, err);
+    free(out);
+    return rc;
+}
+
+int export_tokenizer(const char *dir, const char *tokenizer_json, int model_max_length, const tok *t,
+                     const char *chat_template, char *err)
 {
     char dst[4096], src[4096], srcdir[4096];
     fs_path_join(dst, sizeof dst, dir, "tokenizer.json");
@@ -33,23 +78,12 @@ int export_tokenizer(const char *dir, const char *tokenizer_json, int model_max_
     char *slash = strrchr(srcdir, '/');
     if (slash) *slash = 0;
     else snprintf(srcdir, sizeof srcdir, ".");
-    const char *extra[] = {"tokenizer_config.json", "special_tokens_map.json"};
-    for (int i = 0; i < 2; i++) {
-        fs_path_join(src, sizeof src, srcdir, extra[i]);
-        fs_path_join(dst, sizeof dst, dir, extra[i]);
-        if (fs_exists(src)) {
-            if (copy_file(src, dst, err)) return -1;
-        } else if (i == 0) {
-            char cfgtext[512];
-            int n = snprintf(cfgtext, sizeof cfgtext,
-                             "{\n  \"add_bos_token\": true,\n  \"add_eos_token\": false,\n  \"bos_token\": \"<s>\",\n"
-                             "  \"eos_token\": \"</s>\",\n  \"unk_token\": \"<unk>\",\n  \"model_max_length\": %d,\n"
-                             "  \"tokenizer_class\": \"LlamaTokenizerFast\"\n}\n",
-                             model_max_length);
-            if (fs_write_atomic(dst, cfgtext, (size_t)n, err)) return -1;
-        }
-    }
-    return 0;
+    fs_path_join(src, sizeof src, srcdir, "tokenizer_config.json");
+    fs_path_join(dst, sizeof dst, dir, "tokenizer_config.json");
+    if (tokenizer_config(src, dst, model_max_length, t, chat_template, err)) return -1;
+    fs_path_join(src, sizeof src, srcdir, "special_tokens_map.json");
+    fs_path_join(dst, sizeof dst, dir, "special_tokens_map.json");
+    return fs_exists(src) ? copy_file(src, dst, err) : 0;
 }
 
 static const cJSON *path_get(const cJSON *o, const char *a, const char *b)

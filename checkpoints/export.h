@@ -18,8 +18,12 @@ typedef struct {
 } export_card;
 
 /* Copy tokenizer.json (and tokenizer_config.json / special_tokens_map.json when they sit
- * beside it; otherwise a minimal tokenizer_config.json) into dir. */
-int export_tokenizer(const char *dir, const char *tokenizer_json, int model_max_length, char *err);
+ * beside it; otherwise a minimal tokenizer_config.json with t's BOS / EOS) into dir.
+ * chat_template (Jinja, data/chat.h), when not NULL, is written as tokenizer_config.json's
+ * "chat_template" (replacing one the source has). */
+struct tok;
+int export_tokenizer(const char *dir, const char *tokenizer_json, int model_max_length, const struct tok *t,
+                     const char *chat_template, char *err);
 
 /* README.md (model card), LICENSE. */
 int export_card_write(const char *dir, const export_card *card, char *err);

@@ -575,6 +575,12 @@ static void base_name(const char *s, char *out, size_t cap)
 
 int gguf_write_model(const char *path, const model *m, const tok *t, st_dtype dtype, const char *name, char *err)
 {
+    return gguf_write_model_ex(path, m, t, dtype, name, NULL, err);
+}
+
+int gguf_write_model_ex(const char *path, const model *m, const tok *t, st_dtype dtype, const char *name,
+                        const char *chat_template, char *err)
+{
     const model_config *c = &m->c;
     int wt = dtype == ST_F32 ? GGML_F32 : dtype == ST_F16 ? GGML_F16 : dtype == ST_BF16 ? GGML_BF16 : -1;
     if (wt < 0)
@@ -623,6 +629,7 @@ int gguf_write_model(const char *path, const model *m, const tok *t, st_dtype dt
     kv_arch_u32(&k, a, "vocab_size", (uint32_t)c->vocab);
     kv_arch_u32(&k, a, "rope.dimension_count", (uint32_t)c->head_dim);
     if (vocab_kvs(&k, t, c->vocab, err)) goto fail;
+    if (chat_template) kv_str(&k, "tokenizer.chat_template", chat_template);
 
     put(&h, "GGUF", 4);
     put_u32(&h, 3);

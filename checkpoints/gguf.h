@@ -32,5 +32,8 @@ int gguf_check_model(const model_config *c, char *err);
  * pre-tokenizer regex; a regex llama.cpp has no name for is an error).
  * A model gguf_check_model refuses is an error. The base may be in the low-precision store. */
 int gguf_write_model(const char *path, const model *m, const tok *t, st_dtype dtype, const char *name, char *err);
+/* The same with tokenizer.chat_template (a Jinja string, data/chat.h) when not NULL. */
+int gguf_write_model_ex(const char *path, const model *m, const tok *t, st_dtype dtype, const char *name,
+                        const char *chat_template, char *err);
 
 #endif

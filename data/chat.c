@@ -305,7 +305,7 @@ int chat_template_jinja(const tok *t, chat_template tpl, char **out, char *err)
         fprintf(f, "{%%- for message in messages %%}\n"
                    "    {{- '%s%s' + message['role'] + '\\n' }}\n"
                    "    {%%- if message['content'] %%}\n"
-                   "        {{- '%s' + message['content'] }}\n"
+                   "        {{- %smessage['content'] }}\n"
                    "    {%%- endif %%}\n"
                    "    {{- '%s%s\\n' }}\n"
                    "{%%- endfor %%}\n"
@@ -313,7 +313,7 @@ int chat_template_jinja(const tok *t, chat_template tpl, char **out, char *err)
                    "    {{- '%s%sassistant\\n' }}\n"
                    "{%%- else %%}\n"
                    "    {{- '",
-                ims, sp, sp, ime, sp, ims, sp);
+                ims, sp, space ? "' ' + " : "", ime, sp, ims, sp);
         jq(f, E);
         fputs("' }}\n{%- endif %}", f);
     }

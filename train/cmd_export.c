@@ -8,6 +8,7 @@
 #include "checkpoints/peft.h"
 #include "model/family.h"
 #include "common/err.h"
+#include "data/chat.h"
 #include "common/fsutil.h"
 #include "train/cmd.h"
 #include "train/load.h"
@@ -22,7 +23,7 @@
 static const char usage[] =
     "usage: moet export CHECKPOINT OUT_DIR --format hf|peft|merged|gguf [--dtype f32|bf16|f16]\n"
     "                   [--max-shard-size 5GB] [--tokenizer tokenizer.json] [--force]\n"
-    "                   [--name NAME] [--base-model HUB_ID] [--base DIR]\n"
+    "                   [--name NAME] [--base-model HUB_ID] [--base DIR] [--chat-template mistral|chatml]\n"
     "  CHECKPOINT: a training checkpoint (RUN_DIR/checkpoints/step_N), an HF model dir, or a PEFT\n"
     "  adapter dir (on --base DIR, else its base_model_name_or_path).\n"
     "  --name: the release's name (model card title, GGUF general.name); default the run's name.\n"
@@ -32,7 +33,11 @@ static const char usage[] =
     "  hf / merged: config.json, generation_config.json, safetensors shards + index, tokenizer,\n"
     "  README.md model card, LICENSE (Apache-2.0), SHA256SUMS. merged folds a LoRA adapter into\n"
     "  the base weights; peft writes adapter_config.json + adapter_model.safetensors; gguf writes\n"
-    "  model-<dtype>.gguf for llama.cpp. OUT_DIR must not exist unless --force.\n";
+    "  model-<dtype>.gguf for llama.cpp. OUT_DIR must not exist unless --force.\n"
+    "  The chat template (tokenizer_config.json chat_template, GGUF tokenizer.chat_template) is\n"
+    "  --chat-template, else the one the run's shards were prepped with (trainer_state.json), else\n"
+    "  the source's own chat_template when it has one, else the tokenizer's family's (chatml when it\n"
+    "  has <|im_start|>, else mistral).\n";
 
 typedef struct {
     model m;
@@ -98,6 +103,41 @@ static int load_source(source *s, const char *path, const char *tokenizer, const
     return load_find_tokenizer(path, s->state, tokenizer, s->tokenizer, sizeof s->tokenizer, err);
 }
 
+/* The chat template to write: given, else the run's (trainer_state.json), else none (NULL:
+ * the source tokenizer_config.json's own chat_template stays) when the source has one, else
+ * the tokenizer's family's. */
+static int chat_jinja(const source *s, const tok *t, const chat_template *given, char **out, char *err)
+{
+    chat_template tpl = chat_template_default(t);
+    *out = NULL;
+    if (given) tpl = *given;
+    else {
+        cJSON *st = s->state ? cJSON_Parse(s->state) : NULL;
+        const cJSON *ct = cJSON_GetObjectItemCaseSensitive(st, "chat_template");
+        int recorded = cJSON_IsString(ct) && chat_template_parse(ct->valuestring, &tpl, NULL) == 0;
+        cJSON_Delete(st);
+        if (!recorded) {
+            char p[4096], dir[4096], *text, e[ERR_MAX];
+            size_t len;
+            snprintf(dir, sizeof dir, "%s", s->tokenizer);
+            char *slash = strrchr(dir, '/');
+            if (slash) *slash = 0;
+            else snprintf(dir, sizeof dir, ".");
+            fs_path_join(p, sizeof p, dir, "tokenizer_config.json");
+            if (fs_exists(p) && fs_read_file(p, &text, &len, e) == 0) {
+                cJSON *c = cJSON_ParseWithLength(text, len);
+                int has = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(c, "chat_template"));
+                const cJSON *j = cJSON_GetObjectItemCaseSensitive(c, "chat_template");
+                if (has) *out = strdup(j->valuestring); /* the GGUF gets the source's template too */
+                cJSON_Delete(c);
+                free(text);
+                if (has) return *out ? 0 : err_set(err, "out of memory");
+            }
+        }
+    }
+    return chat_template_jinja(t, tpl, out, err);
+}
+
 static int parse_size(const char *s, size_t *out)
 {
     char *end;
@@ -123,7 +163,7 @@ int cmd_export(int argc, char **argv)
         return 0;
     }
     const char *in = NULL, *out = NULL, *format = NULL, *dtype_s = "f32", *tokenizer = NULL;
-    const char *name = NULL, *hub_id = NULL, *base_dir = NULL;
+    const char *name = NULL, *hub_id = NULL, *base_dir = NULL, *chat = NULL;
     size_t max_shard = 5000000000ULL;
     int force = 0;
     for (int i = 1; i < argc; i++) {
@@ -134,6 +174,7 @@ int cmd_export(int argc, char **argv)
         else if (!strcmp(argv[i], "--name") && i + 1 < argc) name = argv[++i];
         else if (!strcmp(argv[i], "--base-model") && i + 1 < argc) hub_id = argv[++i];
         else if (!strcmp(argv[i], "--base") && i + 1 < argc) base_dir = argv[++i];
+        else if (!strcmp(argv[i], "--chat-template") && i + 1 < argc) chat = argv[++i];
         else if (!strcmp(argv[i], "--max-shard-size") && i + 1 < argc) {
             if (parse_size(argv[++i], &max_shard)) {
                 fprintf(stderr, "moet export: --max-shard-size '%s' is not a size like 5GB or 500MB\n", err_q(argv[i], -1));
@@ -169,7 +210,12 @@ int cmd_export(int argc, char **argv)
         fprintf(stderr, "moet export: --format must be hf, peft, merged or gguf, not '%s'\n", err_q(format, -1));
         return 2;
     }
-    char err[ERR_MAX], tmp[4096], p[4096];
+    char err[ERR_MAX], tmp[4096], p[4096], *jinja = NULL;
+    chat_template tpl;
+    if (chat && chat_template_parse(chat, &tpl, err)) {
+        fprintf(stderr, "moet export: --chat-template: %s\n", err);
+        return 2;
+    }
     source s;
     tok *t = NULL;
     int rc = 1, begun = 0;
@@ -201,6 +247,7 @@ int cmd_export(int argc, char **argv)
                 tok_vocab_size(t), s.m.c.vocab);
         goto fail;
     }
+    if (t && chat_jinja(&s, t, chat ? &tpl : NULL, &jinja, err)) goto fail;
     if (export_begin(out, in, force, tmp, sizeof tmp, err)) goto fail;
     begun = 1;
     if (!strcmp(format, "gguf")) {
@@ -208,12 +255,12 @@ int cmd_export(int argc, char **argv)
         char fname[64];
         snprintf(fname, sizeof fname, "model-%s.gguf", dn);
         fs_path_join(p, sizeof p, tmp, fname);
-        if (gguf_write_model(p, &s.m, t, dt, s.name, err)) goto fail;
+        if (gguf_write_model_ex(p, &s.m, t, dt, s.name, jinja, err)) goto fail;
     } else {
         if (peft ? peft_save(s.lo, tmp, s.base[0] ? s.base : NULL, dt, err)
                  : ckpt_save_merged(&s.m, s.m.lora, tmp, dt, max_shard, err))
             goto fail;
-        if (s.tokenizer[0] && export_tokenizer(tmp, s.tokenizer, s.m.c.max_pos, err)) goto fail;
+        if (s.tokenizer[0] && export_tokenizer(tmp, s.tokenizer, s.m.c.max_pos, t, jinja, err)) goto fail;
     }
     size_t total, active;
     model_param_counts(&s.m.c, &total, &active);
@@ -232,6 +279,7 @@ fail:
     if (begun) fs_rm_rf(tmp, NULL);
 done:
     tok_free(t);
+    free(jinja);
     free(s.state);
     if (s.have_model) model_free(&s.m);
     lora_free(s.lo);

@@ -5,6 +5,7 @@
 #include "checkpoints/hf.h"
 #include "common/err.h"
 #include "common/fsutil.h"
+#include "data/chat.h"
 #include "data/tok.h"
 #include "model/infer.h"
 #include "model/sample.h"
@@ -21,7 +22,9 @@
 #include <unistd.h>
 
 static const char usage[] =
-    "usage: moet generate MODEL_OR_CHECKPOINT --prompt TEXT [--max-new-tokens N] [--temperature T]\n"
+    "usage: moet generate MODEL_OR_CHECKPOINT --prompt TEXT | --chat TEXT [--system TEXT] |\n"
+    "                     --chat-file MESSAGES.json [--chat-template mistral|chatml] [--prompt-ids]\n"
+    "                     [--max-new-tokens N] [--temperature T]\n"
     "                     [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S]\n"
     "                     [--tokenizer tokenizer.json] [--no-stream] [--ids] [--base DIR]\n"
     "  MODEL_OR_CHECKPOINT: an HF dir, a training checkpoint, or a PEFT adapter dir (on --base DIR,\n"
@@ -36,12 +39,21 @@ static const char usage[] =
     "  Tokenizer: --tokenizer, else the checkpoint config's `tokenizer`, else\n"
     "  model.init_from/tokenizer.json, else MODEL_DIR/tokenizer.json.\n"
     "  --no-stream prints the text once at the end; --ids prints the generated token ids\n"
-    "  (space separated) instead of text.\n";
+    "  (space separated) instead of text.\n"
+    "  --chat TEXT: TEXT as a user turn (after --system TEXT when given) in the chat template,\n"
+    "  then the assistant's header; --chat-file: a JSON list of {\"role\", \"content\"} (or\n"
+    "  {\"messages\": [...]}, a prep line). Rendered by the code prep renders training chats with,\n"
+    "  so the ids are those training saw. Template: --chat-template, else the run's (trainer_state.json),\n"
+    "  else the tokenizer_config.json chat_template beside the tokenizer (by its markers), else the\n"
+    "  tokenizer's own (chatml when it has <|im_start|>, else mistral); chatml also stops at <|im_end|>.\n"
+    "  --prompt-ids prints the prompt's token ids on one line and exits without generating.\n";
 
 #define MAX_STOP 8
 
 typedef struct {
     const char *path, *prompt, *tokenizer, *base;
+    const char *chat, *system, *chat_file, *chat_template;
+    int prompt_ids;
     int max_new, stream, ids_out, seed_given, temp_given, filter_given, rep_given;
     uint64_t seed;
     sample_params sp;
@@ -50,7 +62,7 @@ typedef struct {
 /* The model (HF dir, full checkpoint, or LoRA checkpoint with its adapter folded in, so
  * generation runs at the speed of the plain model; on a 16-bit base the adapter stays
  * attached and runs unmerged) and the tokenizer's path. */
-static int load_model(model *m, const gen_opts *o, char *tok_path, size_t cap, char *err)
+static int load_model(model *m, const gen_opts *o, char *tok_path, size_t cap, char *run_tpl, char *err)
 {
     lora *lo;
     char *state;
@@ -60,6 +72,10 @@ static int load_model(model *m, const gen_opts *o, char *tok_path, size_t cap, c
         lora_free(lo);
     }
     int rc = load_find_tokenizer(o->path, state, o->tokenizer, tok_path, cap, err);
+    cJSON *st = state ? cJSON_Parse(state) : NULL; /* the template the run's shards were prepped with */
+    const cJSON *ct = cJSON_GetObjectItemCaseSensitive(st, "chat_template");
+    if (cJSON_IsString(ct)) snprintf(run_tpl, 16, "%.15s", ct->valuestring);
+    cJSON_Delete(st);
     free(state);
     if (!rc && !tok_path[0])
         rc = err_set(err, "no tokenizer found for %s (looked for %s/tokenizer.json): pass --tokenizer tokenizer.json",
@@ -172,6 +188,10 @@ static int parse_args(gen_opts *o, int argc, char **argv)
         errno = 0;
         int takes = 1;
         if (!strcmp(a, "--prompt") && v) o->prompt = v;
+        else if (!strcmp(a, "--chat") && v) o->chat = v;
+        else if (!strcmp(a, "--system") && v) o->system = v;
+        else if (!strcmp(a, "--chat-file") && v) o->chat_file = v;
+        else if (!strcmp(a, "--chat-template") && v) o->chat_template = v;
         else if (!strcmp(a, "--tokenizer") && v) o->tokenizer = v;
         else if (!strcmp(a, "--base") && v) o->base = v;
         else if (!strcmp(a, "--max-new-tokens") && v) o->max_new = (int)strtol(v, &end, 10);
@@ -184,6 +204,7 @@ static int parse_args(gen_opts *o, int argc, char **argv)
             takes = 0;
             if (!strcmp(a, "--no-stream")) o->stream = 0;
             else if (!strcmp(a, "--ids")) o->ids_out = 1;
+            else if (!strcmp(a, "--prompt-ids")) o->prompt_ids = 1;
             else if (a[0] != '-' && !o->path) o->path = a;
             else {
                 fprintf(stderr, "moet generate: %s '%s'\n%s", a[0] == '-' ? "unknown option or missing value" :
@@ -198,9 +219,21 @@ static int parse_args(gen_opts *o, int argc, char **argv)
         }
         i += takes;
     }
-    if (!o->path || !o->prompt) {
+    int inputs = !!o->prompt + !!o->chat + !!o->chat_file;
+    if (!o->path || inputs != 1) {
         fprintf(stderr, "moet generate: %s\n%s", !o->path ? "MODEL_OR_CHECKPOINT is required" :
-                "--prompt TEXT is required", usage);
+                inputs ? "give one of --prompt, --chat and --chat-file" :
+                "--prompt TEXT (or --chat TEXT, --chat-file FILE) is required", usage);
+        return 2;
+    }
+    if (o->system && !o->chat) {
+        fprintf(stderr, "moet generate: --system goes with --chat\n");
+        return 2;
+    }
+    chat_template tpl;
+    char err0[ERR_MAX];
+    if (o->chat_template && chat_template_parse(o->chat_template, &tpl, err0)) {
+        fprintf(stderr, "moet generate: --chat-template: %s\n", err0);
         return 2;
     }
     if (o->max_new < 0) {
@@ -213,6 +246,67 @@ static int parse_args(gen_opts *o, int argc, char **argv)
         return 2;
     }
     return 0;
+}
+
+/* The chat template: given, else the run's, else the one tokenizer_config.json beside the
+ * tokenizer names (by its markers), else the tokenizer's own. */
+static chat_template pick_template(const gen_opts *o, const tok *t, const char *run_tpl, const char *tok_path)
+{
+    chat_template tpl;
+    if (o->chat_template && chat_template_parse(o->chat_template, &tpl, NULL) == 0) return tpl;
+    if (run_tpl[0] && chat_template_parse(run_tpl, &tpl, NULL) == 0) return tpl;
+    char dir[4096], p[4096], *text, e[ERR_MAX];
+    size_t len;
+    snprintf(dir, sizeof dir, "%s", tok_path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = 0;
+    else snprintf(dir, sizeof dir, ".");
+    fs_path_join(p, sizeof p, dir, "tokenizer_config.json");
+    if (fs_exists(p) && fs_read_file(p, &text, &len, e) == 0) {
+        cJSON *c = cJSON_ParseWithLength(text, len);
+        const cJSON *j = cJSON_GetObjectItemCaseSensitive(c, "chat_template");
+        int found = cJSON_IsString(j) && chat_template_detect(j->valuestring, &tpl) == 0;
+        cJSON_Delete(c);
+        free(text);
+        if (found) return tpl;
+    }
+    return chat_template_default(t);
+}
+
+/* The prompt's ids: --prompt encoded with BOS, or a conversation rendered with a generation prompt. */
+static int build_prompt(const gen_opts *o, const tok *t, chat_template tpl, tok_ids *ids, char *err)
+{
+    if (o->prompt) return tok_encode(t, o->prompt, strlen(o->prompt), 1, ids, err);
+    chat_msg m[2], *msgs = m;
+    int n = 0, rc = -1;
+    cJSON *doc = NULL;
+    char *text = NULL;
+    if (o->chat_file) {
+        size_t len;
+        if (fs_read_file(o->chat_file, &text, &len, err)) return -1;
+        if (chat_messages_json(text, len, &doc, &msgs, &n, err)) {
+            err_wrap(err, "--chat-file %s", o->chat_file);
+            free(text);
+            return -1;
+        }
+    } else {
+        if (o->system) m[n++] = (chat_msg){"system", o->system, strlen(o->system)};
+        m[n++] = (chat_msg){"user", o->chat, strlen(o->chat)};
+    }
+    chat_seq s = {0};
+    if (chat_render_ex(t, tpl, msgs, n, 1, &s, err)) {
+        if (o->chat_file) err_wrap(err, "--chat-file %s (%s template)", o->chat_file, chat_template_name(tpl));
+        else err_wrap(err, "--chat (%s template)", chat_template_name(tpl));
+    } else {
+        rc = 0;
+        for (size_t i = 0; i < s.n && !rc; i++) rc = tok_ids_push(ids, s.ids[i]);
+        if (rc) err_set(err, "out of memory");
+    }
+    chat_seq_free(&s);
+    if (msgs != m) free(msgs);
+    cJSON_Delete(doc);
+    free(text);
+    return rc;
 }
 
 static double now(void)
@@ -238,7 +332,7 @@ int cmd_generate(int argc, char **argv)
     gen_opts o;
     int prc = parse_args(&o, argc, argv);
     if (prc) return prc;
-    char err[ERR_MAX], tok_path[4096];
+    char err[ERR_MAX], tok_path[4096], run_tpl[16] = "";
     model m;
     tok *t = NULL;
     infer *st = NULL;
@@ -247,7 +341,7 @@ int cmd_generate(int argc, char **argv)
     float *logits = NULL;
     int have_model = 0, rc = 1, n_stop = 0;
     int32_t stop[MAX_STOP];
-    if (!o.prompt[0]) {
+    if (o.prompt && !o.prompt[0]) {
         err_set(err, "the prompt is empty");
         goto fail;
     }
@@ -262,7 +356,7 @@ int cmd_generate(int argc, char **argv)
     if (sample_check(&o.sp, err)) goto fail;
     if (!o.seed_given) o.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 
-    if (load_model(&m, &o, tok_path, sizeof tok_path, err)) goto fail;
+    if (load_model(&m, &o, tok_path, sizeof tok_path, run_tpl, err)) goto fail;
     have_model = 1;
     if (tok_load(&t, tok_path, err)) goto fail;
     if (tok_vocab_size(t) > m.c.vocab) {
@@ -272,7 +366,17 @@ int cmd_generate(int argc, char **argv)
     }
     if (tok_eos_id(t) >= 0 && n_stop < MAX_STOP) stop[n_stop++] = tok_eos_id(t);
     if (m.c.eos_id >= 0 && n_stop < MAX_STOP) stop[n_stop++] = m.c.eos_id;
-    if (tok_encode(t, o.prompt, strlen(o.prompt), 1, &ids, err)) goto fail;
+    chat_template tpl = pick_template(&o, t, run_tpl, tok_path);
+    if (!o.prompt && tpl == CHAT_CHATML && tok_id_of(t, "<|im_end|>") >= 0 && n_stop < MAX_STOP)
+        stop[n_stop++] = tok_id_of(t, "<|im_end|>"); /* the end of the assistant's turn */
+    if (build_prompt(&o, t, tpl, &ids, err)) goto fail;
+    if (o.prompt_ids) { /* what the model would be given, and nothing else */
+        for (size_t i = 0; i < ids.n; i++) printf("%s%d", i ? " " : "", ids.ids[i]);
+        printf("\n");
+        if (!o.prompt) fprintf(stderr, "[%zu prompt tokens, %s template]\n", ids.n, chat_template_name(tpl));
+        rc = 0;
+        goto done;
+    }
     int n_prompt = (int)ids.n, limit = m.c.max_pos;
     if (n_prompt == 0) {   /* a tokenizer without BOS whose normalizer removed the whole prompt */
         err_set(err, "the prompt gives no tokens");

@@ -4,7 +4,10 @@
 
 #include "common/err.h"
 #include "common/json.h"
+#include "data/chat.h"
 #include "data/tok.h"
+
+#include <cJSON.h>
 
 #include <errno.h>
 #include <stdio.h>
@@ -15,7 +18,9 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: moet tokenize TOKENIZER.json [--no-bos] [--jsonl] < text\n"
-            "       moet tokenize TOKENIZER.json --decode [--skip-special] [--jsonl] < ids\n\n"
+            "       moet tokenize TOKENIZER.json --decode [--skip-special] [--jsonl] < ids\n"
+            "       moet tokenize TOKENIZER.json --chat mistral|chatml [--generation-prompt] [--text] < messages.json\n"
+            "       moet tokenize TOKENIZER.json --chat-jinja mistral|chatml\n\n"
             "Reads all of stdin as one text and prints its token ids on one line,\n"
             "separated by single spaces (BOS first unless --no-bos: the tokens the\n"
             "tokenizer's post-processor adds, as Hugging Face's add_special_tokens).\n"
@@ -23,7 +28,13 @@ static void usage(FILE *f)
             "newline added); special tokens are kept unless --skip-special.\n"
             "--jsonl: stdin holds one text per line, as a JSON string or {\"text\": ...}; each\n"
             "gets one line of ids, in order (an empty text an empty line).  With --decode\n"
-            "each line is a JSON array of ids and gets one line holding a JSON string.\n");
+            "each line is a JSON array of ids and gets one line holding a JSON string.\n"
+            "--chat: stdin is a conversation (a JSON list of {\"role\", \"content\"}, or\n"
+            "{\"messages\": [...]}) rendered with the template as prep renders it (BOS ... EOS), or\n"
+            "with --generation-prompt as generate --chat does (ending in the assistant's header);\n"
+            "prints the ids and, on a second line, the loss mask (0/1 per id), or with --text the\n"
+            "rendered text as a JSON string (what the template's Jinja gives).  --chat-jinja prints\n"
+            "the Hugging Face chat_template moet exports for this tokenizer.\n");
 }
 
 static int read_stdin(char **buf, size_t *len)
@@ -193,6 +204,60 @@ done:
     return rc;
 }
 
+/* --chat / --chat-jinja: the chat rendering of data/chat.c, as prep and generate use it. */
+static int run_chat(const tok *t, const char *name, int jinja, int gen, int text_out)
+{
+    char err[ERR_MAX], *in = NULL, *out = NULL;
+    size_t n = 0;
+    chat_template tpl;
+    chat_seq s = {0};
+    chat_msg *m = NULL;
+    int nm = 0, rc = 1;
+    cJSON *doc = NULL;
+    if (chat_template_parse(name, &tpl, err)) goto fail;
+    if (jinja) {
+        if (chat_template_jinja(t, tpl, &out, err)) goto fail;
+        fputs(out, stdout);
+        rc = 0;
+        goto done;
+    }
+    if (read_stdin(&in, &n)) {
+        err_set(err, "cannot read stdin");
+        goto fail;
+    }
+    if (chat_messages_json(in, n, &doc, &m, &nm, err)) goto fail;
+    if (text_out) {
+        size_t len;
+        if (chat_render_text(t, tpl, m, nm, gen, &out, &len, err)) goto fail;
+        cJSON *js = cJSON_CreateString(out); /* the text holds no NUL: contents are C strings */
+        char *line = js ? cJSON_PrintUnformatted(js) : NULL;
+        cJSON_Delete(js);
+        if (!line) {
+            err_set(err, "out of memory");
+            goto fail;
+        }
+        printf("%s\n", line);
+        free(line);
+    } else {
+        if (chat_render_ex(t, tpl, m, nm, gen, &s, err)) goto fail;
+        for (size_t i = 0; i < s.n; i++) printf(i ? " %d" : "%d", (int)s.ids[i]);
+        printf("\n");
+        for (size_t i = 0; i < s.n; i++) printf(i ? " %d" : "%d", (int)s.mask[i]);
+        printf("\n");
+    }
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "moet tokenize: %s\n", err);
+done:
+    chat_seq_free(&s);
+    free(m);
+    cJSON_Delete(doc);
+    free(in);
+    free(out);
+    return rc;
+}
+
 int cmd_tokenize(int argc, char **argv)
 {
     if (cmd_wants_help(argc, argv)) {
@@ -200,9 +265,14 @@ int cmd_tokenize(int argc, char **argv)
         return 0;
     }
     const char *path = NULL;
-    int bos = 1, decode = 0, skip_special = 0, jsonl = 0;
+    const char *chat = NULL;
+    int bos = 1, decode = 0, skip_special = 0, jsonl = 0, jinja = 0, gen = 0, text_out = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--no-bos")) bos = 0;
+        if ((!strcmp(argv[i], "--chat") || !strcmp(argv[i], "--chat-jinja")) && i + 1 < argc)
+            jinja = !strcmp(argv[i], "--chat-jinja"), chat = argv[++i];
+        else if (!strcmp(argv[i], "--generation-prompt")) gen = 1;
+        else if (!strcmp(argv[i], "--text")) text_out = 1;
+        else if (!strcmp(argv[i], "--no-bos")) bos = 0;
         else if (!strcmp(argv[i], "--decode")) decode = 1;
         else if (!strcmp(argv[i], "--skip-special")) skip_special = 1;
         else if (!strcmp(argv[i], "--jsonl")) jsonl = 1;
@@ -219,6 +289,14 @@ int cmd_tokenize(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if ((gen || text_out) && (!chat || jinja)) {
+        fprintf(stderr, "moet tokenize: --generation-prompt and --text go with --chat\n");
+        return 2;
+    }
+    if (chat && (decode || jsonl || !bos)) {
+        fprintf(stderr, "moet tokenize: --chat / --chat-jinja go without --decode, --jsonl and --no-bos\n");
+        return 2;
+    }
     if ((decode && !bos) || (!decode && skip_special)) {
         fprintf(stderr, "moet tokenize: %s goes with %s\n", decode ? "--no-bos" : "--skip-special",
                 decode ? "encoding, not --decode" : "--decode");
@@ -230,6 +308,11 @@ int cmd_tokenize(int argc, char **argv)
     if (tok_load(&t, path, err)) {
         fprintf(stderr, "moet tokenize: %s\n", err);
         return 1;
+    }
+    if (chat) {
+        int rc = run_chat(t, chat, jinja, gen, text_out);
+        tok_free(t);
+        return rc;
     }
     if (jsonl) {
         int rc = run_jsonl(t, decode, bos, skip_special);

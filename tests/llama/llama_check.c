@@ -11,6 +11,13 @@
  *       evaluates the whitespace-separated ids of IDS.txt as one sequence in one batch
  *       (positions 0..T-1) and writes the logits of every position as raw little-endian
  *       float32 [T, n_vocab]; prints "T V" on stdout.
+ *   llama_check MODEL.gguf chat-template
+ *       prints the model's chat template (tokenizer.chat_template, as llama_model_chat_template
+ *       reads it) exactly, no newline added.
+ *   llama_check MODEL.gguf chat-apply [--add-ass] < records
+ *       formats a conversation with that template through llama_chat_apply_template (llama.cpp's
+ *       built-in renderings of the templates it recognises; no Jinja) and prints the text
+ *       exactly. stdin: per message "ROLE LEN\n" then LEN bytes of content.
  *
  * CPU only, fp32 KV cache and no flash attention, so an F32 model is computed in fp32
  * throughout; 2 threads. llama.cpp's log goes to stderr only with LLAMA_CHECK_VERBOSE=1.
@@ -192,12 +199,66 @@ static int cmd_logits(const char *path, const char *ids_path, const char *out_pa
     return rc;
 }
 
+static int cmd_chat(const char *path, int apply, int add_ass)
+{
+    struct llama_model *m = load(path, 1);
+    if (!m) return 1;
+    const char *tmpl = llama_model_chat_template(m, NULL);
+    int rc = 1;
+    if (!tmpl) {
+        fprintf(stderr, "llama_check: %s has no chat template\n", path);
+    } else if (!apply) {
+        fputs(tmpl, stdout);
+        rc = 0;
+    } else {
+        size_t len, n = 0;
+        char *in = read_all(stdin, &len), *roles[64] = {0};
+        struct llama_chat_message msg[64];
+        for (size_t a = 0; in && a < len && n < 64;) {
+            char role[64];
+            unsigned long long cl;
+            const char *nl = memchr(in + a, '\n', len - a);
+            size_t hdr = nl ? (size_t)(nl - (in + a)) + 1 : 0;
+            if (!nl || sscanf(in + a, "%63s %llu", role, &cl) != 2 || cl > len - a - hdr) {
+                fprintf(stderr, "llama_check: bad message record at byte %zu of stdin\n", a);
+                n = 0;
+                break;
+            }
+            size_t rl = strlen(role);
+            roles[n] = malloc(rl + 1);
+            memcpy(roles[n], role, rl + 1);
+            char *c = malloc(cl + 1);
+            memcpy(c, in + a + hdr, cl), c[cl] = 0;
+            msg[n].role = roles[n], msg[n].content = c;
+            n++;
+            a += hdr + cl;
+        }
+        int need = n ? llama_chat_apply_template(tmpl, msg, n, add_ass, NULL, 0) : -1;
+        char *buf = need >= 0 ? malloc((size_t)need + 1) : NULL;
+        if (buf && llama_chat_apply_template(tmpl, msg, n, add_ass, buf, need + 1) == need) {
+            fwrite(buf, 1, (size_t)need, stdout);
+            rc = 0;
+        } else if (n) {
+            fprintf(stderr, "llama_check: llama_chat_apply_template does not know this template (%d)\n", need);
+        }
+        free(buf);
+        for (size_t i = 0; i < n; i++) free(roles[i]), free((char *)msg[i].content);
+        free(in);
+    }
+    llama_model_free(m);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 3 || (strcmp(argv[2], "tokenize") && strcmp(argv[2], "logits")) ||
+    if (argc < 3 ||
+        (strcmp(argv[2], "tokenize") && strcmp(argv[2], "logits") && strcmp(argv[2], "chat-template") &&
+         strcmp(argv[2], "chat-apply")) ||
         (!strcmp(argv[2], "logits") && argc != 5)) {
         fprintf(stderr, "usage: llama_check MODEL.gguf tokenize [--no-bos] [--records] < text\n"
-                        "       llama_check MODEL.gguf logits IDS.txt OUT.f32\n");
+                        "       llama_check MODEL.gguf logits IDS.txt OUT.f32\n"
+                        "       llama_check MODEL.gguf chat-template\n"
+                        "       llama_check MODEL.gguf chat-apply [--add-ass] < messages\n");
         return 2;
     }
     llama_log_set(quiet_log, NULL);
@@ -215,6 +276,8 @@ int main(int argc, char **argv)
             }
         }
         rc = cmd_tokenize(argv[1], add_bos, records);
+    } else if (!strncmp(argv[2], "chat-", 5)) {
+        rc = cmd_chat(argv[1], !strcmp(argv[2], "chat-apply"), argc > 3 && !strcmp(argv[3], "--add-ass"));
     } else {
         rc = cmd_logits(argv[1], argv[3], argv[4]);
     }
