@@ -159,3 +159,28 @@ grep -q "^moet eval: warning: the shards' rows of 64 tokens are longer than the 
 grep -q "max_position_embeddings 32 (--strict)" err.log && [ "$(wc -l < err.log)" = 1 ]
 "$MOET" eval run/checkpoints/step_00000050 --data val.h5 --strict --max-batches 1 > /dev/null   # within the context: fine
 echo "seq_len past the context: warning, --strict error (train and eval)"
+# tools/report.py: heat maps and the loss plot have axis labels (step; loss / expert), the legend
+# sits above the plot box (the lr curve spans the box), the val curve starts at step 0 (eval_at_start)
+"$PY" "$here/../tools/report.py" run > report.txt
+grep -q "^val_loss at step 0 (before training" report.txt || { echo "FAIL: report table lacks the step-0 val loss"; exit 1; }
+"$PY" - <<'PY'
+import xml.etree.ElementTree as ET
+ns = "{http://www.w3.org/2000/svg}"
+root = ET.parse("run/report.svg").getroot()
+box = next(r for r in root.iter(ns + "rect") if r.get("fill") == "none")
+y0, x0, h = float(box.get("y")), float(box.get("x")), float(box.get("height"))
+legend = next(g for g in root.iter(ns + "g") if g.get("class") == "legend")
+assert [t.text.split()[0] for t in legend] == ["train", "val", "lr"], [t.text for t in legend]
+assert all(float(t.get("y")) < y0 for t in legend), "legend inside the plot box (over the curves)"
+axes = [g for g in root.iter(ns + "g") if g.get("class") == "axis"]
+texts = lambda g: [t.text for t in g]
+assert "step" in texts(axes[0]) and "loss" in texts(axes[0]), texts(axes[0])
+heat = [g for g in axes if g.get("data-layer") is not None]
+assert [g.get("data-layer") for g in heat] == ["0", "1"], [g.get("data-layer") for g in heat]
+assert all("step" in texts(g) and "expert" in texts(g) for g in heat), [texts(g) for g in heat]
+val = [p for p in root.iter(ns + "polyline") if p.get("stroke") == "#d62728"][0]
+first = [float(v) for v in val.get("points").split()[0].split(",")]
+assert abs(first[0] - x0) < 0.1, (first, x0)       # step 0
+assert abs(first[1] - y0) < 0.1, (first, y0)       # the highest loss: the untrained model's
+print(f"report.svg: legend above the box (y < {y0:.0f}), axis labels on the loss plot and {len(heat)} heat maps, val from step 0")
+PY
