@@ -18,6 +18,12 @@
  *       formats a conversation with that template through llama_chat_apply_template (llama.cpp's
  *       built-in renderings of the templates it recognises; no Jinja) and prints the text
  *       exactly. stdin: per message "ROLE LEN\n" then LEN bytes of content.
+ *   llama_check MODEL.gguf chat-generate N < records
+ *       the same conversation with the assistant's header (add_ass), tokenized as llama.cpp
+ *       does (its BOS, special tokens parsed), then up to N tokens greedily (stops at an
+ *       end-of-generation token); prints the prompt's ids on one line, the generated on the next.
+ *   llama_check MODEL.gguf generate N < ids
+ *       the same from the prompt's token ids (moet's rendering of a conversation, say).
  *
  * CPU only, fp32 KV cache and no flash attention, so an F32 model is computed in fp32
  * throughout; 2 threads. llama.cpp's log goes to stderr only with LLAMA_CHECK_VERBOSE=1.
@@ -199,9 +205,91 @@ static int cmd_logits(const char *path, const char *ids_path, const char *out_pa
     return rc;
 }
 
-static int cmd_chat(const char *path, int apply, int add_ass)
+/* Greedy continuation of ids[n] (room for n_new more), up to n_new tokens; prints the prompt's
+ * ids on one line and the generated ones on the next. Frees ids. */
+static int generate_ids(struct llama_model *m, llama_token *ids, int n, int n_new)
 {
-    struct llama_model *m = load(path, 1);
+    const struct llama_vocab *v = llama_model_get_vocab(m);
+    int rc = 1;
+    for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+    printf("\n");
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t)(n + n_new + 8);
+    cp.n_batch = cp.n_ubatch = (uint32_t)n;
+    cp.n_threads = cp.n_threads_batch = 2;
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cp.type_k = cp.type_v = GGML_TYPE_F32;
+    cp.no_perf = true;
+    struct llama_context *ctx = llama_init_from_model(m, cp);
+    struct llama_sampler *smp = llama_sampler_chain_init(llama_sampler_chain_default_params());
+    llama_sampler_chain_add(smp, llama_sampler_init_greedy());
+    if (ctx && llama_decode(ctx, llama_batch_get_one(ids, n)) == 0) {
+        rc = 0;
+        for (int k = 0; k < n_new; k++) {
+            llama_token t = llama_sampler_sample(smp, ctx, -1);
+            if (llama_vocab_is_eog(v, t)) break;
+            printf(k ? " %d" : "%d", t);
+            ids[n] = t;
+            if (llama_decode(ctx, llama_batch_get_one(&ids[n], 1))) {
+                rc = 1;
+                break;
+            }
+            n++;
+        }
+        printf("\n");
+    }
+    if (rc) fprintf(stderr, "llama_check: llama.cpp could not evaluate the prompt\n");
+    llama_sampler_free(smp);
+    if (ctx) llama_free(ctx);
+    free(ids);
+    return rc;
+}
+
+/* text tokenized as llama.cpp does (its BOS, special tokens parsed), then generate_ids. */
+static int generate(struct llama_model *m, const char *text, int n_new)
+{
+    const struct llama_vocab *v = llama_model_get_vocab(m);
+    int len = (int)strlen(text), cap = len + 8;
+    llama_token *ids = malloc((size_t)(cap + n_new) * sizeof *ids);
+    int n = ids ? llama_tokenize(v, text, len, ids, cap, llama_vocab_get_add_bos(v), true) : -1;
+    if (n <= 0) {
+        fprintf(stderr, "llama_check: llama_tokenize failed (%d)\n", n);
+        free(ids);
+        return 1;
+    }
+    return generate_ids(m, ids, n, n_new);
+}
+
+/* generate N < ids: the prompt as token ids (moet's), no template, no tokenizer. */
+static int cmd_generate(const char *path, int n_new)
+{
+    size_t len;
+    char *text = read_all(stdin, &len), *p = text, *end;
+    int n = 0, cap = 64;
+    llama_token *ids = malloc((size_t)(cap + n_new) * sizeof *ids);
+    for (long id; text && ids && (id = strtol(p, &end, 10), end != p); p = end) {
+        if (n == cap) {
+            llama_token *g = realloc(ids, (size_t)((cap *= 2) + n_new) * sizeof *ids);
+            if (!g) break;
+            ids = g;
+        }
+        ids[n++] = (llama_token)id;
+    }
+    free(text);
+    struct llama_model *m = n ? load(path, 0) : NULL;
+    if (!m) {
+        if (!n) fprintf(stderr, "llama_check: no token ids on stdin\n");
+        free(ids);
+        return 1;
+    }
+    int rc = generate_ids(m, ids, n, n_new);
+    llama_model_free(m);
+    return rc;
+}
+
+static int cmd_chat(const char *path, int apply, int add_ass, int n_new)
+{
+    struct llama_model *m = load(path, n_new < 0);
     if (!m) return 1;
     const char *tmpl = llama_model_chat_template(m, NULL);
     int rc = 1;
@@ -236,8 +324,8 @@ static int cmd_chat(const char *path, int apply, int add_ass)
         int need = n ? llama_chat_apply_template(tmpl, msg, n, add_ass, NULL, 0) : -1;
         char *buf = need >= 0 ? malloc((size_t)need + 1) : NULL;
         if (buf && llama_chat_apply_template(tmpl, msg, n, add_ass, buf, need + 1) == need) {
-            fwrite(buf, 1, (size_t)need, stdout);
-            rc = 0;
+            if (n_new >= 0) rc = generate(m, buf, n_new);
+            else fwrite(buf, 1, (size_t)need, stdout), rc = 0;
         } else if (n) {
             fprintf(stderr, "llama_check: llama_chat_apply_template does not know this template (%d)\n", need);
         }
@@ -253,12 +341,15 @@ int main(int argc, char **argv)
 {
     if (argc < 3 ||
         (strcmp(argv[2], "tokenize") && strcmp(argv[2], "logits") && strcmp(argv[2], "chat-template") &&
-         strcmp(argv[2], "chat-apply")) ||
+         strcmp(argv[2], "chat-apply") && strcmp(argv[2], "chat-generate") && strcmp(argv[2], "generate")) ||
+        ((!strcmp(argv[2], "chat-generate") || !strcmp(argv[2], "generate")) && argc != 4) ||
         (!strcmp(argv[2], "logits") && argc != 5)) {
         fprintf(stderr, "usage: llama_check MODEL.gguf tokenize [--no-bos] [--records] < text\n"
                         "       llama_check MODEL.gguf logits IDS.txt OUT.f32\n"
                         "       llama_check MODEL.gguf chat-template\n"
-                        "       llama_check MODEL.gguf chat-apply [--add-ass] < messages\n");
+                        "       llama_check MODEL.gguf chat-apply [--add-ass] < messages\n"
+                        "       llama_check MODEL.gguf chat-generate N < messages\n"
+                        "       llama_check MODEL.gguf generate N < ids\n");
         return 2;
     }
     llama_log_set(quiet_log, NULL);
@@ -276,8 +367,12 @@ int main(int argc, char **argv)
             }
         }
         rc = cmd_tokenize(argv[1], add_bos, records);
+    } else if (!strcmp(argv[2], "generate")) {
+        rc = cmd_generate(argv[1], atoi(argv[3]));
     } else if (!strncmp(argv[2], "chat-", 5)) {
-        rc = cmd_chat(argv[1], !strcmp(argv[2], "chat-apply"), argc > 3 && !strcmp(argv[3], "--add-ass"));
+        int gen = !strcmp(argv[2], "chat-generate");
+        rc = cmd_chat(argv[1], strcmp(argv[2], "chat-template") != 0, gen || (argc > 3 && !strcmp(argv[3], "--add-ass")),
+                      gen ? atoi(argv[3]) : -1);
     } else {
         rc = cmd_logits(argv[1], argv[3], argv[4]);
     }
