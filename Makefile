@@ -20,7 +20,7 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 # that look fine and crash later: check the libraries first, except for the goals that
 # install them (test, demo and deps run tools/deps.sh before building).
 NEED_PKGS := $(PKGS) ompi-c $(if $(filter test-run asan,$(MAKECMDGOALS)),cmocka)
-ifneq ($(filter-out test deps demo clean,$(or $(MAKECMDGOALS),all)),)
+ifneq ($(filter-out test deps demo demo-lora clean,$(or $(MAKECMDGOALS),all)),)
   MISSING := $(shell for p in $(NEED_PKGS); do pkg-config --exists $$p 2>/dev/null || printf '%s ' $$p; done)
   ifneq ($(filter fuzz fuzz-build,$(MAKECMDGOALS)),)
     MISSING += $(shell command -v clang >/dev/null || echo clang)
@@ -46,7 +46,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test test-run asan fuzz fuzz-build deps demo bench bench-dist bench-big clean
+.PHONY: all test test-run asan fuzz fuzz-build deps demo demo-lora bench bench-dist bench-big clean
 all: moet
 
 moet: $(BUILD)/moet
@@ -110,6 +110,9 @@ fuzz: fuzz-build
 
 demo:
 	tools/demo.sh
+
+demo-lora:
+	tools/demo_lora.sh
 
 bench: moet
 	tests/bench/bench.sh

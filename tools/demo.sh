@@ -5,7 +5,8 @@
 #      one document per chapter
 #   3. trains a 4096-token byte-fallback BPE tokenizer on it
 #   4. preps HDF5 shards (seq 256, 2% of chapters held out for validation)
-#   5. trains configs/tiny.yaml (a 15.5 M-parameter MoE, 8 experts top-2) from scratch
+#   5. trains configs/tiny.yaml (a 15.5 M-parameter MoE, 8 experts top-2) from scratch, after
+#      printing the expected time from a measured tok/s (tools/demo_time.sh)
 #   6. evaluates against the unigram baseline, draws the loss curve and expert load,
 #      samples text, and exports the model as HF safetensors and GGUF.
 set -euo pipefail
@@ -27,6 +28,7 @@ rm -rf demo/data
 ./moet prep --tokenizer demo/tokenizer.json --out demo/data --seq-len 256 --val-fraction 0.02 --seed 0 \
     --split-paragraphs demo/kjv.txt
 echo "== training configs/tiny.yaml (resumes if interrupted; rm -rf runs/tiny to start over)"
+tools/demo_time.sh configs/tiny.yaml "$@"   # measured here: tok/s of a few steps, scaled to the run
 ./moet train configs/tiny.yaml "$@"
 last=$(ls -d runs/tiny/checkpoints/step_* | tail -1)
 echo "== evaluation of $last"
