@@ -71,9 +71,10 @@ static void test_state_fields_are_range_checked(void **state)
     char json[600], err[ERR_MAX];
     ckpt_state st;
     snprintf(json, sizeof json, "{\"step\": 7, \"kind\": \"lora\", \"data\": {\"epoch\": 2, \"index\": 3}, %s, "
-                                "\"tokens_seen\": 12345}", rng);
+                                "\"tokens_seen\": 12345, \"elapsed_s\": 61.25, \"chat_template\": \"chatml\"}", rng);
     assert_int_equal(ckpt_state_parse(json, &st, err), 0);
     assert_int_equal(st.step, 7);
+    assert_true(st.elapsed_s == 61.25 && !strcmp(st.chat_template, "chatml"));
     assert_true(st.epoch == 2 && st.index == 3 && st.tokens_seen == 12345 && st.lora == 1);
     assert_true(st.rng[0] == 0x0123456789abcdefULL && st.rng[2] == ~0ULL && st.rng[3] == 0xaa);
     static const struct { const char *head, *want; } bad[] = {
@@ -84,6 +85,9 @@ static void test_state_fields_are_range_checked(void **state)
         {"\"step\": 1, \"data\": {\"epoch\": 0, \"index\": \"3\"}", "data.epoch / data.index"},
         {"\"step\": 1, \"data\": {\"epoch\": 0, \"index\": 0}, \"tokens_seen\": -5", "tokens_seen"},
         {"\"step\": 1, \"data\": {\"epoch\": 0, \"index\": 0}, \"tokens_seen\": 1e300", "tokens_seen"},
+        {"\"step\": 1, \"data\": {\"epoch\": 0, \"index\": 0}, \"elapsed_s\": -1", "elapsed_s"},
+        {"\"step\": 1, \"data\": {\"epoch\": 0, \"index\": 0}, \"elapsed_s\": \"1\"", "elapsed_s"},
+        {"\"step\": 1, \"data\": {\"epoch\": 0, \"index\": 0}, \"chat_template\": \"alpaca\"", "chat_template"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(json, sizeof json, "{%s, %s}", bad[i].head, rng);
@@ -99,6 +103,9 @@ static void test_state_fields_are_range_checked(void **state)
         assert_int_equal(ckpt_state_parse(json, &st, err), -1);
         expect_line(err, "rng");
     }
+    snprintf(json, sizeof json, "{\"step\": 1, \"data\": {\"epoch\": 0, \"index\": 0}, %s}", rng);
+    assert_int_equal(ckpt_state_parse(json, &st, err), 0); /* an older checkpoint: no elapsed_s, no template */
+    assert_true(st.elapsed_s == 0 && st.chat_template[0] == 0);
     assert_int_equal(ckpt_state_parse("[]", &st, err), -1);
     expect_line(err, "not a JSON object");
 }

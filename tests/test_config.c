@@ -75,6 +75,7 @@ static void test_minimal_config_fills_every_default(void **state)
     assert_int_equal(c.train.max_steps, 100);
     assert_int_equal(c.train.log_every, 1);
     assert_int_equal(c.train.eval_every, 0);
+    assert_int_equal(c.train.eval_at_start, 0); /* no data.val */
     assert_int_equal(c.train.eval_batches, 0);
     assert_int_equal(c.train.save_every, 0);
     assert_int_equal(c.train.keep_checkpoints, 3);
@@ -127,6 +128,7 @@ static void test_full_file_reads_every_key(void **state)
     assert_int_equal(c.train.grad_accum, 8);
     assert_int_equal(c.train.log_every, 10);
     assert_int_equal(c.train.eval_every, 100);
+    assert_int_equal(c.train.eval_at_start, 1); /* data.val lists files */
     assert_int_equal(c.train.eval_batches, 20);
     assert_int_equal(c.train.save_every, 250);
     assert_int_equal(c.train.keep_checkpoints, 0);
@@ -194,6 +196,8 @@ static void test_type_and_range_errors_name_the_key_and_the_value(void **state)
         {"train.grad_accum=0", "command line: train.grad_accum: expected an integer >= 1, got \"0\""},
         {"train.max_steps=ten", "command line: train.max_steps: expected an integer >= 1, got \"ten\""},
         {"train.eval_every=10", "command line: train.eval_every: 10 but data.val lists no files"},
+        {"train.eval_at_start=true", "command line: train.eval_at_start: true but data.val lists no files"},
+        {"train.eval_at_start=maybe", "command line: train.eval_at_start: expected true or false, got \"maybe\""},
         {"lora.init_from=adapters/a", "command line: lora.init_from: an adapter is given but lora.enabled is false"},
         {"train.keep_checkpoints=-3", "command line: train.keep_checkpoints: expected an integer >= 0, got \"-3\""},
         {"train.resume=\"\"", "command line: train.resume: expected auto, never or a checkpoint directory, got \"\""},
