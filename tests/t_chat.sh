@@ -15,6 +15,7 @@
 #     reads the GGUF's template back byte for byte and formats a conversation as moet does.
 #  4. bad input: one line, non-zero exit.
 # No network for npm is a FAILURE of this test, not a skip.
+# asan: yes
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export CHAT_JINJA_DIR=$root/build/chatjinja

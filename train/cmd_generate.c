@@ -223,7 +223,7 @@ static int parse_args(gen_opts *o, int argc, char **argv)
     if (!o->path || inputs != 1) {
         fprintf(stderr, "moet generate: %s\n%s", !o->path ? "MODEL_OR_CHECKPOINT is required" :
                 inputs ? "give one of --prompt, --chat and --chat-file" :
-                "--prompt TEXT (or --chat TEXT, --chat-file FILE) is required", usage);
+                "--prompt TEXT is required (or --chat TEXT, or --chat-file FILE)", usage);
         return 2;
     }
     if (o->system && !o->chat) {
