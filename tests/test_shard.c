@@ -476,6 +476,32 @@ static void test_tokenizer_sha256_must_be_hex_text(void **state)
     H5Tclose(ty);
 }
 
+static void test_chat_template_is_written_read_back_and_checked(void **state)
+{
+    const char *p = tmp_path("chat.h5");
+    char err[ERR_MAX];
+    shard *s;
+    shard_info meta = META_512;
+    snprintf(meta.chat_template, sizeof meta.chat_template, "chatml");
+    write_shard(p, 2, 8, &meta, 1, 1);
+    if (shard_open(&s, p, 8, 512, err)) fail_msg("%s", err);
+    assert_string_equal(shard_get_info(s)->chat_template, "chatml");
+    shard_close(s);
+    write_shard(p, 2, 8, &META_512, 1, 1); /* none: "" (shards of older preps) */
+    if (shard_open(&s, p, 8, 512, err)) fail_msg("%s", err);
+    assert_string_equal(shard_get_info(s)->chat_template, "");
+    shard_close(s);
+    hid_t ty = H5Tcopy(H5T_C_S1);
+    const char *bad = "alpaca-but-rather-long";
+    H5Tset_size(ty, strlen(bad) + 1);
+    hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT), sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(f, "chat_template", ty, sp, H5P_DEFAULT, H5P_DEFAULT);
+    assert_true(H5Awrite(a, ty, bad) >= 0);
+    H5Aclose(a), H5Sclose(sp), H5Fclose(f), H5Tclose(ty);
+    assert_int_equal(shard_open(&s, p, 8, 512, err), -1);
+    assert_non_null(strstr(err, "attribute 'chat_template' is not a chat template name (mistral or chatml)"));
+}
+
 static int setup(void **state) { return tmpdir_make("moet_test_shard"); }
 
 static int teardown(void **state) { return tmpdir_remove(); }
@@ -499,6 +525,7 @@ int main(void)
         cmocka_unit_test(test_rows_that_the_file_does_not_store_are_refused),
         cmocka_unit_test(test_mask_and_doc_start_values_other_than_0_or_1_are_errors),
         cmocka_unit_test(test_tokenizer_sha256_must_be_hex_text),
+        cmocka_unit_test(test_chat_template_is_written_read_back_and_checked),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
