@@ -92,9 +92,7 @@ asan:
 # that grows in build-fuzz/corpus/ from the seeds in tests/fuzz/corpus/.
 FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_SECONDS ?= 60
-FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-            -fsanitize-recover=pointer-overflow,nonnull-attribute \
-            -fno-omit-frame-pointer
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 
 $(BUILD)/fuzz/%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(BUILD)/libmoet.a $(BUILD)/flags
 	@mkdir -p $(dir $@)

@@ -126,7 +126,7 @@ static void cache_put(chunk_cache *c, const char *s, size_t n, uint64_t h, const
     cache_entry *e = &c->e[c->n];
     *e = (cache_entry){h, (uint32_t)c->klen, (uint32_t)n, (uint32_t)c->ilen, (uint32_t)k};
     memcpy(c->keys + c->klen, s, n);
-    memcpy(c->ids + c->ilen, ids, k * sizeof *ids);
+    if (k) memcpy(c->ids + c->ilen, ids, k * sizeof *ids);   /* ids may be NULL when k is 0 */
     c->klen += n;
     c->ilen += k;
     const uint32_t mask = 2 * CACHE_MAX_ENTRIES - 1;
@@ -289,14 +289,16 @@ static int bpe_cached(enc *e, const char *w, size_t n)
     uint64_t h = tok_hash(w, n);
     const cache_entry *hit = cache_get(c, w, n, h);
     if (hit) {
-        const int32_t *ids = c->ids + hit->ids_off;
         for (uint32_t i = 0; i < hit->n_ids; i++)
-            if (push_id(e, ids[i])) return -1;
+            if (push_id(e, c->ids[hit->ids_off + i])) return -1;
         return 0;
     }
-    size_t before = e->out->n;
+    /* A word can encode to no ids (no unk token: HF drops what is not in the vocab), with
+     * nothing in out yet: its ids are then NULL, and NULL + 0 is undefined in C. */
+    size_t before = e->out->n, k;
     if (bpe(e, w, n)) return -1;
-    cache_put(c, w, n, h, e->out->ids + before, e->out->n - before);
+    k = e->out->n - before;
+    cache_put(c, w, n, h, k ? e->out->ids + before : NULL, k);
     return 0;
 }
 

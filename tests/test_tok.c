@@ -636,6 +636,33 @@ static void test_unk_fusing_and_ignore_merges(void **state)
     tok_free(ign);
 }
 
+/* With no unk token HF drops what is not in the vocab, so a word can encode to no ids.
+ * The first such word, cached while nothing is in the output yet (its ids NULL), and
+ * the cache hit on it later were NULL + 0 and memcpy(NULL, .., 0) (undefined; UBSan
+ * reported them under make asan / make fuzz; found by fuzz_tokenizer_json). */
+static void test_word_that_encodes_to_nothing_is_cached_as_nothing(void **state)
+{
+    (void)state;
+    char *p = write_tmp("{\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false},"
+                        " \"decoder\": {\"type\": \"ByteLevel\"},"
+                        " \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": []}}");
+    tok *t;
+    char err[ERR_MAX];
+    if (tok_load(&t, p, err)) fail_msg("%s", err);
+    unlink(p);
+    for (int pass = 0; pass < 2; pass++) {   /* the second pass hits the cache */
+        tok_ids ids = {0};
+        assert_int_equal(tok_encode(t, "xyz", 3, 1, &ids, err), 0);
+        assert_int_equal(ids.n, 0);
+        assert_int_equal(tok_encode(t, "xyz ab", 6, 1, &ids, err), 0);   /* "xyz", " ab": the space dropped */
+        assert_int_equal(ids.n, 2);
+        assert_int_equal(ids.ids[0], 0);
+        assert_int_equal(ids.ids[1], 1);
+        tok_ids_free(&ids);
+    }
+    tok_free(t);
+}
+
 /* ------------------------------------------------------------ speed paths */
 
 /* Encoding per "▁"-chunk (with the per-thread cache) must equal BPE over the
@@ -826,6 +853,7 @@ int main(void)
         cmocka_unit_test(test_metaspace_pre_tokenizer_variants),
         cmocka_unit_test(test_added_tokens_follow_hf_flags_and_ids),
         cmocka_unit_test(test_unk_fusing_and_ignore_merges),
+        cmocka_unit_test(test_word_that_encodes_to_nothing_is_cached_as_nothing),
         cmocka_unit_test(test_chunked_bpe_equals_whole_text_bpe),
         cmocka_unit_test(test_encode_is_thread_safe_on_a_shared_tokenizer),
         cmocka_unit_test(test_per_thread_cache_is_keyed_by_tokenizer),

@@ -129,27 +129,4 @@ __attribute__((unused)) static void fuzz_check_err(const char *err)
     if (rule) fuzz_fail(rule, err);
 }
 
-/* The same for messages of the tokenizer (data/tok*.c), which its own branch is reworking,
- * quoting included: a broken rule is printed once per rule and the run goes on, so the
- * parser keeps being explored; MOET_FUZZ_STRICT=1 makes it a finding like everywhere else. */
-__attribute__((unused)) static void fuzz_check_err_tok(const char *err)
-{
-    static const char *seen[8];
-    const char *rule = fuzz_err_rule(err);
-    if (!rule) return;
-    const char *strict = getenv("MOET_FUZZ_STRICT");
-    if (strict && strict[0] == '1') fuzz_fail(rule, err);
-    for (int i = 0; i < 8; i++) {
-        if (seen[i] == rule) return;
-        if (!seen[i]) {
-            seen[i] = rule;
-            fprintf(stderr, "\nmoet fuzz: known (tokenizer, not fatal without MOET_FUZZ_STRICT=1): %s: [", rule);
-            for (const unsigned char *c = (const unsigned char *)err; *c; c++)
-                fprintf(stderr, *c >= 0x20 && *c < 0x7f ? "%c" : "\\x%02X", *c);
-            fprintf(stderr, "]\n");
-            return;
-        }
-    }
-}
-
 #endif
