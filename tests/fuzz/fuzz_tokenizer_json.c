@@ -6,7 +6,8 @@
 #include "tests/fuzz/fuzz.h"
 
 static const char *texts[] = {"Hello world", " leading space, trailing ", "a\nb\tc\r\n", "\xe2\x96\x81x \xff\xfe",
-                              "<s>[INST] hi [/INST]</s><unk>", "", "日本語 ́"};
+                              "<s>[INST] hi [/INST]</s><unk>", "", "日本語 ́",
+                              "<|im_start|>user\ncre\xcc\x80me 12345<think>'s<|endoftext|>", "\xc3(\xe2\x82 \x80 x\xf0\x9f"};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -14,7 +15,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *path = fuzz_write("tokenizer.json", data, size);
     tok *t;
     if (tok_load(&t, path, err)) {
-        fuzz_check_err_tok(err);
+        fuzz_check_err(err);
         return 0;
     }
     int v = tok_vocab_size(t);
@@ -23,14 +24,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         tok_ids ids = {0};
         err[0] = 0;
         if (tok_encode(t, texts[i], strlen(texts[i]), (int)(i & 1), &ids, err)) {
-            fuzz_check_err_tok(err);
+            fuzz_check_err(err);
         } else {
             for (size_t k = 0; k < ids.n; k++)
                 if (ids.ids[k] < 0 || ids.ids[k] >= v) fuzz_fail("encode gave an id outside the vocabulary", texts[i]);
             char *out;
             size_t len;
             err[0] = 0;
-            if (tok_decode_ex(t, ids.ids, ids.n, (int)(i & 2), &out, &len, err)) fuzz_check_err_tok(err);
+            if (tok_decode_ex(t, ids.ids, ids.n, (int)(i & 2), &out, &len, err)) fuzz_check_err(err);
             else free(out);
         }
         tok_ids_free(&ids);
