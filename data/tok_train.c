@@ -211,7 +211,7 @@ static int count_file(counter *c, const char *path, size_t *bytes, char *err)
     }
     void *p = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
-    if (p == MAP_FAILED) return err_set(err, "cannot read '%s': %s", path, strerror(errno));
+    if (p == MAP_FAILED) return err_set(err, "cannot read '%s': %s", err_q(path, -1), strerror(errno));
     int rc = count_words(c, p, n);
     munmap(p, n);
     return rc ? err_set(err, "out of memory counting words") : 0;
@@ -562,7 +562,7 @@ static int write_atomic(const char *out_path, bpe *m, const int32_t *by_id, int3
     int bad = write_json(f, m, by_id, n_vocab, fin);
     if (fclose(f) || bad) {
         free(text);
-        return err_set(err, "out of memory writing '%s'", out_path);
+        return err_set(err, "out of memory writing '%s'", err_q(out_path, -1));
     }
     int rc = fs_write_atomic(out_path, text, len, err);
     free(text);
