@@ -296,6 +296,10 @@ int model_config_from_json(model_config *c, const char *json, char *err)
     else if (c->n_experts < 1 || c->top_k < 1 || c->top_k > c->n_experts)
         err_set(err, "config.json: need 1 <= num_experts_per_tok (%d) <= %s (%d)", c->top_k, F->experts_key,
                 c->n_experts);
+    else if ((long)(model_moe_layers(c) > 0 ? model_moe_layers(c) : 1) * c->n_experts > MODEL_MAX_EXPERT_MLPS)
+        err_set(err, "config.json: %s %d over %d MoE layer%s makes %ld expert MLPs, more than moet's %d",
+                F->experts_key, c->n_experts, model_moe_layers(c), model_moe_layers(c) == 1 ? "" : "s",
+                (long)model_moe_layers(c) * c->n_experts, MODEL_MAX_EXPERT_MLPS);
     else if (!(c->norm_eps > 0) || !(c->rope_theta > 0))
         err_set(err, "config.json: rms_norm_eps and rope_theta must be positive");
     else if (fam == FAM_OLMOE && c->n_heads * c->head_dim != c->dim)

@@ -5,6 +5,11 @@
 #define MOET_MODEL_CONFIG_H
 
 #define MODEL_MAX_LAYERS 512
+/* Experts of all MoE layers together (MoE layers x experts): 2^18, over 10x Kimi K2's
+ * (60 x 384) or DeepSeek-V3's count. Every expert MLP is 3 tensors of the parameter table
+ * (model.h), 170 bytes each even before its weights: a config.json of 31 layers x 26,384
+ * experts took 15 s and 1 GB under the fuzzer (tests/fuzz), where 512 x 512 now take 5 s. */
+#define MODEL_MAX_EXPERT_MLPS (1 << 18)
 
 /* Families (config.json model_type). */
 enum { FAM_MIXTRAL, FAM_QWEN3_MOE, FAM_QWEN2_MOE, FAM_OLMOE, FAM_N };

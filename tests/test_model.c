@@ -71,6 +71,11 @@ static void test_config_rejects_inconsistent_shapes_with_a_clear_message(void **
         {"{" BASE "\"attention_dropout\":0.1}", "attention_dropout 0.1 is not supported"},
         {"{" BASE "\"tie_word_embeddings\":\"maybe\"}", "'tie_word_embeddings' must be true or false"},
         {"{" BASE "\"max_position_embeddings\":-5}", "max_position_embeddings is -5"},
+        /* found by fuzz_config_json: 31 x 26,384 experts built a 1 GB parameter table in 15 s */
+        {"{\"vocab_size\":40,\"hidden_size\":16,\"intermediate_size\":12,\"num_hidden_layers\":31,"
+         "\"num_attention_heads\":4,\"num_local_experts\":26384}",
+         "num_local_experts 26384 over 31 MoE layers makes 817904 expert MLPs, more than moet's 262144"},
+        {"{" BASE "\"num_local_experts\":300000}", "num_local_experts 300000 over 1 MoE layer makes 300000"},
 #undef BASE
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
