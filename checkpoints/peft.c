@@ -131,6 +131,18 @@ out:
     return rc;
 }
 
+/* v as the shortest JSON number that reads back as v exactly. cJSON prints 15 digits when
+ * they come within an epsilon of v, so a lora_alpha of 1/3 came back one bit off. */
+static cJSON *exact_number(double v)
+{
+    char b[40];
+    for (int prec = 15; isfinite(v) && prec <= 17; prec++) {
+        snprintf(b, sizeof b, "%.*g", prec, v);
+        if (strtod(b, NULL) == v) return cJSON_CreateRaw(b);
+    }
+    return cJSON_CreateNumber(v);
+}
+
 char *peft_config_json(const lora_config *lc, int family, const char *base_model)
 {
     cJSON *o = cJSON_CreateObject();
@@ -143,8 +155,8 @@ char *peft_config_json(const lora_config *lc, int family, const char *base_model
     cJSON_AddBoolToObject(o, "init_lora_weights", 1);
     cJSON_AddNullToObject(o, "layers_pattern");
     cJSON_AddNullToObject(o, "layers_to_transform");
-    cJSON_AddNumberToObject(o, "lora_alpha", lc->alpha);
-    cJSON_AddNumberToObject(o, "lora_dropout", lc->dropout);
+    cJSON_AddItemToObject(o, "lora_alpha", exact_number(lc->alpha));
+    cJSON_AddItemToObject(o, "lora_dropout", exact_number(lc->dropout));
     if (lc->train_router) {
         cJSON *ms = cJSON_AddArrayToObject(o, "modules_to_save");
         cJSON_AddItemToArray(ms, cJSON_CreateString("gate"));

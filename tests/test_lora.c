@@ -267,6 +267,33 @@ static void test_peft_files_round_trip_and_bad_configs_are_refused(void **state)
     teardown(&f);
 }
 
+/* peft_config_json writes lora_alpha and lora_dropout so that they read back bit for bit
+ * (found by fuzz_peft_config: cJSON's 15 digits turned 8.888888888888889e20 into
+ * 8.88888888888889e+20), and plain values stay plain ("lora_alpha": 16, 0.1). */
+static void test_peft_config_keeps_alpha_and_dropout_exactly(void **state)
+{
+    (void)state;
+    char err[ERR_MAX], dir[64], p[128];
+    snprintf(dir, sizeof dir, "/tmp/moet_test_peftx_%d", (int)getpid());
+    fs_rm_rf(dir, err);
+    fs_mkdir_p(dir, err);
+    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+    const double alphas[] = {16, 0.5, 1.0 / 3, 8.888888888888889e20, 0x1.fffffffffffffp-3};
+    for (size_t i = 0; i < sizeof alphas / sizeof *alphas; i++) {
+        lora_config lc = {.r = 4, .alpha = alphas[i], .dropout = i ? 0.1 : 1.0 / 7, .targets = 1u << LORA_Q}, back;
+        char *json = peft_config_json(&lc, FAM_MIXTRAL, "base");
+        assert_non_null(json);
+        if (i == 0) assert_non_null(strstr(json, "\"lora_alpha\":\t16,"));
+        if (i == 1) assert_non_null(strstr(json, "\"lora_dropout\":\t0.1,"));
+        assert_int_equal(fs_write_atomic(p, json, strlen(json), err), 0);
+        free(json);
+        assert_int_equal(peft_read_config(dir, &back, NULL, 0, err), 0);
+        assert_true(back.alpha == lc.alpha);
+        assert_true(back.dropout == lc.dropout);
+    }
+    fs_rm_rf(dir, err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -274,6 +301,7 @@ int main(void)
         cmocka_unit_test(test_adapter_gradients_with_dropout_match_finite_differences),
         cmocka_unit_test(test_merged_weights_give_the_adapted_logits_and_base_stays_frozen),
         cmocka_unit_test(test_peft_files_round_trip_and_bad_configs_are_refused),
+        cmocka_unit_test(test_peft_config_keeps_alpha_and_dropout_exactly),
         cmocka_unit_test(test_a_fresh_adapter_has_kaiming_a_zero_b_and_learns),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
