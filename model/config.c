@@ -154,8 +154,8 @@ static int check_unsupported(const cJSON *o, int fam, char *err)
                 continue;
             if (!strcmp(it->string, "partial_rotary_factor") && cJSON_IsNumber(it) && it->valuedouble == 1.0)
                 continue;
-            return err_set(err, "config.json: rope_parameters.%s is not supported (only default RoPE)",
-                           err_q(it->string, -1));
+            return err_set(err, "config.json: rope_parameters '%s' is not supported (only default RoPE)",
+                           err_q(it->string, -1));   /* quoted: the key is the file's text */
         }
     }
     return 0;

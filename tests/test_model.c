@@ -67,6 +67,9 @@ static void test_config_rejects_inconsistent_shapes_with_a_clear_message(void **
         {"{" BASE "\"num_key_value_heads\":0}", "num_key_value_heads is 0, must be positive"},
         {"{" BASE "\"rope_theta\":\"10000\"}", "'rope_theta' must be a number"},
         {"{" BASE "\"rope_scaling\":{\"type\":\"linear\",\"factor\":2}}", "rope_scaling is not supported"},
+        {"{" BASE "\"rope_parameters\":{\"factor\":2}}", "rope_parameters 'factor' is not supported (only default RoPE)"},
+        /* found by fuzz_config_json: the key unquoted read as a doubled "X: X:" prefix */
+        {"{" BASE "\"rope_parameters\":{\"a: b: b: \\u001b\":1}}", "rope_parameters 'a: b: b: \\x1B' is not supported"},
         {"{" BASE "\"router_jitter_noise\":0.01}", "router_jitter_noise 0.01 is not supported"},
         {"{" BASE "\"attention_dropout\":0.1}", "attention_dropout 0.1 is not supported"},
         {"{" BASE "\"tie_word_embeddings\":\"maybe\"}", "'tie_word_embeddings' must be true or false"},
