@@ -199,7 +199,7 @@ int tok_parse_pretok(tok *t, const cJSON *p, char *err)
     }
     if (t->n_pre == TOK_MAX_PRE) return err_set(err, "more than %d pre_tokenizers", TOK_MAX_PRE);
     if (t->n_pre && t->pre[t->n_pre - 1].kind == TOK_PRE_BYTELEVEL)
-        return err_set(err, "unsupported pre_tokenizer %s after ByteLevel (moet runs ByteLevel last)",
+        return err_set(err, "unsupported pre_tokenizer '%s' after ByteLevel (moet runs ByteLevel last)",
                        err_q(type, -1));
     tok_pre *s = &t->pre[t->n_pre];
     *s = (tok_pre){0};

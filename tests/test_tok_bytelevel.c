@@ -469,7 +469,7 @@ static void test_unsupported_parts_and_bad_regexes_are_named(void **state)
     expect_small_error(SPLIT("{\"Regex\": \"(unclosed\"}", "Isolated", "false"), "null", "null", "does not compile");
     expect_small_error(SPLIT("{\"Regex\": \"a\"}", "Sideways", "false"), "null", "null", "Sideways");
     expect_small_error("{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"ByteLevel\"}, {\"type\": \"Digits\"}]}",
-                       "null", "null", "Digits");
+                       "null", "null", "unsupported pre_tokenizer 'Digits' after ByteLevel");
     expect_small_error("{\"type\": \"UnicodeScripts\"}", "null", "null", "UnicodeScripts");
     expect_small_error(bl, "{\"type\": \"BertNormalizer\"}", "null", "BertNormalizer");
     expect_small_error(bl, "null", "{\"type\": \"Weird\"}", "Weird");
