@@ -9,7 +9,9 @@
 # below, same FLOP formula for both engines) and the ratio moet/PyTorch.
 #
 # env: BENCH_CONFIGS ("tiny small small-lora"), BENCH_OUT (build/bench),
-#      BENCH_QUICK=1 (fewer steps, for a smoke run), PY (/usr/bin/python3).
+#      BENCH_QUICK=1 (fewer steps, for a smoke run), BENCH_REUSE_TORCH=1 (keep the torch
+#      results already in BENCH_OUT: moet only, for a second moet run against the same torch
+#      numbers), PY (/usr/bin/python3).
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -176,9 +178,11 @@ for cfg in $CONFIGS; do
     "$PY" "$BENCH/bench_configs.py" formula "$cfg" >/dev/null || die "unknown config $cfg"
 done
 for cfg in $CONFIGS; do
-    run_torch "$cfg" plain
-    run_torch "$cfg"
-    [ $VARIANTS = 1 ] && run_torch "$cfg" avx512
+    if [ "${BENCH_REUSE_TORCH:-0}" != 1 ]; then
+        run_torch "$cfg" plain
+        run_torch "$cfg"
+        [ $VARIANTS = 1 ] && run_torch "$cfg" avx512
+    fi
     [ $VARIANTS = 1 ] && run_moet "$cfg" keep
     run_moet "$cfg"
 done

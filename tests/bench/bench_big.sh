@@ -38,8 +38,14 @@ wbytes=$("$PY" -c "import json; print(json.load(open('$DIR/model.safetensors.ind
 gcc -O2 -std=c11 -D_GNU_SOURCE $(pkg-config --cflags openblas) -o "$OUT/sgemm_peak" tests/bench/sgemm_peak.c \
     $(pkg-config --libs openblas) -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp \
     -L/usr/lib/x86_64-linux-gnu/openblas-openmp || die "cannot build sgemm_peak"
-peak=$("$OUT/sgemm_peak" 2048 4096 | sed -n 's/^peak_gflops=//p')
-echo "== sgemm peak: $peak GFLOP/s ($OMP_NUM_THREADS threads)"
+# the peak of the kernels moet runs: OpenBLAS's AVX-512 ones on an AVX-512 CPU (common/blas.h)
+ct=${OPENBLAS_CORETYPE:-}
+if [ "${MOET_BLAS:-}" != keep ] && grep -q ' avx512f ' /proc/cpuinfo && grep -q ' avx512bw ' /proc/cpuinfo &&
+    grep -q ' avx512vl ' /proc/cpuinfo; then
+    case "$ct" in [Ss]kylake[Xx]|[Cc]ooperlake|[Ss]apphire[Rr]apids) ;; *) ct=SkylakeX ;; esac
+fi
+peak=$(OPENBLAS_CORETYPE=$ct "$OUT/sgemm_peak" 2048 4096 | sed -n 's/^peak_gflops=//p')
+echo "== sgemm peak: $peak GFLOP/s ($OMP_NUM_THREADS threads, OpenBLAS ${ct:-default} kernels)"
 
 targets="q_proj, k_proj, v_proj, o_proj, w1, w2, w3"
 [ "$FAM" = mixtral ] || targets="q_proj, k_proj, v_proj, o_proj, gate_proj, down_proj, up_proj"

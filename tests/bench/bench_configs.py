@@ -140,7 +140,7 @@ def write_shard(name, path, batches):
     dtype = np.uint16 if a["vocab_size"] <= 65536 else np.uint32
     tokens = rng.integers(0, a["vocab_size"], (batches * p["batch"], p["seq"]), dtype=dtype)
     tmp = path + ".tmp"
-    write_shard(tmp, tokens, a["vocab_size"], tokenizer_sha256="")
+    write_shard(tmp, tokens, a["vocab_size"], tokenizer_sha256="")  # random tokens: no tokenizer
     os.replace(tmp, path)
 
 
