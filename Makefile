@@ -88,7 +88,7 @@ asan:
 	  tests/run.sh --asan $(TEST_SRC:tests/%.c=build-asan/tests/%)
 
 # Fuzzing (tests/fuzz/README.md): one libFuzzer target per parser, built with Debian's clang,
-# ASan + UBSan, in build-fuzz/; `make fuzz` runs each for FUZZ_SECONDS (CI: 20) on a corpus
+# ASan + UBSan, in build-fuzz/; `make fuzz` runs each for FUZZ_SECONDS (CI: 10) on a corpus
 # that grows in build-fuzz/corpus/ from the seeds in tests/fuzz/corpus/.
 FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_SECONDS ?= 60
