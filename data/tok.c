@@ -63,19 +63,19 @@ void tok_table_free(void *p, size_t bytes)
     if (p) munmap(p, bytes);
 }
 
-static const char *jstr(const cJSON *o, const char *key)
+const char *tok_jstr(const cJSON *o, const char *key)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-static int jbool(const cJSON *o, const char *key, int dflt)
+int tok_jbool(const cJSON *o, const char *key, int dflt)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     return cJSON_IsBool(v) ? cJSON_IsTrue(v) : dflt;
 }
 
-static int jint(const cJSON *v, long lo, long hi, long *out)
+int tok_jint(const cJSON *v, long lo, long hi, long *out)
 {
     if (!cJSON_IsNumber(v)) return -1;
     double d = v->valuedouble;
@@ -84,7 +84,7 @@ static int jint(const cJSON *v, long lo, long hi, long *out)
     return 0;
 }
 
-static char *dupn(const char *s, size_t n)
+char *tok_dupn(const char *s, size_t n)
 {
     char *d = malloc(n + 1);
     if (d) {
@@ -374,14 +374,14 @@ static int load_added(tok *t, const cJSON *added, long n_model, long *max_id, ch
     long max_added = -1;
     cJSON_ArrayForEach(e, added) {
         long id;
-        const char *c = jstr(e, "content");
-        if (jint(cJSON_GetObjectItemCaseSensitive(e, "id"), 0, 1L << 30, &id) || !c)
+        const char *c = tok_jstr(e, "content");
+        if (tok_jint(cJSON_GetObjectItemCaseSensitive(e, "id"), 0, 1L << 30, &id) || !c)
             return err_set(err, "added token without a valid id and content");
         size_t len = strlen(c);
         if (!len) continue;                      /* HF ignores an empty token */
-        tok_added tk = {.len = len, .special = jbool(e, "special", 0), .lstrip = jbool(e, "lstrip", 0),
-                        .rstrip = jbool(e, "rstrip", 0), .single_word = jbool(e, "single_word", 0)};
-        tk.normalized = jbool(e, "normalized", !tk.special);
+        tok_added tk = {.len = len, .special = tok_jbool(e, "special", 0), .lstrip = tok_jbool(e, "lstrip", 0),
+                        .rstrip = tok_jbool(e, "rstrip", 0), .single_word = tok_jbool(e, "single_word", 0)};
+        tk.normalized = tok_jbool(e, "normalized", !tk.special);
         int k = 0;
         while (k < t->n_added && !(t->added[k].len == len && !memcmp(t->added[k].content, c, len))) k++;
         if (k < t->n_added) {                    /* repeated: same id, the last flags, special sticks */
@@ -399,7 +399,7 @@ static int load_added(tok *t, const cJSON *added, long n_model, long *max_id, ch
         if (id > max_added) max_added = id;
         if (id > *max_id) *max_id = id;
         tk.id = (int32_t)id;
-        tk.content = dupn(c, len);
+        tk.content = tok_dupn(c, len);
         if (!tk.content) return err_set(err, "out of memory");
         t->added[t->n_added++] = tk;
     }
@@ -423,7 +423,7 @@ static int load_tables(tok *t, const cJSON *model, const entry *e, size_t n, lon
         t->type[e[i].id] = TOK_NORMAL;
     }
     t->unk_id = -1;
-    const char *unk = jstr(model, "unk_token");
+    const char *unk = tok_jstr(model, "unk_token");
     if (unk) {
         char *scratch = malloc(strlen(unk) + 1);
         if (!scratch) return err_set(err, "out of memory");
@@ -454,12 +454,12 @@ static int check_model(tok *t, const sections *sec, char *err)
     const char *type = ty ? ty->valuestring : sec->merges.seen ? "BPE" : "(none)";
     if (strcmp(type, "BPE"))
         return err_set(err, "unsupported tokenizer model type '%s' (moet reads BPE)", err_q(type, -1));
-    const char *csp = jstr(sec->model, "continuing_subword_prefix"), *eow = jstr(sec->model, "end_of_word_suffix");
+    const char *csp = tok_jstr(sec->model, "continuing_subword_prefix"), *eow = tok_jstr(sec->model, "end_of_word_suffix");
     if ((csp && *csp) || (eow && *eow))
         return err_set(err, "unsupported BPE option %s", csp && *csp ? "continuing_subword_prefix" : "end_of_word_suffix");
-    t->byte_fallback = jbool(sec->model, "byte_fallback", 0);
-    t->fuse_unk = jbool(sec->model, "fuse_unk", 0);
-    t->ignore_merges = jbool(sec->model, "ignore_merges", 0);
+    t->byte_fallback = tok_jbool(sec->model, "byte_fallback", 0);
+    t->fuse_unk = tok_jbool(sec->model, "fuse_unk", 0);
+    t->ignore_merges = tok_jbool(sec->model, "ignore_merges", 0);
     return 0;
 }
 
@@ -472,7 +472,7 @@ static int load_added_patterns(tok *t, char *err)
         if (a->normalized) {
             if (tok_normalize(t, a->content, a->len, &a->pattern, &a->plen)) return err_set(err, "out of memory");
         } else {
-            a->pattern = dupn(a->content, a->len);
+            a->pattern = tok_dupn(a->content, a->len);
             a->plen = a->len;
             if (!a->pattern) return err_set(err, "out of memory");
         }
@@ -517,7 +517,7 @@ static void special_ids(tok *t, const sections *sec, const cJSON *padding)
     t->eos_id = t->n_tpl_post ? t->tpl_post[t->n_tpl_post - 1] : first_special(t, eos);
     if (t->eos_id < 0 && !t->bytelevel) t->eos_id = tok_id_of(t, "</s>");
     long id;
-    if (!jint(cJSON_GetObjectItemCaseSensitive(padding, "pad_id"), 0, t->n_vocab - 1, &id) && t->piece[id])
+    if (!tok_jint(cJSON_GetObjectItemCaseSensitive(padding, "pad_id"), 0, t->n_vocab - 1, &id) && t->piece[id])
         t->pad_id = (int)id;
     else if ((t->pad_id = first_special(t, pad)) < 0 && t->bytelevel)
         t->pad_id = first_special(t, eos + 1);   /* "<|endoftext|>" ... */

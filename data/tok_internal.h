@@ -267,6 +267,13 @@ void tok_encode_forget(const tok *t);
  * NULL or null for none) into t; the post-processor needs the vocab loaded.  0 ok, -1
  * with one line in err naming what is not supported. (tok_parts.c) */
 struct cJSON;
+/* Small readers of tokenizer.json's cJSON sections (tok.c): o[key] as a string or NULL; as a
+ * bool, else dflt; v as an integer in [lo, hi] (-1 if not one); and a NUL-terminated copy
+ * of s[0..n) (NULL when out of memory). */
+const char *tok_jstr(const struct cJSON *o, const char *key);
+int tok_jbool(const struct cJSON *o, const char *key, int dflt);
+int tok_jint(const struct cJSON *v, long lo, long hi, long *out);
+char *tok_dupn(const char *s, size_t n);
 int tok_parse_normalizer(tok *t, const struct cJSON *n, char *err);
 int tok_parse_pretok(tok *t, const struct cJSON *p, char *err);
 int tok_parse_decoder(tok *t, const struct cJSON *d, char *err);

@@ -109,19 +109,9 @@ oom:
     return -1;
 }
 
-static char *dupn(const char *s, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = 0;
-    }
-    return d;
-}
-
 int tok_normalize(const tok *t, const char *src, size_t n, char **out, size_t *outn)
 {
-    char *cur = dupn(src, n);
+    char *cur = tok_dupn(src, n);
     size_t cn = n;
     if (!cur) return -1;
     for (int i = 0; i < t->n_norm_ops; i++) {
@@ -154,7 +144,7 @@ int tok_normalize(const tok *t, const char *src, size_t n, char **out, size_t *o
                 if (b + k != z || !tok_is_space(tok_utf8_cp(s + b, k))) break;
                 z = b;
             }
-            nx = dupn(cur + a, z - a);
+            nx = tok_dupn(cur + a, z - a);
             nn = z - a;
             if (!nx) goto oom;
         }

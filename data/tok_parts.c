@@ -15,31 +15,10 @@
 /* GPT-2's pre-tokenizer regex, which ByteLevel runs when use_regex is set. */
 #define GPT2_REGEX "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
 
-static const char *jstr(const cJSON *o, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-static int jbool(const cJSON *o, const char *key, int dflt)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsBool(v) ? cJSON_IsTrue(v) : dflt;
-}
-
-static int jint(const cJSON *v, long lo, long hi, long *out)
-{
-    if (!cJSON_IsNumber(v)) return -1;
-    double d = v->valuedouble;
-    if (!(d >= (double)lo && d <= (double)hi) || d != (double)(long)d) return -1;
-    *out = (long)d;
-    return 0;
-}
-
 /* The "type" of a section, or an error naming what is there instead. */
 static const char *type_of(const cJSON *o, const char *what, char *err)
 {
-    const char *type = jstr(o, "type");
+    const char *type = tok_jstr(o, "type");
     if (!type) err_set(err, "%s without a type", what);
     return type;
 }
@@ -88,8 +67,8 @@ static void free_ops(tok_op *ops, int n)
 
 static int prepend_scheme(const cJSON *o, int *scheme)
 {
-    const char *s = jstr(o, "prepend_scheme");
-    if (!s) *scheme = jbool(o, "add_prefix_space", 1) ? TOK_PREPEND_ALWAYS : TOK_PREPEND_NEVER;
+    const char *s = tok_jstr(o, "prepend_scheme");
+    if (!s) *scheme = tok_jbool(o, "add_prefix_space", 1) ? TOK_PREPEND_ALWAYS : TOK_PREPEND_NEVER;
     else if (!strcmp(s, "always")) *scheme = TOK_PREPEND_ALWAYS;
     else if (!strcmp(s, "first")) *scheme = TOK_PREPEND_FIRST;
     else if (!strcmp(s, "never")) *scheme = TOK_PREPEND_NEVER;
@@ -100,7 +79,7 @@ static int prepend_scheme(const cJSON *o, int *scheme)
 /* "\u2581"-style one-char string field, copied. */
 static char *one_char(const cJSON *o, const char *key, const char *dflt)
 {
-    const char *s = jstr(o, key);
+    const char *s = tok_jstr(o, key);
     if (!s) s = dflt;
     size_t n = strlen(s);
     if (!n || tok_utf8_len((const unsigned char *)s, n) != n) return NULL;
@@ -111,7 +90,7 @@ static char *one_char(const cJSON *o, const char *key, const char *dflt)
 static int replace_op(const cJSON *o, const char *what, tok_op *op, char *err)
 {
     const cJSON *pat = cJSON_GetObjectItemCaseSensitive(o, "pattern");
-    const char *from = jstr(pat, "String"), *to = jstr(o, "content");
+    const char *from = tok_jstr(pat, "String"), *to = tok_jstr(o, "content");
     if (!from) return err_set(err, "unsupported %s Replace with a Regex pattern", what);
     if (!to || !*from) return err_set(err, "bad Replace %s", what);
     *op = (tok_op){.kind = TOK_OP_REPLACE, .a = strdup(from), .alen = strlen(from), .b = strdup(to),
@@ -142,13 +121,13 @@ int tok_parse_normalizer(tok *t, const cJSON *n, char *err)
         if (!strcmp(type, unicode[i].name)) op = (tok_op){.kind = TOK_OP_UNICODE, .start = unicode[i].flags}, known = 1;
     if (known) {
     } else if (!strcmp(type, "Prepend")) {
-        const char *p = jstr(n, "prepend");
+        const char *p = tok_jstr(n, "prepend");
         if (!p) return err_set(err, "Prepend normalizer without a string");
         op = (tok_op){.kind = TOK_OP_PREPEND, .a = strdup(p), .alen = strlen(p)};
     } else if (!strcmp(type, "Replace")) {
         if (replace_op(n, "normalizer", &op, err)) return -1;
     } else if (!strcmp(type, "Strip")) {
-        op = (tok_op){.kind = TOK_OP_WSTRIP, .start = jbool(n, "strip_left", 1), .stop = jbool(n, "strip_right", 1)};
+        op = (tok_op){.kind = TOK_OP_WSTRIP, .start = tok_jbool(n, "strip_left", 1), .stop = tok_jbool(n, "strip_right", 1)};
     } else {
         return err_set(err, "unsupported normalizer type '%s'", err_q(type, -1));
     }
@@ -167,7 +146,7 @@ static int parse_split(tok_pre *s, const cJSON *p, char *err)
 {
     static const char *const behaviors[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext",
                                             "Contiguous"};
-    const char *b = jstr(p, "behavior");
+    const char *b = tok_jstr(p, "behavior");
     s->behavior = -1;
     for (int i = 0; b && i < 5; i++)
         if (!strcmp(b, behaviors[i])) s->behavior = i;
@@ -211,16 +190,16 @@ int tok_parse_pretok(tok *t, const cJSON *p, char *err)
         memcpy(s->rep, rep, s->rep_len + 1);
         free(rep);
         if (prepend_scheme(p, &s->prepend))
-            return err_set(err, "unknown Metaspace prepend_scheme '%s'", err_q(jstr(p, "prepend_scheme"), -1));
-        s->split = jbool(p, "split", 1);
+            return err_set(err, "unknown Metaspace prepend_scheme '%s'", err_q(tok_jstr(p, "prepend_scheme"), -1));
+        s->split = tok_jbool(p, "split", 1);
     } else if (!strcmp(type, "Split")) {
         s->kind = TOK_PRE_SPLIT;
         if (parse_split(s, p, err)) return -1;
         t->has_regex = 1;
     } else if (!strcmp(type, "ByteLevel")) {
         s->kind = TOK_PRE_BYTELEVEL;
-        s->add_prefix_space = jbool(p, "add_prefix_space", 1);
-        if (jbool(p, "use_regex", 1)) {
+        s->add_prefix_space = tok_jbool(p, "add_prefix_space", 1);
+        if (tok_jbool(p, "use_regex", 1)) {
             if (tok_regex_new(&s->re, GPT2_REGEX, strlen(GPT2_REGEX), 0, err)) return err_wrap(err, "ByteLevel");
             t->has_regex = 1;
         }
@@ -264,7 +243,7 @@ int tok_parse_decoder(tok *t, const cJSON *d, char *err)
         long start = 0, stop = 0;
         const cJSON *s0 = cJSON_GetObjectItemCaseSensitive(d, "start");
         const cJSON *s1 = cJSON_GetObjectItemCaseSensitive(d, "stop");
-        if ((s0 && jint(s0, 0, 1 << 20, &start)) || (s1 && jint(s1, 0, 1 << 20, &stop)))
+        if ((s0 && tok_jint(s0, 0, 1 << 20, &start)) || (s1 && tok_jint(s1, 0, 1 << 20, &stop)))
             return err_set(err, "bad Strip decoder");
         op = (tok_op){.kind = TOK_OP_STRIP, .a = one_char(d, "content", " "), .start = (int)start, .stop = (int)stop};
         if (!op.a) return err_set(err, "Strip decoder content must be one character");
@@ -310,9 +289,9 @@ static int template(tok *t, const cJSON *pp, char *err)
     int seen_a = 0;
     cJSON_ArrayForEach(e, single) {
         const cJSON *seq = cJSON_GetObjectItemCaseSensitive(e, "Sequence");
-        const char *sp = jstr(cJSON_GetObjectItemCaseSensitive(e, "SpecialToken"), "id");
+        const char *sp = tok_jstr(cJSON_GetObjectItemCaseSensitive(e, "SpecialToken"), "id");
         if (seq) {
-            if (seen_a++ || strcmp(jstr(seq, "id") ? jstr(seq, "id") : "", "A"))
+            if (seen_a++ || strcmp(tok_jstr(seq, "id") ? tok_jstr(seq, "id") : "", "A"))
                 return err_set(err, "TemplateProcessing: the single template must hold $A once");
             continue;
         }
@@ -321,7 +300,7 @@ static int template(tok *t, const cJSON *pp, char *err)
         if (!cJSON_IsArray(ids)) return err_set(err, "TemplateProcessing: no ids for special token '%s'", err_q(sp, -1));
         cJSON_ArrayForEach(x, ids) {
             long id;
-            if (jint(x, 0, 1L << 30, &id)) return err_set(err, "TemplateProcessing: bad id of '%s'", err_q(sp, -1));
+            if (tok_jint(x, 0, 1L << 30, &id)) return err_set(err, "TemplateProcessing: bad id of '%s'", err_q(sp, -1));
             if (push_tpl(t, !seen_a, id, err)) return -1;
         }
     }
@@ -336,7 +315,7 @@ static int cls_sep(tok *t, const cJSON *pp, char *err)
     for (int i = 0; i < 2; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(pp, keys[i]);
         long id;
-        if (cJSON_GetArraySize(v) != 2 || jint(cJSON_GetArrayItem(v, 1), 0, 1L << 30, &id))
+        if (cJSON_GetArraySize(v) != 2 || tok_jint(cJSON_GetArrayItem(v, 1), 0, 1L << 30, &id))
             return err_set(err, "post_processor %s must be [text, id]", keys[i]);
         if (push_tpl(t, i == 0, id, err)) return -1;
     }
