@@ -116,24 +116,8 @@ static int chat_jinja(const source *s, const tok *t, const chat_template *given,
         const cJSON *ct = cJSON_GetObjectItemCaseSensitive(st, "chat_template");
         int recorded = cJSON_IsString(ct) && chat_template_parse(ct->valuestring, &tpl, NULL) == 0;
         cJSON_Delete(st);
-        if (!recorded) {
-            char p[4096], dir[4096], *text, e[ERR_MAX];
-            size_t len;
-            snprintf(dir, sizeof dir, "%s", s->tokenizer);
-            char *slash = strrchr(dir, '/');
-            if (slash) *slash = 0;
-            else snprintf(dir, sizeof dir, ".");
-            fs_path_join(p, sizeof p, dir, "tokenizer_config.json");
-            if (fs_exists(p) && fs_read_file(p, &text, &len, e) == 0) {
-                cJSON *c = cJSON_ParseWithLength(text, len);
-                int has = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(c, "chat_template"));
-                const cJSON *j = cJSON_GetObjectItemCaseSensitive(c, "chat_template");
-                if (has) *out = strdup(j->valuestring); /* the GGUF gets the source's template too */
-                cJSON_Delete(c);
-                free(text);
-                if (has) return *out ? 0 : err_set(err, "out of memory");
-            }
-        }
+        if (!recorded && (*out = load_tokenizer_chat_template(s->tokenizer)))
+            return 0; /* the source's own template stays; the GGUF gets it too */
     }
     return chat_template_jinja(t, tpl, out, err);
 }

@@ -255,21 +255,10 @@ static chat_template pick_template(const gen_opts *o, const tok *t, const char *
     chat_template tpl;
     if (o->chat_template && chat_template_parse(o->chat_template, &tpl, NULL) == 0) return tpl;
     if (run_tpl[0] && chat_template_parse(run_tpl, &tpl, NULL) == 0) return tpl;
-    char dir[4096], p[4096], *text, e[ERR_MAX];
-    size_t len;
-    snprintf(dir, sizeof dir, "%s", tok_path);
-    char *slash = strrchr(dir, '/');
-    if (slash) *slash = 0;
-    else snprintf(dir, sizeof dir, ".");
-    fs_path_join(p, sizeof p, dir, "tokenizer_config.json");
-    if (fs_exists(p) && fs_read_file(p, &text, &len, e) == 0) {
-        cJSON *c = cJSON_ParseWithLength(text, len);
-        const cJSON *j = cJSON_GetObjectItemCaseSensitive(c, "chat_template");
-        int found = cJSON_IsString(j) && chat_template_detect(j->valuestring, &tpl) == 0;
-        cJSON_Delete(c);
-        free(text);
-        if (found) return tpl;
-    }
+    char *j = load_tokenizer_chat_template(tok_path);
+    int found = j && chat_template_detect(j, &tpl) == 0;
+    free(j);
+    if (found) return tpl;
     return chat_template_default(t);
 }
 

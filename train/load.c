@@ -386,3 +386,18 @@ int load_find_tokenizer(const char *path, const char *state_json, const char *gi
         }
     return 0;
 }
+
+char *load_tokenizer_chat_template(const char *tok_path)
+{
+    char dir[4096], p[4096], *text, e[ERR_MAX];
+    size_t len;
+    fs_parent_dir(tok_path, dir, sizeof dir);
+    fs_path_join(p, sizeof p, dir, "tokenizer_config.json");
+    if (!fs_exists(p) || fs_read_file(p, &text, &len, e)) return NULL;
+    cJSON *c = cJSON_ParseWithLength(text, len);
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(c, "chat_template");
+    char *out = cJSON_IsString(j) ? strdup(j->valuestring) : NULL;
+    cJSON_Delete(c);
+    free(text);
+    return out;
+}

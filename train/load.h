@@ -42,6 +42,10 @@ int load_lora_config(const cfg *c, lora_config *lc, char *err);
  * settings may change. 0 ok; -1 with the first differing key named in err. */
 int load_check_resume(const cfg *now, const char *dir, char *err);
 
+/* The chat_template string of the tokenizer_config.json beside tokenizer.json tok_path
+ * (malloc'd), or NULL when there is none, it cannot be read, or memory runs out. */
+char *load_tokenizer_chat_template(const char *tok_path);
+
 /* The tokenizer.json that goes with path: given (an error if it does not exist), else the
  * run's `tokenizer`, else model.init_from/tokenizer.json (both from state_json, the
  * checkpoint's trainer_state.json, may be NULL), else path/tokenizer.json. out is "" when
