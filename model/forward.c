@@ -218,6 +218,10 @@ int model_acts_create_ckpt(model_acts **out, const model *m, int B, int T, int c
         return err_set(err, "out of memory allocating %.2f GiB of activations for batch %dx%d", gib, B, T);
     }
     layout(a, c, B, T, a->nthreads, lr, ckpt, a->mem);
+    if (model_gemm_reserve(err)) {
+        model_acts_free(a);
+        return -1;
+    }
     if (m->lora) {
         size_t rows = (size_t)a->N * c->top_k, cols = c->dim;
         if ((size_t)a->N > rows) rows = a->N;

@@ -1,6 +1,23 @@
-/* gemm: products with a weight matrix of any store (model_mat). fp32 matrices go straight to
- * OpenBLAS; bf16 / f16 ones are widened, a block of whole rows at a time, into an fp32 tile
- * and the block's product runs on it, so a frozen 16-bit base never exists in fp32 as a whole.
+/* gemm: every matrix product of the model, and which kernels run it.
+ *
+ * Two kernel sets: OpenBLAS (threaded, packs both operands: the default and the fallback)
+ * and moet's own single-threaded kernels (model/kern.h: AVX-512 or AVX2, operands read in
+ * place or packed one block at a time). The policy, by shape and by where the call is made
+ * (measured by tests/bench/gemm_bench.c; `make bench` prints it per machine):
+ *   - inside a parallel region (the experts side by side, attention per head, a LoRA site of
+ *     one expert) a call is single-threaded: moet's kernels, which skip OpenBLAS's packing of
+ *     the activations and its per-call set-up, except a product whose B is a big k-major
+ *     matrix read by few rows (kern_blas_wins below), where OpenBLAS's copy routines win;
+ *   - at the top level, skinny products (a side of at most 32: LoRA's rank, the router) run
+ *     on moet's kernels with M or N split over the threads, everything else on OpenBLAS.
+ * MOET_GEMM=blas or =own forces one set everywhere (the golden tests run both); MOET_ISA
+ * picks the own kernels' ISA. Results differ between the sets only in rounding: moet's
+ * kernels sum each element's k in order, in k blocks that do not depend on threads.
+ *
+ * Weights of any store (model_mat): fp32 matrices go straight to the kernels; bf16 / f16 ones
+ * are widened by moet's kernels while they pack B (no fp32 copy at all), or, for OpenBLAS, a
+ * block of whole rows at a time into an fp32 tile and the block's product runs on it, so a
+ * frozen 16-bit base never exists in fp32 as a whole.
  *
  * Tiles are blocks of rows of W (N x K row-major): contiguous to read, and the same blocks
  * serve both directions. Y = X W^T is exact per block (each output column is one block's
@@ -10,14 +27,140 @@
  * experts run side by side) each thread widens into its own tile and runs single-threaded
  * GEMMs. Tile size: TILE_BYTES per thread, at least MIN_ROWS rows (a block much thinner
  * than that would repack X for little work). */
+#include "common/err.h"
 #include "common/half.h"
 #include "common/par.h"
+#include "model/kern.h"
 #include "model/layers.h"
 #include "model/model.h"
 
+#include <cblas.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* ---- the policy */
+enum { SET_AUTO, SET_BLAS, SET_OWN };
+
+static int kernel_set(void)
+{
+    static int set = -1; /* racy first call: every thread computes the same value */
+    if (set >= 0) return set;
+    const char *e = getenv("MOET_GEMM");
+    int s = e && !strcmp(e, "blas") ? SET_BLAS : e && !strcmp(e, "own") ? SET_OWN : SET_AUTO;
+    set = kern_isa() == KERN_NONE ? SET_BLAS : s;
+    return set;
+}
+
+/* Per-thread pack buffers of the own kernels, reserved before any step (model_gemm_reserve):
+ * indexed by the calling thread's number in the one active parallel region (moet never
+ * nests active regions). A thread without one (no reservation yet) gets OpenBLAS. */
+static float *pool;
+static int pool_threads;
+
+int model_gemm_reserve(char *err)
+{
+    int T = omp_get_max_threads();
+    if (T <= pool_threads) return 0;
+    float *p = aligned_alloc(64, kern_pack_floats() * sizeof(float) * (size_t)T);
+    if (!p) return err_set(err, "out of memory for the GEMM pack buffers");
+    free(pool); /* set up before any step: nobody is using it */
+    pool = p;
+    pool_threads = T;
+    return 0;
+}
+
+static float *my_pack(void)
+{
+    int t = 0;
+    for (int l = omp_get_level(); l > 0; l--)
+        if (omp_get_team_size(l) > 1) {
+            t = omp_get_ancestor_thread_num(l);
+            break;
+        }
+    return t < pool_threads ? pool + (size_t)t * kern_pack_floats() : NULL;
+}
+
+/* The one case OpenBLAS keeps inside a parallel region: B k-major (not transposed), far
+ * from L1 per k (rows over 1024 floats) and deep, read by few rows of A (measured on
+ * 64 x 2048 x 1536: OpenBLAS 137 GFLOP/s, own 107; from 128 rows on own wins). */
+static int kern_blas_wins(int tb, int M, int K, int ldb)
+{
+    return !tb && ldb > 1024 && K > 64 && M < 128;
+}
+
+static int skinny(int M, int N, int K) { return M <= 32 || N <= 32 || K <= 32; }
+
+/* M or N over the threads, each running the own kernel on its part (chunks of whole tiles). */
+static void own_split(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const void *B,
+                      int ldb, int bdt, float beta, float *C, int ldc)
+{
+    int T = omp_get_max_threads(), esz = bdt == KERN_F32 ? 4 : 2, by_m = M >= N;
+    int len = by_m ? M : N, unit = by_m ? 24 : 32, chunk = (len + T - 1) / T;
+    chunk = (chunk + unit - 1) / unit * unit;
+    int parts = (len + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < parts; t++) {
+        int o = t * chunk, n = len - o < chunk ? len - o : chunk;
+        if (by_m)
+            kern_gemm(ta, tb, n, N, K, alpha, ta ? A + o : A + (size_t)o * lda, lda, B, ldb, bdt, beta,
+                      C + (size_t)o * ldc, ldc, my_pack());
+        else
+            kern_gemm(ta, tb, M, n, K, alpha, A, lda, (const char *)B + (tb ? (size_t)o * ldb : (size_t)o) * esz,
+                      ldb, bdt, beta, C + o, ldc, my_pack());
+    }
+}
+
+/* Where the own kernels run this product: 0 not at all, 1 single-threaded here, 2 split over
+ * the threads. A 16-bit B always takes them where a call is single-threaded (the alternative
+ * is widening into a tile first). */
+static int own_mode(int tb, int M, int N, int K, int ldb, int bdt)
+{
+    int set = kernel_set();
+    if (set == SET_BLAS || !pool_threads) return 0;
+    if (par_inline()) return my_pack() && (set == SET_OWN || bdt != KERN_F32 || !kern_blas_wins(tb, M, K, ldb));
+    return set == SET_OWN || (bdt == KERN_F32 && skinny(M, N, K)) ? 2 : 0;
+}
+
+static void own_run(int mode, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                    const void *B, int ldb, int bdt, float beta, float *C, int ldc)
+{
+    if (mode == 1) kern_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, bdt, beta, C, ldc, my_pack());
+    else own_split(ta, tb, M, N, K, alpha, A, lda, B, ldb, bdt, beta, C, ldc);
+}
+
+void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                int ldb, float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* empty sum: C = beta * C, which BLAS may skip */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+    int mode = own_mode(transB, M, N, K, ldb, KERN_F32);
+    if (mode) {
+        own_run(mode, transA, transB, M, N, K, alpha, A, lda, B, ldb, KERN_F32, beta, C, ldc);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K,
+                alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+const char *model_gemm_describe(void)
+{
+    static char buf[160];
+    int set = kernel_set();
+    if (set == SET_BLAS)
+        snprintf(buf, sizeof buf, "OpenBLAS for every product%s", kern_isa() == KERN_NONE ? " (no AVX2: no own kernels)" : " (MOET_GEMM=blas)");
+    else
+        snprintf(buf, sizeof buf, "moet %s kernels for %s", kern_isa_name(kern_isa()),
+                 set == SET_OWN ? "every product (MOET_GEMM=own)"
+                                : "products inside parallel regions and skinny ones, OpenBLAS for the rest");
+    return buf;
+}
 
 enum { TILE_BYTES = 16 << 20, MIN_ROWS = 64 };
 
@@ -109,14 +252,59 @@ static float *my_tile(const model_tiles *T, size_t *floats, int *threaded)
     return T->p + (size_t)(t < T->threads ? t : 0) * T->floats; /* a pool sized for max threads */
 }
 
+void model_mm_xwt_rows(const model_tiles *T, int M, float alpha, const float *X, int ldx, const model_mat *W, int r0,
+                       int r1, float beta, float *Y, int ldy)
+{
+    int K = W->cols;
+    if (M <= 0 || r1 <= r0) return;
+    int kd = W->dtype == MODEL_BF16 ? KERN_BF16 : KERN_F16;
+    int mode = W->dtype == MODEL_F32 ? 0 : own_mode(1, M, r1 - r0, K, K, kd);
+    if (W->dtype == MODEL_F32 || mode) { /* part by part; the own kernels widen W while they pack it */
+        for (int j = 0, g0 = 0; j < W->n; g0 += W->rows[j++]) {
+            int a = r0 > g0 ? r0 : g0, b = r1 < g0 + W->rows[j] ? r1 : g0 + W->rows[j];
+            if (a >= b) continue;
+            if (mode)
+                own_run(mode, 0, 1, M, b - a, K, alpha, X, ldx, (const uint16_t *)W->p[j] + (size_t)(a - g0) * K, K,
+                        kd, beta, Y + (a - r0), ldy);
+            else
+                model_gemm(0, 1, M, b - a, K, alpha, X, ldx, (const float *)W->p[j] + (size_t)(a - g0) * K, K, beta,
+                           Y + (a - r0), ldy);
+        }
+        return;
+    }
+    size_t floats;
+    int threaded;
+    float *tile = my_tile(T, &floats, &threaded);
+    int nb = block_rows(floats, K, r1 - r0);
+    for (int b0 = r0; b0 < r1; b0 += nb) {
+        int b1 = b0 + nb < r1 ? b0 + nb : r1;
+        widen_rows(tile, W, b0, b1, threaded);
+        model_gemm(0, 1, M, b1 - b0, K, alpha, X, ldx, tile, K, beta, Y + (b0 - r0), ldy);
+    }
+}
+
 void model_mm_xwt(const model_tiles *T, int M, float alpha, const float *X, int ldx, const model_mat *W, float beta,
                   float *Y, int ldy)
 {
+    model_mm_xwt_rows(T, M, alpha, X, ldx, W, 0, model_mat_rows(W), beta, Y, ldy);
+}
+
+void model_mm_xw_cols(const model_tiles *T, int M, float alpha, const float *dY, int lddy, const model_mat *W, int c0,
+                      int c1, float beta, float *dX, int lddx)
+{
     int K = W->cols, N = model_mat_rows(W);
-    if (M <= 0 || N <= 0) return;
-    if (W->dtype == MODEL_F32) {
-        for (int j = 0, c0 = 0; j < W->n; c0 += W->rows[j++])
-            model_gemm(0, 1, M, W->rows[j], K, alpha, X, ldx, W->p[j], K, beta, Y + c0, ldy);
+    if (M <= 0 || c1 <= c0) return;
+    int kd = W->dtype == MODEL_BF16 ? KERN_BF16 : KERN_F16;
+    int mode = W->dtype == MODEL_F32 ? 0 : own_mode(0, M, c1 - c0, N, K, kd);
+    if (W->dtype == MODEL_F32 || mode) { /* the parts split the sum: the first sets, the rest add */
+        for (int j = 0, g0 = 0; j < W->n; g0 += W->rows[j++]) {
+            if (mode)
+                own_run(mode, 0, 0, M, c1 - c0, W->rows[j], alpha, dY + g0, lddy, (const uint16_t *)W->p[j] + c0, K, kd,
+                        j ? 1.0f : beta, dX, lddx);
+            else
+                model_gemm(0, 0, M, c1 - c0, W->rows[j], alpha, dY + g0, lddy, (const float *)W->p[j] + c0, K,
+                           j ? 1.0f : beta, dX, lddx);
+        }
         return;
     }
     size_t floats;
@@ -126,27 +314,12 @@ void model_mm_xwt(const model_tiles *T, int M, float alpha, const float *X, int 
     for (int r0 = 0; r0 < N; r0 += nb) {
         int r1 = r0 + nb < N ? r0 + nb : N;
         widen_rows(tile, W, r0, r1, threaded);
-        model_gemm(0, 1, M, r1 - r0, K, alpha, X, ldx, tile, K, beta, Y + r0, ldy);
+        model_gemm(0, 0, M, c1 - c0, r1 - r0, alpha, dY + r0, lddy, tile + c0, K, r0 ? 1.0f : beta, dX, lddx);
     }
 }
 
 void model_mm_xw(const model_tiles *T, int M, float alpha, const float *dY, int lddy, const model_mat *W, float beta,
                  float *dX, int lddx)
 {
-    int K = W->cols, N = model_mat_rows(W);
-    if (M <= 0 || K <= 0) return;
-    if (W->dtype == MODEL_F32) {
-        for (int j = 0, c0 = 0; j < W->n; c0 += W->rows[j++])
-            model_gemm(0, 0, M, K, W->rows[j], alpha, dY + c0, lddy, W->p[j], K, j ? 1.0f : beta, dX, lddx);
-        return;
-    }
-    size_t floats;
-    int threaded;
-    float *tile = my_tile(T, &floats, &threaded);
-    int nb = block_rows(floats, K, N);
-    for (int r0 = 0; r0 < N; r0 += nb) {
-        int r1 = r0 + nb < N ? r0 + nb : N;
-        widen_rows(tile, W, r0, r1, threaded);
-        model_gemm(0, 0, M, K, r1 - r0, alpha, dY + r0, lddy, tile, K, r0 ? 1.0f : beta, dX, lddx);
-    }
+    model_mm_xw_cols(T, M, alpha, dY, lddy, W, 0, W->cols, beta, dX, lddx);
 }

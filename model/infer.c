@@ -134,6 +134,10 @@ int infer_create(infer **out, const model *m, int ctx, char *err)
         return err_set(err, "out of memory allocating %.2f GiB for a KV cache of %d positions", gib, ctx);
     }
     layout(s, &m->c, ctx, s->R, s->nthreads, s->r, s->mem);
+    if (model_gemm_reserve(err)) {
+        infer_free(s);
+        return -1;
+    }
     if (m->lora) {
         const model_config *c = &m->c;
         size_t cols = c->dim;

@@ -1,22 +1,8 @@
-/* layers: RMSNorm, RoPE and GEMM glue. Plain loops the compiler vectorises, OpenMP over tokens. */
+/* layers: RMSNorm, RoPE, q/k norms, biases. Plain loops the compiler vectorises, OpenMP over tokens. */
 #include "model/layers.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
-
-void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-                int ldb, float beta, float *C, int ldc)
-{
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0) { /* empty sum: C = beta * C, which BLAS may skip */
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * C[(size_t)i * ldc + j];
-        return;
-    }
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K,
-                alpha, A, lda, B, ldb, beta, C, ldc);
-}
 
 void model_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int D, float eps)
 {

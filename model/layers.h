@@ -134,9 +134,15 @@ static inline float model_softmax_span(float *s, int n, int lo, int hi)
     return mx + (float)log(sum);
 }
 
-/* C (M,N) = alpha * op(A) op(B) + beta * C, row-major, through OpenBLAS. */
+/* C (M,N) = alpha * op(A) op(B) + beta * C, row-major, on moet's kernels or OpenBLAS by the
+ * policy of model/gemm.c. */
 void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                 int ldb, float beta, float *C, int ldc);
+/* The own kernels' per-thread buffers, for omp_get_max_threads() threads; until this is
+ * called every product runs on OpenBLAS. Call before a step (it allocates). */
+int model_gemm_reserve(char *err);
+/* One line: which kernels run which products. */
+const char *model_gemm_describe(void);
 
 /* Products with a weight matrix W (N rows, K cols) of any store (model/gemm.c); T holds the
  * widening tiles of a 16-bit store (unused for fp32).
@@ -146,6 +152,12 @@ void model_mm_xwt(const model_tiles *T, int M, float alpha, const float *X, int 
 /* dX (M, lddx) = alpha * dY (M, N) W + beta * dX */
 void model_mm_xw(const model_tiles *T, int M, float alpha, const float *dY, int lddy, const model_mat *W, float beta,
                  float *dX, int lddx);
+/* The same on a slice of W: Y (M, ldy) columns [0, r1-r0) = alpha X W[r0:r1]^T + beta Y (rows
+ * r0..r1 of W), and dX (M, lddx) columns [0, c1-c0) = alpha dY W[:, c0:c1] + beta dX. */
+void model_mm_xwt_rows(const model_tiles *T, int M, float alpha, const float *X, int ldx, const model_mat *W, int r0,
+                       int r1, float beta, float *Y, int ldy);
+void model_mm_xw_cols(const model_tiles *T, int M, float alpha, const float *dY, int lddy, const model_mat *W, int c0,
+                      int c1, float beta, float *dX, int lddx);
 /* Row r of W as fp32 (K floats). */
 void model_mat_row(const model_mat *W, int r, float *dst);
 /* Floats one thread's tile needs for every low-precision matrix of m. */
