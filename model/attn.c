@@ -1,61 +1,111 @@
-/* attn: causal grouped-query attention, blocked over query rows so that backward only
- * keeps out and the log-sum-exp per row (O(T) per head), recomputing scores block by block
- * (FlashAttention's idea, with GEMMs for the block products). */
+/* attn: causal grouped-query attention fused per query tile (FlashAttention's scheme): for a
+ * tile of ATTN_BQ queries, blocks of ATTN_BK keys are scored (Q K^T), folded into a running
+ * softmax (row max, sum of exponentials, output rescaled when the max grows) and multiplied
+ * into V, so scores never leave L1 and the forward keeps only the output and a log-sum-exp
+ * per row. The backward recomputes each block's probabilities from that log-sum-exp.
+ *
+ * The products are moet's own register tiles (model/kern.h kern_mm) on operands read in place,
+ * after one copy per (batch row, head) into the thread's scratch: K and V transposed (the
+ * B of Q K^T and dO V^T) and the heads' rows packed contiguously. In qkv a head's rows are
+ * (H + 2 KV) hd floats apart, usually a multiple of 1-4 KiB, so a tile's rows would all fall
+ * into the same few L1 sets; the copies use strides a little past a power of two. */
+#include "model/kern.h"
 #include "model/layers.h"
 
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
-size_t attn_scratch_floats(int T) { return 2 * (size_t)ATTN_BQ * (size_t)T; }
+enum { BQ = ATTN_BQ, BK = ATTN_BK };
 
-/* Scores of query rows [i0, i0+m) against keys [jlo, i0+m): S (m, nj) = scale * Q K^T,
- * turned into probabilities P in place. With lse == NULL it computes the softmax and
- * stores each row's log-sum-exp into lse_out; otherwise it uses the saved lse. */
-static void block_probs(float *S, const float *Q, const float *K, int ld, int hd, float scale, int i0, int m,
-                        int jlo, int nj, const int *ks, const float *lse, float *lse_out)
+static inline int ld_keys(int T) { return T + 16; }  /* rows of K^T, V^T */
+static inline int ld_head(int hd) { return hd + 16; } /* rows of a head's copies */
+
+/* K^T and V^T (hd rows each), six head-sized copies (T rows), two BQ x BK blocks, a BQ-row
+ * output tile, 4 BQ per tile row (a double and a float), T per key. */
+size_t attn_scratch_floats(int T, int hd)
 {
-    model_gemm(0, 1, m, nj, hd, scale, Q + (size_t)i0 * ld, ld, K + (size_t)jlo * ld, ld, 0, S, nj);
-    for (int i = 0; i < m; i++) {
-        int t = i0 + i, lo = ks[t] - jlo, hi = t - jlo; /* valid columns [lo, hi] */
-        float *s = S + (size_t)i * nj;
-        if (lse) {
-            float l = lse[t];
-            for (int j = 0; j < lo; j++) s[j] = 0;
-            for (int j = hi + 1; j < nj; j++) s[j] = 0;
-            for (int j = lo; j <= hi; j++) s[j] = model_expf(s[j] - l);
-        } else {
-            lse_out[t] = model_softmax_span(s, nj, lo, hi);
-        }
-    }
+    size_t f = 2 * (size_t)hd * ld_keys(T) + 6 * (size_t)T * ld_head(hd) + 2 * (size_t)BQ * BK +
+               (size_t)BQ * ld_head(hd) + 4 * BQ + (size_t)T;
+    return (f + 15) & ~(size_t)15; /* each thread's part starts on a cache line */
 }
 
-static int block_kv_lo(const int *ks, int i0, int m)
+static int tile_kv_lo(const int *ks, int i0, int m)
 {
     int lo = ks[i0];
     for (int i = 1; i < m; i++) lo = ks[i0 + i] < lo ? ks[i0 + i] : lo;
     return lo;
 }
 
+/* Visible columns of the rows of a block: query t sees keys [ks[t], t]; in a block of nk keys
+ * from j0 that is [lo, hi] (empty when lo > hi). */
+static void block_spans(int *lo, int *hi, const int *ks, int i0, int m, int j0, int nk)
+{
+    for (int i = 0; i < m; i++) {
+        int t = i0 + i;
+        lo[i] = ks[t] - j0 > 0 ? ks[t] - j0 : 0;
+        hi[i] = t - j0 < nk - 1 ? t - j0 : nk - 1;
+    }
+}
+
+/* rows x hd of src (ld lds) into dst (ld ldd) */
+static void copy_rows(float *restrict dst, int ldd, const float *restrict src, int lds, int rows, int hd)
+{
+    for (int t = 0; t < rows; t++) /* a loop, not memcpy: a call per row costs as much as the copy */
+        for (int d = 0; d < hd; d++) dst[(size_t)t * ldd + d] = src[(size_t)t * lds + d];
+}
+
 void attn_forward(float *out, float *lse, const float *qkv, const int *kv_start, int B, int T, int H, int KV,
                   int hd, float *scratch)
 {
-    int QKV = (H + 2 * KV) * hd, ldo = H * hd, group = H / KV;
+    int QKV = (H + 2 * KV) * hd, ldo = H * hd, group = H / KV, lk = ld_keys(T), lh = ld_head(hd);
     float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int task = 0; task < B * H; task++) {
         int b = task / H, h = task % H, g = h / group;
-        float *S = scratch + (size_t)omp_get_thread_num() * attn_scratch_floats(T);
+        float *Kt = scratch + (size_t)omp_get_thread_num() * attn_scratch_floats(T, hd);
+        float *Vc = Kt + 2 * (size_t)hd * lk, *Qc = Vc + (size_t)T * lh;
+        float *S = Vc + 6 * (size_t)T * lh, *O = S + 2 * BQ * BK;
+        double *run_l = (double *)(O + (size_t)BQ * lh); /* an even offset: BQ doubles */
+        float *run_m = (float *)(run_l + BQ), mnew[BQ], sum[BQ];
+        int lo[BQ], hi[BQ];
         const float *base = qkv + (size_t)b * T * QKV;
         const float *Q = base + h * hd, *K = base + (H + g) * hd, *V = base + (H + KV + g) * hd;
-        float *O = out + (size_t)b * T * ldo + h * hd;
         const int *ks = kv_start + (size_t)b * T;
         float *l = lse + ((size_t)b * H + h) * T;
-        for (int i0 = 0; i0 < T; i0 += ATTN_BQ) {
-            int m = T - i0 < ATTN_BQ ? T - i0 : ATTN_BQ;
-            int jlo = block_kv_lo(ks, i0, m), nj = i0 + m - jlo;
-            block_probs(S, Q, K, QKV, hd, scale, i0, m, jlo, nj, ks, NULL, l);
-            model_gemm(0, 0, m, hd, nj, 1, S, nj, V + (size_t)jlo * QKV, QKV, 0, O + (size_t)i0 * ldo, ldo);
+        kern_transpose(Kt, lk, K, QKV, T, hd);
+        copy_rows(Vc, lh, V, QKV, T, hd);
+        copy_rows(Qc, lh, Q, QKV, T, hd);
+        for (int i0 = 0; i0 < T; i0 += BQ) {
+            int m = T - i0 < BQ ? T - i0 : BQ, jlo = tile_kv_lo(ks, i0, m), jend = i0 + m;
+            for (int i = 0; i < m; i++) run_m[i] = -INFINITY, run_l[i] = 0;
+            for (int j0 = jlo; j0 < jend; j0 += BK) {
+                int nk = jend - j0 < BK ? jend - j0 : BK;
+                kern_mm(m, nk, hd, scale, Qc + (size_t)i0 * lh, lh, 1, Kt + j0, lk, 0, S, BK);
+                block_spans(lo, hi, ks, i0, m, j0, nk);
+                /* online softmax: P = exp(S - the max so far); O and the sum rescaled when it grows */
+                kern_attn_block_fwd(S, BK, m, nk, lo, hi, run_m, mnew, sum);
+                for (int i = 0; i < m; i++) {
+                    if (lo[i] > hi[i]) continue; /* no key of this row here: a zero row of P */
+                    float *o = O + (size_t)i * lh;
+                    if (run_m[i] == -INFINITY) { /* the row's first keys: O starts here */
+                        memset(o, 0, (size_t)hd * sizeof(float));
+                    } else if (mnew[i] > run_m[i]) {
+                        float c = model_expf(run_m[i] - mnew[i]);
+                        for (int d = 0; d < hd; d++) o[d] *= c;
+                        run_l[i] *= c;
+                    }
+                    run_l[i] += sum[i];
+                    run_m[i] = mnew[i];
+                }
+                kern_mm(m, hd, nk, 1, S, BK, 1, Vc + (size_t)j0 * lh, lh, 1, O, lh);
+            }
+            for (int i = 0; i < m; i++) {
+                float *o = out + (size_t)(b * T + i0 + i) * ldo + h * hd, inv = (float)(1.0 / run_l[i]);
+                const float *oi = O + (size_t)i * lh;
+                for (int d = 0; d < hd; d++) o[d] = oi[d] * inv;
+                l[i0 + i] = run_m[i] + (float)log(run_l[i]);
+            }
         }
     }
 }
@@ -63,45 +113,57 @@ void attn_forward(float *out, float *lse, const float *qkv, const int *kv_start,
 void attn_backward(float *dqkv, const float *dout, const float *out, const float *qkv, const float *lse,
                    const int *kv_start, int B, int T, int H, int KV, int hd, float *scratch)
 {
-    int QKV = (H + 2 * KV) * hd, ldo = H * hd, group = H / KV;
+    int QKV = (H + 2 * KV) * hd, ldo = H * hd, group = H / KV, lk = ld_keys(T), lh = ld_head(hd);
     float scale = 1.0f / sqrtf((float)hd);
-    /* One task per (batch row, kv head): it owns dK, dV of that head, so no races. */
+    /* One task per (batch row, kv head): it owns dK, dV of that head and dQ of its query
+     * heads, so no races; every sum runs in a fixed order. */
 #pragma omp parallel for schedule(dynamic, 1)
     for (int task = 0; task < B * KV; task++) {
         int b = task / KV, g = task % KV;
-        float *P = scratch + (size_t)omp_get_thread_num() * attn_scratch_floats(T);
-        float *dS = P + (size_t)ATTN_BQ * T;
+        float *Kt = scratch + (size_t)omp_get_thread_num() * attn_scratch_floats(T, hd);
+        float *Vt = Kt + (size_t)hd * lk, *Kc = Vt + (size_t)hd * lk, *Qc = Kc + (size_t)T * lh;
+        float *dOc = Qc + (size_t)T * lh, *dQ = dOc + (size_t)T * lh, *dK = dQ + (size_t)T * lh;
+        float *dV = dK + (size_t)T * lh, *P = dV + (size_t)T * lh, *dS = P + BQ * BK;
+        float *Dv = dS + BQ * BK + (size_t)BQ * lh + 4 * BQ;
+        int lo[BQ], hi[BQ];
         const float *base = qkv + (size_t)b * T * QKV;
         const float *K = base + (H + g) * hd, *V = base + (H + KV + g) * hd;
         float *dbase = dqkv + (size_t)b * T * QKV;
-        float *dK = dbase + (H + g) * hd, *dV = dbase + (H + KV + g) * hd;
         const int *ks = kv_start + (size_t)b * T;
-        for (int t = 0; t < T; t++) {
-            memset(dK + (size_t)t * QKV, 0, hd * sizeof(float));
-            memset(dV + (size_t)t * QKV, 0, hd * sizeof(float));
-        }
+        kern_transpose(Kt, lk, K, QKV, T, hd);
+        kern_transpose(Vt, lk, V, QKV, T, hd);
+        copy_rows(Kc, lh, K, QKV, T, hd);
+        memset(dK, 0, 2 * (size_t)T * lh * sizeof(float)); /* dK and dV */
         for (int h = g * group; h < (g + 1) * group; h++) {
-            const float *Q = base + h * hd;
             const float *O = out + (size_t)b * T * ldo + h * hd, *dO = dout + (size_t)b * T * ldo + h * hd;
-            float *dQ = dbase + h * hd;
             const float *l = lse + ((size_t)b * H + h) * T;
-            for (int i0 = 0; i0 < T; i0 += ATTN_BQ) {
-                int m = T - i0 < ATTN_BQ ? T - i0 : ATTN_BQ;
-                int jlo = block_kv_lo(ks, i0, m), nj = i0 + m - jlo;
-                block_probs(P, Q, K, QKV, hd, scale, i0, m, jlo, nj, ks, l, NULL);
-                model_gemm(0, 1, m, nj, hd, 1, dO + (size_t)i0 * ldo, ldo, V + (size_t)jlo * QKV, QKV, 0, dS, nj);
-                for (int i = 0; i < m; i++) { /* dS = P * (dP - rowsum(dO * O)) */
-                    const float *o = O + (size_t)(i0 + i) * ldo, *dout_i = dO + (size_t)(i0 + i) * ldo;
-                    float Di = 0;
-                    for (int d = 0; d < hd; d++) Di += o[d] * dout_i[d];
-                    float *ds = dS + (size_t)i * nj;
-                    const float *p = P + (size_t)i * nj;
-                    for (int j = 0; j < nj; j++) ds[j] = p[j] * (ds[j] - Di);
-                }
-                model_gemm(0, 0, m, hd, nj, scale, dS, nj, K + (size_t)jlo * QKV, QKV, 0, dQ + (size_t)i0 * QKV, QKV);
-                model_gemm(1, 0, nj, hd, m, scale, dS, nj, Q + (size_t)i0 * QKV, QKV, 1, dK + (size_t)jlo * QKV, QKV);
-                model_gemm(1, 0, nj, hd, m, 1, P, nj, dO + (size_t)i0 * ldo, ldo, 1, dV + (size_t)jlo * QKV, QKV);
+            copy_rows(Qc, lh, base + h * hd, QKV, T, hd);
+            copy_rows(dOc, lh, dO, ldo, T, hd);
+            for (int t = 0; t < T; t++) { /* D = rowsum(dO * O) */
+                const float *o = O + (size_t)t * ldo, *d = dOc + (size_t)t * lh;
+                float s = 0;
+#pragma omp simd reduction(+ : s)
+                for (int k = 0; k < hd; k++) s += o[k] * d[k];
+                Dv[t] = s;
             }
+            for (int i0 = 0; i0 < T; i0 += BQ) {
+                int m = T - i0 < BQ ? T - i0 : BQ, jlo = tile_kv_lo(ks, i0, m), jend = i0 + m;
+                const float *Qi = Qc + (size_t)i0 * lh, *dOi = dOc + (size_t)i0 * lh;
+                for (int j0 = jlo; j0 < jend; j0 += BK) {
+                    int nk = jend - j0 < BK ? jend - j0 : BK;
+                    kern_mm(m, nk, hd, scale, Qi, lh, 1, Kt + j0, lk, 0, P, BK);
+                    kern_mm(m, nk, hd, 1, dOi, lh, 1, Vt + j0, lk, 0, dS, BK);
+                    block_spans(lo, hi, ks, i0, m, j0, nk);
+                    kern_attn_block_bwd(P, dS, BK, m, nk, lo, hi, l + i0, Dv + i0); /* P; dS = P (dP - D) */
+                    /* dV += P^T dO; dQ (+)= scale dS K; dK += scale dS^T Q */
+                    kern_mm(nk, hd, m, 1, P, 1, BK, dOi, lh, 1, dV + (size_t)j0 * lh, lh);
+                    kern_mm(m, hd, nk, scale, dS, BK, 1, Kc + (size_t)j0 * lh, lh, j0 > jlo, dQ + (size_t)i0 * lh, lh);
+                    kern_mm(nk, hd, m, scale, dS, 1, BK, Qi, lh, 1, dK + (size_t)j0 * lh, lh);
+                }
+            }
+            copy_rows(dbase + h * hd, QKV, dQ, lh, T, hd);
         }
+        copy_rows(dbase + (H + g) * hd, QKV, dK, lh, T, hd);
+        copy_rows(dbase + (H + KV + g) * hd, QKV, dV, lh, T, hd);
     }
 }

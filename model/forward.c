@@ -155,7 +155,7 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->dqkv = carve(&p, N * QKV * f);
     a->qkvn = c->clip_qkv > 0 ? carve(&p, N * QKV * f) : NULL;
     a->datt = carve(&p, N * Hd * f);
-    a->attn_scr = carve(&p, (size_t)nthreads * attn_scratch_floats(T) * f);
+    a->attn_scr = carve(&p, (size_t)nthreads * attn_scratch_floats(T, c->head_dim) * f);
     a->xs = carve(&p, Nk * D * f);
     a->act = carve(&p, wide * f);
     a->dys = carve(&p, Nk * D * f); /* also the forward's expert outputs ye */

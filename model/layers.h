@@ -42,12 +42,14 @@ void model_bias_backward(float *db, const float *dy, int ld, int n, int N);
 void attn_rope(float *qkv, const int *pos, const float *cos_t, const float *sin_t, int N, int H, int KV, int hd,
                int inverse);
 
-/* ---- Causal GQA attention on qkv (N, QKV), blocked over query rows: never holds more than
- * ATTN_BQ x T scores per thread. Row n = b*T + t attends keys t' in [kv_start[n], t].
+/* ---- Causal GQA attention on qkv (N, QKV), fused per tile of ATTN_BQ queries and blocks of
+ * ATTN_BK keys (online softmax): never holds more than a block of scores per thread.
+ * Row n = b*T + t attends keys t' in [kv_start[n], t].
  * out (N, H*hd); lse (B, H, T) log-sum-exp of scaled scores (kept for backward).
- * scratch: attn_scratch_floats(T) per thread. */
-#define ATTN_BQ 64
-size_t attn_scratch_floats(int T);
+ * scratch: attn_scratch_floats(T, hd) per thread. */
+#define ATTN_BQ 48
+#define ATTN_BK 64
+size_t attn_scratch_floats(int T, int hd);
 void attn_forward(float *out, float *lse, const float *qkv, const int *kv_start, int B, int T, int H, int KV,
                   int hd, float *scratch);
 /* dqkv (N, QKV) is OVERWRITTEN (q, k and v parts) with the gradient wrt qkv. */

@@ -193,7 +193,7 @@ static double attn_naive(attn_case *c, const float *qkv, int b, int t, int h, in
 static void run_attention_case(int B, int T, int H, int KV, int hd, int window, int doc_every)
 {
     attn_case c = {B, T, H, KV, hd, malloc(B * T * sizeof(int)), NULL};
-    c.scr = malloc((size_t)omp_get_max_threads() * attn_scratch_floats(T) * sizeof(float));
+    c.scr = malloc((size_t)omp_get_max_threads() * attn_scratch_floats(T, hd) * sizeof(float));
     for (int b = 0; b < B; b++)
         for (int t = 0, start = 0; t < T; t++) {
             if (doc_every && t % doc_every == 0) start = t;
