@@ -11,6 +11,7 @@
  * statistics, and the backward re-runs a layer's forward into the slot right before that
  * layer's backward. The same kernels in the same order: results are bit-identical. */
 #include "common/err.h"
+#include "model/kern.h"
 #include "model/layers.h"
 #include "model/lora.h"
 #include "model/model.h"
@@ -528,14 +529,9 @@ static void head(model *m, model_acts *a, const model_batch *b, float *logits_ou
                 if (train) memset(z, 0, (size_t)V * sizeof(float));
                 continue;
             }
-            float zy = z[y], mx = model_row_max(z, V);
-            double s = model_row_expsum(z, V, mx, train); /* train keeps the exponentials: */
-            if (train) {                                  /* dlogits = ce_scale * (softmax - onehot) */
-                float inv = (float)(ce_scale / s);
-                for (int v = 0; v < V; v++) z[v] *= inv;
-                z[y] -= (float)ce_scale;
-            }
-            row_ce[i] = mx + log(s) - zy;
+            float zy = z[y];
+            row_ce[i] = kern_ce_row(z, V, (float)ce_scale, train) - zy; /* train: z := ce_scale softmax */
+            if (train) z[y] -= (float)ce_scale;                          /* dlogits = ce_scale (softmax - onehot) */
         }
         for (int i = 0; i < rows; i++)
             if (row_ce[i] != -1.0) ce_sum += row_ce[i], count++; /* -1 marks "no target" */
