@@ -116,12 +116,25 @@ static void own_split(int ta, int tb, int M, int N, int K, float alpha, const fl
 /* Where the own kernels run this product: 0 not at all, 1 single-threaded here, 2 split over
  * the threads. A 16-bit B always takes them where a call is single-threaded (the alternative
  * is widening into a tile first). */
-static int own_mode(int tb, int M, int N, int K, int ldb, int bdt)
+static int pick(int inside, int tb, int M, int N, int K, int ldb, int bdt)
 {
     int set = kernel_set();
-    if (set == SET_BLAS || !pool_threads) return 0;
-    if (par_inline()) return my_pack() && (set == SET_OWN || bdt != KERN_F32 || !kern_blas_wins(tb, M, K, ldb));
+    if (set == SET_BLAS) return 0;
+    if (inside) return set == SET_OWN || bdt != KERN_F32 || !kern_blas_wins(tb, M, K, ldb);
     return set == SET_OWN || (bdt == KERN_F32 && skinny(M, N, K)) ? 2 : 0;
+}
+
+static int own_mode(int tb, int M, int N, int K, int ldb, int bdt)
+{
+    if (!pool_threads) return 0;
+    int inside = par_inline();
+    if (inside ? !my_pack() : omp_get_max_threads() > pool_threads) return 0; /* a thread without a buffer */
+    return pick(inside, tb, M, N, K, ldb, bdt);
+}
+
+int model_gemm_uses_own(int inside, int tb, int M, int N, int K, int ldb, int bf16)
+{
+    return pick(inside, tb, M, N, K, ldb, bf16 ? KERN_BF16 : KERN_F32) != 0;
 }
 
 static void own_run(int mode, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,

@@ -13,6 +13,7 @@
 #include "common/sha256.h"
 #include "data/loader.h"
 #include "data/tok.h"
+#include "model/layers.h"
 #include "model/lora.h"
 #include "model/model.h"
 #include "optim/adamw.h"
@@ -434,6 +435,7 @@ static void print_summary(trainer *tr, const char *resumed)
     char blas[256];
     blas_describe(blas, sizeof blas);
     printf("compute: %s\n", blas);
+    printf("kernels: %s\n", model_gemm_describe());
     if (resumed) printf("resuming from %s (step %d)\n", resumed, tr->step);
     fflush(stdout);
 }
