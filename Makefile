@@ -116,6 +116,14 @@ bench: moet
 	tests/bench/bench.sh
 	tests/bench/dist_bench.sh
 
+# GEMM libraries against moet's kernels on moet's shapes (make bench runs it); each library
+# only where its Debian package is installed (libxsmm-dev, libblis-dev, libdnnl-dev)
+GEMM_BENCH_LIBS = $(if $(wildcard /usr/include/libxsmm.h),-DHAVE_XSMM -lxsmm -ldl) \
+                  $(if $(wildcard /usr/include/x86_64-linux-gnu/blis.h),-DHAVE_BLIS -lblis) \
+                  $(if $(wildcard /usr/include/oneapi/dnnl/dnnl.h),-DHAVE_DNNL -ldnnl)
+$(BUILD)/gemm_bench: tests/bench/gemm_bench.c $(BUILD)/libmoet.a $(BUILD)/flags
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libmoet.a $(LDLIBS) $(GEMM_BENCH_LIBS) # OpenBLAS's cblas_sgemm first
+
 # the data-parallel part alone: 2 MPI ranks x 1 thread vs 1 process x 2 threads
 bench-dist: moet
 	tests/bench/dist_bench.sh

@@ -11,7 +11,7 @@
 # env: BENCH_CONFIGS ("tiny small small-lora"), BENCH_OUT (build/bench),
 #      BENCH_QUICK=1 (fewer steps, for a smoke run), BENCH_REUSE_TORCH=1 (keep the torch
 #      results already in BENCH_OUT: moet only, for a second moet run against the same torch
-#      numbers), PY (/usr/bin/python3).
+#      numbers), BENCH_PTHREAD=0 (skip the pthread OpenBLAS run), PY (/usr/bin/python3).
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -82,6 +82,19 @@ esac
 grep -q "^blas=$BLASDIR/" "$OUT/sgemm.txt" ||
     echo "   WARNING: sgemm_peak did not load the OpenMP OpenBLAS from $BLASDIR"
 
+# ---- which kernels run which products: the GEMM libraries against moet's own kernels,
+# single-threaded, on moet's shapes (tests/bench/gemm_bench.c; the policy in model/gemm.c)
+make --no-print-directory build/gemm_bench >"$OUT/gemm_bench_build.log" 2>&1 ||
+    die "cannot build gemm_bench: see $OUT/gemm_bench_build.log"
+ct512=${OPENBLAS_CORETYPE:-}
+[ $VARIANTS = 1 ] && ct512=SkylakeX
+echo "== GEMM kernels per product family, as moet runs (OpenBLAS ${ct512:-as configured}; GFLOP/s, 1 thread)"
+OMP_NUM_THREADS=1 OPENBLAS_CORETYPE=$ct512 build/gemm_bench 15 | tee "$OUT/gemm.txt" | sed 's/^/   /'
+if [ $VARIANTS = 1 ]; then
+    echo "== the same on AVX2 (MOET_ISA=avx2, OpenBLAS as configured, oneDNN and LIBXSMM held to AVX2)"
+    OMP_NUM_THREADS=1 MOET_ISA=avx2 DNNL_MAX_CPU_ISA=AVX2 LIBXSMM_TARGET=hsw build/gemm_bench 15 | tee "$OUT/gemm-avx2.txt" | sed 's/^/   /'
+fi
+
 # ---- correctness before speed: both engines against the Hugging Face golden data
 SHARED="${SHARED:-$(cd .. && pwd)/shared}"
 GOLDEN="$SHARED/golden/tiny-mixtral"
@@ -126,10 +139,11 @@ moet_trainer_available() {
 run_moet() {    # CONFIG [keep|pthread] -> $OUT/moet[-keep|-pthread]-CONFIG.result
     # keep: OpenBLAS's configured kernels; pthread: the pthread build of OpenBLAS swapped in
     # (LD_LIBRARY_PATH wins over moet's RUNPATH) to measure what the OpenMP build buys
+    # (keep also runs moet's own kernels as AVX2: the whole AVX2 path)
     local cfg=$1 eng=moet${2:+-$2}
-    local res="$OUT/$eng-$1.result" log="$OUT/$eng-$1.log" keep= lib=$LD_LIBRARY_PATH
+    local res="$OUT/$eng-$1.result" log="$OUT/$eng-$1.log" keep= isa= lib=$LD_LIBRARY_PATH
     case ${2:-} in
-        keep) keep=keep ;;
+        keep) keep=keep isa=avx2 ;;
         pthread) lib=/usr/lib/x86_64-linux-gnu/openblas-pthread ;;
     esac
     rm -f "$res"
@@ -146,8 +160,9 @@ run_moet() {    # CONFIG [keep|pthread] -> $OUT/moet[-keep|-pthread]-CONFIG.resu
     "$PY" "$BENCH/bench_configs.py" yaml "$cfg" "$OUT/run-$cfg" $((warm + steps)) \
         "$OUT/tokens-$cfg.h5" >"$OUT/moet-$cfg.yaml" || die "cannot write the moet config"
     rm -rf "$OUT/run-$cfg"
-    LD_LIBRARY_PATH=$lib MOET_BLAS=$keep "$PY" "$BENCH/run_rss.py" "$res" ./moet train "$OUT/moet-$cfg.yaml" \
-        --profile >"$log" 2>&1
+    LD_LIBRARY_PATH=$lib MOET_BLAS=$keep MOET_ISA=$isa "$PY" "$BENCH/run_rss.py" "$res" ./moet train \
+        "$OUT/moet-$cfg.yaml" --profile >"$log" 2>&1
+    grep -E '^(compute|kernels): ' "$log" | sed 's/^/   /'
     if [ "${2:-}" = pthread ] && ! grep -q "^compute: .*pthread build" "$log"; then
         echo "   WARNING: the pthread OpenBLAS was not loaded (apt install libopenblas0-pthread); not counted"
         rm -f "$res"
@@ -189,7 +204,8 @@ done
 # the pthread build of OpenBLAS, once (tiny, or the first preset): its threads and
 # moet's OpenMP threads oversubscribe the cores
 first=${CONFIGS%% *}
-[ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 ] && run_moet "$first" pthread
+[ "${BENCH_PTHREAD:-1}" = 1 ] && [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 ] &&
+    run_moet "$first" pthread
 
 echo "== results (median step times; tok/s = batch*seq / (fwd + bwd + opt))"
 "$PY" "$BENCH/bench_table.py" "$OUT" "$PEAK" "$PEAK512" $CONFIGS | tee "$OUT/table.txt"

@@ -98,8 +98,45 @@ def main(argv):
     print("moet: fwd = forward kernels; its lm_head + cross-entropy run fused with their backward and count in bwd")
     print("torch-plain: the issue's setup (OpenMP OpenBLAS, configured kernels, glibc malloc defaults); torch: "
           "+ GLIBC_TUNABLES (no mmap/trim per step); torch-avx512: + OPENBLAS_CORETYPE=SkylakeX")
+    print("moet-keep: OpenBLAS's configured kernels and moet's own kernels as AVX2 (MOET_BLAS=keep MOET_ISA=avx2): "
+          "what an AVX2-only CPU runs")
     targets(results, configs, peak, peak512)
+    targets16(results, configs, peak, peak512)
     return 0
+
+
+def targets16(results, configs, peak, peak512):
+    """Issue 16's targets (speed where OpenBLAS is weakest), against this run's numbers."""
+    tok = {(e, cfg): float(r["tok_s"]) for cfg in configs for e, r in results[cfg].items() if r}
+
+    def line(what, got, goal, unit="x"):
+        if got is None:
+            print("  %-80s n/a" % what)
+        else:
+            print("  %-80s %6.2f%s  %s (>= %.4g%s)" % (what, got, unit, "met" if got >= goal else "NOT met", goal, unit))
+
+    def fastest(cfg):
+        return max((e for e in ("torch-plain", "torch", "torch-avx512") if (e, cfg) in tok), key=lambda e: tok[e, cfg],
+                   default=None)
+
+    avx512 = peak512 != peak
+    print("issue 16 (own kernels, grouped experts, fused attention):")
+    for cfg in configs:
+        f = fastest(cfg)
+        if ("moet-keep", cfg) in tok and ("torch-plain", cfg) in tok:
+            line("%s AVX2 path: moet-keep vs torch-plain" % cfg, tok["moet-keep", cfg] / tok["torch-plain", cfg], 1.5)
+        elif not avx512 and ("moet", cfg) in tok and ("torch-plain", cfg) in tok:
+            line("%s: moet vs torch-plain" % cfg, tok["moet", cfg] / tok["torch-plain", cfg], 1.5)
+        if f and ("moet", cfg) in tok:
+            line("%s%s: moet vs the fastest torch (%s)" % (cfg, " AVX-512" if avx512 else "", f),
+                 tok["moet", cfg] / tok[f, cfg], 1.5)
+        goal = {"tiny": 70, "small": 85}.get(cfg)
+        if goal and ("moet", cfg) in tok:
+            line("%s model FLOP/s of moet over the sgemm peak of its kernels (%.0f GFLOP/s)" % (cfg, peak512),
+                 bc.mfu_pct(cfg, tok["moet", cfg], peak512), goal, "%")
+        if goal and ("moet-keep", cfg) in tok:
+            line("%s model FLOP/s of moet-keep (AVX2) over the AVX2 sgemm peak (%.0f GFLOP/s)" % (cfg, peak),
+                 bc.mfu_pct(cfg, tok["moet-keep", cfg], peak), goal, "%")
 
 
 def targets(results, configs, peak, peak512):
