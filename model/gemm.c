@@ -6,8 +6,8 @@
  * (measured by tests/bench/gemm_bench.c; `make bench` prints it per machine):
  *   - inside a parallel region (the experts side by side, attention per head, a LoRA site of
  *     one expert) a call is single-threaded: moet's kernels, which skip OpenBLAS's packing of
- *     the activations and its per-call set-up, except a product whose B is a big k-major
- *     matrix read by few rows (kern_blas_wins below), where OpenBLAS's copy routines win;
+ *     the activations and its per-call set-up, except where OpenBLAS measured faster
+ *     (kern_blas_wins below: the weight gradients, and a big k-major B read by few rows);
  *   - at the top level, skinny products (a side of at most 32: LoRA's rank, the router) run
  *     on moet's kernels with M or N split over the threads, everything else on OpenBLAS.
  * MOET_GEMM=blas or =own forces one set everywhere (the golden tests run both); MOET_ISA
@@ -83,12 +83,16 @@ static float *my_pack(void)
     return t < pool_threads ? pool + (size_t)t * kern_pack_floats() : NULL;
 }
 
-/* The one case OpenBLAS keeps inside a parallel region: B k-major (not transposed), far
- * from L1 per k (rows over 1024 floats) and deep, read by few rows of A (measured on
- * 64 x 2048 x 1536: OpenBLAS 137 GFLOP/s, own 107; from 128 rows on own wins). */
-static int kern_blas_wins(int tb, int M, int K, int ldb)
+/* The cases OpenBLAS keeps inside a parallel region (an fp32 B):
+ *  - B k-major (not transposed), far from L1 per k (rows over 1024 floats) and deep, read
+ *    by few rows of A (64 x 2048 x 1536: OpenBLAS 137 GFLOP/s, own 107; from 128 rows on own
+ *    wins; gemm_bench medians 2026-12-02: 71 vs 66);
+ *  - a transposed A wider than a skinny side: the weight gradients dW = dY^T X (gemm_bench
+ *    medians of 4 runs, 2026-12-02: tiny dW13 107 vs 95, small 116 vs 91, LoRA dA 45 vs 36;
+ *    own keeps LoRA's dB, N = r: 60 vs 51). */
+static int kern_blas_wins(int ta, int tb, int M, int N, int K, int ldb)
 {
-    return !tb && ldb > 1024 && K > 64 && M < 128;
+    return (!tb && ldb > 1024 && K > 64 && M < 128) || (ta && N > 32);
 }
 
 static int skinny(int M, int N, int K) { return M <= 32 || N <= 32 || K <= 32; }
@@ -116,25 +120,25 @@ static void own_split(int ta, int tb, int M, int N, int K, float alpha, const fl
 /* Where the own kernels run this product: 0 not at all, 1 single-threaded here, 2 split over
  * the threads. A 16-bit B always takes them where a call is single-threaded (the alternative
  * is widening into a tile first). */
-static int pick(int inside, int tb, int M, int N, int K, int ldb, int bdt)
+static int pick(int inside, int ta, int tb, int M, int N, int K, int ldb, int bdt)
 {
     int set = kernel_set();
     if (set == SET_BLAS) return 0;
-    if (inside) return set == SET_OWN || bdt != KERN_F32 || !kern_blas_wins(tb, M, K, ldb);
+    if (inside) return set == SET_OWN || bdt != KERN_F32 || !kern_blas_wins(ta, tb, M, N, K, ldb);
     return set == SET_OWN || (bdt == KERN_F32 && skinny(M, N, K)) ? 2 : 0;
 }
 
-static int own_mode(int tb, int M, int N, int K, int ldb, int bdt)
+static int own_mode(int ta, int tb, int M, int N, int K, int ldb, int bdt)
 {
     if (!pool_threads) return 0;
     int inside = par_inline();
     if (inside ? !my_pack() : omp_get_max_threads() > pool_threads) return 0; /* a thread without a buffer */
-    return pick(inside, tb, M, N, K, ldb, bdt);
+    return pick(inside, ta, tb, M, N, K, ldb, bdt);
 }
 
-int model_gemm_uses_own(int inside, int tb, int M, int N, int K, int ldb, int bf16)
+int model_gemm_uses_own(int inside, int ta, int tb, int M, int N, int K, int ldb, int bf16)
 {
-    return pick(inside, tb, M, N, K, ldb, bf16 ? KERN_BF16 : KERN_F32) != 0;
+    return pick(inside, ta, tb, M, N, K, ldb, bf16 ? KERN_BF16 : KERN_F32) != 0;
 }
 
 static void own_run(int mode, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
@@ -153,7 +157,7 @@ void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const 
             for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * C[(size_t)i * ldc + j];
         return;
     }
-    int mode = own_mode(transB, M, N, K, ldb, KERN_F32);
+    int mode = own_mode(transA, transB, M, N, K, ldb, KERN_F32);
     if (mode) {
         own_run(mode, transA, transB, M, N, K, alpha, A, lda, B, ldb, KERN_F32, beta, C, ldc);
         return;
@@ -271,7 +275,7 @@ void model_mm_xwt_rows(const model_tiles *T, int M, float alpha, const float *X,
     int K = W->cols;
     if (M <= 0 || r1 <= r0) return;
     int kd = W->dtype == MODEL_BF16 ? KERN_BF16 : KERN_F16;
-    int mode = W->dtype == MODEL_F32 ? 0 : own_mode(1, M, r1 - r0, K, K, kd);
+    int mode = W->dtype == MODEL_F32 ? 0 : own_mode(0, 1, M, r1 - r0, K, K, kd);
     if (W->dtype == MODEL_F32 || mode) { /* part by part; the own kernels widen W while they pack it */
         for (int j = 0, g0 = 0; j < W->n; g0 += W->rows[j++]) {
             int a = r0 > g0 ? r0 : g0, b = r1 < g0 + W->rows[j] ? r1 : g0 + W->rows[j];
@@ -308,7 +312,7 @@ void model_mm_xw_cols(const model_tiles *T, int M, float alpha, const float *dY,
     int K = W->cols, N = model_mat_rows(W);
     if (M <= 0 || c1 <= c0) return;
     int kd = W->dtype == MODEL_BF16 ? KERN_BF16 : KERN_F16;
-    int mode = W->dtype == MODEL_F32 ? 0 : own_mode(0, M, c1 - c0, N, K, kd);
+    int mode = W->dtype == MODEL_F32 ? 0 : own_mode(0, 0, M, c1 - c0, N, K, kd);
     if (W->dtype == MODEL_F32 || mode) { /* the parts split the sum: the first sets, the rest add */
         for (int j = 0, g0 = 0; j < W->n; g0 += W->rows[j++]) {
             if (mode)

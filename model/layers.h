@@ -145,9 +145,9 @@ void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const 
 int model_gemm_reserve(char *err);
 /* One line: which kernels run which products. */
 const char *model_gemm_describe(void);
-/* 1 when the policy gives C (M, N) = A op(B) (B K x N, or N x K with tb; ldb; a bf16 B with
- * bf16) to moet's own kernels, 0 for OpenBLAS; inside: called in a parallel region (make bench's table) */
-int model_gemm_uses_own(int inside, int tb, int M, int N, int K, int ldb, int bf16);
+/* 1 when the policy gives C (M, N) = op(A) op(B) (ta, tb; ldb; a bf16 B with bf16) to moet's
+ * own kernels, 0 for OpenBLAS; inside: called in a parallel region (make bench's table) */
+int model_gemm_uses_own(int inside, int ta, int tb, int M, int N, int K, int ldb, int bf16);
 
 /* Products with a weight matrix W (N rows, K cols) of any store (model/gemm.c); T holds the
  * widening tiles of a 16-bit store (unused for fp32).

@@ -201,7 +201,7 @@ int main(int argc, char **argv)
         }
         printf("%-32s %2d %2d %5d %5d %5d", s->family, s->ta, s->tb, s->M, s->N, s->K);
         for (int e = 0; e < NE; e++) g[e] > 0 ? printf(" %9.1f", g[e]) : printf(" %9s", "-");
-        int own = model_gemm_uses_own(1, s->tb, s->M, s->N, s->K, j.ldb, 0);
+        int own = model_gemm_uses_own(1, s->ta, s->tb, s->M, s->N, s->K, j.ldb, 0);
         printf("  %-8s %s\n", names[bi], own ? "own" : "openblas");
         free(j.A), free(j.B), free(j.Bh), free(j.C), free(j.pack);
     }
