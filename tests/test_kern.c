@@ -200,7 +200,8 @@ static void test_short_products_and_transposes(void **state)
 {
     rng_seed(&R, 7, 0);
     int M = 48, N = 64, K = 40, lda = 70, ldb = 90, ldc = 80;
-    float *A = randv((size_t)K * lda), *B = randv((size_t)K * ldb), *C = randv((size_t)M * ldc);
+    /* A is read as M rows of K and as K rows of M (transposed): room for the longer */
+    float *A = randv((size_t)(M > K ? M : K) * lda), *B = randv((size_t)K * ldb), *C = randv((size_t)M * ldc);
     float *C0 = malloc((size_t)M * ldc * 4);
     memcpy(C0, C, (size_t)M * ldc * 4);
     for (int col = 0; col < 2; col++) { /* A by rows, then A transposed (columns) */
