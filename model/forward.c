@@ -505,6 +505,81 @@ static void router_losses(model *m, model_acts *a, int N, int global, model_stat
     st->z = v[2 * E] / rows;
 }
 
+/* Training with a frozen lm_head (LoRA): the cross-entropy's backward needs only
+ * dxn = ce_scale (sum_v p_v W_v - W_y), which one pass over the vocabulary gives, block by
+ * block of lm_head rows, with an online softmax (as fused attention does over keys): per row
+ * the running max m, the sum S of exp(z - m) and acc = sum exp(z - m) W_v (in dxn), rescaled
+ * by exp(m_old - m_new) when a block raises the max. Each block of W is read (widened, for a
+ * 16-bit store) once per step instead of twice per chunk of rows, and the logits never exist
+ * beyond one block; same products as the two-pass form, summed in another order (fp32
+ * rounding). Rows per pass: as many as the logits buffer holds at VB columns. */
+enum { VB = 2048 };
+
+/* MOET_HEAD_VB (tests only) shrinks the blocks, so small vocabularies take the rescaling */
+static int head_vb(void)
+{
+    const char *e = getenv("MOET_HEAD_VB");
+    int v = e ? atoi(e) : 0;
+    return v > 0 ? v : VB;
+}
+
+static void head_frozen(model *m, model_acts *a, const model_batch *b, double ce_scale, model_stats *st)
+{
+    int N = b->B * b->T, D = m->c.dim, V = m->c.vocab;
+    int want = head_vb();
+    size_t cap = (size_t)a->head_rows * V, vbw = V < want ? V : want; /* floats of the logits buffer */
+    size_t fit = (cap - D - 1) / (vbw + 4);                           /* rows: a block, S, mx, zy */
+    int chunk = fit < (size_t)N ? (int)fit : N;
+    double ce_sum = 0, *S = (double *)(a->head + ((size_t)chunk * vbw + 1) / 2 * 2); /* per row: sum of exp(z - mx) */
+    long count = 0;
+    float *mx = (float *)(S + chunk), *zy = mx + chunk, *wy = zy + chunk; /* max, target's logit, W_y */
+    for (int n0 = 0; n0 < N; n0 += chunk) {
+        int rows = N - n0 < chunk ? N - n0 : chunk;
+        const float *x = a->xnf + (size_t)n0 * D;
+        float *acc = a->dxn + (size_t)n0 * D;
+        memset(acc, 0, (size_t)rows * D * sizeof(float));
+        for (int i = 0; i < rows; i++) S[i] = 0, mx[i] = -INFINITY, zy[i] = 0;
+        for (int v0 = 0, v1; v0 < V; v0 = v1) {
+            const float *w = model_mat_block(&m->tiles, &m->lm_head, v0, want, &v1);
+            int vb = v1 - v0;
+            float *z = a->head; /* (rows, vb) */
+            model_gemm(0, 1, rows, vb, D, 1, x, D, w, D, 0, z, vb);
+#pragma omp parallel for schedule(static)
+            for (int i = 0; i < rows; i++) {
+                int y = target_of(b, n0 + i);
+                float *zi = z + (size_t)i * vb;
+                if (y < 0) {
+                    memset(zi, 0, (size_t)vb * sizeof(float));
+                    continue;
+                }
+                if (y >= v0 && y < v1) zy[i] = zi[y - v0];
+                float bm = model_row_max(zi, vb);
+                if (bm > mx[i] && mx[i] != -INFINITY) { /* rescale what the earlier blocks summed */
+                    float c = model_expf(mx[i] - bm);
+                    float *ai = acc + (size_t)i * D;
+                    S[i] *= c;
+                    for (int d = 0; d < D; d++) ai[d] *= c;
+                }
+                if (bm > mx[i]) mx[i] = bm;
+                S[i] += model_row_expsum(zi, vb, mx[i], 1);
+            }
+            model_gemm(0, 0, rows, D, vb, 1, z, vb, w, D, 1, acc, D);
+        }
+        for (int i = 0; i < rows; i++) {
+            int y = target_of(b, n0 + i);
+            if (y < 0) continue;
+            float *ai = acc + (size_t)i * D, inv = (float)(ce_scale / S[i]), cs = (float)ce_scale;
+            model_mat_row(&m->lm_head, y, wy);
+            for (int d = 0; d < D; d++) ai[d] = ai[d] * inv - cs * wy[d];
+            ce_sum += mx[i] + log(S[i]) - zy[i];
+            count++;
+        }
+    }
+    st->ce_sum = ce_sum;
+    st->n_targets = count;
+    st->ce = count ? ce_sum / count : 0;
+}
+
 /* lm_head + cross-entropy over a->head_rows-row chunks. With train, also the backward of both:
  * dxn (N,D) = dlogits lm_head, dlm_head += dlogits^T xnf, dlogits = ce_scale (softmax - onehot). */
 static void head(model *m, model_acts *a, const model_batch *b, float *logits_out, int train, double ce_scale,
@@ -514,6 +589,10 @@ static void head(model *m, model_acts *a, const model_batch *b, float *logits_ou
     double ce_sum = 0;
     long count = 0;
     float *dW = train ? m->glm_head : NULL;
+    if (train && !dW && !logits_out) {
+        head_frozen(m, a, b, ce_scale, st);
+        return;
+    }
     double *row_ce = a->row_ce; /* per-row losses, summed in order below: reproducible */
     int chunk = a->head_rows;
     for (int n0 = 0; n0 < N; n0 += chunk) {

@@ -2,14 +2,17 @@
  *
  * Two kernel sets: OpenBLAS (threaded, packs both operands: the default and the fallback)
  * and moet's own single-threaded kernels (model/kern.h: AVX-512 or AVX2, operands read in
- * place or packed one block at a time). The policy, by shape and by where the call is made
- * (measured by tests/bench/gemm_bench.c; `make bench` prints it per machine):
- *   - inside a parallel region (the experts side by side, attention per head, a LoRA site of
- *     one expert) a call is single-threaded: moet's kernels, which skip OpenBLAS's packing of
- *     the activations and its per-call set-up, except where OpenBLAS measured faster
- *     (kern_blas_wins below: the weight gradients, and a big k-major B read by few rows);
+ * place or packed one block at a time). The policy, by shape and by where the call is made,
+ * is what whole training steps measured (tests/bench/ab_bench.sh, interleaved; `make bench`
+ * prints the single-call table of tests/bench/gemm_bench.c per machine):
+ *   - inside a parallel region (the experts side by side, a LoRA site of one expert) an fp32
+ *     product runs on OpenBLAS single-threaded: in isolation moet's kernels win some expert
+ *     shapes (gemm_bench), but whole steps ran 4-7% slower with them there (2026-12-02, tiny
+ *     and small); a 16-bit B goes to moet's kernels, which widen it while packing;
  *   - at the top level, skinny products (a side of at most 32: LoRA's rank, the router) run
- *     on moet's kernels with M or N split over the threads, everything else on OpenBLAS.
+ *     on moet's kernels with M or N split over the threads (small + LoRA: 1.16x against
+ *     1.07x with OpenBLAS there, same rounds), everything else on OpenBLAS.
+ * The attention tiles (model/attn.c) call moet's kernels directly.
  * MOET_GEMM=blas or =own forces one set everywhere (the golden tests run both); MOET_ISA
  * picks the own kernels' ISA. Results differ between the sets only in rounding: moet's
  * kernels sum each element's k in order, in k blocks that do not depend on threads.
@@ -83,18 +86,6 @@ static float *my_pack(void)
     return t < pool_threads ? pool + (size_t)t * kern_pack_floats() : NULL;
 }
 
-/* The cases OpenBLAS keeps inside a parallel region (an fp32 B):
- *  - B k-major (not transposed), far from L1 per k (rows over 1024 floats) and deep, read
- *    by few rows of A (64 x 2048 x 1536: OpenBLAS 137 GFLOP/s, own 107; from 128 rows on own
- *    wins; gemm_bench medians 2026-12-02: 71 vs 66);
- *  - a transposed A wider than a skinny side: the weight gradients dW = dY^T X (gemm_bench
- *    medians of 4 runs, 2026-12-02: tiny dW13 107 vs 95, small 116 vs 91, LoRA dA 45 vs 36;
- *    own keeps LoRA's dB, N = r: 60 vs 51). */
-static int kern_blas_wins(int ta, int tb, int M, int N, int K, int ldb)
-{
-    return (!tb && ldb > 1024 && K > 64 && M < 128) || (ta && N > 32);
-}
-
 static int skinny(int M, int N, int K) { return M <= 32 || N <= 32 || K <= 32; }
 
 /* M or N over the threads, each running the own kernel on its part (chunks of whole tiles). */
@@ -124,7 +115,7 @@ static int pick(int inside, int ta, int tb, int M, int N, int K, int ldb, int bd
 {
     int set = kernel_set();
     if (set == SET_BLAS) return 0;
-    if (inside) return set == SET_OWN || bdt != KERN_F32 || !kern_blas_wins(ta, tb, M, N, K, ldb);
+    if (inside) return set == SET_OWN || bdt != KERN_F32;
     return set == SET_OWN || (bdt == KERN_F32 && skinny(M, N, K)) ? 2 : 0;
 }
 
@@ -175,7 +166,7 @@ const char *model_gemm_describe(void)
     else
         snprintf(buf, sizeof buf, "moet %s kernels for %s", kern_isa_name(kern_isa()),
                  set == SET_OWN ? "every product (MOET_GEMM=own)"
-                                : "products inside parallel regions and skinny ones, OpenBLAS for the rest");
+                                : "skinny products and 16-bit weights inside parallel regions, OpenBLAS for the rest");
     return buf;
 }
 
@@ -267,6 +258,24 @@ static float *my_tile(const model_tiles *T, size_t *floats, int *threaded)
     int t = omp_get_thread_num();
     *floats = T->floats;
     return T->p + (size_t)(t < T->threads ? t : 0) * T->floats; /* a pool sized for max threads */
+}
+
+const float *model_mat_block(const model_tiles *T, const model_mat *W, int r0, int want, int *r1)
+{
+    int K = W->cols, N = model_mat_rows(W), j = 0, g0 = 0;
+    if (want > N - r0) want = N - r0;
+    if (W->dtype == MODEL_F32) { /* in place, within r0's part */
+        while (r0 >= g0 + W->rows[j]) g0 += W->rows[j++];
+        *r1 = r0 + want < g0 + W->rows[j] ? r0 + want : g0 + W->rows[j];
+        return (const float *)W->p[j] + (size_t)(r0 - g0) * K;
+    }
+    size_t floats;
+    int threaded;
+    float *tile = my_tile(T, &floats, &threaded);
+    int nb = block_rows(floats, K, want);
+    *r1 = r0 + nb;
+    widen_rows(tile, W, r0, *r1, threaded);
+    return tile;
 }
 
 void model_mm_xwt_rows(const model_tiles *T, int M, float alpha, const float *X, int ldx, const model_mat *W, int r0,

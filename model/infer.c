@@ -8,6 +8,7 @@
 
 #include "common/err.h"
 #include "common/half.h"
+#include "model/kern.h"
 #include "model/layers.h"
 #include "model/lora.h"
 
@@ -461,10 +462,7 @@ static void step_one(struct infer *s, int32_t token, int p, float *logits)
 #pragma omp barrier
             my_rows(D, &r0, &r1);
             if (moe) {
-                for (int j = 0; j < k; j++) { /* silu(h1) * h3, as moe.c's swiglu */
-                    const float *h1 = s->h13 + (size_t)j * 2 * F, *h3 = h1 + F;
-                    for (int f = 0; f < F; f++) act[j * F + f] = h1[f] * (1.0f / (1.0f + model_expf(-h1[f]))) * h3[f];
-                }
+                kern_swiglu(act, s->h13, k, F); /* silu(h1) * h3, as moe.c's swiglu */
                 for (int j = 0; j < k; j++) {
                     rows_matvec(s->ye + (size_t)j * D, &Wl->w2[topi[j]], act + (size_t)j * F, r0, r1, 0);
                     lora_rows(lo, lora_site_at(lo, l, LORA_W2), topi[j], s->ye + (size_t)j * D, act + (size_t)j * F,
@@ -480,7 +478,7 @@ static void step_one(struct infer *s, int32_t token, int p, float *logits)
                     for (int d = 0; d < D; d++) g += xn[d] * Wl->sgate[d];
                     w = 1.0f / (1.0f + expf(-g));
                 }
-                for (int f = 0; f < Fs; f++) a[f] = hd_[f] * (1.0f / (1.0f + model_expf(-hd_[f]))) * hd_[Fs + f];
+                kern_swiglu(a, hd_, 1, Fs);
                 float *y = s->ye + (size_t)k * D; /* k experts' rows come first: ye holds k+1 rows */
                 rows_matvec(y, &Wl->sw2, a, r0, r1, 0);
                 lora_rows(lo, lora_site_at(lo, l, LORA_S2), 0, y, a, r0, r1, xa);

@@ -163,6 +163,10 @@ void model_mm_xwt_rows(const model_tiles *T, int M, float alpha, const float *X,
                        int r1, float beta, float *Y, int ldy);
 void model_mm_xw_cols(const model_tiles *T, int M, float alpha, const float *dY, int lddy, const model_mat *W, int c0,
                       int c1, float beta, float *dX, int lddx);
+/* Rows [r0, *r1) of W as fp32 (ld = K), *r1 <= r0 + want: a pointer into W when it is
+ * fp32 (the rows of r0's part), else those rows widened into the caller's tile (as many as
+ * it holds; threaded outside a parallel region), valid until the tile's next use. */
+const float *model_mat_block(const model_tiles *T, const model_mat *W, int r0, int want, int *r1);
 /* Row r of W as fp32 (K floats). */
 void model_mat_row(const model_mat *W, int r, float *dst);
 /* Floats one thread's tile needs for every low-precision matrix of m. */

@@ -57,83 +57,51 @@ void moe_sort(int *off, int *row_tok, int *slot_row, const int *topi, int N, int
 }
 
 /* ---- experts
- * All experts of a layer run as grouped products: one parallel loop per product over tasks
- * (expert, block of output columns), largest experts first, every task a single-threaded
- * GEMM on the expert's rows read in place (moet's kernels pack only the weight block; see
- * model/gemm.c). Whatever the routing (8 experts of hundreds of rows, 128 of tens, or one
- * expert holding most rows) the cores share the work in blocks, and the elementwise passes
- * between the products (gather, SwiGLU, row scales) are parallel over rows. A dense MLP is the
- * case E = 1. Adapters on the experts run per expert between the products, each on its
- * expert's scratch rows (lora_scratch_rows). Every output element is computed by one task in
- * a fixed order, so results do not depend on the thread count. */
+ * An expert's GEMMs are small (tiny: 512 x 1024 x 256; small: 512 x 2816 x 512): splitting
+ * each across the cores costs a fork/join per GEMM and packs the same weights on both,
+ * while giving whole experts to cores runs single-threaded GEMMs back to back and keeps
+ * an expert's elementwise work next to its GEMMs in cache (tiny bench: experts 111 -> 101
+ * ms per step with AVX-512 kernels, 136 -> 117 ms backward with AVX2 ones).
+ * An expert holding >= 1/threads of the rows (a skewed router) would leave a core idle,
+ * so those run first, alone, with threaded GEMMs and loops (every loop here is threaded
+ * only outside a parallel region, as OpenBLAS's GEMMs are). Adapters on the experts use
+ * the scratch rows of their expert (lora_scratch_rows), so they run side by side too. */
 
-typedef struct {
-    int e, c0, c1;
-} block;
-
-/* Experts with rows, largest first, each cut into column blocks (multiples of 32, at least
- * 64): about 8 tasks per thread over the busy experts. blocks: room for 8 T + 2 E. */
-static int plan_blocks(block *b, const int *off, int E, int N)
+/* order: experts by rows, largest first; returns how many lead it as "run alone". */
+static int plan_experts(int *order, const int *off, int E)
 {
-    int order[E], busy = 0, T = omp_get_max_threads();
     for (int i = 0; i < E; i++) {
-        int ne = off[i + 1] - off[i], j = i;
+        int e = i, ne = off[e + 1] - off[e], j = i;
         for (; j > 0 && off[order[j - 1] + 1] - off[order[j - 1]] < ne; j--) order[j] = order[j - 1];
-        order[j] = i;
-        busy += ne > 0;
+        order[j] = e;
     }
-    int per = busy ? (8 * T + busy - 1) / busy : 1, cb = ((N + per - 1) / per + 31) & ~31, n = 0;
-    cb = cb < 64 ? 64 : cb;
-    for (int i = 0; i < busy; i++)
-        for (int c0 = 0; c0 < N; c0 += cb) b[n++] = (block){order[i], c0, c0 + cb < N ? c0 + cb : N};
-    return n;
+    if (par_inline()) return E; /* one thread, or already inside a parallel region: nothing to split */
+    int T = omp_get_max_threads(), total = off[E], alone = 0;
+    while (alone < E && (long)(off[order[alone] + 1] - off[order[alone]]) * T >= total) alone++;
+    return alone;
 }
 
-enum { XWT, XW, GRAD };
-typedef struct { /* one product per expert e over its rows [off[e], off[e+1]) */
-    int kind, N;                 /* N: output columns (GRAD: rows of the gradient) */
-    const float *A, *B;          /* rows of A (lda); GRAD: dW[e] += A^T B, B rows (ldb) */
-    int lda, ldb, ldc, ldg;
-    const model_mat *W;          /* [E]: XWT C = A W^T, XW C = A W */
-    float beta, *C;              /* rows of C (ldc) */
-    float *G;                    /* GRAD: [E] (N x ldg) fp32 */
-} product;
-
-static void run_block(const model_tiles *T, const product *p, const int *off, block bk)
+static void gather_rows(float *xs, const float *xn, const int *row_tok, int r0, int r1, int D)
 {
-    int r0 = off[bk.e], ne = off[bk.e + 1] - r0, w = bk.c1 - bk.c0;
-    const float *a = p->A + (size_t)r0 * p->lda;
-    if (p->kind == XWT)
-        model_mm_xwt_rows(T, ne, 1, a, p->lda, &p->W[bk.e], bk.c0, bk.c1, p->beta, p->C + (size_t)r0 * p->ldc + bk.c0,
-                          p->ldc);
-    else if (p->kind == XW)
-        model_mm_xw_cols(T, ne, 1, a, p->lda, &p->W[bk.e], bk.c0, bk.c1, p->beta, p->C + (size_t)r0 * p->ldc + bk.c0,
-                         p->ldc);
-    else
-        model_gemm(1, 0, w, p->ldg, ne, 1, a + bk.c0, p->lda, p->B + (size_t)r0 * p->ldb, p->ldb, 1,
-                   p->G + ((size_t)bk.e * p->N + bk.c0) * p->ldg, p->ldg);
+    PAR_FOR(schedule(static), r, r0, r1,
+            memcpy(xs + (size_t)r * D, xn + (size_t)row_tok[r] * D, (size_t)D * sizeof(float)););
 }
 
-static void grouped(const model_tiles *T, const product *p, const int *off, int E)
+/* act (rows,F) = silu(h1) * h3 where each h13 row is [h1 (F) | h3 (F)]; rows [r0, r1)
+ * (vectorised: model/kern.h). */
+static void swiglu(float *act, const float *h13, int r0, int r1, int F)
 {
-    block b[8 * omp_get_max_threads() + 2 * E + 1];
-    int n = plan_blocks(b, off, E, p->N);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int i = 0; i < n; i++) run_block(T, p, off, b[i]);
+    PAR_FOR(schedule(static), r, r0, r1, kern_swiglu(act + (size_t)r * F, h13 + (size_t)r * 2 * F, 1, F););
 }
 
-/* per expert e with rows: f(ctx, e), in parallel */
-static void each_expert(void (*f)(const void *, int), const void *ctx, const int *off, int E)
+/* SwiGLU's backward over rows [r0, r1), in place: h13 := dL/dh13 from dact = g, or w[r] g
+ * when w is not NULL. With act not NULL it also recomputes act = silu(h1) h3 (the floats
+ * swiglu() writes) in the same pass. */
+static void swiglu_backward(float *act, float *h13, const float *g, const float *w, int r0, int r1, int F)
 {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int e = 0; e < E; e++)
-        if (off[e + 1] > off[e]) f(ctx, e);
-}
-
-static void gather_rows(float *xs, const float *xn, const int *row_tok, int rows, int D)
-{
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < rows; r++) memcpy(xs + (size_t)r * D, xn + (size_t)row_tok[r] * D, (size_t)D * sizeof(float));
+    PAR_FOR(schedule(static), r, r0, r1,
+            kern_swiglu_backward(act ? act + (size_t)r * F : NULL, h13 + (size_t)r * 2 * F, g + (size_t)r * F,
+                                 w ? w + r : NULL, 1, F););
 }
 
 /* x rows [r0, r1) (n wide) *= w[r] */
@@ -159,38 +127,89 @@ static void row_dots(float *out, const float *a, const float *b, int r0, int r1,
 }
 
 typedef struct { /* the arguments every expert shares */
-    float *h13, *xs, *act, *dys, *g, *roww, *rowdw;
-    const int *off;
-    int D, F, r;
+    float *h13, *ye, *xs, *act, *dys, *g, *roww, *rowdw, *dw13, *dw2;
+    const float *xn;
+    const model_mat *w13, *w2;
+    const model_tiles *T;
+    const int *off, *row_tok;
+    int D, F, r, need_x;
     const moe_lora *ml;
 } experts_ctx;
 
-static const lora *scratch_of(const experts_ctx *c, int e, lora *view)
+static void expert_forward(const experts_ctx *c, int e)
 {
-    lora_scratch_rows(c->ml->lo, c->off[e], view); /* the adapters' scratch rows of this expert */
-    return view;
-}
-
-/* forward adapters: w1 and w3 add to h13 (after its product), w2 to ye (after its product) */
-static void lora13_forward(const void *p, int e)
-{
-    const experts_ctx *c = p;
+    int r0 = c->off[e], r1 = c->off[e + 1], ne = r1 - r0, D = c->D, F = c->F, r = c->r;
     const moe_lora *ml = c->ml;
-    int r0 = c->off[e], ne = c->off[e + 1] - r0, D = c->D, F = c->F, r = c->r;
     float *h = c->h13 + (size_t)r0 * 2 * F, *x = c->xs + (size_t)r0 * D;
-    lora lv;
-    const lora *lo = scratch_of(c, e, &lv);
-    if (ml->w1) lora_forward(lo, ml->w1, e, h, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
-    if (ml->w3) lora_forward(lo, ml->w3, e, h + F, 2 * F, x, D, ne, ml->xa3 + (size_t)r0 * r);
+    float *y = c->ye + (size_t)r0 * D, *a = c->act + (size_t)r0 * F;
+    if (!ne) return;
+    lora lv, *lo = ml ? &lv : NULL; /* the adapters' scratch rows of this expert */
+    if (ml) lora_scratch_rows(ml->lo, r0, &lv);
+    gather_rows(c->xs, c->xn, c->row_tok, r0, r1, D);
+    model_mm_xwt(c->T, ne, 1, x, D, &c->w13[e], 0, h, 2 * F);
+    if (ml && ml->w1) lora_forward(lo, ml->w1, e, h, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
+    if (ml && ml->w3) lora_forward(lo, ml->w3, e, h + F, 2 * F, x, D, ne, ml->xa3 + (size_t)r0 * r);
+    swiglu(c->act, c->h13, r0, r1, F);
+    model_mm_xwt(c->T, ne, 1, a, F, &c->w2[e], 0, y, D);
+    if (ml && ml->w2) lora_forward(lo, ml->w2, e, y, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
 }
 
-static void lora2_forward(const void *p, int e)
+/* The combine out[n] += w ye[r] is not kept (ye is not stored): with du[r] = dL/dout of
+ * row r's token, dL/dw = <du, ye> = <du W2, act> (+ the w2 adapter's share), and
+ * dL/dact = w (du W2). In: dys rows of e = du, roww = w per row. Out: rowdw = dL/dw per
+ * row, dys rows of e := dL/dxs, h13 rows := dL/dh13, weight and adapter gradients. */
+static void expert_backward(const experts_ctx *c, int e)
 {
-    const experts_ctx *c = p;
-    int r0 = c->off[e], ne = c->off[e + 1] - r0, D = c->D, F = c->F, r = c->r;
-    lora lv;
-    lora_forward(scratch_of(c, e, &lv), c->ml->w2, e, c->dys + (size_t)r0 * D, D, c->act + (size_t)r0 * F, F, ne,
-                 c->ml->xa2 + (size_t)r0 * r);
+    int r0 = c->off[e], r1 = c->off[e + 1], ne = r1 - r0, D = c->D, F = c->F, r = c->r;
+    const moe_lora *ml = c->ml;
+    float *du = c->dys + (size_t)r0 * D, *a = c->act + (size_t)r0 * F, *g = c->g + (size_t)r0 * F;
+    float *dh = c->h13 + (size_t)r0 * 2 * F, *x = c->xs + (size_t)r0 * D;
+    if (!ne) return;
+    lora lv, *lo = ml ? &lv : NULL; /* the adapters' scratch rows of this expert */
+    if (ml) lora_scratch_rows(ml->lo, r0, &lv);
+    model_mm_xw(c->T, ne, 1, du, D, &c->w2[e], 0, g, F); /* g = du W2 */
+    if (ml && ml->w2) /* the adapter adds to dact below: SwiGLU's backward waits for it */
+        swiglu(c->act, c->h13, r0, r1, F);
+    else
+        swiglu_backward(c->act, c->h13, c->g, c->roww, r0, r1, F);
+    row_dots(c->rowdw, c->g, c->act, r0, r1, F, 0);
+    if (ml && ml->w2) { /* the adapter's part of ye: scale * xa2 B^T, in xs (gathered below) */
+        lora_output(lo, ml->w2, e, x, D, ml->xa2 + (size_t)r0 * r, ne);
+        row_dots(c->rowdw, c->dys, c->xs, r0, r1, D, 1);
+    }
+    scale_rows(c->dys, c->roww, r0, r1, D); /* du := dy = w du */
+    /* the expert inputs are needed only for weight gradients (a frozen base with no adapter
+     * on these projections skips them) */
+    if (c->need_x) gather_rows(c->xs, c->xn, c->row_tok, r0, r1, D);
+    if (c->dw2) model_gemm(1, 0, D, F, ne, 1, du, D, a, F, 1, c->dw2 + (size_t)e * D * F, F);
+    if (ml && ml->w2) {
+        lora_backward_w(lo, ml->w2, e, du, D, a, F, ne, ml->xa2 + (size_t)r0 * r);
+        scale_rows(c->g, c->roww, r0, r1, F); /* g := dact = w g, then the adapter's share */
+        lora_backward_x(lo, ml->w2, e, g, F, ne);
+        swiglu_backward(NULL, c->h13, c->g, NULL, r0, r1, F);
+    }
+    if (c->dw13) model_gemm(1, 0, 2 * F, D, ne, 1, dh, 2 * F, x, D, 1, c->dw13 + (size_t)e * 2 * F * D, D);
+    /* dxs overwrites dys (this expert's slice of dys is no longer needed) */
+    model_mm_xw(c->T, ne, 1, dh, 2 * F, &c->w13[e], 0, du, D);
+    if (ml && ml->w1) {
+        lora_backward_w(lo, ml->w1, e, dh, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
+        lora_backward_x(lo, ml->w1, e, du, D, ne);
+    }
+    if (ml && ml->w3) {
+        lora_backward_w(lo, ml->w3, e, dh + F, 2 * F, x, D, ne, ml->xa3 + (size_t)r0 * r);
+        lora_backward_x(lo, ml->w3, e, du, D, ne);
+    }
+}
+
+static void run_experts(const experts_ctx *c, int E, int backward)
+{
+    int order[E];
+    int alone = plan_experts(order, c->off, E);
+    for (int i = 0; i < alone; i++)
+        backward ? expert_backward(c, order[i]) : expert_forward(c, order[i]);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = alone; i < E; i++)
+        backward ? expert_backward(c, order[i]) : expert_forward(c, order[i]);
 }
 
 void moe_experts_forward(const model_tiles *T, float *out, float *h13, float *ye, float *xs, float *act,
@@ -198,15 +217,9 @@ void moe_experts_forward(const model_tiles *T, float *out, float *h13, float *ye
                          const int *row_tok, const int *slot_row, const float *topw, int N, int D, int F, int E, int k,
                          const moe_lora *ml)
 {
-    int Nk = off[E];
-    experts_ctx c = {.h13 = h13, .xs = xs, .act = act, .dys = ye, .off = off, .D = D, .F = F,
-                     .r = ml ? ml->lo->lc.r : 0, .ml = ml};
-    gather_rows(xs, xn, row_tok, Nk, D);
-    grouped(T, &(product){.kind = XWT, .N = 2 * F, .A = xs, .lda = D, .W = w13, .C = h13, .ldc = 2 * F}, off, E);
-    if (ml && (ml->w1 || ml->w3)) each_expert(lora13_forward, &c, off, E);
-    PAR_FOR(schedule(static), r, 0, Nk, kern_swiglu(act + (size_t)r * F, h13 + (size_t)r * 2 * F, 1, F););
-    grouped(T, &(product){.kind = XWT, .N = D, .A = act, .lda = F, .W = w2, .C = ye, .ldc = D}, off, E);
-    if (ml && ml->w2) each_expert(lora2_forward, &c, off, E);
+    experts_ctx c = {.T = T, .h13 = h13, .ye = ye, .xs = xs, .act = act, .xn = xn, .w13 = w13, .w2 = w2, .off = off,
+                     .row_tok = row_tok, .D = D, .F = F, .r = ml ? ml->lo->lc.r : 0, .ml = ml};
+    run_experts(&c, E, 0);
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float *o = out + (size_t)n * D;
@@ -218,58 +231,12 @@ void moe_experts_forward(const model_tiles *T, float *out, float *h13, float *ye
     }
 }
 
-/* backward with an adapter on w2: its share of ye into dL/dw, then its gradients, and dact
- * gains its input-gradient term before SwiGLU's backward */
-static void lora2_output(const void *p, int e)
-{
-    const experts_ctx *c = p;
-    int r0 = c->off[e], ne = c->off[e + 1] - r0, D = c->D, r = c->r;
-    lora lv; /* the adapter's part of ye: scale * xa2 B^T, into xs (gathered again below) */
-    lora_output(scratch_of(c, e, &lv), c->ml->w2, e, c->xs + (size_t)r0 * D, D, c->ml->xa2 + (size_t)r0 * r, ne);
-    row_dots(c->rowdw, c->dys, c->xs, r0, r0 + ne, D, 1);
-}
-
-static void lora2_backward(const void *p, int e)
-{
-    const experts_ctx *c = p;
-    int r0 = c->off[e], ne = c->off[e + 1] - r0, D = c->D, F = c->F, r = c->r;
-    lora lv;
-    const lora *lo = scratch_of(c, e, &lv);
-    lora_backward_w(lo, c->ml->w2, e, c->dys + (size_t)r0 * D, D, c->act + (size_t)r0 * F, F, ne,
-                    c->ml->xa2 + (size_t)r0 * r);
-    scale_rows(c->g, c->roww, r0, r0 + ne, F); /* g := dact = w g, then the adapter's share */
-    lora_backward_x(lo, c->ml->w2, e, c->g + (size_t)r0 * F, F, ne);
-    for (int q = r0; q < r0 + ne; q++)
-        kern_swiglu_backward(NULL, c->h13 + (size_t)q * 2 * F, c->g + (size_t)q * F, NULL, 1, F);
-}
-
-static void lora13_backward(const void *p, int e)
-{
-    const experts_ctx *c = p;
-    const moe_lora *ml = c->ml;
-    int r0 = c->off[e], ne = c->off[e + 1] - r0, D = c->D, F = c->F, r = c->r;
-    float *dh = c->h13 + (size_t)r0 * 2 * F, *x = c->xs + (size_t)r0 * D, *du = c->dys + (size_t)r0 * D;
-    lora lv;
-    const lora *lo = scratch_of(c, e, &lv);
-    if (ml->w1) {
-        lora_backward_w(lo, ml->w1, e, dh, 2 * F, x, D, ne, ml->xa1 + (size_t)r0 * r);
-        lora_backward_x(lo, ml->w1, e, du, D, ne);
-    }
-    if (ml->w3) {
-        lora_backward_w(lo, ml->w3, e, dh + F, 2 * F, x, D, ne, ml->xa3 + (size_t)r0 * r);
-        lora_backward_x(lo, ml->w3, e, du, D, ne);
-    }
-}
-
-/* The combine out[n] += w ye[r] is not kept (ye is not stored): with du[r] = dL/dout of
- * row r's token, dL/dw = <du, ye> = <du W2, act> (+ the w2 adapter's share), and
- * dL/dact = w (du W2). */
 void moe_experts_backward(const model_tiles *T, float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout,
                           float *h13, const float *xn, const model_mat *w13, const model_mat *w2, const int *off,
                           const int *row_tok, const int *slot_row, const float *topw, float *xs, float *act,
                           float *dys, float *g, float *rows, int N, int D, int F, int E, int k, const moe_lora *ml)
 {
-    int Nk = N * k, lw2 = ml && ml->w2;
+    int Nk = N * k;
     float *roww = rows, *rowdw = rows + Nk;
     /* combine: out[n] = sum_j w[n,j] ye[r] -> each row r gets its token's dout and weight */
 #pragma omp parallel for schedule(static)
@@ -279,29 +246,11 @@ void moe_experts_backward(const model_tiles *T, float *dxn, float *dw13, float *
             memcpy(dys + (size_t)r * D, dout + (size_t)n * D, (size_t)D * sizeof(float));
             roww[r] = topw[n * k + j];
         }
-    experts_ctx c = {.h13 = h13, .xs = xs, .act = act, .dys = dys, .g = g, .roww = roww, .rowdw = rowdw, .off = off,
-                     .D = D, .F = F, .r = ml ? ml->lo->lc.r : 0, .ml = ml};
-    grouped(T, &(product){.kind = XW, .N = F, .A = dys, .lda = D, .W = w2, .C = g, .ldc = F}, off, E); /* g = du W2 */
-    /* SwiGLU's backward (h13 := dL/dh13) waits for the w2 adapter's dact term; act again */
-    if (lw2) PAR_FOR(schedule(static), r, 0, Nk, kern_swiglu(act + (size_t)r * F, h13 + (size_t)r * 2 * F, 1, F););
-    else
-        PAR_FOR(schedule(static), r, 0, Nk,
-                kern_swiglu_backward(act + (size_t)r * F, h13 + (size_t)r * 2 * F, g + (size_t)r * F, roww + r, 1, F););
-    row_dots(rowdw, g, act, 0, Nk, F, 0);
-    if (lw2) each_expert(lora2_output, &c, off, E);
-    scale_rows(dys, roww, 0, Nk, D); /* du := dy = w du */
-    /* the expert inputs are needed only for weight gradients (a frozen base with no adapter
-     * on these projections skips them) */
-    if (dw13 || (ml && (ml->w1 || ml->w3))) gather_rows(xs, xn, row_tok, Nk, D);
-    if (dw2) grouped(T, &(product){.kind = GRAD, .N = D, .A = dys, .lda = D, .B = act, .ldb = F, .G = dw2, .ldg = F},
-                     off, E);
-    if (lw2) each_expert(lora2_backward, &c, off, E);
-    if (dw13)
-        grouped(T, &(product){.kind = GRAD, .N = 2 * F, .A = h13, .lda = 2 * F, .B = xs, .ldb = D, .G = dw13, .ldg = D},
-                off, E);
-    /* dxs overwrites dys (not needed after this) */
-    grouped(T, &(product){.kind = XW, .N = D, .A = h13, .lda = 2 * F, .W = w13, .C = dys, .ldc = D}, off, E);
-    if (ml && (ml->w1 || ml->w3)) each_expert(lora13_backward, &c, off, E);
+    experts_ctx c = {.T = T, .h13 = h13, .xs = xs, .act = act, .dys = dys, .g = g, .roww = roww, .rowdw = rowdw,
+                     .dw13 = dw13, .dw2 = dw2, .xn = xn, .w13 = w13, .w2 = w2, .off = off, .row_tok = row_tok,
+                     .D = D, .F = F, .r = ml ? ml->lo->lc.r : 0, .ml = ml,
+                     .need_x = dw13 || (ml && (ml->w1 || ml->w3))};
+    run_experts(&c, E, 1);
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float *dx = dxn + (size_t)n * D;
