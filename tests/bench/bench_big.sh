@@ -66,7 +66,7 @@ EOF
     grep -E "^memory plan|^done" "$OUT/$FAM-$base.log" | sed 's/^/   /'
 done
 
-"$PY" - "$OUT" "$FAM" "$peak" "$wbytes" <<'EOF'
+"$PY" - "$OUT" "$FAM" "$peak" "$wbytes" "$DIR/config.json" <<'EOF'
 import json, re, statistics, sys
 out, fam, peak, wbytes = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 G = 2 ** 30
@@ -78,10 +78,13 @@ for base in ("auto", "float32"):
     rss = float(re.search(r"peak RSS ([0-9.]+) GiB", log).group(1)) * G
     tps = statistics.median(x["tokens_per_s"] for x in m[1:])  # the first step warms up
     # model FLOPs of a LoRA step: the frozen base's forward and input gradients (2 x forward)
-    # plus 6 per adapter weight; activation checkpointing runs one more forward, not counted
+    # plus 6 per adapter weight; activation checkpointing runs the layers' forward once more
+    # (not the lm_head: 2 V D of the forward's FLOPs per token), counted in "+recompute" only
     model_flops = 2 * plan["flops_per_token"] + 6 * plan["trainable_parameters"]
+    cfg = json.load(open(sys.argv[5]))
+    recompute = plan["flops_per_token"] - 2 * cfg["vocab_size"] * cfg["hidden_size"]
     rows[base] = dict(tps=tps, step=1024 / tps, rss=rss, planned=plan["memory"]["total"], mf=tps * model_flops / 1e9,
-                      hw=tps * (model_flops + plan["flops_per_token"]) / 1e9)
+                      hw=tps * (model_flops + recompute) / 1e9)
 print(f"\n{fam} slice, {wbytes / 1e9:.2f} GB bf16 weights; LoRA r16 q,k,v,o + experts, seq 1024, batch 1, checkpointing on")
 print(f"{'base':9s} {'step s':>8s} {'tok/s':>8s} {'model GF/s':>11s} {'of peak':>8s} {'+recompute':>11s} "
       f"{'peak RSS':>9s} {'planned':>8s} {'RSS-bf16w':>10s}")

@@ -18,7 +18,8 @@
  *
  * usage: gemm_bench [ms per window, default 30]; OMP_NUM_THREADS=1 expected (bench.sh sets it).
  * stdout: one line per shape, GFLOP/s per engine, the fastest, and what moet's policy runs
- * (model_gemm_uses_own, as called inside a parallel region; own-bf16 for the bf16 B). */
+ * for an fp32 B (model_gemm_uses_own, called as moet calls it: inside a parallel region for the
+ * experts, at the top level for LoRA and the router; attention tiles always on the own kernels). */
 #include <cblas.h>
 #include <dlfcn.h>
 #ifdef HAVE_XSMM
@@ -47,36 +48,37 @@ int bli_arch_query_id(void);
 enum { BLI_NO_TRANS = 0, BLI_TRANS = 8 };
 #endif
 
+enum { INSIDE, TOP, TILE }; /* where moet makes the call: a parallel region, the top level, attn.c */
 typedef struct {
     const char *family;
-    int ta, tb, M, N, K;
+    int ta, tb, M, N, K, where;
 } shape;
 
-/* tiny: D 256, F 512, 512 rows per expert, column blocks of the grouped products;
- * small: D 512, F 1408, 512 rows; qwen3 (30B-A3B): D 2048, F 768, 64 rows per expert;
- * lora: r 16 on a 2048-token batch of D 512; attn: a 48-query tile, 64 keys, head_dim 32/64/128 */
+/* whole experts: tiny D 256, F 512, 512 rows per expert; small D 512, F 1408, 512 rows; qwen3
+ * (30B-A3B) D 2048, F 768, 64 rows per expert; lora: r 16 on a 2048-token batch of D 512 (the
+ * attention projections' adapters, top level); attn: a 48-query tile, 64 keys, head_dim 32/128 */
 static const shape shapes[] = {
-    {"tiny expert x W13^T (block)", 0, 1, 512, 512, 256},
-    {"tiny expert act W2^T (block)", 0, 1, 512, 128, 512},
-    {"tiny expert dY W2 (block)", 0, 0, 512, 256, 256},
-    {"tiny expert dW13 = dH^T x", 1, 0, 512, 256, 512},
-    {"small expert x W13^T (block)", 0, 1, 512, 704, 512},
-    {"small expert act W2^T (block)", 0, 1, 512, 256, 1408},
-    {"small expert dY W2 (block)", 0, 0, 512, 352, 512},
-    {"small expert dW13 = dH^T x", 1, 0, 704, 512, 512},
-    {"qwen3 expert x W13^T", 0, 1, 64, 1536, 2048},
-    {"qwen3 expert act W2^T", 0, 1, 64, 2048, 768},
-    {"qwen3 expert dY W2", 0, 0, 64, 768, 2048},
-    {"qwen3 expert dH W13", 0, 0, 64, 2048, 1536},
-    {"lora x A^T (r 16)", 0, 1, 2048, 16, 512},
-    {"lora xa B^T (r 16)", 0, 1, 2048, 512, 16},
-    {"lora dB = dY^T xa", 1, 0, 512, 16, 2048},
-    {"lora dA = dxa^T x", 1, 0, 16, 512, 2048},
-    {"router x Wg^T (8 experts)", 0, 1, 2048, 8, 512},
-    {"attn tile Q K^T (hd 32)", 0, 0, 48, 64, 32},
-    {"attn tile P V (hd 32)", 0, 0, 48, 32, 64},
-    {"attn tile Q K^T (hd 128)", 0, 0, 48, 64, 128},
-    {"attn tile P V (hd 128)", 0, 0, 48, 128, 64},
+    {"tiny expert x W13^T", 0, 1, 512, 1024, 256, INSIDE},
+    {"tiny expert act W2^T", 0, 1, 512, 256, 512, INSIDE},
+    {"tiny expert dY W2", 0, 0, 512, 512, 256, INSIDE},
+    {"tiny expert dW13 = dH^T x", 1, 0, 1024, 256, 512, INSIDE},
+    {"small expert x W13^T", 0, 1, 512, 2816, 512, INSIDE},
+    {"small expert act W2^T", 0, 1, 512, 512, 1408, INSIDE},
+    {"small expert dY W2", 0, 0, 512, 1408, 512, INSIDE},
+    {"small expert dW13 = dH^T x", 1, 0, 2816, 512, 512, INSIDE},
+    {"qwen3 expert x W13^T", 0, 1, 64, 1536, 2048, INSIDE},
+    {"qwen3 expert act W2^T", 0, 1, 64, 2048, 768, INSIDE},
+    {"qwen3 expert dY W2", 0, 0, 64, 768, 2048, INSIDE},
+    {"qwen3 expert dH W13", 0, 0, 64, 2048, 1536, INSIDE},
+    {"lora x A^T (r 16)", 0, 1, 2048, 16, 512, TOP},
+    {"lora xa B^T (r 16)", 0, 1, 2048, 512, 16, TOP},
+    {"lora dB = dY^T xa", 1, 0, 512, 16, 2048, TOP},
+    {"lora dA = dxa^T x", 1, 0, 16, 512, 2048, TOP},
+    {"router x Wg^T (8 experts)", 0, 1, 2048, 8, 512, TOP},
+    {"attn tile Q K^T (hd 32)", 0, 0, 48, 64, 32, TILE},
+    {"attn tile P V (hd 32)", 0, 0, 48, 32, 64, TILE},
+    {"attn tile Q K^T (hd 128)", 0, 0, 48, 64, 128, TILE},
+    {"attn tile P V (hd 128)", 0, 0, 48, 128, 64, TILE},
 };
 enum { NE = 6 };
 static const char *names[NE] = {"openblas", "blis", "dnnl", "xsmm", "own", "own-bf16"};
@@ -201,7 +203,7 @@ int main(int argc, char **argv)
         }
         printf("%-32s %2d %2d %5d %5d %5d", s->family, s->ta, s->tb, s->M, s->N, s->K);
         for (int e = 0; e < NE; e++) g[e] > 0 ? printf(" %9.1f", g[e]) : printf(" %9s", "-");
-        int own = model_gemm_uses_own(1, s->ta, s->tb, s->M, s->N, s->K, j.ldb, 0);
+        int own = s->where == TILE || model_gemm_uses_own(s->where == INSIDE, s->ta, s->tb, s->M, s->N, s->K, j.ldb, 0);
         printf("  %-8s %s\n", names[bi], own ? "own" : "openblas");
         free(j.A), free(j.B), free(j.Bh), free(j.C), free(j.pack);
     }
