@@ -34,6 +34,29 @@ static int head_rows(size_t V, size_t region_bytes)
     return r < 64 ? 64 : r > 2048 ? 2048 : (int)r;
 }
 
+/* A frozen lm_head (LoRA runs, and every forward-only pass without logits to return) needs
+ * no logits beyond one block of the vocabulary: the cross-entropy, and in training its
+ * backward dxn = ce_scale (sum_v p_v W_v - W_y), come from one pass over blocks of VB lm_head
+ * rows with an online softmax (as fused attention does over keys): per row the running max m,
+ * the sum S of exp(z - m) and acc = sum exp(z - m) W_v (in dxn), rescaled by exp(m_old - m_new)
+ * when a block raises the max (head_frozen). Each block of W is read (widened, for a 16-bit
+ * store) once per step instead of twice per chunk of rows; same products as the two-pass
+ * form, summed in another order (fp32 rounding). A LoRA run's arena holds one block's logits
+ * for the whole batch plus S, m and the target logit per row and one row of W. */
+enum { VB = MODEL_HEAD_VB };
+
+/* MOET_HEAD_VB (tests only) shrinks the blocks, so small vocabularies take the rescaling */
+static size_t head_vb(size_t V)
+{
+    const char *e = getenv("MOET_HEAD_VB");
+    long v = e ? atol(e) : 0;
+    size_t w = v > 0 ? (size_t)v : VB;
+    return w < V ? w : V;
+}
+
+/* floats of head_frozen's buffer for rows rows: a block of logits, S (doubles), m, z_y, W_y */
+static size_t head_frozen_floats(size_t rows, size_t V, size_t D) { return rows * (head_vb(V) + 4) + D + 2; }
+
 /* Time stmt into family fam of direction dir (fwd/bwd) when profiling is on. */
 #define PROF(fam, dir, ...)                                                                                           \
     do {                                                                                                              \
@@ -71,6 +94,7 @@ struct model_acts {
     float *dx, *dxn, *dqkv, *datt, *attn_scr, *xs, *act, *dys, *eg, *erows, *dtopw, *drl, *dsw, *qkvn, *head;
     double *row_ce;              /* (head_rows) */
     int head_rows;               /* logit rows per lm_head chunk */
+    size_t head_floats;          /* floats of head */
     float *lxa;                  /* LoRA: (S, 7N + 3Nk, r) inputs times A, kept for backward */
     int lora_r;
     double *f, *P;               /* (E) aux-loss statistics of the last forward */
@@ -165,8 +189,15 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->xn = carve(&p, N * D * f);
     layers_end = p;
     p = shared;
-    a->head_rows = head_rows(V, (size_t)(layers_end - shared));
-    a->head = carve(&p, (size_t)a->head_rows * V * f);
+    if (lora_r) { /* a frozen lm_head: one block at a time (head_frozen) */
+        a->head_floats = head_frozen_floats(N, V, D);
+        a->head_rows = a->head_floats / V > 0 ? (int)(a->head_floats / V) : 1;
+        if ((size_t)a->head_rows * V > a->head_floats) a->head_floats = (size_t)a->head_rows * V;
+    } else {
+        a->head_rows = head_rows(V, (size_t)(layers_end - shared));
+        a->head_floats = (size_t)a->head_rows * V;
+    }
+    a->head = carve(&p, a->head_floats * f);
     if (p < layers_end) p = layers_end;
     a->row_ce = carve(&p, (size_t)a->head_rows * sizeof(double));
     a->lxa = lora_r ? carve(&p, S * (7 * N + 3 * Nk) * (size_t)lora_r * f) : NULL;
@@ -505,30 +536,10 @@ static void router_losses(model *m, model_acts *a, int N, int global, model_stat
     st->z = v[2 * E] / rows;
 }
 
-/* Training with a frozen lm_head (LoRA): the cross-entropy's backward needs only
- * dxn = ce_scale (sum_v p_v W_v - W_y), which one pass over the vocabulary gives, block by
- * block of lm_head rows, with an online softmax (as fused attention does over keys): per row
- * the running max m, the sum S of exp(z - m) and acc = sum exp(z - m) W_v (in dxn), rescaled
- * by exp(m_old - m_new) when a block raises the max. Each block of W is read (widened, for a
- * 16-bit store) once per step instead of twice per chunk of rows, and the logits never exist
- * beyond one block; same products as the two-pass form, summed in another order (fp32
- * rounding). Rows per pass: as many as the logits buffer holds at VB columns. */
-enum { VB = 2048 };
-
-/* MOET_HEAD_VB (tests only) shrinks the blocks, so small vocabularies take the rescaling */
-static int head_vb(void)
-{
-    const char *e = getenv("MOET_HEAD_VB");
-    int v = e ? atoi(e) : 0;
-    return v > 0 ? v : VB;
-}
-
-static void head_frozen(model *m, model_acts *a, const model_batch *b, double ce_scale, model_stats *st)
+static void head_frozen(model *m, model_acts *a, const model_batch *b, int train, double ce_scale, model_stats *st)
 {
     int N = b->B * b->T, D = m->c.dim, V = m->c.vocab;
-    int want = head_vb();
-    size_t cap = (size_t)a->head_rows * V, vbw = V < want ? V : want; /* floats of the logits buffer */
-    size_t fit = (cap - D - 1) / (vbw + 4);                           /* rows: a block, S, mx, zy */
+    size_t vbw = head_vb(V), fit = (a->head_floats - D - 1) / (vbw + 4); /* rows: a block, S, mx, zy */
     int chunk = fit < (size_t)N ? (int)fit : N;
     double ce_sum = 0, *S = (double *)(a->head + ((size_t)chunk * vbw + 1) / 2 * 2); /* per row: sum of exp(z - mx) */
     long count = 0;
@@ -536,11 +547,11 @@ static void head_frozen(model *m, model_acts *a, const model_batch *b, double ce
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int rows = N - n0 < chunk ? N - n0 : chunk;
         const float *x = a->xnf + (size_t)n0 * D;
-        float *acc = a->dxn + (size_t)n0 * D;
-        memset(acc, 0, (size_t)rows * D * sizeof(float));
+        float *acc = train ? a->dxn + (size_t)n0 * D : NULL;
+        if (train) memset(acc, 0, (size_t)rows * D * sizeof(float));
         for (int i = 0; i < rows; i++) S[i] = 0, mx[i] = -INFINITY, zy[i] = 0;
         for (int v0 = 0, v1; v0 < V; v0 = v1) {
-            const float *w = model_mat_block(&m->tiles, &m->lm_head, v0, want, &v1);
+            const float *w = model_mat_block(&m->tiles, &m->lm_head, v0, (int)vbw, &v1);
             int vb = v1 - v0;
             float *z = a->head; /* (rows, vb) */
             model_gemm(0, 1, rows, vb, D, 1, x, D, w, D, 0, z, vb);
@@ -556,21 +567,23 @@ static void head_frozen(model *m, model_acts *a, const model_batch *b, double ce
                 float bm = model_row_max(zi, vb);
                 if (bm > mx[i] && mx[i] != -INFINITY) { /* rescale what the earlier blocks summed */
                     float c = model_expf(mx[i] - bm);
-                    float *ai = acc + (size_t)i * D;
                     S[i] *= c;
-                    for (int d = 0; d < D; d++) ai[d] *= c;
+                    if (train)
+                        for (float *ai = acc + (size_t)i * D, *e = ai + D; ai < e; ai++) *ai *= c;
                 }
                 if (bm > mx[i]) mx[i] = bm;
-                S[i] += model_row_expsum(zi, vb, mx[i], 1);
+                S[i] += model_row_expsum(zi, vb, mx[i], train);
             }
-            model_gemm(0, 0, rows, D, vb, 1, z, vb, w, D, 1, acc, D);
+            if (train) model_gemm(0, 0, rows, D, vb, 1, z, vb, w, D, 1, acc, D);
         }
         for (int i = 0; i < rows; i++) {
             int y = target_of(b, n0 + i);
             if (y < 0) continue;
-            float *ai = acc + (size_t)i * D, inv = (float)(ce_scale / S[i]), cs = (float)ce_scale;
-            model_mat_row(&m->lm_head, y, wy);
-            for (int d = 0; d < D; d++) ai[d] = ai[d] * inv - cs * wy[d];
+            if (train) {
+                float *ai = acc + (size_t)i * D, inv = (float)(ce_scale / S[i]), cs = (float)ce_scale;
+                model_mat_row(&m->lm_head, y, wy);
+                for (int d = 0; d < D; d++) ai[d] = ai[d] * inv - cs * wy[d];
+            }
             ce_sum += mx[i] + log(S[i]) - zy[i];
             count++;
         }
@@ -589,8 +602,8 @@ static void head(model *m, model_acts *a, const model_batch *b, float *logits_ou
     double ce_sum = 0;
     long count = 0;
     float *dW = train ? m->glm_head : NULL;
-    if (train && !dW && !logits_out) {
-        head_frozen(m, a, b, ce_scale, st);
+    if (!dW && !logits_out) { /* a frozen lm_head, or no backward: one pass, no logits kept */
+        head_frozen(m, a, b, train, ce_scale, st);
         return;
     }
     double *row_ce = a->row_ce; /* per-row losses, summed in order below: reproducible */

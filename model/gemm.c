@@ -193,22 +193,27 @@ static int block_rows(size_t floats, int K, int rows)
     return nb < 1 ? 1 : (int)nb;
 }
 
-static void mat_max(const model_mat *w, size_t *need)
+/* need = max(need, a tile for W, of which at most rows_cap rows are widened at once) */
+static void mat_max_rows(const model_mat *w, size_t rows_cap, size_t *need)
 {
     if (w->dtype == MODEL_F32 || w->cols <= 0) return;
     size_t f = (size_t)w->cols * (getenv("MOET_TILE_BYTES") ? 1 : MIN_ROWS);
     if (f < tile_floats_min()) f = tile_floats_min();
-    size_t all = (size_t)w->cols * model_mat_rows(w);
+    size_t rows = (size_t)model_mat_rows(w), all = (size_t)w->cols * (rows < rows_cap ? rows : rows_cap);
     if (f > all) f = all;
     if (f > *need) *need = f;
 }
 
+static void mat_max(const model_mat *w, size_t *need) { mat_max_rows(w, SIZE_MAX, need); }
+
+/* The embedding is read a row at a time (no tile); lm_head a block of MODEL_HEAD_VB rows at a
+ * time in training and evaluation (model/forward.c head_frozen), and by whatever the tile
+ * holds where all logits are wanted (moet forward, generate's prefill). */
 size_t model_gemm_tile_floats(const model *m)
 {
     size_t need = 1;
     const model_config *c = &m->c;
-    mat_max(&m->embed, &need);
-    mat_max(&m->lm_head, &need);
+    mat_max_rows(&m->lm_head, MODEL_HEAD_VB, &need);
     for (int l = 0; l < c->n_layers; l++) {
         const model_layer *L = &m->layers[l];
         mat_max(&L->wqkv, &need);

@@ -169,6 +169,8 @@ void model_mm_xw_cols(const model_tiles *T, int M, float alpha, const float *dY,
 const float *model_mat_block(const model_tiles *T, const model_mat *W, int r0, int want, int *r1);
 /* Row r of W as fp32 (K floats). */
 void model_mat_row(const model_mat *W, int r, float *dst);
+/* Rows of lm_head per block of the one-pass head (model/forward.c head_frozen). */
+#define MODEL_HEAD_VB 2048
 /* Floats one thread's tile needs for every low-precision matrix of m. */
 size_t model_gemm_tile_floats(const model *m);
 
