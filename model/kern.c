@@ -3,6 +3,7 @@
 
 #include "common/half.h"
 
+#include <cpuid.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -38,6 +39,13 @@ void kern256_swiglu_backward(float *act, float *h13, const float *g, const float
 double kern512_ce_row(float *z, int n, float scale, int grad);
 double kern256_ce_row(float *z, int n, float scale, int grad);
 
+/* F16C (CPUID leaf 1, ECX bit 29): __builtin_cpu_supports knows it in GCC, not in clang 14 */
+static int has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
 static int cpu_isa(void)
 {
     __builtin_cpu_init();
@@ -45,7 +53,7 @@ static int cpu_isa(void)
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
         return KERN_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c())
         return KERN_AVX2;
     return KERN_NONE;
 }
