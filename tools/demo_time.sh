@@ -31,7 +31,7 @@ n_evals = (n_steps // t["eval_every"] if t["eval_every"] else 0) + (1 if t["eval
 total = n_steps * step_s + n_evals * eval_s
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "this CPU")
 threads = os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count())
-fmt = lambda s: f"{s / 60:.0f} min {s % 60:02.0f} s" if s >= 60 else f"{s:.0f} s"
+fmt = lambda s: "%d min %02d s" % divmod(round(s), 60) if round(s) >= 60 else f"{s:.0f} s"
 print(f"expected: about {fmt(total)} of training ({n_steps} steps of {tok_step} tokens at {tok_step / step_s:,.0f} tok/s, "
       f"measured just now over 3 steps" + (f", + {n_evals} evals of {eval_s:.1f} s" if n_evals else "") +
       f"; {threads} threads on {cpu})")
