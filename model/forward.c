@@ -189,8 +189,14 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->xn = carve(&p, N * D * f);
     layers_end = p;
     p = shared;
-    if (lora_r) { /* a frozen lm_head: one block at a time (head_frozen) */
-        a->head_floats = head_frozen_floats(N, V, D);
+    if (lora_r) { /* a frozen lm_head: one block at a time (head_frozen), as many rows a pass
+                   * as the layers' scratch region holds (32 MB' worth at least) */
+        size_t region = (size_t)(layers_end - shared), lo = (size_t)32 << 20;
+        size_t rows = (region > lo ? region : lo) / ((head_vb(V) + 4) * f);
+        const char *e = getenv("MOET_HEAD_ROWS"); /* tests only: several passes on a small batch */
+        if (e && atol(e) > 0 && (size_t)atol(e) < rows) rows = (size_t)atol(e);
+        rows = rows < 1 ? 1 : rows > N ? N : rows;
+        a->head_floats = head_frozen_floats(rows, V, D);
         a->head_rows = a->head_floats / V > 0 ? (int)(a->head_floats / V) : 1;
         if ((size_t)a->head_rows * V > a->head_floats) a->head_floats = (size_t)a->head_rows * V;
     } else {
