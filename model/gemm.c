@@ -286,8 +286,9 @@ const float *model_mat_block(const model_tiles *T, const model_mat *W, int r0, i
     return tile;
 }
 
-void model_mm_xwt_rows(const model_tiles *T, int M, float alpha, const float *X, int ldx, const model_mat *W, int r0,
-                       int r1, float beta, float *Y, int ldy)
+/* Y (M, ldy) columns [0, r1-r0) = alpha X W[r0:r1]^T + beta Y (rows r0..r1 of W) */
+static void mm_xwt_rows(const model_tiles *T, int M, float alpha, const float *X, int ldx, const model_mat *W, int r0,
+                        int r1, float beta, float *Y, int ldy)
 {
     int K = W->cols;
     if (M <= 0 || r1 <= r0) return;
@@ -320,11 +321,12 @@ void model_mm_xwt_rows(const model_tiles *T, int M, float alpha, const float *X,
 void model_mm_xwt(const model_tiles *T, int M, float alpha, const float *X, int ldx, const model_mat *W, float beta,
                   float *Y, int ldy)
 {
-    model_mm_xwt_rows(T, M, alpha, X, ldx, W, 0, model_mat_rows(W), beta, Y, ldy);
+    mm_xwt_rows(T, M, alpha, X, ldx, W, 0, model_mat_rows(W), beta, Y, ldy);
 }
 
-void model_mm_xw_cols(const model_tiles *T, int M, float alpha, const float *dY, int lddy, const model_mat *W, int c0,
-                      int c1, float beta, float *dX, int lddx)
+/* dX (M, lddx) columns [0, c1-c0) = alpha dY W[:, c0:c1] + beta dX */
+static void mm_xw_cols(const model_tiles *T, int M, float alpha, const float *dY, int lddy, const model_mat *W, int c0,
+                       int c1, float beta, float *dX, int lddx)
 {
     int K = W->cols, N = model_mat_rows(W);
     if (M <= 0 || c1 <= c0) return;
@@ -355,5 +357,5 @@ void model_mm_xw_cols(const model_tiles *T, int M, float alpha, const float *dY,
 void model_mm_xw(const model_tiles *T, int M, float alpha, const float *dY, int lddy, const model_mat *W, float beta,
                  float *dX, int lddx)
 {
-    model_mm_xw_cols(T, M, alpha, dY, lddy, W, 0, W->cols, beta, dX, lddx);
+    mm_xw_cols(T, M, alpha, dY, lddy, W, 0, W->cols, beta, dX, lddx);
 }

@@ -157,12 +157,6 @@ void model_mm_xwt(const model_tiles *T, int M, float alpha, const float *X, int 
 /* dX (M, lddx) = alpha * dY (M, N) W + beta * dX */
 void model_mm_xw(const model_tiles *T, int M, float alpha, const float *dY, int lddy, const model_mat *W, float beta,
                  float *dX, int lddx);
-/* The same on a slice of W: Y (M, ldy) columns [0, r1-r0) = alpha X W[r0:r1]^T + beta Y (rows
- * r0..r1 of W), and dX (M, lddx) columns [0, c1-c0) = alpha dY W[:, c0:c1] + beta dX. */
-void model_mm_xwt_rows(const model_tiles *T, int M, float alpha, const float *X, int ldx, const model_mat *W, int r0,
-                       int r1, float beta, float *Y, int ldy);
-void model_mm_xw_cols(const model_tiles *T, int M, float alpha, const float *dY, int lddy, const model_mat *W, int c0,
-                      int c1, float beta, float *dX, int lddx);
 /* Rows [r0, *r1) of W as fp32 (ld = K), *r1 <= r0 + want: a pointer into W when it is
  * fp32 (the rows of r0's part), else those rows widened into the caller's tile (as many as
  * it holds; threaded outside a parallel region), valid until the tile's next use. */
