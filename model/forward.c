@@ -54,8 +54,9 @@ static size_t head_vb(size_t V)
     return w < V ? w : V;
 }
 
-/* floats of head_frozen's buffer for rows rows: a block of logits, S (doubles), m, z_y, W_y */
-static size_t head_frozen_floats(size_t rows, size_t V, size_t D) { return rows * (head_vb(V) + 4) + D + 2; }
+/* floats of head_frozen's buffer for rows rows and blocks of vb: a block of logits, S
+ * (doubles), m, z_y, W_y */
+static size_t head_frozen_floats(size_t rows, size_t vb, size_t D) { return rows * (vb + 4) + D + 2; }
 
 /* Time stmt into family fam of direction dir (fwd/bwd) when profiling is on. */
 #define PROF(fam, dir, ...)                                                                                           \
@@ -95,6 +96,7 @@ struct model_acts {
     double *row_ce;              /* (head_rows) */
     int head_rows;               /* logit rows per lm_head chunk */
     size_t head_floats;          /* floats of head */
+    size_t head_vb;              /* head_frozen's block of lm_head rows (head_vb()) */
     float *lxa;                  /* LoRA: (S, 7N + 3Nk, r) inputs times A, kept for backward */
     int lora_r;
     double *f, *P;               /* (E) aux-loss statistics of the last forward */
@@ -189,14 +191,15 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->xn = carve(&p, N * D * f);
     layers_end = p;
     p = shared;
+    a->head_vb = head_vb(V);
     if (lora_r) { /* a frozen lm_head: one block at a time (head_frozen), as many rows a pass
                    * as the layers' scratch region holds (32 MB' worth at least) */
         size_t region = (size_t)(layers_end - shared), lo = (size_t)32 << 20;
-        size_t rows = (region > lo ? region : lo) / ((head_vb(V) + 4) * f);
+        size_t rows = (region > lo ? region : lo) / ((a->head_vb + 4) * f);
         const char *e = getenv("MOET_HEAD_ROWS"); /* tests only: several passes on a small batch */
         if (e && atol(e) > 0 && (size_t)atol(e) < rows) rows = (size_t)atol(e);
         rows = rows < 1 ? 1 : rows > N ? N : rows;
-        a->head_floats = head_frozen_floats(rows, V, D);
+        a->head_floats = head_frozen_floats(rows, a->head_vb, D);
         a->head_rows = a->head_floats / V > 0 ? (int)(a->head_floats / V) : 1;
         if ((size_t)a->head_rows * V > a->head_floats) a->head_floats = (size_t)a->head_rows * V;
     } else {
@@ -545,7 +548,7 @@ static void router_losses(model *m, model_acts *a, int N, int global, model_stat
 static void head_frozen(model *m, model_acts *a, const model_batch *b, int train, double ce_scale, model_stats *st)
 {
     int N = b->B * b->T, D = m->c.dim, V = m->c.vocab;
-    size_t vbw = head_vb(V), fit = (a->head_floats - D - 1) / (vbw + 4); /* rows: a block, S, mx, zy */
+    size_t vbw = a->head_vb, fit = (a->head_floats - D - 1) / (vbw + 4); /* rows: a block, S, mx, zy */
     int chunk = fit < (size_t)N ? (int)fit : N;
     double ce_sum = 0, *S = (double *)(a->head + ((size_t)chunk * vbw + 1) / 2 * 2); /* per row: sum of exp(z - mx) */
     long count = 0;
@@ -571,13 +574,15 @@ static void head_frozen(model *m, model_acts *a, const model_batch *b, int train
                 }
                 if (y >= v0 && y < v1) zy[i] = zi[y - v0];
                 float bm = model_row_max(zi, vb);
-                if (bm > mx[i] && mx[i] != -INFINITY) { /* rescale what the earlier blocks summed */
-                    float c = model_expf(mx[i] - bm);
-                    S[i] *= c;
-                    if (train)
-                        for (float *ai = acc + (size_t)i * D, *e = ai + D; ai < e; ai++) *ai *= c;
+                if (bm > mx[i]) {
+                    if (mx[i] != -INFINITY) { /* rescale what the earlier blocks summed */
+                        float c = model_expf(mx[i] - bm);
+                        S[i] *= c;
+                        if (train)
+                            for (float *ai = acc + (size_t)i * D, *e = ai + D; ai < e; ai++) *ai *= c;
+                    }
+                    mx[i] = bm;
                 }
-                if (bm > mx[i]) mx[i] = bm;
                 S[i] += model_row_expsum(zi, vb, mx[i], train);
             }
             if (train) model_gemm(0, 0, rows, D, vb, 1, z, vb, w, D, 1, acc, D);

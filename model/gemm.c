@@ -225,12 +225,19 @@ size_t model_gemm_tile_floats(const model *m)
     return need;
 }
 
+/* The part of W holding row *r; *r becomes the row inside that part. */
+static int part_of(const model_mat *W, int *r)
+{
+    int j = 0;
+    while (*r >= W->rows[j]) *r -= W->rows[j++];
+    return j;
+}
+
 /* Rows [r0, r1) of W widened into dst (ld = K), parts crossed as needed; threaded over rows
  * when asked and not already inside a parallel region. */
 static void widen_row(float *dst, const model_mat *W, int r)
 {
-    int j = 0, K = W->cols;
-    while (r >= W->rows[j]) r -= W->rows[j++];
+    int j = part_of(W, &r), K = W->cols;
     const unsigned char *src = (const unsigned char *)W->p[j] + (size_t)r * K * 2;
     if (W->dtype == MODEL_BF16) half_widen_bf16(dst, src, (size_t)K);
     else half_widen_f16(dst, src, (size_t)K);
@@ -247,8 +254,7 @@ static void widen_rows(float *dst, const model_mat *W, int r0, int r1, int threa
 void model_mat_row(const model_mat *W, int r, float *dst)
 {
     if (W->dtype == MODEL_F32) {
-        int j = 0;
-        while (r >= W->rows[j]) r -= W->rows[j++];
+        int j = part_of(W, &r);
         memcpy(dst, (const float *)W->p[j] + (size_t)r * W->cols, (size_t)W->cols * sizeof(float));
         return;
     }
@@ -270,12 +276,12 @@ static float *my_tile(const model_tiles *T, size_t *floats, int *threaded)
 
 const float *model_mat_block(const model_tiles *T, const model_mat *W, int r0, int want, int *r1)
 {
-    int K = W->cols, N = model_mat_rows(W), j = 0, g0 = 0;
+    int K = W->cols, N = model_mat_rows(W);
     if (want > N - r0) want = N - r0;
     if (W->dtype == MODEL_F32) { /* in place, within r0's part */
-        while (r0 >= g0 + W->rows[j]) g0 += W->rows[j++];
-        *r1 = r0 + want < g0 + W->rows[j] ? r0 + want : g0 + W->rows[j];
-        return (const float *)W->p[j] + (size_t)(r0 - g0) * K;
+        int r = r0, j = part_of(W, &r), left = W->rows[j] - r;
+        *r1 = r0 + (want < left ? want : left);
+        return (const float *)W->p[j] + (size_t)r * K;
     }
     size_t floats;
     int threaded;

@@ -9,7 +9,6 @@
 #include <omp.h>
 #include <string.h>
 
-
 void moe_route(float *logits, float *probs, int *topi, float *topw, int *counts, const float *xn, const float *Wg,
                int N, int D, int E, int k, int norm_topk)
 {
