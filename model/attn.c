@@ -51,62 +51,72 @@ static void block_spans(int *lo, int *hi, const int *ks, int i0, int m, int j0, 
 /* rows x hd of src (ld lds) into dst (ld ldd) */
 static void copy_rows(float *restrict dst, int ldd, const float *restrict src, int lds, int rows, int hd)
 {
-    for (int t = 0; t < rows; t++) /* a loop, not memcpy: a call per row costs as much as the copy */
-        for (int d = 0; d < hd; d++) dst[(size_t)t * ldd + d] = src[(size_t)t * lds + d];
+    kern_copy_rows(dst, ldd, src, lds, rows, hd); /* not a memcpy call per row: it costs as much as the copy */
+}
+
+/* One query head of one batch row (Q: T rows, QKV apart) against K^T and V already in the
+ * thread's scratch (Kt, Vc): its output rows (ldo apart) and log-sum-exp per row (l). Qc, S:
+ * the scratch's head copy and block area. */
+static void head_forward(float *out, int ldo, float *l, const float *Q, int QKV, const float *Kt, const float *Vc,
+                         const int *ks, int T, int hd, float *Qc, float *S)
+{
+    int lk = ld_keys(T), lh = ld_head(hd);
+    float scale = 1.0f / sqrtf((float)hd), *O = S + 2 * BQ * BK;
+    double *run_l = (double *)(O + (size_t)BQ * lh); /* an even offset: BQ doubles */
+    float *run_m = (float *)(run_l + BQ), mnew[BQ], sum[BQ];
+    int lo[BQ], hi[BQ];
+    copy_rows(Qc, lh, Q, QKV, T, hd);
+    for (int i0 = 0; i0 < T; i0 += BQ) {
+        int m = T - i0 < BQ ? T - i0 : BQ, jlo = tile_kv_lo(ks, i0, m), jend = i0 + m;
+        for (int i = 0; i < m; i++) run_m[i] = -INFINITY, run_l[i] = 0;
+        for (int j0 = jlo; j0 < jend; j0 += BK) {
+            int nk = jend - j0 < BK ? jend - j0 : BK;
+            kern_mm(m, nk, hd, scale, Qc + (size_t)i0 * lh, lh, 1, Kt + j0, lk, 0, S, BK);
+            block_spans(lo, hi, ks, i0, m, j0, nk);
+            /* online softmax: P = exp(S - the max so far); O and the sum rescaled when it grows */
+            kern_attn_block_fwd(S, BK, m, nk, lo, hi, run_m, mnew, sum);
+            for (int i = 0; i < m; i++) {
+                if (lo[i] > hi[i]) continue; /* no key of this row here: a zero row of P */
+                float *o = O + (size_t)i * lh;
+                if (run_m[i] == -INFINITY) { /* the row's first keys: O starts here */
+                    memset(o, 0, (size_t)hd * sizeof(float));
+                } else if (mnew[i] > run_m[i]) {
+                    float c = model_expf(run_m[i] - mnew[i]);
+                    for (int d = 0; d < hd; d++) o[d] *= c;
+                    run_l[i] *= c;
+                }
+                run_l[i] += sum[i];
+                run_m[i] = mnew[i];
+            }
+            kern_mm(m, hd, nk, 1, S, BK, 1, Vc + (size_t)j0 * lh, lh, 1, O, lh);
+        }
+        for (int i = 0; i < m; i++) {
+            float *o = out + (size_t)(i0 + i) * ldo, inv = (float)(1.0 / run_l[i]);
+            const float *oi = O + (size_t)i * lh;
+            for (int d = 0; d < hd; d++) o[d] = oi[d] * inv;
+            l[i0 + i] = run_m[i] + (float)log(run_l[i]);
+        }
+    }
 }
 
 void attn_forward(float *out, float *lse, const float *qkv, const int *kv_start, int B, int T, int H, int KV,
                   int hd, float *scratch)
 {
     int QKV = (H + 2 * KV) * hd, ldo = H * hd, group = H / KV, lk = ld_keys(T), lh = ld_head(hd);
-    float scale = 1.0f / sqrtf((float)hd);
+    /* A task is a (batch row, kv head), so that K^T and V are copied once for the group's query
+     * heads, when there are tasks enough to keep every thread busy; else one query head. */
+    int per = B * KV >= 4 * omp_get_max_threads() ? group : 1, tasks_b = H / per;
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int task = 0; task < B * H; task++) {
-        int b = task / H, h = task % H, g = h / group;
+    for (int task = 0; task < B * tasks_b; task++) {
+        int b = task / tasks_b, h0 = task % tasks_b * per, g = h0 / group;
         float *Kt = scratch + (size_t)omp_get_thread_num() * attn_scratch_floats(T, hd);
-        float *Vc = Kt + 2 * (size_t)hd * lk, *Qc = Vc + (size_t)T * lh;
-        float *S = Vc + 6 * (size_t)T * lh, *O = S + 2 * BQ * BK;
-        double *run_l = (double *)(O + (size_t)BQ * lh); /* an even offset: BQ doubles */
-        float *run_m = (float *)(run_l + BQ), mnew[BQ], sum[BQ];
-        int lo[BQ], hi[BQ];
+        float *Vc = Kt + 2 * (size_t)hd * lk, *Qc = Vc + (size_t)T * lh, *S = Vc + 6 * (size_t)T * lh;
         const float *base = qkv + (size_t)b * T * QKV;
-        const float *Q = base + h * hd, *K = base + (H + g) * hd, *V = base + (H + KV + g) * hd;
-        const int *ks = kv_start + (size_t)b * T;
-        float *l = lse + ((size_t)b * H + h) * T;
-        kern_transpose(Kt, lk, K, QKV, T, hd);
-        copy_rows(Vc, lh, V, QKV, T, hd);
-        copy_rows(Qc, lh, Q, QKV, T, hd);
-        for (int i0 = 0; i0 < T; i0 += BQ) {
-            int m = T - i0 < BQ ? T - i0 : BQ, jlo = tile_kv_lo(ks, i0, m), jend = i0 + m;
-            for (int i = 0; i < m; i++) run_m[i] = -INFINITY, run_l[i] = 0;
-            for (int j0 = jlo; j0 < jend; j0 += BK) {
-                int nk = jend - j0 < BK ? jend - j0 : BK;
-                kern_mm(m, nk, hd, scale, Qc + (size_t)i0 * lh, lh, 1, Kt + j0, lk, 0, S, BK);
-                block_spans(lo, hi, ks, i0, m, j0, nk);
-                /* online softmax: P = exp(S - the max so far); O and the sum rescaled when it grows */
-                kern_attn_block_fwd(S, BK, m, nk, lo, hi, run_m, mnew, sum);
-                for (int i = 0; i < m; i++) {
-                    if (lo[i] > hi[i]) continue; /* no key of this row here: a zero row of P */
-                    float *o = O + (size_t)i * lh;
-                    if (run_m[i] == -INFINITY) { /* the row's first keys: O starts here */
-                        memset(o, 0, (size_t)hd * sizeof(float));
-                    } else if (mnew[i] > run_m[i]) {
-                        float c = model_expf(run_m[i] - mnew[i]);
-                        for (int d = 0; d < hd; d++) o[d] *= c;
-                        run_l[i] *= c;
-                    }
-                    run_l[i] += sum[i];
-                    run_m[i] = mnew[i];
-                }
-                kern_mm(m, hd, nk, 1, S, BK, 1, Vc + (size_t)j0 * lh, lh, 1, O, lh);
-            }
-            for (int i = 0; i < m; i++) {
-                float *o = out + (size_t)(b * T + i0 + i) * ldo + h * hd, inv = (float)(1.0 / run_l[i]);
-                const float *oi = O + (size_t)i * lh;
-                for (int d = 0; d < hd; d++) o[d] = oi[d] * inv;
-                l[i0 + i] = run_m[i] + (float)log(run_l[i]);
-            }
-        }
+        kern_transpose(Kt, lk, base + (H + g) * hd, QKV, T, hd);
+        copy_rows(Vc, lh, base + (H + KV + g) * hd, QKV, T, hd);
+        for (int h = h0; h < h0 + per; h++)
+            head_forward(out + (size_t)b * T * ldo + h * hd, ldo, lse + ((size_t)b * H + h) * T, base + h * hd, QKV,
+                         Kt, Vc, kv_start + (size_t)b * T, T, hd, Qc, S);
     }
 }
 

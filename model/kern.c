@@ -22,6 +22,8 @@ void kern256_mm(int M, int N, int K, float alpha, const float *A, long rsa, long
                 float beta, float *C, long ldc);
 void kern512_transpose(float *dst, long ldd, const float *src, long lds, int rows, int cols);
 void kern256_transpose(float *dst, long ldd, const float *src, long lds, int rows, int cols);
+void kern512_copy_rows(float *dst, long ldd, const float *src, long lds, int rows, int cols);
+void kern256_copy_rows(float *dst, long ldd, const float *src, long lds, int rows, int cols);
 
 void kern512_attn_block_fwd(float *S, long ld, int m, int nk, const int *lo, const int *hi, const float *mprev,
                             float *mnew, float *sum);
@@ -132,6 +134,14 @@ void kern_transpose(float *dst, long ldd, const float *src, long lds, int rows, 
     else
         for (int r = 0; r < rows; r++)
             for (int c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
+}
+
+void kern_copy_rows(float *dst, long ldd, const float *src, long lds, int rows, int cols)
+{
+    if (kern_isa() == KERN_AVX512) kern512_copy_rows(dst, ldd, src, lds, rows, cols);
+    else if (kern_isa() == KERN_AVX2) kern256_copy_rows(dst, ldd, src, lds, rows, cols);
+    else
+        for (int r = 0; r < rows; r++) memcpy(dst + r * ldd, src + r * lds, (size_t)cols * sizeof(float));
 }
 
 /* plain C of the block passes (no AVX2): the same exp as the vector code */

@@ -63,4 +63,8 @@ double kern_ce_row(float *z, int n, float scale, int grad);
 /* dst (cols x rows, row stride ldd) = src (rows x cols, row stride lds) transposed. */
 void kern_transpose(float *dst, long ldd, const float *src, long lds, int rows, int cols);
 
+/* dst rows (row stride ldd) = src rows (row stride lds), rows x cols: short rows (a head's
+ * slice of a row) in vector moves, not a memcpy call per row. */
+void kern_copy_rows(float *dst, long ldd, const float *src, long lds, int rows, int cols);
+
 #endif

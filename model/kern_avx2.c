@@ -41,6 +41,14 @@ static inline float vhmax(V x)
     h = _mm_max_ss(h, _mm_movehdup_ps(h));
     return _mm_cvtss_f32(h);
 }
+#define vfirst _mm256_cvtss_f32
+/* lanes summed as kern_tmpl.h's hsum orders it: l + (l + 4), then + 2, + 1 */
+static inline float vhsum(V x)
+{
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    return _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)));
+}
 static inline V vpow2i(V n)
 {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));

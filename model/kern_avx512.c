@@ -31,6 +31,15 @@ static inline VM vmask(int n) { return n >= 16 ? (VM)0xffff : (VM)((1u << n) - 1
 #define vround(x) _mm512_roundscale_ps((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define vsel(m, a, b) _mm512_mask_blend_ps((m), (b), (a)) /* m ? a : b per lane */
 #define vhmax _mm512_reduce_max_ps
+#define vfirst _mm512_cvtss_f32
+/* lanes summed as kern_tmpl.h's hsum orders it: l + (l + 8), then + 4, + 2, + 1 */
+static inline float vhsum(V x)
+{
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(x), _mm512_extractf32x8_ps(x, 1));
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    return _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)));
+}
 static inline V vpow2i(V n) /* 2^n, n integral in [-126, 127] */
 {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));

@@ -4,6 +4,7 @@
  *   VM, vmask(n)        a mask of the first n lanes (0 <= n <= VL)
  *   vzero, vset1, vload, vstore, vloadm, vstorem, vfma(a, b, c) = a*b + c, vmul
  *   vtrans(V r[VL])     in-register transpose of VL rows of VL floats
+ *   vhmax, vhsum, vfirst  a vector's max, its lanes' sum (the tree order below), lane 0
  *   vwiden(p, dt)       VL 16-bit values (KERN_BF16 / KERN_F16) widened to fp32
  *   ROWS_MR(X), ROWS_MRN(X)   X(0) ... X(MR-1), X(0) ... X(MRN-1): the tiles' rows
  *   KN(name)            the set's name for name
@@ -357,6 +358,16 @@ void KN(transpose)(float *dst, long ldd, const float *src, long lds, int rows, i
         for (int c = 0; c < cols; c++) dst[c * ldd + r0] = src[r0 * lds + c];
 }
 
+/* dst rows (ld ldd) = src rows (ld lds), rows x cols */
+void KN(copy_rows)(float *dst, long ldd, const float *src, long lds, int rows, int cols)
+{
+    for (int r = 0; r < rows; r++) {
+        int c = 0;
+        for (; c + VL <= cols; c += VL) vstore(dst + r * ldd + c, vload(src + r * lds + c));
+        if (c < cols) vstorem(dst + r * ldd + c, vmask(cols - c), vloadm(src + r * lds + c, vmask(cols - c)));
+    }
+}
+
 /* ---- vector math: exp and the softmax passes around the products */
 
 /* e^x as model_expf computes it (Cody-Waite reduction, degree-7 Taylor; relative error under
@@ -377,15 +388,10 @@ static inline V vexp(V x)
     return vsel(visnan(x), x, vmul(p, vpow2i(n)));
 }
 
-/* lanes summed in a fixed tree order */
-static inline float hsum(V x)
-{
-    float t[VL] __attribute__((aligned(64)));
-    vstore(t, x);
-    for (int w = VL / 2; w > 0; w /= 2)
-        for (int l = 0; l < w; l++) t[l] += t[l + w];
-    return t[0];
-}
+/* lanes summed in a fixed tree order: lane l + lane l + VL/2 for l < VL/2, then the same on
+ * those halves down to one lane (in registers: vhsum; a row of attention's scores is a few
+ * vectors, so a sum through memory cost as much as the row) */
+static inline float hsum(V x) { return vhsum(x); }
 
 /* Attention forward, one block of scores S (m rows, ld apart; nk keys): row i sees keys
  * [lo[i], hi[i]] (none when lo > hi). mnew[i] = max(mprev[i], its visible scores), S :=
@@ -404,7 +410,7 @@ void KN(attn_block_fwd)(float *S, long ld, int m, int nk, const int *lo, const i
                 vstore(s + j, e);
                 acc = vadd(acc, e);
             }
-            mnew[i] = vhmax(mv);
+            mnew[i] = vfirst(mv);
         } else {
             for (int j = 0; j < nk; j += VL) mx = vmax(mx, vsel(vspan(j, lo[i], hi[i]), vload(s + j), mx));
             V mv = vset1(vhmax(mx));
@@ -413,7 +419,7 @@ void KN(attn_block_fwd)(float *S, long ld, int m, int nk, const int *lo, const i
                 vstore(s + j, e);
                 acc = vadd(acc, e);
             }
-            mnew[i] = vhmax(mv);
+            mnew[i] = vfirst(mv);
         }
         sum[i] = hsum(acc);
     }

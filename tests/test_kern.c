@@ -7,7 +7,7 @@
  *   - a bf16 / f16 B gives bit for bit the product of the fp32-widened B;
  *   - the two sets, both modes (C or C^T computed) and any split of M or N over calls give bit
  *     for bit the same C (one FMA chain per element over k, in the same k blocks);
- *   - short in-place products, transposes (exact), the attention softmax passes, SwiGLU and
+ *   - short in-place products, transposes and row copies (exact), the attention softmax passes, SwiGLU and
  *     the cross-entropy row against double precision (relative 2e-6: exp's 2e-7 and a sum). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -221,6 +221,14 @@ static void test_short_products_and_transposes(void **state)
     kern_transpose(T, M + 5, C, ldc, M, N);
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) assert_true(T[j * (M + 5) + i] == C[i * ldc + j]);
+    for (int cols = 1; cols <= 40; cols += 13) { /* rows of a head: whole vectors, a tail, both */
+        float *D = malloc((size_t)M * 50 * 4);
+        for (int i = 0; i < M * 50; i++) D[i] = -1;
+        kern_copy_rows(D, 50, C, ldc, M, cols);
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < 50; j++) assert_true(D[i * 50 + j] == (j < cols ? C[i * ldc + j] : -1));
+        free(D);
+    }
     free(A), free(B), free(C), free(C0), free(T);
 }
 

@@ -102,6 +102,33 @@ static void test_expf_matches_exp_and_is_defined_for_nan_and_inf(void **state)
     assert_true(isnan(model_row_expsum(row, 40, 0, 1)) && isnan(row[37]));
 }
 
+/* RMSNorm forward and its backward's row dot against double, on rows with and without a
+ * tail past the 16-lane sums (model_row_dot): relative 1e-6 of the row's magnitude */
+static void test_rmsnorm_and_row_dots_match_double(void **state)
+{
+    int Ds[] = {5, 16, 37, 256};
+    for (size_t t = 0; t < sizeof Ds / sizeof *Ds; t++) {
+        int N = 3, D = Ds[t];
+        float *x = randn(N * D, 2), *w = randn(D, 1), *y = malloc(N * D * sizeof *y), rs[3];
+        model_rmsnorm_forward(y, rs, x, w, N, D, 1e-5f);
+        for (int n = 0; n < N; n++) {
+            double ss = 0, dot = 0, mag = 0;
+            for (int d = 0; d < D; d++) {
+                ss += (double)x[n * D + d] * x[n * D + d];
+                dot += (double)w[d] * y[n * D + d] * x[n * D + d];
+                mag += fabs((double)w[d] * y[n * D + d] * x[n * D + d]);
+            }
+            double r = 1 / sqrt(ss / D + 1e-5);
+            assert_true(fabs(rs[n] - r) <= 1e-6 * r);
+            for (int d = 0; d < D; d++)
+                assert_true(fabs(y[n * D + d] - w[d] * x[n * D + d] * r) <= 1e-6 * fabs(w[d] * x[n * D + d] * r) + 1e-30);
+            float got = model_row_dot(w, y + n * D, x + n * D, D);
+            assert_true(fabs(got - dot) <= 1e-6 * mag);
+        }
+        free(x), free(w), free(y);
+    }
+}
+
 static void test_rmsnorm_backward_matches_finite_differences(void **state)
 {
     int N = 7, D = 33;
@@ -230,6 +257,26 @@ static void test_attention_backward_matches_finite_differences(void **state)
 {
     run_attention_case(2, 24, 4, 2, 16, 0, 0);   /* the golden shapes: GQA 2 groups */
     run_attention_case(1, 150, 4, 1, 8, 0, 0);   /* several query blocks, MQA */
+    run_attention_case(4, 70, 4, 2, 16, 0, 0);   /* tasks per kv head at up to 2 threads */
+}
+
+/* The forward's tasks are (batch row, kv head) when there are 4 per thread, else one query
+ * head: both give the same bits (each head's arithmetic is the same). */
+static void test_attention_tasks_per_kv_head_match_per_query_head(void **state)
+{
+    int B = 4, T = 70, H = 4, KV = 2, hd = 16, QKV = (H + 2 * KV) * hd, N = B * T, keep = omp_get_max_threads();
+    int *ks = calloc(N, sizeof *ks);
+    float *qkv = randn((size_t)N * QKV, 1), *scr = malloc(8 * attn_scratch_floats(T, hd) * sizeof(float));
+    float *out[2], *lse[2];
+    for (int v = 0; v < 2; v++) {
+        out[v] = malloc((size_t)N * H * hd * sizeof(float)), lse[v] = malloc((size_t)N * H * sizeof(float));
+        omp_set_num_threads(v ? 8 : 1); /* 1 thread: B * KV = 8 tasks per kv head; 8 threads: per query head */
+        attn_forward(out[v], lse[v], qkv, ks, B, T, H, KV, hd, scr);
+    }
+    omp_set_num_threads(keep);
+    assert_memory_equal(out[0], out[1], (size_t)N * H * hd * sizeof(float));
+    assert_memory_equal(lse[0], lse[1], (size_t)N * H * sizeof(float));
+    free(ks), free(qkv), free(scr), free(out[0]), free(out[1]), free(lse[0]), free(lse[1]);
 }
 
 static void test_attention_with_sliding_window_and_document_mask(void **state)
@@ -530,9 +577,11 @@ int main(void)
     rng_seed(&R, getenv("SEED") ? atoi(getenv("SEED")) : 1234, 0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_expf_matches_exp_and_is_defined_for_nan_and_inf),
+        cmocka_unit_test(test_rmsnorm_and_row_dots_match_double),
         cmocka_unit_test(test_rmsnorm_backward_matches_finite_differences),
         cmocka_unit_test(test_rope_backward_is_the_transpose_and_matches_rotate_half),
         cmocka_unit_test(test_attention_backward_matches_finite_differences),
+        cmocka_unit_test(test_attention_tasks_per_kv_head_match_per_query_head),
         cmocka_unit_test(test_attention_with_sliding_window_and_document_mask),
         cmocka_unit_test(test_router_and_experts_backward_match_finite_differences),
         cmocka_unit_test(test_experts_agree_with_a_plain_evaluation_balanced_and_skewed),
