@@ -10,8 +10,7 @@ void model_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w
     for (int n = 0; n < N; n++) {
         const float *xn = x + (size_t)n * D;
         float *yn = y + (size_t)n * D;
-        float ss = 0;
-        for (int d = 0; d < D; d++) ss += xn[d] * xn[d];
+        float ss = model_row_dot(xn, xn, NULL, D);
         float r = 1.0f / sqrtf(ss / D + eps);
         rstd[n] = r;
         for (int d = 0; d < D; d++) yn[d] = w[d] * (xn[d] * r);
@@ -38,8 +37,7 @@ void model_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *
     for (int n = 0; n < N; n++) {
         const float *xn = x + (size_t)n * D, *dyn = dy + (size_t)n * D;
         float *dxn = dx + (size_t)n * D;
-        float r = rstd[n], dot = 0;
-        for (int d = 0; d < D; d++) dot += w[d] * dyn[d] * xn[d];
+        float r = rstd[n], dot = model_row_dot(w, dyn, xn, D);
         dot *= r / D;
         for (int d = 0; d < D; d++) dxn[d] += r * (w[d] * dyn[d] - xn[d] * r * dot);
     }
@@ -84,8 +82,7 @@ void model_groupnorm_forward(float *y, float *rstd, const float *x, int ld, int 
         for (int h = 0; h < ng; h++) {
             const float *xh = x + (size_t)n * ld + c0 + (size_t)h * g;
             float *yh = y + (size_t)n * ld + c0 + (size_t)h * g;
-            float ss = 0;
-            for (int d = 0; d < g; d++) ss += xh[d] * xh[d];
+            float ss = model_row_dot(xh, xh, NULL, g);
             float r = 1.0f / sqrtf(ss / g + eps);
             rstd[(size_t)n * ng + h] = r;
             for (int d = 0; d < g; d++) yh[d] = w[d] * (xh[d] * r);
@@ -115,8 +112,7 @@ void model_groupnorm_backward(float *dx, float *dw, const float *dy, const float
             size_t o = (size_t)n * ld + c0 + (size_t)h * g;
             const float *xh = x + o, *dyh = dy + o;
             float *dxh = dx + o;
-            float r = rstd[(size_t)n * ng + h], dot = 0;
-            for (int d = 0; d < g; d++) dot += w[d] * dyh[d] * xh[d];
+            float r = rstd[(size_t)n * ng + h], dot = model_row_dot(w, dyh, xh, g);
             dot *= r / g;
             for (int d = 0; d < g; d++) dxh[d] = r * (w[d] * dyh[d] - xh[d] * r * dot);
         }

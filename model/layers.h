@@ -101,6 +101,24 @@ static inline float model_row_max(const float *z, int n)
     return mx;
 }
 
+/* sum over d of a[d] b[d] (c[d] when c is not NULL): RMSNorm's sum of squares and its
+ * backward's dot, once a chain of D dependent adds per row (0.25 ms a pass on tiny's 2048 x 256) */
+static inline float model_row_dot(const float *a, const float *b, const float *c, int n)
+{
+    float acc[MODEL_LANES] = {0};
+    int v = 0;
+    if (c)
+        for (; v + MODEL_LANES <= n; v += MODEL_LANES)
+            for (int j = 0; j < MODEL_LANES; j++) acc[j] += a[v + j] * b[v + j] * c[v + j];
+    else
+        for (; v + MODEL_LANES <= n; v += MODEL_LANES)
+            for (int j = 0; j < MODEL_LANES; j++) acc[j] += a[v + j] * b[v + j];
+    float s = acc[0];
+    for (int j = 1; j < MODEL_LANES; j++) s += acc[j];
+    for (; v < n; v++) s += c ? a[v] * b[v] * c[v] : a[v] * b[v];
+    return s;
+}
+
 /* sum over v of exp(z[v] - shift), in double; with store, z[v] := exp(z[v] - shift). */
 static inline double model_row_expsum(float *z, int n, float shift, int store)
 {
