@@ -12,6 +12,7 @@
 #define MOET_PAR_H
 
 #include <omp.h>
+#include <string.h>
 
 /* 1 when a loop should run inline: inside any parallel region, or with one thread */
 static inline int par_inline(void) { return omp_get_level() > 0 || omp_get_max_threads() < 2; }
@@ -27,5 +28,20 @@ static inline int par_inline(void) { return omp_get_level() > 0 || omp_get_max_t
             for (int i = par_lo_; i < par_hi_; i++) { __VA_ARGS__ }                             \
         }                                                                                       \
     } while (0)
+
+/* memset(p, 0, n floats) split over the threads (one thread's memset does not fill the
+ * memory bandwidth: 720 MB of gradients took 30 ms on one core of a 2-core EPYC, 18 on two) */
+static inline void par_zero(float *p, size_t n)
+{
+    if (par_inline() || n < ((size_t)1 << 18)) {
+        memset(p, 0, n * sizeof *p);
+        return;
+    }
+#pragma omp parallel
+    {
+        size_t t = (size_t)omp_get_thread_num(), T = (size_t)omp_get_num_threads();
+        memset(p + n / T * t, 0, (t + 1 == T ? n - n / T * t : n / T) * sizeof *p);
+    }
+}
 
 #endif

@@ -9,6 +9,7 @@
 #include "common/blas.h"
 #include "common/err.h"
 #include "common/fsutil.h"
+#include "common/par.h"
 #include "common/rng.h"
 #include "common/sha256.h"
 #include "data/loader.h"
@@ -276,7 +277,7 @@ static int train_step(trainer *tr, step_result *res, char *err)
         total = (long)v[0];
         if (v[1] > 0) return dist_agree(tr->d, rc, rc ? err : (err[0] = 0, err));
     } else if (rc) return -1;
-    memset(tr->tv.g, 0, tr->tv.total * sizeof(float));
+    par_zero(tr->tv.g, tr->tv.total);
     memset(tr->load, 0, (size_t)L * E * sizeof *tr->load);
     double ce_sum = 0, aux = 0, z = 0;
     for (int i = 0; i < k; i++) {
