@@ -15,6 +15,7 @@
 #include "common/err.h"
 #include "data/tok.h"
 #include "data/tok_internal.h"
+#include "tests/ref_files.h"
 
 #include <cJSON.h>
 #include <pthread.h>
@@ -23,36 +24,8 @@
 #include <string.h>
 #include <unistd.h>
 
-static char shared[512];
 static tok *mistral;
 static cJSON *mistral_ref;          /* [{text, ids}] */
-
-static char *path_of(const char *rel)
-{
-    static char p[8][1024];
-    static int k;
-    char *b = p[k++ % 8];
-    snprintf(b, 1024, "%s/%s", shared, rel);
-    return b;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b) b[n] = 0;
-    if (len) *len = (size_t)n;
-    return b;
-}
 
 static cJSON *load_json(const char *path)
 {
@@ -173,13 +146,6 @@ static tok *variant(const cJSON *j, void (*fn)(cJSON *))
     free(text);
     cJSON_Delete(c);
     return t;
-}
-
-static void print_ids(const char *what, const int32_t *ids, size_t n)
-{
-    fprintf(stderr, "  %s [", what);
-    for (size_t i = 0; i < n; i++) fprintf(stderr, "%s%d", i ? ", " : "", (int)ids[i]);
-    fprintf(stderr, "]\n");
 }
 
 /* Assert encode(text, add_bos) gives exactly the ids of the JSON array want. */
@@ -828,8 +794,7 @@ static void test_trained_tokenizer_has_the_mistral_layout_and_round_trips(void *
 
 int main(void)
 {
-    const char *s = getenv("SHARED");
-    snprintf(shared, sizeof shared, "%s", s && *s ? s : "../shared");
+    shared_init();
     char err[ERR_MAX];
     if (tok_load(&mistral, path_of("data/mistral-tokenizer/tokenizer.json"), err)) {
         fprintf(stderr, "cannot load the Mistral tokenizer: %s\n", err);

@@ -17,6 +17,7 @@
 #include "common/json.h"
 #include "data/tok.h"
 #include "data/tok_internal.h"
+#include "tests/ref_files.h"
 
 #include <cJSON.h>
 #include <pthread.h>
@@ -26,34 +27,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static char shared[512];
-
-static char *path_of(const char *rel)
-{
-    static char p[8][1024];
-    static int k;
-    char *b = p[k++ % 8];
-    snprintf(b, 1024, "%s/%s", shared, rel);
-    return b;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b) b[n] = 0;
-    if (len) *len = (size_t)n;
-    return b;
-}
 
 /* ------------------------------------------------------------ reference sets */
 
@@ -129,13 +102,6 @@ static void free_refset(refset *s)
     free(s->r);
     free(s->raw);
     tok_free(s->t);
-}
-
-static void print_ids(const char *what, const int32_t *ids, size_t n)
-{
-    fprintf(stderr, "  %s [", what);
-    for (size_t i = 0; i < n && i < 60; i++) fprintf(stderr, "%s%d", i ? ", " : "", (int)ids[i]);
-    fprintf(stderr, "%s]\n", n > 60 ? ", ..." : "");
 }
 
 /* encode(text, add_bos) == want; prints the first mismatch. */
@@ -585,8 +551,7 @@ static void test_key_order_does_not_matter(void **state)
 
 int main(void)
 {
-    const char *s = getenv("SHARED");
-    snprintf(shared, sizeof shared, "%s", s && *s ? s : "../shared");
+    shared_init();
     load_refset(&qwen3, "qwen3-tokenizer");
     load_refset(&gptoss, "gptoss-tokenizer");
     const struct CMUnitTest tests[] = {

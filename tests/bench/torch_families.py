@@ -287,21 +287,6 @@ def load_hf_dir(path):
     return m
 
 
-class LoraLinear(nn.Module):
-    """PEFT LoRA around a linear layer, its bias kept: y = W x + b + (alpha/r) B (A x)."""
-
-    def __init__(self, base, r, alpha, rslora=False):
-        super().__init__()
-        self.weight, self.bias = base.weight, base.bias               # frozen by the caller
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.scale = alpha / math.sqrt(r) if rslora else alpha / r
-
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias) + self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)
-
-
 def add_lora(m, r, alpha, targets, rslora=False):
     """PEFT LoRA on every nn.Linear whose own name is in targets (q_proj ... o_proj; gate_proj /
     up_proj / down_proj: every expert, dense MLP and shared expert; Mixtral's w1 / w2 / w3);
@@ -312,7 +297,7 @@ def add_lora(m, r, alpha, targets, rslora=False):
     for path, mod in list(m.named_modules()):
         for name, child in list(mod.named_children()):
             if name in targets and isinstance(child, nn.Linear):
-                wrapped = LoraLinear(child, r, alpha, rslora)
+                wrapped = tm.LoraLinear(child, r, alpha, rslora)
                 setattr(mod, name, wrapped)
                 key = "%s%s.%s" % (tm.PEFT_PREFIX, path, name)
                 lora[key + ".lora_A.weight"] = wrapped.lora_A
@@ -322,11 +307,7 @@ def add_lora(m, r, alpha, targets, rslora=False):
 
 def load_peft_adapter(m, path):
     """add_lora from a PEFT adapter dir (adapter_config.json + adapter_model.safetensors)."""
-    with open(os.path.join(path, "adapter_config.json")) as f:
-        ac = json.load(f)
-    lora = add_lora(m, ac["r"], ac["lora_alpha"], ac["target_modules"], ac.get("use_rslora", False))
-    tm.load_named(lora, tm.read_safetensors(os.path.join(path, "adapter_model.safetensors")))
-    return lora
+    return tm.load_peft_adapter(m, path, add=add_lora)
 
 
 def merged_state(m, lora, scale):

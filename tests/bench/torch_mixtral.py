@@ -116,19 +116,20 @@ class RMSNorm(nn.Module):
 
 
 class LoraLinear(nn.Module):
-    """PEFT LoRA: y = W x + (alpha/r) B (A x); A [r, in], B [out, r]."""
+    """PEFT LoRA around a linear layer, its bias kept (None in Mixtral):
+    y = W x + b + (alpha/r) B (A x); A [r, in], B [out, r]."""
 
     def __init__(self, base, r, alpha, rslora=False):
         super().__init__()
-        self.weight = base.weight                            # [out, in], frozen by caller
+        self.weight, self.bias = base.weight, base.bias      # frozen by the caller
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.scale = alpha / math.sqrt(r) if rslora else alpha / r
 
     def forward(self, x):
-        return F.linear(x, self.weight) + self.scale * F.linear(F.linear(x, self.lora_A),
-                                                                 self.lora_B)
+        return F.linear(x, self.weight, self.bias) + self.scale * F.linear(F.linear(x, self.lora_A),
+                                                                            self.lora_B)
 
 
 def rotate_half(x):
@@ -361,12 +362,13 @@ def add_lora(m, r, alpha, targets=("q_proj", "k_proj", "v_proj", "o_proj"), rslo
     return lora
 
 
-def load_peft_adapter(m, path):
-    """add_lora from a PEFT adapter dir (adapter_config.json + adapter_model.safetensors)."""
+def load_peft_adapter(m, path, add=None):
+    """add (add_lora by default) from a PEFT adapter dir (adapter_config.json +
+    adapter_model.safetensors)."""
     with open(os.path.join(path, "adapter_config.json")) as f:
         ac = json.load(f)
-    lora = add_lora(m, ac["r"], ac["lora_alpha"], ac["target_modules"],
-                    ac.get("use_rslora", False))
+    lora = (add or add_lora)(m, ac["r"], ac["lora_alpha"], ac["target_modules"],
+                             ac.get("use_rslora", False))
     load_named(lora, read_safetensors(os.path.join(path, "adapter_model.safetensors")))
     return lora
 
