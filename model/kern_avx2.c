@@ -42,7 +42,7 @@ static inline float vhmax(V x)
     return _mm_cvtss_f32(h);
 }
 #define vfirst _mm256_cvtss_f32
-/* lanes summed as kern_tmpl.h's hsum orders it: l + (l + 4), then + 2, + 1 */
+/* lanes summed in a fixed tree: l + (l + 4), then + 2, + 1 */
 static inline float vhsum(V x)
 {
     __m128 b = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));

@@ -32,7 +32,7 @@ static inline VM vmask(int n) { return n >= 16 ? (VM)0xffff : (VM)((1u << n) - 1
 #define vsel(m, a, b) _mm512_mask_blend_ps((m), (b), (a)) /* m ? a : b per lane */
 #define vhmax _mm512_reduce_max_ps
 #define vfirst _mm512_cvtss_f32
-/* lanes summed as kern_tmpl.h's hsum orders it: l + (l + 8), then + 4, + 2, + 1 */
+/* lanes summed in a fixed tree: l + (l + 8), then + 4, + 2, + 1 */
 static inline float vhsum(V x)
 {
     __m256 a = _mm256_add_ps(_mm512_castps512_ps256(x), _mm512_extractf32x8_ps(x, 1));

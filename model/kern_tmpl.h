@@ -4,7 +4,10 @@
  *   VM, vmask(n)        a mask of the first n lanes (0 <= n <= VL)
  *   vzero, vset1, vload, vstore, vloadm, vstorem, vfma(a, b, c) = a*b + c, vmul
  *   vtrans(V r[VL])     in-register transpose of VL rows of VL floats
- *   vhmax, vhsum, vfirst  a vector's max, its lanes' sum (the tree order below), lane 0
+ *   vhmax, vhsum, vfirst  a vector's max, its lanes' sum, lane 0; vhsum adds in registers in
+ *                       a fixed tree (lane l + lane l + VL/2, then the same on the halves), one
+ *                       order per ISA (a row of attention's scores is a few vectors: a sum
+ *                       through memory cost as much as the row)
  *   vwiden(p, dt)       VL 16-bit values (KERN_BF16 / KERN_F16) widened to fp32
  *   ROWS_MR(X), ROWS_MRN(X)   X(0) ... X(MR-1), X(0) ... X(MRN-1): the tiles' rows
  *   KN(name)            the set's name for name
@@ -388,11 +391,6 @@ static inline V vexp(V x)
     return vsel(visnan(x), x, vmul(p, vpow2i(n)));
 }
 
-/* lanes summed in a fixed tree order: lane l + lane l + VL/2 for l < VL/2, then the same on
- * those halves down to one lane (in registers: vhsum; a row of attention's scores is a few
- * vectors, so a sum through memory cost as much as the row) */
-static inline float hsum(V x) { return vhsum(x); }
-
 /* Attention forward, one block of scores S (m rows, ld apart; nk keys): row i sees keys
  * [lo[i], hi[i]] (none when lo > hi). mnew[i] = max(mprev[i], its visible scores), S :=
  * exp(S - mnew[i]) there and 0 elsewhere, sum[i] = the row's sum. */
@@ -421,7 +419,7 @@ void KN(attn_block_fwd)(float *S, long ld, int m, int nk, const int *lo, const i
             }
             mnew[i] = vfirst(mv);
         }
-        sum[i] = hsum(acc);
+        sum[i] = vhsum(acc);
     }
 }
 
@@ -507,7 +505,7 @@ double KN(ce_row)(float *z, int n, float scale, int grad)
             acc = vadd(acc, e);
         }
         cm[c] = m;
-        cs[c] = hsum(acc);
+        cs[c] = vhsum(acc);
         mx = m > mx ? m : mx;
     }
     double sum = 0;
