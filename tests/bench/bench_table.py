@@ -119,6 +119,16 @@ def targets16(results, configs, peak, peak512):
         return max((e for e in ("torch-plain", "torch", "torch-avx512") if (e, cfg) in tok), key=lambda e: tok[e, cfg],
                    default=None)
 
+    def passes(cfg, e, pk):
+        """The same MFU without the optimizer (memory-bound, no FLOPs counted): what the passes reach."""
+        r = results[cfg][e]
+        try:
+            f, b, o = float(r["fwd_ms"]), float(r["bwd_ms"]), float(r["opt_ms"])
+        except (KeyError, TypeError, ValueError):
+            return
+        print("    of which the forward + backward passes alone: %.1f%% of the peak; the optimizer %.1f ms = %.1f%% "
+              "of the step" % (bc.mfu_pct(cfg, tok[e, cfg] * (f + b + o) / (f + b), pk), o, 100 * o / (f + b + o)))
+
     avx512 = peak512 != peak
     print("issue 16 (own kernels, grouped experts, fused attention):")
     for cfg in configs:
@@ -134,9 +144,11 @@ def targets16(results, configs, peak, peak512):
         if goal and ("moet", cfg) in tok:
             line("%s model FLOP/s of moet over the sgemm peak of its kernels (%.0f GFLOP/s)" % (cfg, peak512),
                  bc.mfu_pct(cfg, tok["moet", cfg], peak512), goal, "%")
+            passes(cfg, "moet", peak512)
         if goal and ("moet-keep", cfg) in tok:
             line("%s model FLOP/s of moet-keep (AVX2) over the AVX2 sgemm peak (%.0f GFLOP/s)" % (cfg, peak),
                  bc.mfu_pct(cfg, tok["moet-keep", cfg], peak), goal, "%")
+            passes(cfg, "moet-keep", peak)
 
 
 def targets(results, configs, peak, peak512):
