@@ -48,12 +48,6 @@ static void block_spans(int *lo, int *hi, const int *ks, int i0, int m, int j0, 
     }
 }
 
-/* rows x hd of src (ld lds) into dst (ld ldd) */
-static void copy_rows(float *restrict dst, int ldd, const float *restrict src, int lds, int rows, int hd)
-{
-    kern_copy_rows(dst, ldd, src, lds, rows, hd); /* not a memcpy call per row: it costs as much as the copy */
-}
-
 /* One query head of one batch row (Q: T rows, QKV apart) against K^T and V already in the
  * thread's scratch (Kt, Vc): its output rows (ldo apart) and log-sum-exp per row (l). Qc, S:
  * the scratch's head copy and block area. */
@@ -65,7 +59,7 @@ static void head_forward(float *out, int ldo, float *l, const float *Q, int QKV,
     double *run_l = (double *)(O + (size_t)BQ * lh); /* an even offset: BQ doubles */
     float *run_m = (float *)(run_l + BQ), mnew[BQ], sum[BQ];
     int lo[BQ], hi[BQ];
-    copy_rows(Qc, lh, Q, QKV, T, hd);
+    kern_copy_rows(Qc, lh, Q, QKV, T, hd);
     for (int i0 = 0; i0 < T; i0 += BQ) {
         int m = T - i0 < BQ ? T - i0 : BQ, jlo = tile_kv_lo(ks, i0, m), jend = i0 + m;
         for (int i = 0; i < m; i++) run_m[i] = -INFINITY, run_l[i] = 0;
@@ -113,7 +107,7 @@ void attn_forward(float *out, float *lse, const float *qkv, const int *kv_start,
         float *Vc = Kt + 2 * (size_t)hd * lk, *Qc = Vc + (size_t)T * lh, *S = Vc + 6 * (size_t)T * lh;
         const float *base = qkv + (size_t)b * T * QKV;
         kern_transpose(Kt, lk, base + (H + g) * hd, QKV, T, hd);
-        copy_rows(Vc, lh, base + (H + KV + g) * hd, QKV, T, hd);
+        kern_copy_rows(Vc, lh, base + (H + KV + g) * hd, QKV, T, hd);
         for (int h = h0; h < h0 + per; h++)
             head_forward(out + (size_t)b * T * ldo + h * hd, ldo, lse + ((size_t)b * H + h) * T, base + h * hd, QKV,
                          Kt, Vc, kv_start + (size_t)b * T, T, hd, Qc, S);
@@ -142,13 +136,13 @@ void attn_backward(float *dqkv, const float *dout, const float *out, const float
         const int *ks = kv_start + (size_t)b * T;
         kern_transpose(Kt, lk, K, QKV, T, hd);
         kern_transpose(Vt, lk, V, QKV, T, hd);
-        copy_rows(Kc, lh, K, QKV, T, hd);
+        kern_copy_rows(Kc, lh, K, QKV, T, hd);
         memset(dK, 0, 2 * (size_t)T * lh * sizeof(float)); /* dK and dV */
         for (int h = g * group; h < (g + 1) * group; h++) {
             const float *O = out + (size_t)b * T * ldo + h * hd, *dO = dout + (size_t)b * T * ldo + h * hd;
             const float *l = lse + ((size_t)b * H + h) * T;
-            copy_rows(Qc, lh, base + h * hd, QKV, T, hd);
-            copy_rows(dOc, lh, dO, ldo, T, hd);
+            kern_copy_rows(Qc, lh, base + h * hd, QKV, T, hd);
+            kern_copy_rows(dOc, lh, dO, ldo, T, hd);
             for (int t = 0; t < T; t++) { /* D = rowsum(dO * O) */
                 const float *o = O + (size_t)t * ldo, *d = dOc + (size_t)t * lh;
                 float s = 0;
@@ -171,9 +165,9 @@ void attn_backward(float *dqkv, const float *dout, const float *out, const float
                     kern_mm(nk, hd, m, scale, dS, 1, BK, Qi, lh, 1, dK + (size_t)j0 * lh, lh);
                 }
             }
-            copy_rows(dbase + h * hd, QKV, dQ, lh, T, hd);
+            kern_copy_rows(dbase + h * hd, QKV, dQ, lh, T, hd);
         }
-        copy_rows(dbase + (H + g) * hd, QKV, dK, lh, T, hd);
-        copy_rows(dbase + (H + KV + g) * hd, QKV, dV, lh, T, hd);
+        kern_copy_rows(dbase + (H + g) * hd, QKV, dK, lh, T, hd);
+        kern_copy_rows(dbase + (H + KV + g) * hd, QKV, dV, lh, T, hd);
     }
 }

@@ -55,8 +55,9 @@ static size_t head_vb(size_t V)
 }
 
 /* floats of head_frozen's buffer for rows rows and blocks of vb: a block of logits, S
- * (doubles), m, z_y, W_y */
+ * (doubles, from an even offset), m, z_y, W_y; and the rows a buffer of floats holds */
 static size_t head_frozen_floats(size_t rows, size_t vb, size_t D) { return rows * (vb + 4) + D + 2; }
+static size_t head_frozen_rows(size_t floats, size_t vb, size_t D) { return (floats - D - 1) / (vb + 4); }
 
 /* Time stmt into family fam of direction dir (fwd/bwd) when profiling is on. */
 #define PROF(fam, dir, ...)                                                                                           \
@@ -197,7 +198,8 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
         size_t region = (size_t)(layers_end - shared), lo = (size_t)32 << 20;
         size_t rows = (region > lo ? region : lo) / ((a->head_vb + 4) * f);
         const char *e = getenv("MOET_HEAD_ROWS"); /* tests only: several passes on a small batch */
-        if (e && atol(e) > 0 && (size_t)atol(e) < rows) rows = (size_t)atol(e);
+        long hr = e ? atol(e) : 0;
+        if (hr > 0 && (size_t)hr < rows) rows = (size_t)hr;
         rows = rows < 1 ? 1 : rows > N ? N : rows;
         a->head_floats = head_frozen_floats(rows, a->head_vb, D);
         a->head_rows = a->head_floats / V > 0 ? (int)(a->head_floats / V) : 1;
@@ -548,7 +550,7 @@ static void router_losses(model *m, model_acts *a, int N, int global, model_stat
 static void head_frozen(model *m, model_acts *a, const model_batch *b, int train, double ce_scale, model_stats *st)
 {
     int N = b->B * b->T, D = m->c.dim, V = m->c.vocab;
-    size_t vbw = a->head_vb, fit = (a->head_floats - D - 1) / (vbw + 4); /* rows: a block, S, mx, zy */
+    size_t vbw = a->head_vb, fit = head_frozen_rows(a->head_floats, vbw, D);
     int chunk = fit < (size_t)N ? (int)fit : N;
     double ce_sum = 0, *S = (double *)(a->head + ((size_t)chunk * vbw + 1) / 2 * 2); /* per row: sum of exp(z - mx) */
     long count = 0;
