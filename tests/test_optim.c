@@ -256,6 +256,30 @@ static void test_clip_fused_into_adamw_is_bit_identical(void **state)
     }
 }
 
+/* The trainer's AdamW also zeroes the gradients it reads (adamw_step_consume): the same p, m, v
+ * as adamw_step_scaled bit for bit, every element of a segment zeroed, the gap between two
+ * segments (no tensor there) left as it was. */
+static void test_adamw_consume_matches_scaled_and_zeroes_the_segments(void **state)
+{
+    enum { N = 1000 };
+    adamw_cfg c = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1};
+    adamw_seg segs[2] = {{0, 600, 1}, {610, 390, 0}};
+    static float p1[N], m1[N], v1[N], p2[N], m2[N], v2[N], g1[N], g2[N];
+    for (int i = 0; i < N; i++) p1[i] = p2[i] = rng_normal(), m1[i] = m2[i] = v1[i] = v2[i] = 0;
+    for (int step = 1; step <= 3; step++) {
+        for (int i = 0; i < N; i++) g1[i] = g2[i] = 0.3f * rng_normal();
+        adamw_step_scaled(&c, p1, g1, m1, v1, segs, 2, step, 1e-3f, 0.7f);
+        adamw_step_consume(&c, p2, g2, m2, v2, segs, 2, step, 1e-3f, 0.7f);
+        assert_memory_equal(p1, p2, sizeof p1);
+        assert_memory_equal(m1, m2, sizeof m1);
+        assert_memory_equal(v1, v2, sizeof v1);
+        for (int i = 0; i < N; i++) {
+            if (i >= 600 && i < 610) assert_true(g2[i] == g1[i] && g1[i] != 0); /* the gap */
+            else assert_true(g2[i] == 0.0f && !signbit(g2[i]));
+        }
+    }
+}
+
 static void test_clip_returns_nonfinite_norm_without_scaling(void **state)
 {
     float g[3] = {1, INFINITY, 2}, g2[3] = {1, NAN, 2};
@@ -364,6 +388,7 @@ int main(void)
         cmocka_unit_test(test_clip_fused_into_adamw_is_bit_identical),
         cmocka_unit_test(test_sched_warmup_is_linear_from_lr_over_w_to_lr),
         cmocka_unit_test(test_sched_constant_is_lr_everywhere_after_warmup),
+        cmocka_unit_test(test_adamw_consume_matches_scaled_and_zeroes_the_segments),
         cmocka_unit_test(test_sched_cosine_boundaries_midpoint_and_floor),
         cmocka_unit_test(test_sched_linear_boundaries_and_midpoint),
         cmocka_unit_test(test_sched_wsd_is_stable_then_decays_over_the_last_d_steps),

@@ -277,7 +277,8 @@ static int train_step(trainer *tr, step_result *res, char *err)
         total = (long)v[0];
         if (v[1] > 0) return dist_agree(tr->d, rc, rc ? err : (err[0] = 0, err));
     } else if (rc) return -1;
-    par_zero(tr->tv.g, tr->tv.total);
+    if (!tr->g_zeroed) par_zero(tr->tv.g, tr->tv.total); /* else the last AdamW left it zeroed */
+    tr->g_zeroed = 0;
     memset(tr->load, 0, (size_t)L * E * sizeof *tr->load);
     double ce_sum = 0, aux = 0, z = 0;
     for (int i = 0; i < k; i++) {
@@ -329,8 +330,15 @@ static int train_step(trainer *tr, step_result *res, char *err)
                        isfinite(res->loss) ? "gradient norm" : "loss", tr->step + 1, res->loss, res->grad_norm,
                        tr->last_ckpt[0] ? "the last good checkpoint is kept" : "no checkpoint was written");
     res->lr = sched_lr(&tr->sc, tr->step + 1);
-    adamw_step_scaled(&tr->ac, tr->tv.w + tr->opt_lo, g, tr->mom, tr->vel, tr->segs, tr->nseg, tr->step + 1,
-                      (float)res->lr, clip_coef(res->grad_norm, c->optim.grad_clip));
+    float coef = clip_coef(res->grad_norm, c->optim.grad_clip);
+    if (tr->d) /* g is the reduced copy (a shard under ZeRO-1): tv.g is zeroed at the next step */
+        adamw_step_scaled(&tr->ac, tr->tv.w + tr->opt_lo, g, tr->mom, tr->vel, tr->segs, tr->nseg, tr->step + 1,
+                          (float)res->lr, coef);
+    else { /* one process: the segments cover every tensor of tv, so this zeroes every gradient */
+        adamw_step_consume(&tr->ac, tr->tv.w, tr->tv.g, tr->mom, tr->vel, tr->segs, tr->nseg, tr->step + 1,
+                           (float)res->lr, coef);
+        tr->g_zeroed = 1;
+    }
     tr->t_opt += now() - t_opt;
     dist_params(tr->d); /* ZeRO-1: every rank's updated shard to every rank */
     tr->step++;

@@ -58,6 +58,7 @@ typedef struct {
     int prof_steps;
     int lock_fd;           /* RUN_DIR/.moet-train.lock, flock'ed while training (-1: none) */
     int made_run_dir;      /* levels of run_dir this process created (it holds the lock; removed if setup fails) */
+    int g_zeroed;          /* tv.g is all zero (AdamW zeroed it as it read it): no zeroing pass */
     int warned_no_targets; /* a step without target tokens was reported */
     plan_in plan_in;       /* the run as the memory planner sees it */
     size_t planned_bytes;  /* its planned peak (0: not planned) */
