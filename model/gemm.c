@@ -11,7 +11,9 @@
  *     and small); a 16-bit B goes to moet's kernels, which widen it while packing;
  *   - at the top level, skinny products (a side of at most 32: LoRA's rank, the router) run
  *     on moet's kernels with M or N split over the threads (small + LoRA: 1.16x against
- *     1.07x with OpenBLAS there, same rounds), everything else on OpenBLAS.
+ *     1.07x with OpenBLAS there, same rounds), everything else on OpenBLAS: split over M
+ *     into one single-threaded call per thread where B is narrow or small (blas_parts), else
+ *     with OpenBLAS's own threads.
  * The attention tiles (model/attn.c) call moet's kernels directly.
  * MOET_GEMM=blas or =own forces one set everywhere (the golden tests run both); MOET_ISA
  * picks the own kernels' ISA. Results differ between the sets only in rounding: moet's
@@ -142,6 +144,39 @@ static void own_run(int mode, int ta, int tb, int M, int N, int K, float alpha, 
     else own_split(ta, tb, M, N, K, alpha, A, lda, B, ldb, bdt, beta, C, ldc);
 }
 
+/* Threads for an OpenBLAS product at the top level split over M, each part a single-threaded
+ * OpenBLAS call (OpenBLAS's OpenMP build runs one thread inside a parallel region), instead of
+ * OpenBLAS's own threading, which shares one packed B between its threads and synchronises on
+ * it. Chosen by measurement (2 threads, AVX-512 EPYC, single calls, best of several): with a
+ * narrow B the split wins — N = 256: +12-29% (tiny's projections and lm_head dW / dX), N = 512:
+ * +4-14% (small's, and its lm_head dX with K = 32000), N = 1536: +5% — and so with a small B
+ * of any width (tiny's logits, K = 256, N = 4096: +5%); with a wide, deep B each thread
+ * packing all of it costs more than the sharing does (K x N = 2048 x 4096 and up: -2 to -7%;
+ * small's logits, 512 x 32000: -2%). In whole steps: tiny's attention -9%, its lm_head + loss
+ * -6%; small within noise. Measured on 2 threads only: with more than 4 OpenBLAS's own
+ * threading stays. 0: no split (inside a region, one thread, few rows, MOET_GEMM=blas). */
+static int blas_parts(int M, int N, int K)
+{
+    int T = omp_get_max_threads();
+    if (kernel_set() != SET_AUTO || par_inline() || T > 4 || M < 64 * T) return 0;
+    return N <= 1536 || (size_t)K * N <= ((size_t)2 << 20) ? T : 0;
+}
+
+int model_gemm_split_parts(int M, int N, int K) { return blas_parts(M, N, K); }
+
+static void blas_split(int parts, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                       const float *B, int ldb, float beta, float *C, int ldc)
+{
+    int chunk = ((M + parts - 1) / parts + 15) & ~15; /* whole 16-row panels of OpenBLAS's kernel */
+#pragma omp parallel for schedule(static) num_threads(parts)
+    for (int t = 0; t < parts; t++) {
+        int o = t * chunk, n = M - o < chunk ? M - o : chunk;
+        if (n > 0)
+            cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, n, N, K, alpha,
+                        ta ? A + o : A + (size_t)o * lda, lda, B, ldb, beta, C + (size_t)o * ldc, ldc);
+    }
+}
+
 void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                 int ldb, float beta, float *C, int ldc)
 {
@@ -154,6 +189,11 @@ void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const 
     int mode = own_mode(transA, transB, M, N, K, ldb, KERN_F32);
     if (mode) {
         own_run(mode, transA, transB, M, N, K, alpha, A, lda, B, ldb, KERN_F32, beta, C, ldc);
+        return;
+    }
+    int parts = blas_parts(M, N, K);
+    if (parts) {
+        blas_split(parts, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K,

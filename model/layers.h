@@ -166,6 +166,9 @@ const char *model_gemm_describe(void);
 /* 1 when the policy gives C (M, N) = op(A) op(B) (ta, tb; ldb; a bf16 B with bf16) to moet's
  * own kernels, 0 for OpenBLAS; inside: called in a parallel region (make bench's table) */
 int model_gemm_uses_own(int inside, int ta, int tb, int M, int N, int K, int ldb, int bf16);
+/* Threads an fp32 OpenBLAS product (M, N, K) made at the top level is split over (over M, one
+ * single-threaded call each), 0 when OpenBLAS's own threads run it (make bench's table) */
+int model_gemm_split_parts(int M, int N, int K);
 
 /* Products with a weight matrix W (N rows, K cols) of any store (model/gemm.c); T holds the
  * widening tiles of a 16-bit store (unused for fp32).

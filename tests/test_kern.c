@@ -7,6 +7,9 @@
  *   - a bf16 / f16 B gives bit for bit the product of the fp32-widened B;
  *   - the two sets, both modes (C or C^T computed) and any split of M or N over calls give bit
  *     for bit the same C (one FMA chain per element over k, in the same k blocks);
+ *   - model_gemm's OpenBLAS products at the top level, split over M into one call per thread
+ *     (model/gemm.c blas_parts), against double with the same bound, and against the same call
+ *     made unsplit (inside a one-thread region), all four transposes, uneven parts, beta != 0;
  *   - short in-place products, transposes and row copies (exact), the attention softmax passes, SwiGLU and
  *     the cross-entropy row against double precision (relative 2e-6: exp's 2e-7 and a sum). */
 #include <setjmp.h>
@@ -23,6 +26,9 @@
 #include "common/half.h"
 #include "common/rng.h"
 #include "model/kern.h"
+#include "model/layers.h"
+
+#include <omp.h>
 
 /* the kernel sets, called directly */
 void kern512_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const void *B, int ldb,
@@ -168,6 +174,56 @@ static void test_splits_and_modes_give_the_same_bits(void **state)
     free(pack);
 }
 
+/* model_gemm at the top level with 2 threads: split over M where B is narrow or small (every
+ * shape here), OpenBLAS single-threaded inside a region (no split): both within the bound of
+ * check_gemm against double; the rows past each part's end and the padding past N untouched. */
+static void test_top_level_products_split_over_m_match_double(void **state)
+{
+    static const shape top[] = {{0, 1, 333, 256, 256}, {0, 0, 300, 200, 515}, {1, 0, 257, 96, 700},
+                                {1, 1, 130, 64, 33},   {0, 1, 260, 4096, 64}};
+    int keep = omp_get_max_threads();
+    omp_set_num_threads(2);
+    for (size_t c = 0; c < sizeof top / sizeof top[0]; c++) {
+        const shape *s = &top[c];
+        int ar = s->ta ? s->K : s->M, ac = s->ta ? s->M : s->K, br = s->tb ? s->N : s->K, bc = s->tb ? s->K : s->N;
+        int lda = ac + 3, ldb = bc + 5, ldc = s->N + 2;
+        float *A = randv((size_t)ar * lda), *B = randv((size_t)br * ldb), *C0 = randv((size_t)s->M * ldc);
+        float *C[2];
+        for (int v = 0; v < 2; v++) {
+            C[v] = malloc((size_t)s->M * ldc * sizeof(float));
+            memcpy(C[v], C0, (size_t)s->M * ldc * sizeof(float));
+        }
+        model_gemm(s->ta, s->tb, s->M, s->N, s->K, 0.75f, A, lda, B, ldb, 0.5f, C[0], ldc); /* split */
+#pragma omp parallel num_threads(1)
+        model_gemm(s->ta, s->tb, s->M, s->N, s->K, 0.75f, A, lda, B, ldb, 0.5f, C[1], ldc); /* one call */
+        double worst = 0, apart = 0;
+        for (int i = 0; i < s->M; i++) {
+            for (int j = 0; j < s->N; j++) {
+                double acc = 0, mag = 0;
+                for (int k = 0; k < s->K; k++) {
+                    double a = s->ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                    double b = s->tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                    acc += a * b, mag += fabs(a * b);
+                }
+                double c0 = C0[(size_t)i * ldc + j], want = 0.75 * acc + 0.5 * c0;
+                double tol = 1e-5 * (0.75 * mag + 0.5 * fabs(c0)) + 1e-30;
+                double d = fabs(C[0][(size_t)i * ldc + j] - want) / tol, e = fabs(C[1][(size_t)i * ldc + j] - want) / tol;
+                worst = d > worst ? d : e > worst ? e : worst;
+                double x = fabs(C[0][(size_t)i * ldc + j] - C[1][(size_t)i * ldc + j]) / tol;
+                apart = x > apart ? x : apart;
+            }
+            for (int j = s->N; j < ldc; j++)
+                assert_true(C[0][(size_t)i * ldc + j] == C0[(size_t)i * ldc + j]);
+        }
+        printf("  %c%c %dx%dx%d: split and unsplit within %.3f of the bound of double, %.3f apart\n", "NT"[s->ta],
+               "NT"[s->tb], s->M, s->N, s->K, worst, apart);
+        assert_true(worst <= 1);
+        assert_true(apart <= 1);
+        free(A), free(B), free(C0), free(C[0]), free(C[1]);
+    }
+    omp_set_num_threads(keep);
+}
+
 static void test_16_bit_b_is_the_product_of_the_widened_b(void **state)
 {
     gemm_fn fns[2];
@@ -307,6 +363,7 @@ int main(void)
         cmocka_unit_test(test_gemm_matches_double_on_every_transpose_and_tail),
         cmocka_unit_test(test_the_kernel_sets_agree_bit_for_bit),
         cmocka_unit_test(test_splits_and_modes_give_the_same_bits),
+        cmocka_unit_test(test_top_level_products_split_over_m_match_double),
         cmocka_unit_test(test_16_bit_b_is_the_product_of_the_widened_b),
         cmocka_unit_test(test_short_products_and_transposes),
         cmocka_unit_test(test_softmax_swiglu_and_cross_entropy_match_double),

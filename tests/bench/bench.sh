@@ -94,6 +94,12 @@ if [ $VARIANTS = 1 ]; then
     echo "== the same on AVX2 (MOET_ISA=avx2, OpenBLAS as configured, oneDNN and LIBXSMM held to AVX2)"
     OMP_NUM_THREADS=1 MOET_ISA=avx2 DNNL_MAX_CPU_ISA=AVX2 LIBXSMM_TARGET=hsw build/gemm_bench 15 | tee "$OUT/gemm-avx2.txt" | sed 's/^/   /'
 fi
+echo "== top-level products on $OMP_NUM_THREADS threads: OpenBLAS's own threads against moet's split over M (OpenBLAS ${ct512:-as configured})"
+OPENBLAS_CORETYPE=$ct512 build/gemm_bench top 15 | tee "$OUT/gemm-top.txt" | sed 's/^/   /'
+if [ $VARIANTS = 1 ]; then
+    echo "== the same on the configured OpenBLAS kernels"
+    build/gemm_bench top 15 | tee "$OUT/gemm-top-avx2.txt" | sed 's/^/   /'
+fi
 
 # ---- correctness before speed: both engines against the Hugging Face golden data
 SHARED="${SHARED:-$(cd .. && pwd)/shared}"

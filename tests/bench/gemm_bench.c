@@ -17,6 +17,10 @@
  * An engine whose library is missing at build time (HAVE_BLIS, HAVE_DNNL, HAVE_XSMM) shows "-".
  *
  * usage: gemm_bench [ms per window, default 30]; OMP_NUM_THREADS=1 expected (bench.sh sets it).
+ *        gemm_bench top [ms]: the products moet makes at the top level (attention projections,
+ *        lm_head; all threads): OpenBLAS with its own threads against model_gemm as moet calls
+ *        it (split over M into one single-threaded OpenBLAS call per thread where its policy
+ *        says so), and which of the two the policy picks.
  * stdout: one line per shape, GFLOP/s per engine, the fastest, and what moet's policy runs
  * for an fp32 B (model_gemm_uses_own, called as moet calls it: inside a parallel region for the
  * experts, at the top level for LoRA and the router; attention tiles always on the own kernels). */
@@ -28,6 +32,7 @@
 #ifdef HAVE_DNNL
 #include <oneapi/dnnl/dnnl.h>
 #endif
+#include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,8 +160,72 @@ static double measure(job *j, int e, double ms)
     return flops / best * 1e-9;
 }
 
+/* top-level products (tokens x out x in as model_gemm sees them): tiny (2048 tokens, D 256,
+ * V 4096), small (2048 tokens, D 512, V 32000, a 1024-row lm_head chunk), and two of
+ * Mixtral-size width (D 4096, a 1024-token batch) */
+static const shape top_shapes[] = {
+    {"tiny qkv X Wqkv^T", 0, 1, 2048, 512, 256, TOP},      {"tiny o_proj X Wo^T", 0, 1, 2048, 256, 256, TOP},
+    {"tiny qkv dX = dY Wqkv", 0, 0, 2048, 256, 512, TOP},  {"tiny qkv dW = dY^T X", 1, 0, 512, 256, 2048, TOP},
+    {"tiny logits X Wv^T", 0, 1, 2048, 4096, 256, TOP},    {"tiny lm_head dW", 1, 0, 4096, 256, 2048, TOP},
+    {"tiny lm_head dX", 0, 0, 2048, 256, 4096, TOP},       {"small qkv X Wqkv^T", 0, 1, 2048, 1536, 512, TOP},
+    {"small o_proj X Wo^T", 0, 1, 2048, 512, 512, TOP},    {"small qkv dX = dY Wqkv", 0, 0, 2048, 512, 1536, TOP},
+    {"small qkv dW = dY^T X", 1, 0, 1536, 512, 2048, TOP}, {"small logits X Wv^T", 0, 1, 1024, 32000, 512, TOP},
+    {"small lm_head dW", 1, 0, 32000, 512, 1024, TOP},     {"small lm_head dX", 0, 0, 1024, 512, 32000, TOP},
+    {"D4096 qkv X Wqkv^T", 0, 1, 1024, 6144, 4096, TOP},   {"D4096 o_proj dX", 0, 0, 1024, 4096, 4096, TOP},
+};
+
+/* GFLOP/s of the best of 3 windows of ms: e 0 cblas_sgemm at the top level (OpenBLAS's threads),
+ * e 1 model_gemm at the top level */
+static double measure_top(const shape *s, float *A, float *B, float *C, int e, double ms)
+{
+    int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
+    double flops = 2.0 * s->M * s->N * s->K, best = 1e30;
+    for (int w = 0; w < 4; w++) { /* the first window warms up */
+        int n = 0;
+        double t0 = now_s(), t;
+        do {
+            if (e == 0)
+                cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans, s->tb ? CblasTrans : CblasNoTrans, s->M,
+                            s->N, s->K, 1, A, lda, B, ldb, 0, C, s->N);
+            else
+                model_gemm(s->ta, s->tb, s->M, s->N, s->K, 1, A, lda, B, ldb, 0, C, s->N);
+            n++;
+        } while ((t = now_s() - t0) < ms * 1e-3);
+        if (w && t / n < best) best = t / n;
+    }
+    return flops / best * 1e-9;
+}
+
+static int main_top(double ms)
+{
+    printf("gemm_bench top: %d threads, fp32, row-major C (M,N) = op(A) op(B); GFLOP/s, best of 3 windows of %.0f ms "
+           "(%s kernels)\n", omp_get_max_threads(), ms, openblas_get_corename());
+    printf("%-26s %2s %2s %5s %5s %5s %12s %12s %7s  %s\n", "product", "ta", "tb", "M", "N", "K", "openblas-mt",
+           "moet", "ratio", "moet runs");
+    for (size_t i = 0; i < sizeof top_shapes / sizeof *top_shapes; i++) {
+        const shape *s = &top_shapes[i];
+        size_t na = (size_t)s->M * s->K, nb = (size_t)s->K * s->N;
+        float *A = aligned_alloc(64, na * 4 + 64), *B = aligned_alloc(64, nb * 4 + 64);
+        float *C = aligned_alloc(64, (size_t)s->M * s->N * 4 + 64);
+        for (size_t k = 0; k < na; k++) A[k] = (float)((k * 7919) % 1000) / 1000 - 0.5f;
+        for (size_t k = 0; k < nb; k++) B[k] = (float)((k * 104729) % 1000) / 1000 - 0.5f;
+        double g0 = 0, g1 = 0;
+        for (int r = 0; r < 2; r++) { /* interleaved: each engine's best of both rounds */
+            double a = measure_top(s, A, B, C, 0, ms), b = measure_top(s, A, B, C, 1, ms);
+            g0 = a > g0 ? a : g0, g1 = b > g1 ? b : g1;
+        }
+        int parts = model_gemm_split_parts(s->M, s->N, s->K);
+        printf("%-26s %2d %2d %5d %5d %5d %12.1f %12.1f %6.2fx  ", s->family, s->ta, s->tb, s->M, s->N, s->K, g0, g1,
+               g1 / g0);
+        parts ? printf("split over M, %d calls\n", parts) : printf("openblas, its threads\n");
+        free(A), free(B), free(C);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "top")) return main_top(argc > 2 ? atof(argv[2]) : 30);
     double ms = argc > 1 ? atof(argv[1]) : 30;
     const char *arch = "not built in";
 #ifdef HAVE_BLIS
