@@ -202,14 +202,15 @@ void model_gemm(int transA, int transB, int M, int N, int K, float alpha, const 
 
 const char *model_gemm_describe(void)
 {
-    static char buf[160];
+    static char buf[224];
     int set = kernel_set();
     if (set == SET_BLAS)
         snprintf(buf, sizeof buf, "OpenBLAS for every product%s", kern_isa() == KERN_NONE ? " (no AVX2: no own kernels)" : " (MOET_GEMM=blas)");
     else
         snprintf(buf, sizeof buf, "moet %s kernels for %s", kern_isa_name(kern_isa()),
                  set == SET_OWN ? "every product (MOET_GEMM=own)"
-                                : "skinny products and 16-bit weights inside parallel regions, OpenBLAS for the rest");
+                                : "skinny products and 16-bit weights inside parallel regions, OpenBLAS for the rest "
+                                  "(top-level ones with a narrow B split over M, one call per thread)");
     return buf;
 }
 
