@@ -50,7 +50,7 @@ static void block_spans(int *lo, int *hi, const int *ks, int i0, int m, int j0, 
 
 /* Blocks on the causal diagonal (a key past the tile's first query) go in strips of SR query
  * rows, each scored only up to its own last query's key: the products skip the masked corner
- * (~17% of tiny's scores) in whole column panels, the chains over keys (P V, dS K) lose only
+ * (15% of what whole blocks scored on tiny) in whole column panels, the chains over keys (P V, dS K) lose only
  * terms that were 0 * x, and the chains over queries (P^T dO, dS^T Q) start past the leading
  * zero ones, so every result is the one the whole block gave (for finite inputs). */
 enum { SR = 12 };
