@@ -81,23 +81,24 @@ static void head_forward(float *out, int ldo, float *l, const float *Q, int QKV,
             for (int r0 = 0; r0 < m; r0 += sh) {
                 int sr = m - r0 < sh ? m - r0 : sh, nks = strip_keys(i0 + r0, sr, j0, nk);
                 if (nks <= 0) continue; /* the strip's rows see no key of this block */
-                float *Sr = S + (size_t)r0 * BK, *Or = O + (size_t)r0 * lh;
+                float *Sr = S + (size_t)r0 * BK, *Or = O + (size_t)r0 * lh, *rm = run_m + r0;
+                double *rl = run_l + r0;
                 kern_mm(sr, nks, hd, scale, Qc + (size_t)(i0 + r0) * lh, lh, 1, Kt + j0, lk, 0, Sr, BK);
                 block_spans(lo, hi, ks, i0 + r0, sr, j0, nks);
                 /* online softmax: P = exp(S - the max so far); O and the sum rescaled when it grows */
-                kern_attn_block_fwd(Sr, BK, sr, nks, lo, hi, run_m + r0, mnew, sum);
+                kern_attn_block_fwd(Sr, BK, sr, nks, lo, hi, rm, mnew, sum);
                 for (int i = 0; i < sr; i++) {
                     if (lo[i] > hi[i]) continue; /* no key of this row here: a zero row of P */
                     float *o = Or + (size_t)i * lh;
-                    if (run_m[r0 + i] == -INFINITY) { /* the row's first keys: O starts here */
+                    if (rm[i] == -INFINITY) { /* the row's first keys: O starts here */
                         memset(o, 0, (size_t)hd * sizeof(float));
-                    } else if (mnew[i] > run_m[r0 + i]) {
-                        float c = model_expf(run_m[r0 + i] - mnew[i]);
+                    } else if (mnew[i] > rm[i]) {
+                        float c = model_expf(rm[i] - mnew[i]);
                         for (int d = 0; d < hd; d++) o[d] *= c;
-                        run_l[r0 + i] *= c;
+                        rl[i] *= c;
                     }
-                    run_l[r0 + i] += sum[i];
-                    run_m[r0 + i] = mnew[i];
+                    rl[i] += sum[i];
+                    rm[i] = mnew[i];
                 }
                 kern_mm(sr, hd, nks, 1, Sr, BK, 1, Vc + (size_t)j0 * lh, lh, 1, Or, lh);
             }
@@ -193,9 +194,10 @@ void attn_backward(float *dqkv, const float *dout, const float *out, const float
                     }
                     /* dV += P^T dO; dK += scale dS^T Q: on the diagonal, strips of SR keys from the
                      * first query that sees them (j0 + jr - i0; the queries before add 0) */
-                    for (int jr = 0; jr < nk; jr += sh == m ? nk : SR) {
-                        int nr = sh == m ? nk : nk - jr < SR ? nk - jr : SR;
-                        int q0 = sh == m || j0 + jr <= i0 ? 0 : j0 + jr - i0; /* < m: keys end at i0 + m */
+                    int diag = sh != m, kr = diag ? SR : nk; /* key rows per product */
+                    for (int jr = 0; jr < nk; jr += kr) {
+                        int nr = nk - jr < kr ? nk - jr : kr;
+                        int q0 = diag && j0 + jr > i0 ? j0 + jr - i0 : 0; /* < m: keys end at i0 + m */
                         const float *Pq = P + (size_t)q0 * BK + jr, *dSq = dS + (size_t)q0 * BK + jr;
                         kern_mm(nr, hd, m - q0, 1, Pq, 1, BK, dOi + (size_t)q0 * lh, lh, 1, dV + (size_t)(j0 + jr) * lh,
                                 lh);

@@ -93,14 +93,20 @@ static float *my_pack(void)
  * 182 vs 92 and dB 142 vs 107, and are level on x A^T and the router) */
 static int skinny(int ta, int M, int N, int K) { return (M <= 32 || N <= 32 || K <= 32) && !(ta && N > 32); }
 
+/* len split over T threads in chunks of whole units (a kernel's tile or panel); the last
+ * part is the rest, (len + chunk - 1) / chunk parts in all */
+static int split_chunk(int len, int T, int unit)
+{
+    int chunk = (len + T - 1) / T;
+    return (chunk + unit - 1) / unit * unit;
+}
+
 /* M or N over the threads, each running the own kernel on its part (chunks of whole tiles). */
 static void own_split(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const void *B,
                       int ldb, int bdt, float beta, float *C, int ldc)
 {
     int T = omp_get_max_threads(), esz = bdt == KERN_F32 ? 4 : 2, by_m = M >= N;
-    int len = by_m ? M : N, unit = by_m ? 24 : 32, chunk = (len + T - 1) / T;
-    chunk = (chunk + unit - 1) / unit * unit;
-    int parts = (len + chunk - 1) / chunk;
+    int len = by_m ? M : N, chunk = split_chunk(len, T, by_m ? 24 : 32), parts = (len + chunk - 1) / chunk;
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < parts; t++) {
         int o = t * chunk, n = len - o < chunk ? len - o : chunk;
@@ -167,13 +173,13 @@ int model_gemm_split_parts(int M, int N, int K) { return blas_parts(M, N, K); }
 static void blas_split(int parts, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                        const float *B, int ldb, float beta, float *C, int ldc)
 {
-    int chunk = ((M + parts - 1) / parts + 15) & ~15; /* whole 16-row panels of OpenBLAS's kernel */
+    int chunk = split_chunk(M, parts, 16); /* whole 16-row panels of OpenBLAS's kernel */
+    parts = (M + chunk - 1) / chunk;
 #pragma omp parallel for schedule(static) num_threads(parts)
     for (int t = 0; t < parts; t++) {
         int o = t * chunk, n = M - o < chunk ? M - o : chunk;
-        if (n > 0)
-            cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, n, N, K, alpha,
-                        ta ? A + o : A + (size_t)o * lda, lda, B, ldb, beta, C + (size_t)o * ldc, ldc);
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, n, N, K, alpha,
+                    ta ? A + o : A + (size_t)o * lda, lda, B, ldb, beta, C + (size_t)o * ldc, ldc);
     }
 }
 

@@ -85,7 +85,7 @@ static const shape shapes[] = {
     {"attn tile Q K^T (hd 128)", 0, 0, 48, 64, 128, TILE},
     {"attn tile P V (hd 128)", 0, 0, 48, 128, 64, TILE},
 };
-enum { NE = 6 };
+enum { NE = 6, MOET_GEMM = NE }; /* MOET_GEMM: model_gemm as moet calls it (the top table only) */
 static const char *names[NE] = {"openblas", "blis", "dnnl", "xsmm", "own", "own-bf16"};
 
 static double now_s(void)
@@ -138,6 +138,9 @@ static int run(job *j, int e)
     case 5:
         kern_gemm(s->ta, s->tb, s->M, s->N, s->K, 1, j->A, j->lda, j->Bh, j->ldb, KERN_BF16, 0, j->C, s->N, j->pack);
         return 1;
+    case MOET_GEMM:
+        model_gemm(s->ta, s->tb, s->M, s->N, s->K, 1, j->A, j->lda, j->B, j->ldb, 0, j->C, s->N);
+        return 1;
     default:
         return 0;
     }
@@ -174,28 +177,6 @@ static const shape top_shapes[] = {
     {"D4096 qkv X Wqkv^T", 0, 1, 1024, 6144, 4096, TOP},   {"D4096 o_proj dX", 0, 0, 1024, 4096, 4096, TOP},
 };
 
-/* GFLOP/s of the best of 3 windows of ms: e 0 cblas_sgemm at the top level (OpenBLAS's threads),
- * e 1 model_gemm at the top level */
-static double measure_top(const shape *s, float *A, float *B, float *C, int e, double ms)
-{
-    int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
-    double flops = 2.0 * s->M * s->N * s->K, best = 1e30;
-    for (int w = 0; w < 4; w++) { /* the first window warms up */
-        int n = 0;
-        double t0 = now_s(), t;
-        do {
-            if (e == 0)
-                cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans, s->tb ? CblasTrans : CblasNoTrans, s->M,
-                            s->N, s->K, 1, A, lda, B, ldb, 0, C, s->N);
-            else
-                model_gemm(s->ta, s->tb, s->M, s->N, s->K, 1, A, lda, B, ldb, 0, C, s->N);
-            n++;
-        } while ((t = now_s() - t0) < ms * 1e-3);
-        if (w && t / n < best) best = t / n;
-    }
-    return flops / best * 1e-9;
-}
-
 static int main_top(double ms)
 {
     printf("gemm_bench top: %d threads, fp32, row-major C (M,N) = op(A) op(B); GFLOP/s, best of 3 windows of %.0f ms "
@@ -205,20 +186,21 @@ static int main_top(double ms)
     for (size_t i = 0; i < sizeof top_shapes / sizeof *top_shapes; i++) {
         const shape *s = &top_shapes[i];
         size_t na = (size_t)s->M * s->K, nb = (size_t)s->K * s->N;
-        float *A = aligned_alloc(64, na * 4 + 64), *B = aligned_alloc(64, nb * 4 + 64);
-        float *C = aligned_alloc(64, (size_t)s->M * s->N * 4 + 64);
-        for (size_t k = 0; k < na; k++) A[k] = (float)((k * 7919) % 1000) / 1000 - 0.5f;
-        for (size_t k = 0; k < nb; k++) B[k] = (float)((k * 104729) % 1000) / 1000 - 0.5f;
+        job j = {.s = s, .lda = s->ta ? s->M : s->K, .ldb = s->tb ? s->K : s->N};
+        j.A = aligned_alloc(64, na * 4 + 64), j.B = aligned_alloc(64, nb * 4 + 64);
+        j.C = aligned_alloc(64, (size_t)s->M * s->N * 4 + 64);
+        for (size_t k = 0; k < na; k++) j.A[k] = (float)((k * 7919) % 1000) / 1000 - 0.5f;
+        for (size_t k = 0; k < nb; k++) j.B[k] = (float)((k * 104729) % 1000) / 1000 - 0.5f;
         double g0 = 0, g1 = 0;
         for (int r = 0; r < 2; r++) { /* interleaved: each engine's best of both rounds */
-            double a = measure_top(s, A, B, C, 0, ms), b = measure_top(s, A, B, C, 1, ms);
+            double a = measure(&j, 0, ms), b = measure(&j, MOET_GEMM, ms); /* cblas_sgemm: OpenBLAS's threads */
             g0 = a > g0 ? a : g0, g1 = b > g1 ? b : g1;
         }
         int parts = model_gemm_split_parts(s->M, s->N, s->K);
         printf("%-26s %2d %2d %5d %5d %5d %12.1f %12.1f %6.2fx  ", s->family, s->ta, s->tb, s->M, s->N, s->K, g0, g1,
                g1 / g0);
         parts ? printf("split over M, %d calls\n", parts) : printf("openblas, its threads\n");
-        free(A), free(B), free(C);
+        free(j.A), free(j.B), free(j.C);
     }
     return 0;
 }
