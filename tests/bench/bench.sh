@@ -6,7 +6,8 @@
 # tokens/s, ms per step split forward / backward / optimizer (median over timed
 # steps), peak RSS (ru_maxrss of the engine's own process: each preset and engine
 # runs in a fresh process), MFU (model FLOPs/s over the OpenBLAS sgemm peak measured
-# below, same FLOP formula for both engines) and the ratio moet/PyTorch.
+# below, same FLOP formula for both engines; moet's over the peak read again just before
+# and after its own run) and the ratio moet/PyTorch.
 #
 # env: BENCH_CONFIGS ("tiny small small-lora"), BENCH_OUT (build/bench),
 #      BENCH_QUICK=1 (fewer steps, for a smoke run), BENCH_REUSE_TORCH=1 (keep the torch
@@ -166,8 +167,18 @@ run_moet() {    # CONFIG [keep|pthread] -> $OUT/moet[-keep|-pthread]-CONFIG.resu
     "$PY" "$BENCH/bench_configs.py" yaml "$cfg" "$OUT/run-$cfg" $((warm + steps)) \
         "$OUT/tokens-$cfg.h5" >"$OUT/moet-$cfg.yaml" || die "cannot write the moet config"
     rm -rf "$OUT/run-$cfg"
+    # the MFU denominator measured beside this run too (just before and just after, the larger
+    # kept): on a shared VM the sgemm peak read at the start drifts by up to 10% over the
+    # minutes the torch runs take, which would move MFU by as much with moet unchanged
+    local ct=${OPENBLAS_CORETYPE:-} p1 p2
+    [ $VARIANTS = 1 ] && [ -z "$keep" ] && ct=SkylakeX
+    p1=$(peak_now "$ct")
     LD_LIBRARY_PATH=$lib MOET_BLAS=$keep MOET_ISA=$isa "$PY" "$BENCH/run_rss.py" "$res" ./moet train \
         "$OUT/moet-$cfg.yaml" --profile >"$log" 2>&1
+    p2=$(peak_now "$ct")
+    echo "   sgemm peak beside this run: $p1 before, $p2 after (GFLOP/s, OpenBLAS ${ct:-configured} kernels)"
+    [ "${2:-}" != pthread ] && [ -n "$p1" ] && [ -n "$p2" ] &&
+        awk -v a="$p1" -v b="$p2" 'BEGIN { printf "sgemm_peak=%s\n", (a + 0 > b + 0) ? a : b }' >>"$res"
     grep -E '^(compute|kernels): ' "$log" | sed 's/^/   /'
     if [ "${2:-}" = pthread ] && ! grep -q "^compute: .*pthread build" "$log"; then
         echo "   WARNING: the pthread OpenBLAS was not loaded (apt install libopenblas0-pthread); not counted"
@@ -191,6 +202,10 @@ run_moet() {    # CONFIG [keep|pthread] -> $OUT/moet[-keep|-pthread]-CONFIG.resu
               printf "fwd_ms=%.1f\nbwd_ms=%.1f\nopt_ms=%.1f\nstep_ms=%.1f\ntok_s=%.1f\n",
                      F, B, O, F + B + O, tokens * 1000 / (F + B + O) }' "$log" >>"$res" ||
         echo "   moet: no 'profile step=' lines in $log"
+}
+
+peak_now() {    # CORETYPE -> the sgemm peak (GFLOP/s) read now, on those kernels
+    OPENBLAS_CORETYPE=$1 "$OUT/sgemm_peak" 2048 4096 | sed -n 's/^peak_gflops=//p'
 }
 
 bench_tokens() { "$PY" "$BENCH/bench_configs.py" tokens "$1"; }   # tokens per step
