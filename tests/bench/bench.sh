@@ -170,15 +170,17 @@ run_moet() {    # CONFIG [keep|pthread] -> $OUT/moet[-keep|-pthread]-CONFIG.resu
     # the MFU denominator measured beside this run too (just before and just after, the larger
     # kept): on a shared VM the sgemm peak read at the start drifts by up to 10% over the
     # minutes the torch runs take, which would move MFU by as much with moet unchanged
-    local ct=${OPENBLAS_CORETYPE:-} p1 p2
+    # (not for the pthread run: its MFU is no target)
+    local ct=${OPENBLAS_CORETYPE:-} p1= p2=
     [ $VARIANTS = 1 ] && [ -z "$keep" ] && ct=SkylakeX
-    p1=$(peak_now "$ct")
+    [ "${2:-}" != pthread ] && p1=$(peak_now "$ct")
     LD_LIBRARY_PATH=$lib MOET_BLAS=$keep MOET_ISA=$isa "$PY" "$BENCH/run_rss.py" "$res" ./moet train \
         "$OUT/moet-$cfg.yaml" --profile >"$log" 2>&1
-    p2=$(peak_now "$ct")
-    echo "   sgemm peak beside this run: $p1 before, $p2 after (GFLOP/s, OpenBLAS ${ct:-configured} kernels)"
-    [ "${2:-}" != pthread ] && [ -n "$p1" ] && [ -n "$p2" ] &&
-        awk -v a="$p1" -v b="$p2" 'BEGIN { printf "sgemm_peak=%s\n", (a + 0 > b + 0) ? a : b }' >>"$res"
+    if [ -n "$p1" ]; then
+        p2=$(peak_now "$ct")
+        echo "   sgemm peak beside this run: $p1 before, ${p2:-?} after (GFLOP/s, OpenBLAS ${ct:-configured} kernels)"
+        [ -n "$p2" ] && awk -v a="$p1" -v b="$p2" 'BEGIN { printf "sgemm_peak=%s\n", (a + 0 > b + 0) ? a : b }' >>"$res"
+    fi
     grep -E '^(compute|kernels): ' "$log" | sed 's/^/   /'
     if [ "${2:-}" = pthread ] && ! grep -q "^compute: .*pthread build" "$log"; then
         echo "   WARNING: the pthread OpenBLAS was not loaded (apt install libopenblas0-pthread); not counted"
