@@ -80,7 +80,7 @@ test:
 	@tools/deps.sh
 	@$(MAKE) --no-print-directory test-run
 
-test-run: moet $(TEST_BIN)
+test-run: moet $(TEST_BIN) $(BUILD)/step_ceiling
 	@MOET_BUILD=$(BUILD) tests/run.sh $(TEST_BIN)
 
 # The same C tests under AddressSanitizer + UBSan in their own build dir; undefined behaviour
@@ -128,6 +128,11 @@ GEMM_BENCH_LIBS = $(if $(wildcard /usr/include/libxsmm.h),-DHAVE_XSMM -lxsmm -ld
                   $(if $(wildcard /usr/include/oneapi/dnnl/dnnl.h),-DHAVE_DNNL -ldnnl)
 $(BUILD)/gemm_bench: tests/bench/gemm_bench.c $(BUILD)/libmoet.a $(BUILD)/flags
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libmoet.a $(LDLIBS) $(GEMM_BENCH_LIBS) # OpenBLAS's cblas_sgemm first
+
+# every product of a full fine-tuning step alone at OpenBLAS's rate, arranged as moet runs
+# them, plus the AdamW pass: the ceiling make bench sets issue 16's MFU targets against
+$(BUILD)/step_ceiling: tests/bench/step_ceiling.c $(BUILD)/libmoet.a $(BUILD)/flags
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libmoet.a $(LDLIBS)
 
 # the data-parallel part alone: 2 MPI ranks x 1 thread vs 1 process x 2 threads
 bench-dist: moet

@@ -2,8 +2,12 @@
 # make bench's table computes MFU from each engine's own result: tok/s x model FLOPs per token
 # over the sgemm peak, where a moet result that carries the peak read beside its own run
 # (sgemm_peak=) uses that peak instead of the one read at the start of the bench; the
-# "1.5x the fastest torch would take" line is the same arithmetic. Synthetic result files,
-# numbers checked to the table's rounding (0.05) against the formula (tests/bench/bench_configs.py).
+# "1.5x the fastest torch would take" line is the same arithmetic. The ceiling line (a step of
+# products alone at OpenBLAS's rates, tests/bench/step_ceiling.c) turns products_ms + adamw_ms +
+# the attention core at the peak into tok/s and MFU. Synthetic result files, numbers checked to
+# the table's rounding (0.05) against the formula (tests/bench/bench_configs.py). Then
+# step_ceiling itself on a toy shape: its parameter count and core FLOPs against the same
+# formulas, one error line and exit 1 on bad arguments.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
@@ -15,6 +19,7 @@ res torch-avx512-tiny.result 4000
 res moet-keep-tiny.result 5000
 res moet-tiny.result 9000 "sgemm_peak=400.0
 "
+printf 'products_ms=150\nadamw_ms=10\ncore_gflop=4\nparams=1\nsgemm_peak=320\n' > "$work/ceiling-tiny.result"
 out=$("$PY" "$here/bench/bench_table.py" "$work" 200 380 tiny)
 echo "$out"
 fpt=$("$PY" -c "import sys; sys.path.insert(0, '$here/bench'); import bench_configs as bc; print(bc.flops_per_token('tiny'))")
@@ -36,3 +41,43 @@ got=$(echo "$out" | sed -n 's/.*1.5x of torch-avx512.s 4000 tok\/s would take \(
 check "1.5x of the fastest torch, as MFU" "$got" "$(want "100 * 1.5 * 4000 * $fpt / 400e9")"
 got=$(echo "$out" | sed -n 's/.*tiny AVX-512: moet vs the fastest torch (torch-avx512) *\([0-9.]*\)x.*/\1/p')
 check "moet vs the fastest torch" "$got" 2.25
+# the ceiling: 150 + 10 + 4 GFLOP at 320 GFLOP/s = 172.5 ms for 8 x 256 tokens
+line=$(echo "$out" | grep -A1 '^    ceiling: ' | tail -1)
+got=$(echo "$line" | sed -n 's/^ *\([0-9.]*\) ms a step = \([0-9.]*\) tok\/s = \([0-9.]*\)% of the sgemm peak (320 GFLOP\/s.*/\1 \2 \3/p')
+[ -n "$got" ] || fail "no ceiling line over the ceiling's own peak: $line"
+read -r ms tk mf <<<"$got"
+check "ceiling step ms" "$ms" "$(want "150 + 10 + 1000 * 4 / 320.0")"
+check "ceiling tok/s" "$tk" "$(want "round(2048 * 1000 / 172.5)")"
+check "ceiling MFU" "$mf" "$(want "100 * (2048 * 1000 / 172.5) * $fpt / 320e9")"
+got=$(echo "$line" | sed -n "s/.*moet runs at \([0-9.]*\)% of the ceiling's tok\/s.*/\1/p")
+check "moet over the ceiling" "$got" "$(want "100 * 9000 / (2048 * 1000 / 172.5)")"
+# 1.5 x 4000 = 6000 tok/s is within the ceiling's 11873; a faster torch puts it above
+echo "$out" | grep -q "1.5x of torch-avx512 is 6000 tok/s; the ceiling (below) is 11872 tok/s: within it" ||
+    fail "no 'within the ceiling' verdict"
+res torch-avx512-tiny.result 8000
+"$PY" "$here/bench/bench_table.py" "$work" 200 380 tiny | grep -q "is 12000 tok/s; the ceiling (below) is 11872 tok/s: above it" ||
+    fail "no 'above the ceiling' verdict"
+echo "ok: the 1.5x verdicts against the ceiling"
+
+# step_ceiling on a toy preset-like shape
+sc=${MOET_BUILD:-build}/step_ceiling
+[ -x "$sc" ] || sc=$here/../build/step_ceiling
+[ -x "$sc" ] || fail "no step_ceiling binary (make build/step_ceiling)"
+toy=$("$sc" 64 2 4 2 16 96 4 2 300 2 24) || fail "step_ceiling failed on a toy shape"
+key() { echo "$toy" | sed -n "s/^$1=//p"; }
+# params: embed + lm_head + per layer (q|k|v|o, router, experts, 2 norms) + final norm
+want_p=$(( 2 * 300 * 64 + 2 * ((4 + 2 * 2) * 16 * 64 + 64 * 4 * 16 + 4 * 64 + 4 * 3 * 96 * 64 + 2 * 64) + 64 ))
+[ "$(key params)" = "$want_p" ] || fail "step_ceiling params $(key params), want $want_p"
+echo "ok: step_ceiling parameter count $want_p"
+want_c=$("$PY" -c "print(3 * 48 * 2 * 2 * 2 * 12.5 * 4 * 16 / 1e9)")  # 3 passes, 2 products, (T+1)/2 keys
+"$PY" -c "import sys; sys.exit(abs(float('$(key core_gflop)') / $want_c - 1) > 1e-4)" ||
+    fail "step_ceiling core_gflop $(key core_gflop), want $want_c"
+echo "ok: step_ceiling core GFLOP $(key core_gflop)"
+for k in products_ms adamw_ms; do
+    "$PY" -c "import sys; sys.exit(not float('$(key $k)') > 0)" || fail "step_ceiling $k not positive: $(key $k)"
+done
+echo "ok: step_ceiling timed its products and AdamW"
+if err=$("$sc" 64 2 4 2 16 96 4 x 300 2 24 2>&1); then fail "step_ceiling accepted a bad argument"; fi
+[ "$(echo "$err" | wc -l)" = 1 ] && echo "$err" | grep -q "bad argument 'x'" || fail "step_ceiling's error: $err"
+if err=$("$sc" 64 2 4 2 16 96 4 5 300 2 24 2>&1); then fail "step_ceiling accepted top_k > experts"; fi
+echo "ok: step_ceiling refuses bad arguments with one line ($err)"

@@ -85,8 +85,8 @@ grep -q "^blas=$BLASDIR/" "$OUT/sgemm.txt" ||
 
 # ---- which kernels run which products: the GEMM libraries against moet's own kernels,
 # single-threaded, on moet's shapes (tests/bench/gemm_bench.c; the policy in model/gemm.c)
-make --no-print-directory build/gemm_bench >"$OUT/gemm_bench_build.log" 2>&1 ||
-    die "cannot build gemm_bench: see $OUT/gemm_bench_build.log"
+make --no-print-directory build/gemm_bench build/step_ceiling >"$OUT/gemm_bench_build.log" 2>&1 ||
+    die "cannot build gemm_bench / step_ceiling: see $OUT/gemm_bench_build.log"
 ct512=${OPENBLAS_CORETYPE:-}
 [ $VARIANTS = 1 ] && ct512=SkylakeX
 echo "== GEMM kernels per product family, as moet runs (OpenBLAS ${ct512:-as configured}; GFLOP/s, 1 thread)"
@@ -206,6 +206,28 @@ run_moet() {    # CONFIG [keep|pthread] -> $OUT/moet[-keep|-pthread]-CONFIG.resu
         echo "   moet: no 'profile step=' lines in $log"
 }
 
+run_ceiling() { # CONFIG -> $OUT/ceiling-CONFIG.result (full fine-tuning presets only)
+    # every product of the preset's step alone at OpenBLAS's rate, arranged as moet runs it,
+    # and the AdamW pass (tests/bench/step_ceiling.c), with the sgemm peak read beside it as
+    # for moet: the ceiling issue 16's MFU targets are set against
+    local cfg=$1 res="$OUT/ceiling-$1.result" dims p1 p2
+    rm -f "$res"
+    dims=$("$PY" "$BENCH/bench_configs.py" dims "$cfg" 2>/dev/null) || return 0
+    local ct=${OPENBLAS_CORETYPE:-}
+    [ $VARIANTS = 1 ] && ct=SkylakeX
+    echo "== ceiling of a $cfg step: its products alone at OpenBLAS's rates (OpenBLAS ${ct:-configured} kernels)"
+    p1=$(peak_now "$ct")
+    # shellcheck disable=SC2086 # dims is a list of numbers
+    OPENBLAS_CORETYPE=$ct build/step_ceiling $dims >"$res.tmp" 2>&1 || {
+        sed 's/^/   /' "$res.tmp"; rm -f "$res.tmp"; echo "   step_ceiling failed"; return 0; }
+    p2=$(peak_now "$ct")
+    grep -v '=' "$res.tmp" | sed 's/^/   /'
+    echo "   sgemm peak beside it: $p1 before, ${p2:-?} after (GFLOP/s)"
+    grep '=' "$res.tmp" >"$res"
+    rm -f "$res.tmp"
+    [ -n "$p1" ] && [ -n "$p2" ] && awk -v a="$p1" -v b="$p2" 'BEGIN { printf "sgemm_peak=%s\n", (a + 0 > b + 0) ? a : b }' >>"$res"
+}
+
 peak_now() {    # CORETYPE -> the sgemm peak (GFLOP/s) read now, on those kernels
     OPENBLAS_CORETYPE=$1 "$OUT/sgemm_peak" 2048 4096 | sed -n 's/^peak_gflops=//p'
 }
@@ -223,6 +245,7 @@ for cfg in $CONFIGS; do
     fi
     [ $VARIANTS = 1 ] && run_moet "$cfg" keep
     run_moet "$cfg"
+    run_ceiling "$cfg"
 done
 # the pthread build of OpenBLAS, once (tiny, or the first preset): its threads and
 # moet's OpenMP threads oversubscribe the cores

@@ -6,6 +6,7 @@ PyTorch from tokens/s with one formula, so the two numbers are comparable.
     python3 bench_configs.py flops CONFIG TOK_PER_S PEAK_GFLOPS  -> "mfu_pct=..."
     python3 bench_configs.py formula CONFIG                      -> the formula, in words
     python3 bench_configs.py tokens CONFIG                       -> tokens per step
+    python3 bench_configs.py dims CONFIG                         -> step_ceiling's arguments (exit 3: LoRA)
     python3 bench_configs.py yaml CONFIG RUN_DIR STEPS SHARD      -> moet train YAML on stdout
     python3 bench_configs.py shard CONFIG PATH BATCHES            -> random-token HDF5 shard
     python3 bench_configs.py list                                 -> param counts, FLOPs/token
@@ -145,7 +146,7 @@ def write_shard(name, path, batches):
 
 
 def main(argv):
-    if len(argv) >= 2 and argv[0] in ("flops", "formula", "yaml", "shard", "tokens") \
+    if len(argv) >= 2 and argv[0] in ("flops", "formula", "yaml", "shard", "tokens", "dims") \
             and argv[1] not in PRESETS:
         print("bench_configs: unknown config '%s' (have %s)" % (argv[1], ", ".join(PRESETS)),
               file=sys.stderr)
@@ -156,6 +157,17 @@ def main(argv):
         return 0
     if len(argv) == 2 and argv[0] == "tokens":
         print(PRESETS[argv[1]]["batch"] * PRESETS[argv[1]]["seq"])
+        return 0
+    if len(argv) == 2 and argv[0] == "dims":  # step_ceiling's arguments (full fine-tuning presets)
+        a, p = arch(argv[1]), PRESETS[argv[1]]
+        if p["lora"]:
+            print("bench_configs: %s is a LoRA preset; step_ceiling models full fine-tuning" % argv[1],
+                  file=sys.stderr)
+            return 3
+        print(" ".join(str(x) for x in (
+            a["hidden_size"], a["num_hidden_layers"], a["num_attention_heads"], a["num_key_value_heads"],
+            a["head_dim"], a["intermediate_size"], a["num_local_experts"], a["num_experts_per_tok"],
+            a["vocab_size"], p["batch"], p["seq"])))
         return 0
     if len(argv) == 2 and argv[0] == "formula":
         print(FORMULA)

@@ -3,7 +3,8 @@
     python3 bench_table.py OUT_DIR PEAK_GFLOPS PEAK_AVX512_GFLOPS CONFIG...
 
 Reads OUT_DIR/ENGINE-CONFIG.result (ENGINE = torch-plain, torch, torch-avx512, moet-keep,
-moet):
+moet) and OUT_DIR/ceiling-CONFIG.result (step_ceiling's products_ms, adamw_ms, core_gflop,
+sgemm_peak; optional):
 `key=value` lines with
 tok_s, fwd_ms, bwd_ms, opt_ms (from the engine) and peak_rss_kib, exit (from
 run_rss.py). A missing file, a non-zero exit or no tok_s shows as n/a. MFU uses
@@ -29,6 +30,36 @@ def read_result(path):
     if r.get("exit", "0") != "0" or "tok_s" not in r:
         return None
     return r
+
+
+def read_ceiling(path):
+    """step_ceiling's result (bench.sh run_ceiling): products_ms, adamw_ms, core_gflop and the
+    sgemm_peak read beside it, as floats; None when absent or incomplete."""
+    r = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                k, sep, v = line.strip().partition("=")
+                if sep:
+                    try:
+                        r[k] = float(v)
+                    except ValueError:
+                        pass
+    except OSError:
+        return None
+    return r if all(k in r for k in ("products_ms", "adamw_ms", "core_gflop")) else None
+
+
+def ceiling_of(out, cfg, default_peak):
+    """(step ms, tok/s, MFU %, peak) of a preset's ceiling: its products alone at OpenBLAS's
+    rates, the AdamW pass, the attention core's FLOPs at the peak read beside them; or None."""
+    c = read_ceiling(os.path.join(out, "ceiling-%s.result" % cfg))
+    if c is None:
+        return None
+    pk = c.get("sgemm_peak", default_peak)
+    ms = c["products_ms"] + c["adamw_ms"] + 1000 * c["core_gflop"] / pk
+    tok = bc.PRESETS[cfg]["batch"] * bc.PRESETS[cfg]["seq"] * 1000 / ms
+    return ms, tok, bc.mfu_pct(cfg, tok, pk), pk
 
 
 def fmt(v, spec):
@@ -106,7 +137,7 @@ def main(argv):
     print("moet-keep: OpenBLAS's configured kernels and moet's own kernels as AVX2 (MOET_BLAS=keep MOET_ISA=avx2): "
           "what an AVX2-only CPU runs")
     targets(results, configs, peak, peak512)
-    targets16(results, configs, peak, peak512)
+    targets16(results, configs, peak, peak512, {cfg: ceiling_of(out, cfg, peak512) for cfg in configs})
     return 0
 
 
@@ -120,8 +151,9 @@ def peak_of(results, cfg, engine, default):
         return default
 
 
-def targets16(results, configs, peak, peak512):
-    """Issue 16's targets (speed where OpenBLAS is weakest), against this run's numbers."""
+def targets16(results, configs, peak, peak512, ceilings):
+    """Issue 16's targets (speed where OpenBLAS is weakest), against this run's numbers and
+    each preset's ceiling (ceiling_of; None where step_ceiling did not run)."""
     tok = {(e, cfg): float(r["tok_s"]) for cfg in configs for e, r in results[cfg].items() if r}
 
     def line(what, got, goal, unit="x"):
@@ -161,11 +193,23 @@ def targets16(results, configs, peak, peak512):
                  tok["moet", cfg] / tok[f, cfg], 1.5)
             print("    1.5x of %s's %.0f tok/s would take %.1f%% of the sgemm peak (%.0f GFLOP/s)"
                   % (f, tok[f, cfg], bc.mfu_pct(cfg, 1.5 * tok[f, cfg], pk), pk))
+            c = ceilings.get(cfg)
+            if c:
+                print("    1.5x of %s is %.0f tok/s; the ceiling (below) is %.0f tok/s: %s"
+                      % (f, 1.5 * tok[f, cfg], c[1], "within it" if 1.5 * tok[f, cfg] <= c[1] else
+                         "above it, beyond any implementation built on these products in this run"))
         goal = {"tiny": 70, "small": 85}.get(cfg)
         if goal and ("moet", cfg) in tok:
             line("%s model FLOP/s of moet over its kernels' sgemm peak (%.0f GFLOP/s%s)"
                  % (cfg, pk, beside(cfg, "moet")), bc.mfu_pct(cfg, tok["moet", cfg], pk), goal, "%")
             passes(cfg, "moet", pk)
+            c = ceilings.get(cfg)
+            if c:
+                print("    ceiling: every product of the step alone at OpenBLAS's rate, arranged as moet runs it, the "
+                      "attention core at the peak, the AdamW pass, nothing else (step_ceiling):")
+                print("      %.1f ms a step = %.0f tok/s = %.1f%% of the sgemm peak (%.0f GFLOP/s, read beside); moet "
+                      "runs at %.1f%% of the ceiling's tok/s; %d%% MFU is %.1f%% of the ceiling's MFU"
+                      % (c[0], c[1], c[2], c[3], 100 * tok["moet", cfg] / c[1], goal, 100 * goal / c[2]))
         if goal and ("moet-keep", cfg) in tok:
             pk_keep = peak_of(results, cfg, "moet-keep", peak)
             line("%s model FLOP/s of moet-keep (AVX2) over the AVX2 sgemm peak (%.0f GFLOP/s%s)"
