@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_configs as bc  # noqa: E402
 
 
-def read_result(path):
+def read_pairs(path):
+    """key=value lines of a result file as strings; None when the file cannot be read."""
     r = {}
     try:
         with open(path) as f:
@@ -27,7 +28,12 @@ def read_result(path):
                     r[k] = v
     except OSError:
         return None
-    if r.get("exit", "0") != "0" or "tok_s" not in r:
+    return r
+
+
+def read_result(path):
+    r = read_pairs(path)
+    if r is None or r.get("exit", "0") != "0" or "tok_s" not in r:
         return None
     return r
 
@@ -35,18 +41,15 @@ def read_result(path):
 def read_ceiling(path):
     """step_ceiling's result (bench.sh run_ceiling): products_ms, adamw_ms, core_gflop and the
     sgemm_peak read beside it, as floats; None when absent or incomplete."""
-    r = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                k, sep, v = line.strip().partition("=")
-                if sep:
-                    try:
-                        r[k] = float(v)
-                    except ValueError:
-                        pass
-    except OSError:
+    pairs = read_pairs(path)
+    if pairs is None:
         return None
+    r = {}
+    for k, v in pairs.items():
+        try:
+            r[k] = float(v)
+        except ValueError:
+            pass
     return r if all(k in r for k in ("products_ms", "adamw_ms", "core_gflop")) else None
 
 
