@@ -171,16 +171,12 @@ run_moet() {    # CONFIG [keep|pthread] -> $OUT/moet[-keep|-pthread]-CONFIG.resu
     # kept): on a shared VM the sgemm peak read at the start drifts by up to 10% over the
     # minutes the torch runs take, which would move MFU by as much with moet unchanged
     # (not for the pthread run: its MFU is no target)
-    local ct=${OPENBLAS_CORETYPE:-} p1= p2=
-    [ $VARIANTS = 1 ] && [ -z "$keep" ] && ct=SkylakeX
+    local ct=$ct512 p1=
+    [ -n "$keep" ] && ct=${OPENBLAS_CORETYPE:-}
     [ "${2:-}" != pthread ] && p1=$(peak_now "$ct")
     LD_LIBRARY_PATH=$lib MOET_BLAS=$keep MOET_ISA=$isa "$PY" "$BENCH/run_rss.py" "$res" ./moet train \
         "$OUT/moet-$cfg.yaml" --profile >"$log" 2>&1
-    if [ -n "$p1" ]; then
-        p2=$(peak_now "$ct")
-        echo "   sgemm peak beside this run: $p1 before, ${p2:-?} after (GFLOP/s, OpenBLAS ${ct:-configured} kernels)"
-        [ -n "$p2" ] && awk -v a="$p1" -v b="$p2" 'BEGIN { printf "sgemm_peak=%s\n", (a + 0 > b + 0) ? a : b }' >>"$res"
-    fi
+    peak_after "$res" "$ct" "$p1"
     grep -E '^(compute|kernels): ' "$log" | sed 's/^/   /'
     if [ "${2:-}" = pthread ] && ! grep -q "^compute: .*pthread build" "$log"; then
         echo "   WARNING: the pthread OpenBLAS was not loaded (apt install libopenblas0-pthread); not counted"
@@ -210,26 +206,32 @@ run_ceiling() { # CONFIG -> $OUT/ceiling-CONFIG.result (full fine-tuning presets
     # every product of the preset's step alone at OpenBLAS's rate, arranged as moet runs it,
     # and the AdamW pass (tests/bench/step_ceiling.c), with the sgemm peak read beside it as
     # for moet: the ceiling issue 16's MFU targets are set against
-    local cfg=$1 res="$OUT/ceiling-$1.result" dims p1 p2
+    local cfg=$1 res="$OUT/ceiling-$1.result" dims p1
     rm -f "$res"
     dims=$("$PY" "$BENCH/bench_configs.py" dims "$cfg" 2>/dev/null) || return 0
-    local ct=${OPENBLAS_CORETYPE:-}
-    [ $VARIANTS = 1 ] && ct=SkylakeX
-    echo "== ceiling of a $cfg step: its products alone at OpenBLAS's rates (OpenBLAS ${ct:-configured} kernels)"
-    p1=$(peak_now "$ct")
+    echo "== ceiling of a $cfg step: its products alone at OpenBLAS's rates (OpenBLAS ${ct512:-configured} kernels)"
+    p1=$(peak_now "$ct512")
     # shellcheck disable=SC2086 # dims is a list of numbers
-    OPENBLAS_CORETYPE=$ct build/step_ceiling $dims >"$res.tmp" 2>&1 || {
+    OPENBLAS_CORETYPE=$ct512 build/step_ceiling $dims >"$res.tmp" 2>&1 || {
         sed 's/^/   /' "$res.tmp"; rm -f "$res.tmp"; echo "   step_ceiling failed"; return 0; }
-    p2=$(peak_now "$ct")
     grep -v '=' "$res.tmp" | sed 's/^/   /'
-    echo "   sgemm peak beside it: $p1 before, ${p2:-?} after (GFLOP/s)"
     grep '=' "$res.tmp" >"$res"
     rm -f "$res.tmp"
-    [ -n "$p1" ] && [ -n "$p2" ] && awk -v a="$p1" -v b="$p2" 'BEGIN { printf "sgemm_peak=%s\n", (a + 0 > b + 0) ? a : b }' >>"$res"
+    peak_after "$res" "$ct512" "$p1"
 }
 
 peak_now() {    # CORETYPE -> the sgemm peak (GFLOP/s) read now, on those kernels
     OPENBLAS_CORETYPE=$1 "$OUT/sgemm_peak" 2048 4096 | sed -n 's/^peak_gflops=//p'
+}
+
+peak_after() {  # RESULT CORETYPE PEAK_BEFORE: read the peak again after a run, print both and
+    # append the larger to RESULT as sgemm_peak= (nothing when either reading is missing)
+    local p2
+    [ -n "$3" ] || return 0
+    p2=$(peak_now "$2")
+    echo "   sgemm peak beside this run: $3 before, ${p2:-?} after (GFLOP/s, OpenBLAS ${2:-configured} kernels)"
+    [ -n "$p2" ] && awk -v a="$3" -v b="$p2" 'BEGIN { printf "sgemm_peak=%s\n", (a + 0 > b + 0) ? a : b }' >>"$1"
+    return 0
 }
 
 bench_tokens() { "$PY" "$BENCH/bench_configs.py" tokens "$1"; }   # tokens per step

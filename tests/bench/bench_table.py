@@ -54,15 +54,16 @@ def read_ceiling(path):
 
 
 def ceiling_of(out, cfg, default_peak):
-    """(step ms, tok/s, MFU %, peak) of a preset's ceiling: its products alone at OpenBLAS's
-    rates, the AdamW pass, the attention core's FLOPs at the peak read beside them; or None."""
+    """(step ms, tok/s, MFU %, peak, peak read beside?) of a preset's ceiling: its products alone
+    at OpenBLAS's rates, the AdamW pass, the attention core's FLOPs at the peak read beside them
+    (default_peak where none was); or None."""
     c = read_ceiling(os.path.join(out, "ceiling-%s.result" % cfg))
     if c is None:
         return None
     pk = c.get("sgemm_peak", default_peak)
     ms = c["products_ms"] + c["adamw_ms"] + 1000 * c["core_gflop"] / pk
     tok = bc.PRESETS[cfg]["batch"] * bc.PRESETS[cfg]["seq"] * 1000 / ms
-    return ms, tok, bc.mfu_pct(cfg, tok, pk), pk
+    return ms, tok, bc.mfu_pct(cfg, tok, pk), pk, "sgemm_peak" in c
 
 
 def fmt(v, spec):
@@ -187,6 +188,7 @@ def targets16(results, configs, peak, peak512, ceilings):
     for cfg in configs:
         f = fastest(cfg)
         pk = peak_of(results, cfg, "moet", peak512)
+        c = ceilings.get(cfg)
         if ("moet-keep", cfg) in tok and ("torch-plain", cfg) in tok:
             line("%s AVX2 path: moet-keep vs torch-plain" % cfg, tok["moet-keep", cfg] / tok["torch-plain", cfg], 1.5)
         elif not avx512 and ("moet", cfg) in tok and ("torch-plain", cfg) in tok:
@@ -196,7 +198,6 @@ def targets16(results, configs, peak, peak512, ceilings):
                  tok["moet", cfg] / tok[f, cfg], 1.5)
             print("    1.5x of %s's %.0f tok/s would take %.1f%% of the sgemm peak (%.0f GFLOP/s)"
                   % (f, tok[f, cfg], bc.mfu_pct(cfg, 1.5 * tok[f, cfg], pk), pk))
-            c = ceilings.get(cfg)
             if c:
                 print("    1.5x of %s is %.0f tok/s; the ceiling (below) is %.0f tok/s: %s"
                       % (f, 1.5 * tok[f, cfg], c[1], "within it" if 1.5 * tok[f, cfg] <= c[1] else
@@ -206,13 +207,12 @@ def targets16(results, configs, peak, peak512, ceilings):
             line("%s model FLOP/s of moet over its kernels' sgemm peak (%.0f GFLOP/s%s)"
                  % (cfg, pk, beside(cfg, "moet")), bc.mfu_pct(cfg, tok["moet", cfg], pk), goal, "%")
             passes(cfg, "moet", pk)
-            c = ceilings.get(cfg)
             if c:
                 print("    ceiling: every product of the step alone at OpenBLAS's rate, arranged as moet runs it, the "
                       "attention core at the peak, the AdamW pass, nothing else (step_ceiling):")
-                print("      %.1f ms a step = %.0f tok/s = %.1f%% of the sgemm peak (%.0f GFLOP/s, read beside); moet "
+                print("      %.1f ms a step = %.0f tok/s = %.1f%% of the sgemm peak (%.0f GFLOP/s%s); moet "
                       "runs at %.1f%% of the ceiling's tok/s; %d%% MFU is %.1f%% of the ceiling's MFU"
-                      % (c[0], c[1], c[2], c[3], 100 * tok["moet", cfg] / c[1], goal, 100 * goal / c[2]))
+                      % (c[0], c[1], c[2], c[3], ", read beside" if c[4] else "", 100 * tok["moet", cfg] / c[1], goal, 100 * goal / c[2]))
         if goal and ("moet-keep", cfg) in tok:
             pk_keep = peak_of(results, cfg, "moet-keep", peak)
             line("%s model FLOP/s of moet-keep (AVX2) over the AVX2 sgemm peak (%.0f GFLOP/s%s)"
