@@ -1,6 +1,7 @@
 /* moet eval: validation loss and perplexity of a model or checkpoint on shards, the
  * same computation as the trainer's eval_every (mean CE over the counted targets). */
 #include "checkpoints/hf.h"
+#include "common/clock.h"
 #include "common/err.h"
 #include "data/loader.h"
 #include "train/cmd.h"
@@ -12,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 static const char usage[] =
     "usage: moet eval MODEL_OR_CHECKPOINT --data SHARD... [--batch-size B] [--max-batches N]\n"
@@ -128,12 +128,10 @@ int cmd_eval(int argc, char **argv)
         err_set(err, "out of memory");
         goto fail;
     }
-    struct timespec s0, s1;
-    clock_gettime(CLOCK_MONOTONIC, &s0);
+    double t0 = clock_seconds();
     eval_result r;
     if (eval_run(&m, a, L, maxb, docmask, &b, labels, &r, err)) goto fail; /* no loss is a failure here too */
-    clock_gettime(CLOCK_MONOTONIC, &s1);
-    double secs = (s1.tv_sec - s0.tv_sec) + (s1.tv_nsec - s0.tv_nsec) * 1e-9;
+    double secs = clock_seconds() - t0;
     printf("val_loss %.6f  val_ppl %.4f  (%ld targets in %lld rows of %d tokens, batch %d, %.0f tok/s)\n", r.loss,
            exp(r.loss), r.targets, (long long)r.rows, T, B, r.rows * T / secs);
     rc = 0;

@@ -3,6 +3,7 @@
  * (model/infer), its text streamed to stdout as soon as it forms whole characters. */
 #include "checkpoints/ckpt.h"
 #include "checkpoints/hf.h"
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/fsutil.h"
 #include "data/chat.h"
@@ -298,13 +299,6 @@ static int build_prompt(const gen_opts *o, const tok *t, chat_template tpl, tok_
     return rc;
 }
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 static int is_stop(int32_t id, const int32_t *stop, int n)
 {
     for (int i = 0; i < n; i++)
@@ -385,9 +379,9 @@ int cmd_generate(int argc, char **argv)
         goto fail;
     }
 
-    double t0 = now();
+    double t0 = clock_seconds();
     if (infer_prefill(st, ids.ids, n_prompt, logits, NULL, err)) goto fail;
-    double t1 = now();
+    double t1 = clock_seconds();
     streamer sm;
     if (o.stream && !o.ids_out && stream_begin(&sm, t, ids.ids, n_prompt, err)) goto fail;
     const char *why = max_new < o.max_new ? "the context limit" : "max-new-tokens";
@@ -411,7 +405,7 @@ int cmd_generate(int argc, char **argv)
         else if (o.stream && stream_push(&sm, ids.ids, (int)ids.n, 0, stdout, err)) goto fail;
         if (n_new < max_new && infer_step(st, next, logits, err)) goto fail;
     }
-    double t2 = now();
+    double t2 = clock_seconds();
     if (!o.ids_out) {
         if (o.stream) {
             if (stream_push(&sm, ids.ids, (int)ids.n, 1, stdout, err)) goto fail;

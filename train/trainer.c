@@ -7,6 +7,7 @@
 #include "checkpoints/hf.h"
 #include "checkpoints/peft.h"
 #include "common/blas.h"
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/fsutil.h"
 #include "common/par.h"
@@ -32,7 +33,6 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t stop_signal, stop_from_parent;
@@ -42,13 +42,6 @@ static void on_signal(int sig, siginfo_t *si, void *uc)
 {
     stop_signal = sig;
     stop_from_parent = si && si->si_pid == getppid();
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 
@@ -229,7 +222,7 @@ static int evaluate(trainer *tr, double *val_loss, long *targets, char *err)
 
 double trainer_elapsed(const trainer *tr)
 {
-    return tr->elapsed0 + (tr->t_start > 0 ? now() - tr->t_start : 0);
+    return tr->elapsed0 + (tr->t_start > 0 ? clock_seconds() - tr->t_start : 0);
 }
 
 /* A seq_len past max_position_embeddings runs (RoPE has no table to overflow) but asks for
@@ -264,7 +257,7 @@ static int train_step(trainer *tr, step_result *res, char *err)
 {
     const cfg *c = tr->c;
     int k = c->train.grad_accum, L = tr->m.c.n_layers, E = tr->m.c.n_experts, rc = 0;
-    double t0 = now();
+    double t0 = clock_seconds();
     long total = 0;
     for (int i = 0; i < k && !rc; i++) { /* all micro-batches first: the CE mean spans them all */
         if (loader_next(tr->train, &tr->mb[i], err)) rc = err_wrap(err, "data.train");
@@ -288,13 +281,13 @@ static int train_step(trainer *tr, step_result *res, char *err)
         model_stats st;
         if (tr->lo) lora_set_dropout_key(tr->lo, c->run.seed, (uint64_t)tr->step, i);
         dist_micro(tr->d, i == k - 1); /* the last micro-batch's gradients go out as they complete */
-        double t_fb = now();
+        double t_fb = clock_seconds();
         if (model_forward_backward(&tr->m, tr->acts, &mb, total ? 1.0 / total : 0, tr->aux_coef, tr->z_coef, k, &st,
                                    err)) {
             if (tr->d) dist_fail(tr->d, err); /* mid-step: the other ranks cannot join this */
             return -1;
         }
-        tr->t_fb += now() - t_fb;
+        tr->t_fb += clock_seconds() - t_fb;
         ce_sum += st.ce_sum;
         aux += st.aux / k; /* aux and z are the global micro-batch's already (model_dp.sum) */
         z += st.z / k;
@@ -322,7 +315,7 @@ static int train_step(trainer *tr, step_result *res, char *err)
     res->aux = aux;
     res->z = z;
     res->loss = res->ce + tr->aux_coef * aux + tr->z_coef * z;
-    double t_opt = now();
+    double t_opt = clock_seconds();
     /* the norm over all ranks' gradients; clipping is applied inside AdamW */
     res->grad_norm = tr->d ? dist_grad_norm(tr->d) : clip_norm(tr->tv.g, tr->tv.total);
     if (!isfinite(res->loss) || !isfinite(res->grad_norm)) /* the same values, so the same stop, on every rank */
@@ -339,11 +332,11 @@ static int train_step(trainer *tr, step_result *res, char *err)
                            (float)res->lr, coef);
         tr->g_zeroed = 1;
     }
-    tr->t_opt += now() - t_opt;
+    tr->t_opt += clock_seconds() - t_opt;
     dist_params(tr->d); /* ZeRO-1: every rank's updated shard to every rank */
     tr->step++;
     tr->tokens_seen += res->tokens;
-    res->seconds = now() - t0;
+    res->seconds = clock_seconds() - t0;
     return 0;
 }
 
@@ -394,7 +387,7 @@ static void log_step(trainer *tr, const step_result *r, double elapsed, double a
 
 static int log_eval(trainer *tr, char *err)
 {
-    double vl = 0, t0 = now();
+    double vl = 0, t0 = clock_seconds();
     long n = 0;
     int rc = evaluate(tr, &vl, &n, err);
     if (rc < 0) return tr->d ? dist_agree(tr->d, rc, err) : -1; /* every rank returns -1: share the reason */
@@ -409,7 +402,7 @@ static int log_eval(trainer *tr, char *err)
     }
     tr->last_val_loss = vl;
     if (!tr->o->quiet) printf("eval step %d | val_loss %.4f | val_ppl %.3f | %ld targets, %.1fs\n", tr->step, vl, exp(vl), n,
-                              now() - t0);
+                              clock_seconds() - t0);
     if (tr->metrics) {
         fprintf(tr->metrics, "{\"step\": %d, \"val_loss\": %.9g, \"val_ppl\": %.9g}\n", tr->step, vl, exp(vl));
         fflush(tr->metrics);
@@ -631,7 +624,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
     if (tr.d) sigaction(SIGUSR1, &sa, NULL); /* mpirun forwards SIGUSR1 to every rank (and kills after SIGTERM) */
     stop_signal = stop_from_parent = 0;
 
-    double t_start = tr.t_start = now(), avg = 0;
+    double t_start = tr.t_start = clock_seconds(), avg = 0;
     int first = tr.step;
     if (tr.val && c->train.eval_at_start && tr.step == 0 && log_eval(&tr, err)) /* the baseline; a resume has it */
         goto fail;
@@ -685,7 +678,7 @@ int trainer_run(const cfg *c, const trainer_opts *o, char *err)
         else printf("stopped by a signal to another rank at step %d; resume with the same command\n", tr.step);
     } else if (!o->quiet) {
         double G = 1073741824.0, peak = (double)plan_peak_rss();
-        printf("done: %d steps in %.1fs", tr.step - first, now() - t_start);
+        printf("done: %d steps in %.1fs", tr.step - first, clock_seconds() - t_start);
         if (first > 0) printf(" (all runs of this training: %d steps, %lld tokens, %.1fs)", tr.step, tr.tokens_seen,
                               trainer_elapsed(&tr));
         printf("; peak RSS %.3f GiB%s", peak / G, tr.d ? " (rank 0)" : "");

@@ -59,7 +59,7 @@ awk '$1 > 1.5 { print "   WARNING: load average " $1 " on a 2-core machine: numb
 
 # ---- sgemm peak: the MFU denominator
 echo "== sgemm peak (OpenBLAS OpenMP build, fp32)"
-gcc -O2 -std=c11 -D_GNU_SOURCE $(pkg-config --cflags openblas) -o "$OUT/sgemm_peak" \
+gcc -O2 -std=c11 -D_GNU_SOURCE -I. $(pkg-config --cflags openblas) -o "$OUT/sgemm_peak" \
     "$BENCH/sgemm_peak.c" $(pkg-config --libs openblas) \
     -Wl,--enable-new-dtags -Wl,-rpath,"$BLASDIR" || die "cannot build sgemm_peak"
 "$OUT/sgemm_peak" 2048 4096 | tee "$OUT/sgemm.txt" | sed 's/^/   /'

@@ -35,7 +35,7 @@ if [ ! -e "$DIR/model.safetensors.index.json" ]; then
 fi
 wbytes=$("$PY" -c "import json; print(json.load(open('$DIR/model.safetensors.index.json'))['metadata']['total_size'])")
 
-gcc -O2 -std=c11 -D_GNU_SOURCE $(pkg-config --cflags openblas) -o "$OUT/sgemm_peak" tests/bench/sgemm_peak.c \
+gcc -O2 -std=c11 -D_GNU_SOURCE -I. $(pkg-config --cflags openblas) -o "$OUT/sgemm_peak" tests/bench/sgemm_peak.c \
     $(pkg-config --libs openblas) -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp \
     -L/usr/lib/x86_64-linux-gnu/openblas-openmp || die "cannot build sgemm_peak"
 # the peak of the kernels moet runs: OpenBLAS's AVX-512 ones on an AVX-512 CPU (common/blas.h)

@@ -37,8 +37,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "common/clock.h"
 #include "model/kern.h"
 #include "model/layers.h"
 
@@ -87,13 +87,6 @@ static const shape shapes[] = {
 };
 enum { NE = 6, MOET_GEMM = NE }; /* MOET_GEMM: model_gemm as moet calls it (the top table only) */
 static const char *names[NE] = {"openblas", "blis", "dnnl", "xsmm", "own", "own-bf16"};
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
 
 typedef struct {
     const shape *s;
@@ -153,11 +146,11 @@ static double measure(job *j, int e, double ms)
     double flops = 2.0 * j->s->M * j->s->N * j->s->K, best = 1e30;
     for (int w = 0; w < 3; w++) {
         int n = 0;
-        double t0 = now_s(), t;
+        double t0 = clock_seconds(), t;
         do {
             run(j, e);
             n++;
-        } while ((t = now_s() - t0) < ms * 1e-3);
+        } while ((t = clock_seconds() - t0) < ms * 1e-3);
         if (t / n < best) best = t / n;
     }
     return flops / best * 1e-9;

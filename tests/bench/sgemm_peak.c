@@ -15,14 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
+#include "common/clock.h"
 
 /* The OpenBLAS shared object this process really mapped (RUNPATH vs LD_LIBRARY_PATH). */
 static void print_loaded_blas(void)
@@ -59,10 +53,10 @@ static double best_sgemm_s(int n, int reps)
     }
     double best = 1e30;
     for (int r = 0; r <= reps; r++) {
-        double t0 = now_s();
+        double t0 = clock_seconds();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n,
                     1.0f, a, n, b, n, 0.0f, c, n);
-        double dt = now_s() - t0;
+        double dt = clock_seconds() - t0;
         if (r > 0 && dt < best) best = dt;   /* r == 0 warms caches and threads */
     }
     free(a); free(b); free(c);

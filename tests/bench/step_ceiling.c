@@ -29,19 +29,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "common/clock.h"
 #include "optim/adamw.h"
 
 enum { ROUNDS = 3, HEAD_CHUNK = 1024, NFAM = 5 };
 static const char *fam_name[NFAM] = {"attention projections", "router", "experts", "lm_head", "AdamW"};
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
 
 static float *buf(size_t n)
 {
@@ -108,20 +101,20 @@ int main(int argc, char **argv)
         for (int l = 0; l < L; l++) { /* forward, then backward, per family as a step orders them */
             float *wqkv = wa + l * attn_w, *wo = wqkv + (size_t)QKV * D;
             float *gqkv = ga + l * attn_w, *go = gqkv + (size_t)QKV * D;
-            t0 = now_s();
+            t0 = clock_seconds();
             mm(0, 1, N, QKV, D, x, wqkv, qkv, 0);
             mm(0, 1, N, D, Hd, att, wo, dx, 0);
             mm(0, 0, N, Hd, D, dx, wo, att, 0);  /* d att = dY Wo */
             mm(1, 0, D, Hd, N, dx, att, go, 1);  /* dWo += dY^T att */
             mm(0, 0, N, D, QKV, qkv, wqkv, x, 0); /* dX = dQKV Wqkv */
             mm(1, 0, QKV, D, N, qkv, x, gqkv, 1);
-            t[0] += now_s() - t0;
-            t0 = now_s();
+            t[0] += clock_seconds() - t0;
+            t0 = clock_seconds();
             mm(0, 1, N, E, D, x, wg + (size_t)l * E * D, z, 0);
             mm(0, 0, N, D, E, z, wg + (size_t)l * E * D, dx, 1);
             mm(1, 0, E, D, N, z, x, gg + (size_t)l * E * D, 1);
-            t[1] += now_s() - t0;
-            t0 = now_s();
+            t[1] += clock_seconds() - t0;
+            t0 = clock_seconds();
             for (int pass = 0; pass < 2; pass++) {
 #pragma omp parallel for schedule(dynamic, 1)
                 for (int e = 0; e < E; e++) {
@@ -140,19 +133,19 @@ int main(int argc, char **argv)
                     }
                 }
             }
-            t[2] += now_s() - t0;
+            t[2] += clock_seconds() - t0;
         }
-        t0 = now_s();
+        t0 = clock_seconds();
         for (int n0 = 0; n0 < N; n0 += hc) {
             int rows = N - n0 < hc ? N - n0 : hc;
             mm(0, 1, rows, V, D, x + (size_t)n0 * D, wh, lg, 0);
             mm(1, 0, V, D, rows, lg, x + (size_t)n0 * D, gh, 1);
             mm(0, 0, rows, D, V, lg, wh, dx + (size_t)n0 * D, 0);
         }
-        t[3] = now_s() - t0;
-        t0 = now_s();
+        t[3] = clock_seconds() - t0;
+        t0 = clock_seconds();
         adamw_step_consume(&oc, p, g, m, v, &seg, 1, r + 1, 1e-4f, 0.5f);
-        t[4] = now_s() - t0;
+        t[4] = clock_seconds() - t0;
         for (int f = 0; f < NFAM; f++)
             if (t[f] < best[f]) best[f] = t[f];
     }

@@ -5,6 +5,7 @@
  * threads start with empty word caches, so "cold" then "warm"), decode MB/s.  With
  * --table one line "NAME load_ms cold warm docs 2cold 2warm decode tokens ok" instead,
  * for tok_bench.sh's side-by-side table. */
+#include "common/clock.h"
 #include "common/err.h"
 #include "data/tok.h"
 
@@ -12,14 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 typedef struct {
     const tok *t;
@@ -37,7 +30,7 @@ static void *encode_docs(void *p)
     char err[ERR_MAX];
     tok_ids ids = {0};
     for (int pass = 0; pass < j->passes; pass++) {
-        double t0 = now();
+        double t0 = clock_seconds();
         j->n_ids = 0;
         for (size_t d = j->first; d < j->last; d++) {
             ids.n = 0;
@@ -47,7 +40,7 @@ static void *encode_docs(void *p)
             }
             j->n_ids += ids.n;
         }
-        j->secs[pass] = now() - t0;
+        j->secs[pass] = clock_seconds() - t0;
     }
     tok_ids_free(&ids);
     return NULL;
@@ -79,12 +72,12 @@ int main(int argc, char **argv)
     double t0, best = 1e30;
     for (int k = 0; k < 3; k++) {   /* the first load also reads the file into the page cache */
         tok_free(t);
-        t0 = now();
+        t0 = clock_seconds();
         if (tok_load(&t, argv[1], err)) {
             fprintf(stderr, "tok_bench: %s\n", err);
             return 1;
         }
-        if (now() - t0 < best) best = now() - t0;
+        if (clock_seconds() - t0 < best) best = clock_seconds() - t0;
     }
     r[0] = 1e3 * best;
     if (!table) printf("load            %8.1f ms   (best of 3; vocab %d)\n", r[0], tok_vocab_size(t));
@@ -93,9 +86,9 @@ int main(int argc, char **argv)
     tok_ids ids = {0};
     for (int run = 0; run < 2; run++) {
         ids.n = 0;
-        t0 = now();
+        t0 = clock_seconds();
         if (tok_encode(t, text, n, 1, &ids, err)) return 1;
-        double s = now() - t0;
+        double s = clock_seconds() - t0;
         r[1 + run] = mb / s;
         if (!table)
             printf("encode 1 thread %8.1f MB/s (%s, one %.1f MB call, %zu tokens, %.2f bytes/token)\n", mb / s,
@@ -130,9 +123,9 @@ int main(int argc, char **argv)
     /* Decode the text's ids without the BOS: every tokenizer here gives the text back. */
     char *back;
     size_t len, skip = ids.n && ids.ids[0] == tok_bos_id(t);
-    t0 = now();
+    t0 = clock_seconds();
     if (tok_decode(t, ids.ids + skip, ids.n - skip, &back, &len, err)) return 1;
-    double sd = now() - t0;
+    double sd = clock_seconds() - t0;
     int back_ok = len == n && !memcmp(back, text, n);
     r[6] = (double)len / 1e6 / sd;
     if (!table) printf("decode          %8.1f MB/s (%s the text)\n", r[6], back_ok ? "gives back" : "does not give back");
