@@ -5,7 +5,9 @@
  * these products can meet, and moet's MFU over the ceiling's says how much of what is
  * reachable moet reaches.
  *
- * Timed (fp32, all threads, best of ROUNDS whole passes over the step's products):
+ * Timed (fp32, all threads, best of ROUNDS whole passes over the step's products, in a step's
+ * order: every layer's forward, the head, every layer's backward from the last, with what the
+ * forward keeps for the backward kept per layer, so it comes back from memory as in a step):
  *   attention projections  q|k|v and o: forward X W^T, backward dY W and dY^T X, top level
  *                          (OpenBLAS threaded), every layer with its own weights
  *   router                 X Wg^T, dZ Wg, dZ^T X, top level
@@ -76,15 +78,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "step_ceiling: top_k %d of %d experts leaves no rows per expert\n", k, E);
         return 1;
     }
-    /* weights and their gradients per layer; activations shared by the layers (a step's
-     * activations differ per layer too, but they are written just before they are read) */
+    /* Weights and gradients per layer. What a step's forward keeps for its backward is kept per
+     * layer too (each layer's input, q|k|v, the attention output, the experts' h1|h3), so the
+     * backward reads it after the other layers ran, as in a step (it came from memory, not from
+     * the cache the layer's own forward just filled); the rest is scratch that one layer
+     * writes and reads at once, shared as in moet (the gathered rows, act, the experts'
+     * outputs and every gradient of an activation). */
     size_t attn_w = (size_t)QKV * D + (size_t)D * Hd, exp_w = (size_t)3 * F * D;
+    size_t Nk = (size_t)N * k, saved = (size_t)N * (D + QKV + Hd) + Nk * 2 * F;
     float *wa = buf(L * attn_w), *ga = buf(L * attn_w), *wg = buf((size_t)L * E * D), *gg = buf((size_t)L * E * D);
     float *we = buf((size_t)L * E * exp_w), *ge = buf((size_t)L * E * exp_w);
-    float *wh = buf((size_t)V * D), *gh = buf((size_t)V * D);
-    float *x = buf((size_t)N * D), *dx = buf((size_t)N * D), *qkv = buf((size_t)N * QKV), *att = buf((size_t)N * Hd);
-    float *z = buf((size_t)N * E), *xs = buf((size_t)N * k * D), *ys = buf((size_t)N * k * D);
-    float *h13 = buf((size_t)N * k * 2 * F), *act = buf((size_t)N * k * F);
+    float *wh = buf((size_t)V * D), *gh = buf((size_t)V * D), *keep = buf(L * saved);
+    float *dx = buf((size_t)N * D), *dqkv = buf((size_t)N * QKV), *datt = buf((size_t)N * Hd);
+    float *z = buf((size_t)N * E), *xs = buf(Nk * D), *ys = buf(Nk * D), *act = buf(Nk * F), *dact = buf(Nk * F);
     int hc = N < HEAD_CHUNK ? N : HEAD_CHUNK;
     float *lg = buf((size_t)hc * V);
     size_t P = (size_t)V * D * 2 + (size_t)L * (attn_w + (size_t)E * D + (size_t)E * exp_w + 2 * (size_t)D) + D;
@@ -98,51 +104,64 @@ int main(int argc, char **argv)
     for (int f = 0; f < NFAM; f++) best[f] = 1e30;
     for (int r = 0; r < ROUNDS; r++) {
         double t[NFAM] = {0}, t0;
-        for (int l = 0; l < L; l++) { /* forward, then backward, per family as a step orders them */
-            float *wqkv = wa + l * attn_w, *wo = wqkv + (size_t)QKV * D;
-            float *gqkv = ga + l * attn_w, *go = gqkv + (size_t)QKV * D;
-            t0 = clock_seconds();
-            mm(0, 1, N, QKV, D, x, wqkv, qkv, 0);
-            mm(0, 1, N, D, Hd, att, wo, dx, 0);
-            mm(0, 0, N, Hd, D, dx, wo, att, 0);  /* d att = dY Wo */
-            mm(1, 0, D, Hd, N, dx, att, go, 1);  /* dWo += dY^T att */
-            mm(0, 0, N, D, QKV, qkv, wqkv, x, 0); /* dX = dQKV Wqkv */
-            mm(1, 0, QKV, D, N, qkv, x, gqkv, 1);
-            t[0] += clock_seconds() - t0;
-            t0 = clock_seconds();
-            mm(0, 1, N, E, D, x, wg + (size_t)l * E * D, z, 0);
-            mm(0, 0, N, D, E, z, wg + (size_t)l * E * D, dx, 1);
-            mm(1, 0, E, D, N, z, x, gg + (size_t)l * E * D, 1);
-            t[1] += clock_seconds() - t0;
-            t0 = clock_seconds();
-            for (int pass = 0; pass < 2; pass++) {
+        /* a step's order: every layer's forward, the head, every layer's backward from the last */
+        for (int pass = 0; pass < 2; pass++)
+            for (int i = 0; i < L; i++) {
+                int l = pass ? L - 1 - i : i;
+                float *wqkv = wa + l * attn_w, *wo = wqkv + (size_t)QKV * D;
+                float *gqkv = ga + l * attn_w, *go = gqkv + (size_t)QKV * D;
+                float *x = keep + l * saved, *qkv = x + (size_t)N * D, *att = qkv + (size_t)N * QKV;
+                float *h13 = att + (size_t)N * Hd;
+                if (pass) { /* the step's backward runs experts, router, attention */
+                    if (l == L - 1) {
+                        t0 = clock_seconds();
+                        for (int n0 = 0; n0 < N; n0 += hc) { /* the head, between the two passes */
+                            int rows = N - n0 < hc ? N - n0 : hc;
+                            mm(0, 1, rows, V, D, x + (size_t)n0 * D, wh, lg, 0);
+                            mm(1, 0, V, D, rows, lg, x + (size_t)n0 * D, gh, 1);
+                            mm(0, 0, rows, D, V, lg, wh, dx + (size_t)n0 * D, 0);
+                        }
+                        t[3] = clock_seconds() - t0;
+                    }
+                } else {
+                    t0 = clock_seconds();
+                    mm(0, 1, N, QKV, D, x, wqkv, qkv, 0);
+                    mm(0, 1, N, D, Hd, att, wo, dx, 0);
+                    t[0] += clock_seconds() - t0;
+                    t0 = clock_seconds();
+                    mm(0, 1, N, E, D, x, wg + (size_t)l * E * D, z, 0);
+                    t[1] += clock_seconds() - t0;
+                }
+                t0 = clock_seconds();
 #pragma omp parallel for schedule(dynamic, 1)
                 for (int e = 0; e < E; e++) {
                     const float *w13 = we + ((size_t)l * E + e) * exp_w, *w2 = w13 + (size_t)2 * F * D;
                     float *g13 = ge + ((size_t)l * E + e) * exp_w, *g2 = g13 + (size_t)2 * F * D;
                     float *xe = xs + (size_t)e * ne * D, *ye = ys + (size_t)e * ne * D;
                     float *he = h13 + (size_t)e * ne * 2 * F, *ae = act + (size_t)e * ne * F;
-                    if (pass == 0) {
+                    if (!pass) {
                         mm(0, 1, ne, 2 * F, D, xe, w13, he, 0);
                         mm(0, 1, ne, D, F, ae, w2, ye, 0);
                     } else {
-                        mm(0, 0, ne, F, D, ye, w2, ae, 0);  /* dact = dY W2 */
-                        mm(1, 0, D, F, ne, ye, ae, g2, 1);  /* dW2 += dY^T act */
-                        mm(1, 0, 2 * F, D, ne, he, xe, g13, 1); /* dW13 += dH^T x */
-                        mm(0, 0, ne, D, 2 * F, he, w13, ye, 0); /* dX = dH W13 */
+                        mm(0, 0, ne, F, D, ye, w2, dact + (size_t)e * ne * F, 0); /* dact = dY W2 */
+                        mm(1, 0, D, F, ne, ye, ae, g2, 1);                        /* dW2 += dY^T act */
+                        mm(1, 0, 2 * F, D, ne, he, xe, g13, 1);                   /* dW13 += dH^T x */
+                        mm(0, 0, ne, D, 2 * F, he, w13, ye, 0);                   /* dX = dH W13 */
                     }
                 }
+                t[2] += clock_seconds() - t0;
+                if (!pass) continue;
+                t0 = clock_seconds();
+                mm(0, 0, N, D, E, z, wg + (size_t)l * E * D, dx, 1);
+                mm(1, 0, E, D, N, z, x, gg + (size_t)l * E * D, 1);
+                t[1] += clock_seconds() - t0;
+                t0 = clock_seconds();
+                mm(0, 0, N, Hd, D, dx, wo, datt, 0);    /* d att = dY Wo */
+                mm(1, 0, D, Hd, N, dx, att, go, 1);     /* dWo += dY^T att */
+                mm(0, 0, N, D, QKV, dqkv, wqkv, dx, 0); /* dX = dQKV Wqkv */
+                mm(1, 0, QKV, D, N, dqkv, x, gqkv, 1);  /* dWqkv += dQKV^T x */
+                t[0] += clock_seconds() - t0;
             }
-            t[2] += clock_seconds() - t0;
-        }
-        t0 = clock_seconds();
-        for (int n0 = 0; n0 < N; n0 += hc) {
-            int rows = N - n0 < hc ? N - n0 : hc;
-            mm(0, 1, rows, V, D, x + (size_t)n0 * D, wh, lg, 0);
-            mm(1, 0, V, D, rows, lg, x + (size_t)n0 * D, gh, 1);
-            mm(0, 0, rows, D, V, lg, wh, dx + (size_t)n0 * D, 0);
-        }
-        t[3] = clock_seconds() - t0;
         t0 = clock_seconds();
         adamw_step_consume(&oc, p, g, m, v, &seg, 1, r + 1, 1e-4f, 0.5f);
         t[4] = clock_seconds() - t0;
