@@ -105,25 +105,25 @@ int main(int argc, char **argv)
     for (int r = 0; r < ROUNDS; r++) {
         double t[NFAM] = {0}, t0;
         /* a step's order: every layer's forward, the head, every layer's backward from the last */
-        for (int pass = 0; pass < 2; pass++)
+        for (int pass = 0; pass < 2; pass++) {
+            if (pass) { /* the head, between the two passes, on the last layer's rows */
+                const float *xf = keep + (size_t)(L - 1) * saved;
+                t0 = clock_seconds();
+                for (int n0 = 0; n0 < N; n0 += hc) {
+                    int rows = N - n0 < hc ? N - n0 : hc;
+                    mm(0, 1, rows, V, D, xf + (size_t)n0 * D, wh, lg, 0);
+                    mm(1, 0, V, D, rows, lg, xf + (size_t)n0 * D, gh, 1);
+                    mm(0, 0, rows, D, V, lg, wh, dx + (size_t)n0 * D, 0);
+                }
+                t[3] = clock_seconds() - t0;
+            }
             for (int i = 0; i < L; i++) {
                 int l = pass ? L - 1 - i : i;
                 float *wqkv = wa + l * attn_w, *wo = wqkv + (size_t)QKV * D;
                 float *gqkv = ga + l * attn_w, *go = gqkv + (size_t)QKV * D;
                 float *x = keep + l * saved, *qkv = x + (size_t)N * D, *att = qkv + (size_t)N * QKV;
                 float *h13 = att + (size_t)N * Hd;
-                if (pass) { /* the step's backward runs experts, router, attention */
-                    if (l == L - 1) {
-                        t0 = clock_seconds();
-                        for (int n0 = 0; n0 < N; n0 += hc) { /* the head, between the two passes */
-                            int rows = N - n0 < hc ? N - n0 : hc;
-                            mm(0, 1, rows, V, D, x + (size_t)n0 * D, wh, lg, 0);
-                            mm(1, 0, V, D, rows, lg, x + (size_t)n0 * D, gh, 1);
-                            mm(0, 0, rows, D, V, lg, wh, dx + (size_t)n0 * D, 0);
-                        }
-                        t[3] = clock_seconds() - t0;
-                    }
-                } else {
+                if (!pass) { /* attention and router before the experts (the backward runs them after) */
                     t0 = clock_seconds();
                     mm(0, 1, N, QKV, D, x, wqkv, qkv, 0);
                     mm(0, 1, N, D, Hd, att, wo, dx, 0);
@@ -162,6 +162,7 @@ int main(int argc, char **argv)
                 mm(1, 0, QKV, D, N, dqkv, x, gqkv, 1);  /* dWqkv += dQKV^T x */
                 t[0] += clock_seconds() - t0;
             }
+        }
         t0 = clock_seconds();
         adamw_step_consume(&oc, p, g, m, v, &seg, 1, r + 1, 1e-4f, 0.5f);
         t[4] = clock_seconds() - t0;
