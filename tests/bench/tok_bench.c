@@ -77,7 +77,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "tok_bench: %s\n", err);
             return 1;
         }
-        if (clock_seconds() - t0 < best) best = clock_seconds() - t0;
+        double dt = clock_seconds() - t0;
+        if (dt < best) best = dt;
     }
     r[0] = 1e3 * best;
     if (!table) printf("load            %8.1f ms   (best of 3; vocab %d)\n", r[0], tok_vocab_size(t));
