@@ -29,6 +29,26 @@ static inline int par_inline(void) { return omp_get_level() > 0 || omp_get_max_t
         }                                                                                       \
     } while (0)
 
+/* PAR_ROWS(a, b, lo, hi, body...): body once on the rows [a, b) = [lo, hi) where a loop runs
+ * inline, else once per thread on its contiguous share (as schedule(static) splits them): for
+ * kernels that walk many rows in order and fetch the next row ahead (model/kern.h SwiGLU). */
+#define PAR_ROWS(a, b, lo, hi, ...)                                                             \
+    do {                                                                                        \
+        int par_lo_ = (lo), par_n_ = (hi) - par_lo_;                                            \
+        if (par_inline()) {                                                                     \
+            int a = par_lo_, b = par_lo_ + par_n_;                                              \
+            __VA_ARGS__                                                                         \
+        } else {                                                                                \
+            _Pragma("omp parallel")                                                             \
+            {                                                                                   \
+                int par_t_ = omp_get_thread_num(), par_T_ = omp_get_num_threads();              \
+                int a = par_lo_ + (int)((long)par_n_ * par_t_ / par_T_);                        \
+                int b = par_lo_ + (int)((long)par_n_ * (par_t_ + 1) / par_T_);                  \
+                __VA_ARGS__                                                                     \
+            }                                                                                   \
+        }                                                                                       \
+    } while (0)
+
 /* memset(p, 0, n floats) split over the threads (one thread's memset does not fill the
  * memory bandwidth: 720 MB of gradients took 30 ms on one core of a 2-core EPYC, 18 on two) */
 static inline void par_zero(float *p, size_t n)

@@ -449,14 +449,29 @@ void KN(attn_block_bwd)(float *P, float *dS, long ld, int m, int nk, const int *
 
 /* ---- SwiGLU: rows of h13 = [h1 (F) | h3 (F)] */
 
+/* A row of h13 is two short streams (h1 and h3, F floats each) on a page of its own, which the
+ * hardware prefetchers pick up late at every row: the SwiGLU kernels request the next row's
+ * lines (h1, h3, act) a line per vector step while they compute this one. SwiGLU's backward over
+ * rows it reads from memory (as a training step does: they were written by the forward) went
+ * from 1.5-1.7 to 0.4 ns per element at F 512 on one core, 1.2 -> 0.43 at F 768 and 1408
+ * (2026-12-03, AMD EPYC Zen5); from cache it runs at 0.35. */
+static inline void next_row_lines(const float *h1n, int F, const float *an, int f)
+{
+    __builtin_prefetch(h1n + f, 1, 3); /* AVX2 steps by half a line: two requests a line */
+    __builtin_prefetch(h1n + F + f, 1, 3);
+    if (an) __builtin_prefetch(an + f, 1, 3);
+}
+
 /* act (rows, F) = silu(h1) h3 = h1 h3 / (1 + e^-h1) */
 void KN(swiglu)(float *act, const float *h13, int rows, int F)
 {
     for (int r = 0; r < rows; r++) {
         const float *h1 = h13 + (size_t)r * 2 * F, *h3 = h1 + F;
         float *a = act + (size_t)r * F;
+        int ahead = r + 1 < rows;
         for (int f = 0; f < F; f += VL) {
             VM m = vmask(F - f < VL ? F - f : VL);
+            if (ahead) next_row_lines(h1 + 2 * (size_t)F, F, a + F, f);
             V x = vloadm(h1 + f, m), s = vdiv(vset1(1.0f), vadd(vset1(1.0f), vexp(vsub(vzero(), x))));
             vstorem(a + f, m, vmul(vmul(x, s), vloadm(h3 + f, m)));
         }
@@ -471,8 +486,10 @@ void KN(swiglu_backward)(float *act, float *h13, const float *g, const float *w,
         float *h1 = h13 + (size_t)r * 2 * F, *h3 = h1 + F, *a = act ? act + (size_t)r * F : NULL;
         const float *da = g + (size_t)r * F;
         V wr = vset1(w ? w[r] : 1.0f), one = vset1(1.0f);
+        int ahead = r + 1 < rows;
         for (int f = 0; f < F; f += VL) {
             VM m = vmask(F - f < VL ? F - f : VL);
+            if (ahead) next_row_lines(h1 + 2 * (size_t)F, F, a ? a + F : NULL, f);
             V x1 = vloadm(h1 + f, m), x3 = vloadm(h3 + f, m), d = vloadm(da + f, m);
             V s = vdiv(one, vadd(one, vexp(vsub(vzero(), x1))));
             if (w) d = vmul(d, wr);

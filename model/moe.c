@@ -90,7 +90,7 @@ static void gather_rows(float *xs, const float *xn, const int *row_tok, int r0, 
  * (vectorised: model/kern.h). */
 static void swiglu(float *act, const float *h13, int r0, int r1, int F)
 {
-    PAR_FOR(schedule(static), r, r0, r1, kern_swiglu(act + (size_t)r * F, h13 + (size_t)r * 2 * F, 1, F););
+    PAR_ROWS(a, b, r0, r1, kern_swiglu(act + (size_t)a * F, h13 + (size_t)a * 2 * F, b - a, F););
 }
 
 /* SwiGLU's backward over rows [r0, r1), in place: h13 := dL/dh13 from dact = g, or w[r] g
@@ -98,9 +98,9 @@ static void swiglu(float *act, const float *h13, int r0, int r1, int F)
  * swiglu() writes) in the same pass. */
 static void swiglu_backward(float *act, float *h13, const float *g, const float *w, int r0, int r1, int F)
 {
-    PAR_FOR(schedule(static), r, r0, r1,
-            kern_swiglu_backward(act ? act + (size_t)r * F : NULL, h13 + (size_t)r * 2 * F, g + (size_t)r * F,
-                                 w ? w + r : NULL, 1, F););
+    PAR_ROWS(a, b, r0, r1,
+             kern_swiglu_backward(act ? act + (size_t)a * F : NULL, h13 + (size_t)a * 2 * F, g + (size_t)a * F,
+                                  w ? w + a : NULL, b - a, F););
 }
 
 /* x rows [r0, r1) (n wide) *= w[r] */
