@@ -64,4 +64,18 @@ static inline void par_zero(float *p, size_t n)
     }
 }
 
+/* memcpy(dst, src, n floats), split over the threads as par_zero is */
+static inline void par_copy(float *dst, const float *src, size_t n)
+{
+    if (par_inline() || n < ((size_t)1 << 18)) {
+        memcpy(dst, src, n * sizeof *dst);
+        return;
+    }
+#pragma omp parallel
+    {
+        size_t t = (size_t)omp_get_thread_num(), T = (size_t)omp_get_num_threads(), o = n / T * t;
+        memcpy(dst + o, src + o, (t + 1 == T ? n - o : n / T) * sizeof *dst);
+    }
+}
+
 #endif

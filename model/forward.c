@@ -11,6 +11,7 @@
  * statistics, and the backward re-runs a layer's forward into the slot right before that
  * layer's backward. The same kernels in the same order: results are bit-identical. */
 #include "common/err.h"
+#include "common/par.h"
 #include "model/kern.h"
 #include "model/layers.h"
 #include "model/lora.h"
@@ -95,6 +96,7 @@ struct model_acts {
     float *xn;                   /* (N, D) the current norm's output, forward and backward */
     float *dx, *dxn, *dqkv, *datt, *attn_scr, *xs, *act, *dys, *eg, *erows, *dtopw, *drl, *dsw, *qkvn, *head;
     double *row_ce;              /* (head_rows) */
+    double *zrow;                /* (N) the router's lse^2 per row */
     int head_rows;               /* logit rows per lm_head chunk */
     size_t head_floats;          /* floats of head */
     size_t head_vb;              /* head_frozen's block of lm_head rows (head_vb()) */
@@ -211,6 +213,7 @@ static size_t layout(struct model_acts *a, const model_config *c, int B, int T, 
     a->head = carve(&p, a->head_floats * f);
     if (p < layers_end) p = layers_end;
     a->row_ce = carve(&p, (size_t)a->head_rows * sizeof(double));
+    a->zrow = carve(&p, (size_t)N * sizeof(double));
     a->lxa = lora_r ? carve(&p, S * (7 * N + 3 * Nk) * (size_t)lora_r * f) : NULL;
     a->lora_r = lora_r;
     return (size_t)(p - p0);
@@ -412,6 +415,31 @@ static void qk_norm_forward(const model *m, const model_layer *W, float *qkv, co
 
 /* Layer l's forward from x[l] into slot s. With stats, it also counts routing picks and
  * sums the router statistics (a recompute for backward leaves those alone). */
+/* The forward's router statistics of layer l, summed in a fixed order: P_e (each over the rows
+ * in order) and lse^2 of the z loss (per row in parallel, then summed in order). */
+static void router_stats(model_acts *a, int l, const float *pr, const float *rl, int N, int E)
+{
+    double *P = a->Psum + (size_t)l * E, *z2 = a->zrow, z = 0;
+#pragma omp parallel for schedule(static)
+    for (int e = 0; e < E; e++) {
+        double pe = 0;
+        for (int n = 0; n < N; n++) pe += pr[(size_t)n * E + e];
+        P[e] = pe;
+    }
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *zl = rl + (size_t)n * E;
+        float mx = zl[0];
+        double se = 0;
+        for (int e = 0; e < E; e++) mx = zl[e] > mx ? zl[e] : mx;
+        for (int e = 0; e < E; e++) se += exp(zl[e] - mx);
+        double lse = mx + log(se);
+        z2[n] = lse * lse;
+    }
+    for (int n = 0; n < N; n++) z += z2[n];
+    a->zsum[l] = z;
+}
+
 static void forward_layer(model *m, model_acts *a, const model_batch *b, int l, int stats)
 {
     const model_config *c = &m->c;
@@ -435,12 +463,12 @@ static void forward_layer(model *m, model_acts *a, const model_batch *b, int l, 
         if (st) PROF(PROF_LORA, fwd, lora_forward(m->lora, st, 0, qkv0 + qkv_col(c, t), QKV, xn1, D, N, lora_xa(a, s, t)));
     }
     PROF(PROF_ATTN, fwd, {
-        if (qkv0 != qkv) memcpy(qkv, qkv0, (size_t)N * QKV * sizeof(float));
+        if (qkv0 != qkv) par_copy(qkv, qkv0, (size_t)N * QKV);
         if (c->qk_norm) qk_norm_forward(m, W, qkv, qkv0, a->qkr + (size_t)s * Na * (qk_groups(c, 0) + qk_groups(c, 1)), N);
         if (c->clip_qkv > 0) clip_forward(qkv, N, QKV, (float)c->clip_qkv);
         attn_rope(qkv, a->pos, a->cos_t, a->sin_t, N, H, KV, hd, 0);
         attn_forward(att, a->lse + (size_t)s * Na * H, qkv, a->kv_start, b->B, b->T, H, KV, hd, a->attn_scr);
-        memcpy(xmid, x, (size_t)N * D * sizeof(float));
+        par_copy(xmid, x, (size_t)N * D);
         model_mm_xwt(T, N, 1, att, Hd, &W->wo, 1, xmid, D);
         if (W->bo) model_bias_add(xmid, D, W->bo, D, N);
     });
@@ -448,7 +476,7 @@ static void forward_layer(model *m, model_acts *a, const model_batch *b, int l, 
     if (so) PROF(PROF_LORA, fwd, lora_forward(m->lora, so, 0, xmid, D, att, Hd, N, lora_xa(a, s, LORA_O)));
     PROF(PROF_NORM, fwd, model_rmsnorm_forward(xn2, a->rstd2 + (size_t)s * Na, xmid, W->ffn_norm, N, D, c->norm_eps));
     float *xout = a->x + (size_t)(l + 1) * Na * D;
-    memcpy(xout, xmid, (size_t)N * D * sizeof(float));
+    par_copy(xout, xmid, (size_t)N * D);
     if (moe) {
         int *off = a->off + (size_t)s * (E + 1);
         float *rl = a->rlogits + (size_t)s * Na * E, *pr = a->probs + (size_t)s * Na * E;
@@ -457,23 +485,7 @@ static void forward_layer(model *m, model_acts *a, const model_batch *b, int l, 
             moe_route(rl, pr, a->topi + nk, a->topw + nk, stats ? a->counts + (size_t)l * E : NULL, xn2, W->gate, N,
                       D, E, k, !c->topk_raw);
             moe_sort(off, a->row_tok + nk, a->slot_row + nk, a->topi + nk, N, E, k);
-            if (stats) { /* sums in a fixed order: P_e and lse^2 of the aux and z losses */
-                double *P = a->Psum + (size_t)l * E, z = 0;
-                for (int e = 0; e < E; e++) P[e] = 0;
-                for (int n = 0; n < N; n++) {
-                    const float *p = pr + (size_t)n * E, *zl = rl + (size_t)n * E;
-                    float mx = zl[0];
-                    double se = 0;
-                    for (int e = 0; e < E; e++) {
-                        P[e] += p[e];
-                        mx = zl[e] > mx ? zl[e] : mx;
-                    }
-                    for (int e = 0; e < E; e++) se += exp(zl[e] - mx);
-                    double lse = mx + log(se);
-                    z += lse * lse;
-                }
-                a->zsum[l] = z;
-            }
+            if (stats) router_stats(a, l, pr, rl, N, E);
         });
         moe_lora ml, *mlp = moe_lora_of(m, a, l, LORA_W1, &ml);
         PROF(PROF_EXPERTS, fwd,
@@ -674,7 +686,7 @@ static void qk_backward(model *m, model_acts *a, const model_layer *W, model_gra
     const float *qkr = c->qk_norm ? a->qkr + (size_t)s * Na * (gq + gk) : NULL;
     if (c->clip_qkv > 0) { /* the pre-clip values again: the norms' output, or v as projected */
         float cl = (float)c->clip_qkv, *pre = a->qkvn;
-        memcpy(pre, qkv0, (size_t)N * QKV * sizeof(float));
+        par_copy(pre, qkv0, (size_t)N * QKV);
         if (c->qk_norm) qk_norm_forward(m, W, pre, qkv0, (float *)qkr, N); /* the same rstd rewritten */
 #pragma omp parallel for schedule(static)
         for (int n = 0; n < N; n++)
@@ -704,7 +716,7 @@ static void backward_layer(model *m, model_acts *a, const model_batch *b, int l,
     size_t nk = (size_t)s * Na * k;
     /* a->dx holds dL/dx[l+1]: through the MLP block (residual passes it on unchanged) */
     PROF(PROF_NORM, bwd, model_rmsnorm_apply(xn2, xmid, a->rstd2 + (size_t)s * Na, W->ffn_norm, N, D));
-    memset(a->dxn, 0, (size_t)N * D * sizeof(float));
+    par_zero(a->dxn, (size_t)N * D);
     if (moe) {
         moe_lora ml, *mlp = moe_lora_of(m, a, l, LORA_W1, &ml);
         PROF(PROF_EXPERTS, bwd, /* dL/dh13 overwrites h13 (each row read before it is written) */
@@ -786,7 +798,7 @@ int model_forward_backward(model *m, model_acts *a, const model_batch *b, double
     st->loss = st->ce + aux_coef * st->aux + z_coef * st->z;
     double aux_scale = aux_coef / n_micro, z_scale = z_coef / n_micro;
 
-    memset(a->dx, 0, (size_t)N * D * sizeof(float));
+    par_zero(a->dx, (size_t)N * D);
     PROF(PROF_NORM, bwd,
          model_rmsnorm_backward(a->dx, m->gfinal_norm, a->dxn, a->x + (size_t)c->n_layers * Na * D, m->final_norm,
                                 a->rstdf, N, D));
