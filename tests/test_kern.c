@@ -320,12 +320,16 @@ static void test_softmax_swiglu_and_cross_entropy_match_double(void **state)
     printf("  attention block softmax: worst relative error %.2e\n", worst);
     assert_true(worst < 2e-6);
 
-    int F = 37, rows = 3;
+    int F = 37, rows = 3; /* several rows: the kernels fetch the next one ahead */
     float *h13 = randv(rows * 2 * F), *act = malloc(rows * F * 4), *g = randv(rows * F), w[3] = {0.5f, 1, 2};
-    float *h0 = malloc(rows * 2 * F * 4);
+    float *h0 = malloc(rows * 2 * F * 4), *h13b = malloc(rows * 2 * F * 4), *act2 = malloc(rows * F * 4);
     memcpy(h0, h13, rows * 2 * F * 4);
+    memcpy(h13b, h13, rows * 2 * F * 4);
     kern_swiglu(act, h13, rows, F);
     kern_swiglu_backward(NULL, h13, g, w, rows, F);
+    kern_swiglu_backward(act2, h13b, g, w, rows, F); /* recomputes act on the way: the same floats */
+    assert_memory_equal(act2, act, rows * F * 4);
+    assert_memory_equal(h13b, h13, rows * 2 * F * 4);
     worst = 0;
     for (int r = 0; r < rows; r++)
         for (int f = 0; f < F; f++) {
@@ -354,7 +358,7 @@ static void test_softmax_swiglu_and_cross_entropy_match_double(void **state)
     }
     printf("  cross-entropy row softmax: worst relative error %.2e\n", worst);
     assert_true(worst < 2e-6);
-    free(S), free(S0), free(h13), free(act), free(g), free(h0), free(z), free(z0);
+    free(S), free(S0), free(h13), free(act), free(g), free(h0), free(h13b), free(act2), free(z), free(z0);
 }
 
 int main(void)
