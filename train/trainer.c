@@ -127,12 +127,18 @@ static int setup_optimizer(trainer *tr, char *err)
     dist_shard(tr->d, tr->tv.total, &lo, &hi);
     tr->opt_lo = lo, tr->nopt = hi - lo;
     size_t n = tr->nopt + 1;
-    tr->mom = calloc(n, sizeof(float));
-    tr->vel = calloc(n, sizeof(float));
+    tr->mom = malloc(n * sizeof(float));
+    tr->vel = malloc(n * sizeof(float));
     tr->segs = calloc((size_t)tr->tv.n, sizeof *tr->segs);
     tr->sums = calloc(2 + (size_t)tr->m.c.n_layers * tr->m.c.n_experts, sizeof *tr->sums);
     if (!tr->mom || !tr->vel || !tr->segs || !tr->sums)
         return err_set(err, "out of memory for AdamW state (%.2f GiB)", 2.0 * n * 4 / 1073741824.0);
+    /* Zeros written now, on every thread: AdamW reads each moment before it writes it, so
+     * untouched pages (calloc's) were mapped to the zero page by the read and copied on the
+     * write, each copy a second fault and a TLB flush on the other cores: the first step's
+     * AdamW took 4.4-4.9 s on the small bench preset (180 M parameters) against 0.06-0.1 s after. */
+    par_zero(tr->mom, n);
+    par_zero(tr->vel, n);
     /* merge neighbouring tensors with the same decay flag into one segment */
     for (int i = 0; i < tr->tv.n; i++) {
         const model_tensor *t = &tr->tv.t[i];
