@@ -186,5 +186,7 @@ int main(int argc, char **argv)
     double ctx = (T + 1) / 2.0;
     printf("products_ms=%.2f\nadamw_ms=%.2f\ncore_gflop=%.6g\nparams=%zu\n", products * 1e3, best[4] * 1e3,
            3.0 * N * 2.0 * 2.0 * L * ctx * H * hd / 1e9, P);
+    float *bufs[] = {wa, ga, wg, gg, we, ge, wh, gh, keep, dx, dqkv, datt, z, xs, ys, act, dact, lg, p, g, m, v};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     return 0;
 }
