@@ -413,8 +413,6 @@ static void qk_norm_forward(const model *m, const model_layer *W, float *qkv, co
     model_groupnorm_forward(qkv, qkr + (size_t)N * gq, src, QKV, H * hd, gk, KV * hd / gk, W->k_norm, N, c->norm_eps);
 }
 
-/* Layer l's forward from x[l] into slot s. With stats, it also counts routing picks and
- * sums the router statistics (a recompute for backward leaves those alone). */
 /* The forward's router statistics of layer l, summed in a fixed order: P_e (each over the rows
  * in order) and lse^2 of the z loss (per row in parallel, then summed in order). */
 static void router_stats(model_acts *a, int l, const float *pr, const float *rl, int N, int E)
@@ -440,6 +438,8 @@ static void router_stats(model_acts *a, int l, const float *pr, const float *rl,
     a->zsum[l] = z;
 }
 
+/* Layer l's forward from x[l] into slot s. With stats, it also counts routing picks and
+ * sums the router statistics (a recompute for backward leaves those alone). */
 static void forward_layer(model *m, model_acts *a, const model_batch *b, int l, int stats)
 {
     const model_config *c = &m->c;
