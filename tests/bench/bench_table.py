@@ -57,8 +57,7 @@ def best_ceiling(out, cfg):
     """A preset's ceiling readings (ceiling-CONFIG.result and ceiling-CONFIG.N.result: bench.sh
     reads it before and after moet's run) merged into the fastest: the smaller products_ms and
     adamw_ms, the larger sgemm_peak, each over the readings; and how many there were."""
-    names = sorted(f for f in os.listdir(out) if f == "ceiling-%s.result" % cfg or
-                   (f.startswith("ceiling-%s." % cfg) and f.endswith(".result")))
+    names = sorted(f for f in os.listdir(out) if f.startswith("ceiling-%s." % cfg) and f.endswith(".result"))
     cs = [c for c in (read_ceiling(os.path.join(out, f)) for f in names) if c is not None]
     if not cs:
         return None, 0
