@@ -20,9 +20,12 @@ res moet-keep-tiny.result 5000
 res moet-tiny.result 9000 "sgemm_peak=400.0
 "
 # two ceiling readings (before and after moet): the table keeps the smaller products_ms (150,
-# the second's) and adamw_ms (10, the first's) and the larger peak (320, the second's)
-printf 'products_ms=171\nadamw_ms=10\ncore_gflop=4\nparams=1\nsgemm_peak=300\n' > "$work/ceiling-tiny.1.result"
-printf 'products_ms=150\nadamw_ms=13\ncore_gflop=4\nparams=1\nsgemm_peak=320\n' > "$work/ceiling-tiny.2.result"
+# the second's) and adamw_ms (10, the first's) and the larger peak (320, the second's), and
+# the median of both readings' rounds (170 175 181 185 190 200: 183)
+printf 'products_ms=171\nadamw_ms=10\nround_ms=190,181,185\ncore_gflop=4\nparams=1\nsgemm_peak=300\n' \
+    > "$work/ceiling-tiny.1.result"
+printf 'products_ms=150\nadamw_ms=13\nround_ms=175,170,200\ncore_gflop=4\nparams=1\nsgemm_peak=320\n' \
+    > "$work/ceiling-tiny.2.result"
 out=$("$PY" "$here/bench/bench_table.py" "$work" 200 380 tiny)
 echo "$out"
 fpt=$("$PY" -c "import sys; sys.path.insert(0, '$here/bench'); import bench_configs as bc; print(bc.flops_per_token('tiny'))")
@@ -55,6 +58,16 @@ check "ceiling tok/s" "$tk" "$(want "round(2048 * 1000 / 172.5)")"
 check "ceiling MFU" "$mf" "$(want "100 * (2048 * 1000 / 172.5) * $fpt / 320e9")"
 got=$(echo "$line" | sed -n "s/.*moet runs at \([0-9.]*\)% of the ceiling's tok\/s.*/\1/p")
 check "moet over the ceiling" "$got" "$(want "100 * 9000 / (2048 * 1000 / 172.5)")"
+# the median round: 183 + 4 GFLOP at 320 GFLOP/s = 195.5 ms
+line=$(echo "$out" | grep '^      the same from the median of its 6 rounds') || fail "no median-round line over 6 rounds"
+got=$(echo "$line" | sed -n 's/.*: \([0-9.]*\) ms a step = \([0-9.]*\) tok\/s = \([0-9.]*\)% of the peak; moet runs at \([0-9.]*\)% of it; 70% MFU is \([0-9.]*\)% of it/\1 \2 \3 \4 \5/p')
+[ -n "$got" ] || fail "median-round line unreadable: $line"
+read -r ms tk mf ov gl <<<"$got"
+check "median ceiling step ms" "$ms" "$(want "183 + 1000 * 4 / 320.0")"
+check "median ceiling tok/s" "$tk" "$(want "round(2048 * 1000 / 195.5)")"
+check "median ceiling MFU" "$mf" "$(want "100 * (2048 * 1000 / 195.5) * $fpt / 320e9")"
+check "moet over the median ceiling" "$ov" "$(want "100 * 9000 / (2048 * 1000 / 195.5)")"
+check "70% over the median ceiling's MFU" "$gl" "$(want "100 * 70 / (100 * (2048 * 1000 / 195.5) * $fpt / 320e9)")"
 # 1.5 x 4000 = 6000 tok/s is within the ceiling's 11873; a faster torch puts it above
 echo "$out" | grep -q "1.5x of torch-avx512 is 6000 tok/s; the ceiling (below) is 11872 tok/s: within it" ||
     fail "no 'within the ceiling' verdict"
@@ -80,7 +93,13 @@ echo "ok: step_ceiling core GFLOP $(key core_gflop)"
 for k in products_ms adamw_ms; do
     "$PY" -c "import sys; sys.exit(not float('$(key $k)') > 0)" || fail "step_ceiling $k not positive: $(key $k)"
 done
-echo "ok: step_ceiling timed its products and AdamW"
+# every round's products + AdamW: 5 rounds, none faster than the best-of sum
+"$PY" -c "
+import sys
+r = [float(x) for x in '$(key round_ms)'.split(',')]
+best = float('$(key products_ms)') + float('$(key adamw_ms)')
+sys.exit(not (len(r) == 5 and min(r) >= best - 0.02))" || fail "step_ceiling round_ms '$(key round_ms)' vs best $(key products_ms) + $(key adamw_ms)"
+echo "ok: step_ceiling timed its products and AdamW (rounds $(key round_ms))"
 if err=$("$sc" 64 2 4 2 16 96 4 x 300 2 24 2>&1); then fail "step_ceiling accepted a bad argument"; fi
 [ "$(echo "$err" | wc -l)" = 1 ] && echo "$err" | grep -q "bad argument 'x'" || fail "step_ceiling's error: $err"
 if err=$("$sc" 64 2 4 2 16 96 4 5 300 2 24 2>&1); then fail "step_ceiling accepted top_k > experts"; fi

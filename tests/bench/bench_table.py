@@ -47,7 +47,7 @@ def read_ceiling(path):
     r = {}
     for k, v in pairs.items():
         try:
-            r[k] = float(v)
+            r[k] = [float(x) for x in v.split(",")] if k == "round_ms" else float(v)
         except ValueError:
             pass
     return r if all(k in r for k in ("products_ms", "adamw_ms", "core_gflop")) else None
@@ -56,31 +56,48 @@ def read_ceiling(path):
 def best_ceiling(out, cfg):
     """A preset's ceiling readings (ceiling-CONFIG.result and ceiling-CONFIG.N.result: bench.sh
     reads it before and after moet's run) merged into the fastest: the smaller products_ms and
-    adamw_ms, the larger sgemm_peak, each over the readings; and how many there were."""
+    adamw_ms, the larger sgemm_peak, each over the readings, with every reading's rounds
+    (round_ms) together; and how many readings there were."""
     names = sorted(f for f in os.listdir(out) if f.startswith("ceiling-%s." % cfg) and f.endswith(".result"))
     cs = [c for c in (read_ceiling(os.path.join(out, f)) for f in names) if c is not None]
     if not cs:
         return None, 0
     best = dict(cs[0])
+    best["round_ms"] = list(cs[0].get("round_ms", []))
     for c in cs[1:]:
         for k in ("products_ms", "adamw_ms"):
             best[k] = min(best[k], c[k])
         if "sgemm_peak" in c:
             best["sgemm_peak"] = max(best.get("sgemm_peak", 0), c["sgemm_peak"])
+        best["round_ms"] += c.get("round_ms", [])
     return best, len(cs)
 
 
+def median(xs):
+    v = sorted(xs)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
 def ceiling_of(out, cfg, default_peak):
-    """(step ms, tok/s, MFU %, peak, peak read beside?, readings) of a preset's ceiling: its
-    products alone at OpenBLAS's rates, the AdamW pass, the attention core's FLOPs at the peak
-    read beside them (default_peak where none was), the fastest of its readings; or None."""
+    """(step ms, tok/s, MFU %, peak, peak read beside?, readings, median) of a preset's ceiling:
+    its products alone at OpenBLAS's rates, the AdamW pass, the attention core's FLOPs at the
+    peak read beside them (default_peak where none was), the fastest of its readings; median is
+    (step ms, tok/s, MFU %, rounds) of the same step from the median round over the readings
+    (None when they printed no rounds); or None."""
     c, n = best_ceiling(out, cfg)
     if c is None:
         return None
     pk = c.get("sgemm_peak", default_peak)
-    ms = c["products_ms"] + c["adamw_ms"] + 1000 * c["core_gflop"] / pk
-    tok = bc.PRESETS[cfg]["batch"] * bc.PRESETS[cfg]["seq"] * 1000 / ms
-    return ms, tok, bc.mfu_pct(cfg, tok, pk), pk, "sgemm_peak" in c, n
+    core = 1000 * c["core_gflop"] / pk
+    per_step = bc.PRESETS[cfg]["batch"] * bc.PRESETS[cfg]["seq"] * 1000
+
+    def step(ms):
+        return ms, per_step / ms, bc.mfu_pct(cfg, per_step / ms, pk)
+
+    rounds = c.get("round_ms", [])
+    med = step(median(rounds) + core) + (len(rounds),) if rounds else None
+    return step(c["products_ms"] + c["adamw_ms"] + core) + (pk, "sgemm_peak" in c, n, med)
 
 
 def fmt(v, spec):
@@ -231,6 +248,11 @@ def targets16(results, configs, peak, peak512, ceilings):
                 print("      %.1f ms a step = %.0f tok/s = %.1f%% of the sgemm peak (%.0f GFLOP/s%s); moet "
                       "runs at %.1f%% of the ceiling's tok/s; %d%% MFU is %.1f%% of the ceiling's MFU"
                       % (c[0], c[1], c[2], c[3], ", read beside" if c[4] else "", 100 * tok["moet", cfg] / c[1], goal, 100 * goal / c[2]))
+                if c[6]:
+                    m = c[6]
+                    print("      the same from the median of its %d rounds (moet's step is a median too): %.1f ms a "
+                          "step = %.0f tok/s = %.1f%% of the peak; moet runs at %.1f%% of it; %d%% MFU is %.1f%% of it"
+                          % (m[3], m[0], m[1], m[2], 100 * tok["moet", cfg] / m[1], goal, 100 * goal / m[2]))
         if goal and ("moet-keep", cfg) in tok:
             pk_keep = peak_of(results, cfg, "moet-keep", peak)
             line("%s model FLOP/s of moet-keep (AVX2) over the AVX2 sgemm peak (%.0f GFLOP/s%s)"

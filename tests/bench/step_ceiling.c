@@ -22,10 +22,16 @@
  * counts its FLOPs at the sgemm peak), norms, RoPE, softmax and SwiGLU, routing, gathers,
  * the cross-entropy, the embedding. So the ceiling is generous: an upper bound.
  *
+ * Each family's best round is an optimistic reading: the rounds of one run differ by 5-10% on a
+ * shared VM (small, 2026-12-03: 1742-1819 ms a round after the first), while moet's step time
+ * is a median. So every round's whole time (its products and its AdamW pass) is printed too,
+ * and bench_table.py takes the median round over the readings beside the best-of sum.
+ *
  * usage: step_ceiling D L H KV HD F E K V B T   (the preset's dims: bench_configs.py dims)
  * stdout: one line per family (ms, GFLOP/s), then key=value lines: products_ms, adamw_ms,
- *         core_gflop (the attention core's FLOPs of a step, at (T+1)/2 keys per query),
- *         params. Exit 1 with one line on stderr on bad arguments or no memory. */
+ *         round_ms (every round's products + AdamW, comma-separated, in order), core_gflop
+ *         (the attention core's FLOPs of a step, at (T+1)/2 keys per query), params.
+ *         Exit 1 with one line on stderr on bad arguments or no memory. */
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
@@ -35,7 +41,7 @@
 #include "common/clock.h"
 #include "optim/adamw.h"
 
-enum { ROUNDS = 3, HEAD_CHUNK = 1024, NFAM = 5 };
+enum { ROUNDS = 5, HEAD_CHUNK = 1024, NFAM = 5 };
 static const char *fam_name[NFAM] = {"attention projections", "router", "experts", "lm_head", "AdamW"};
 
 static float *buf(size_t n)
@@ -100,7 +106,7 @@ int main(int argc, char **argv)
     adamw_cfg oc = {.beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1};
     adamw_seg seg = {0, P, 1};
 
-    double best[NFAM], flops[NFAM] = {0};
+    double best[NFAM], flops[NFAM] = {0}, round_s[ROUNDS];
     for (int f = 0; f < NFAM; f++) best[f] = 1e30;
     for (int r = 0; r < ROUNDS; r++) {
         double t[NFAM] = {0}, t0;
@@ -166,8 +172,11 @@ int main(int argc, char **argv)
         t0 = clock_seconds();
         adamw_step_consume(&oc, p, g, m, v, &seg, 1, r + 1, 1e-4f, 0.5f);
         t[4] = clock_seconds() - t0;
-        for (int f = 0; f < NFAM; f++)
+        round_s[r] = 0;
+        for (int f = 0; f < NFAM; f++) {
             if (t[f] < best[f]) best[f] = t[f];
+            round_s[r] += t[f];
+        }
     }
     flops[0] = 6.0 * N * L * ((double)QKV * D + (double)D * Hd);
     flops[1] = 6.0 * N * L * (double)E * D;
@@ -184,8 +193,9 @@ int main(int argc, char **argv)
     printf("products %.1f ms at %.1f GFLOP/s (best of %d rounds, %d threads)\n", products * 1e3,
            prod_flops / products / 1e9, ROUNDS, omp_get_max_threads());
     double ctx = (T + 1) / 2.0;
-    printf("products_ms=%.2f\nadamw_ms=%.2f\ncore_gflop=%.6g\nparams=%zu\n", products * 1e3, best[4] * 1e3,
-           3.0 * N * 2.0 * 2.0 * L * ctx * H * hd / 1e9, P);
+    printf("products_ms=%.2f\nadamw_ms=%.2f\nround_ms=", products * 1e3, best[4] * 1e3);
+    for (int r = 0; r < ROUNDS; r++) printf("%s%.2f", r ? "," : "", round_s[r] * 1e3);
+    printf("\ncore_gflop=%.6g\nparams=%zu\n", 3.0 * N * 2.0 * 2.0 * L * ctx * H * hd / 1e9, P);
     float *bufs[] = {wa, ga, wg, gg, we, ge, wh, gh, keep, dx, dqkv, datt, z, xs, ys, act, dact, lg, p, g, m, v};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     return 0;
