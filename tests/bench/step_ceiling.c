@@ -25,7 +25,8 @@
  * Each family's best round is an optimistic reading: the rounds of one run differ by 5-10% on a
  * shared VM (small, 2026-12-03: 1742-1819 ms a round after the first), while moet's step time
  * is a median. So every round's whole time (its products and its AdamW pass) is printed too,
- * and bench_table.py takes the median round over the readings beside the best-of sum.
+ * and bench_table.py takes the median round over the readings (each reading's first round, a
+ * warm-up, left out) beside the best-of sum.
  *
  * usage: step_ceiling D L H KV HD F E K V B T   (the preset's dims: bench_configs.py dims)
  * stdout: one line per family (ms, GFLOP/s), then key=value lines: products_ms, adamw_ms,
