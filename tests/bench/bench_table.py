@@ -11,6 +11,7 @@ run_rss.py). A missing file, a non-zero exit or no tok_s shows as n/a. MFU uses
 bench_configs.flops_per_token for both engines; ratio = moet tok/s / torch tok/s.
 """
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -64,20 +65,13 @@ def best_ceiling(out, cfg):
     if not cs:
         return None, 0
     best = dict(cs[0])
-    best["round_ms"] = list(cs[0].get("round_ms", [])[1:])
-    for c in cs[1:]:
-        for k in ("products_ms", "adamw_ms"):
-            best[k] = min(best[k], c[k])
-        if "sgemm_peak" in c:
-            best["sgemm_peak"] = max(best.get("sgemm_peak", 0), c["sgemm_peak"])
-        best["round_ms"] += c.get("round_ms", [])[1:]
+    for k in ("products_ms", "adamw_ms"):
+        best[k] = min(c[k] for c in cs)
+    peaks = [c["sgemm_peak"] for c in cs if "sgemm_peak" in c]
+    if peaks:
+        best["sgemm_peak"] = max(peaks)
+    best["round_ms"] = [r for c in cs for r in c.get("round_ms", [])[1:]]
     return best, len(cs)
-
-
-def median(xs):
-    v = sorted(xs)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 def ceiling_of(out, cfg, default_peak):
@@ -97,7 +91,7 @@ def ceiling_of(out, cfg, default_peak):
         return ms, per_step / ms, bc.mfu_pct(cfg, per_step / ms, pk)
 
     rounds = c.get("round_ms", [])
-    med = step(median(rounds) + core) + (len(rounds),) if rounds else None
+    med = step(statistics.median(rounds) + core) + (len(rounds),) if rounds else None
     return step(c["products_ms"] + c["adamw_ms"] + core) + (pk, "sgemm_peak" in c, n, med)
 
 
