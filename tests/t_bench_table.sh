@@ -7,7 +7,8 @@
 # the attention core at the peak into tok/s and MFU. Synthetic result files, numbers checked to
 # the table's rounding (0.05) against the formula (tests/bench/bench_configs.py). Then
 # step_ceiling itself on a toy shape: its parameter count and core FLOPs against the same
-# formulas, one error line and exit 1 on bad arguments.
+# formulas, one error line and exit 1 on bad arguments. And the paired rounds' table: each
+# round's ratios in round order, the medians over rounds (a failed engine's round left out).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
@@ -76,6 +77,42 @@ res torch-avx512-tiny.result 8000
 "$PY" "$here/bench/bench_table.py" "$work" 200 380 tiny | grep -q "is 12000 tok/s; the ceiling (below) is 11872 tok/s: above it" ||
     fail "no 'above the ceiling' verdict"
 echo "ok: the 1.5x verdicts against the ceiling"
+
+# paired rounds (bench.sh: OUT/rounds/tiny.rN/): each round's ratios, the median over rounds.
+# Rounds 1-3 and 10 (sorted by number, not as text): moet 9000 / 9300 / 8400 / 9600 against
+# torch-avx512 6000 / 6000 / 6000 / 7500 (1.5 1.55 1.4 1.28: median 1.45, NOT met; a mean of the
+# four would be 1.43), moet-keep / torch-plain 1.6 1.7 1.4 and a round whose moet-keep failed
+# (exit 1: left out, median of 3 = 1.6); MFU over each round's own peak.
+rres() {  # ROUND ENGINE TOK_S [EXTRA]
+    mkdir -p "$work/rounds/tiny.r$1"
+    printf 'tok_s=%s\nfwd_ms=1\nbwd_ms=1\nopt_ms=1\nexit=%s\n%s' "$3" "${5:-0}" "${4:-}" \
+        > "$work/rounds/tiny.r$1/$2-tiny.result"
+}
+while read -r r moet t512 plain keep pk kexit; do
+    rres "$r" moet "$moet" "sgemm_peak=$pk
+"
+    rres "$r" torch-avx512 "$t512"
+    rres "$r" torch-plain "$plain"
+    rres "$r" moet-keep "$keep" "sgemm_peak=200
+" "$kexit"
+done <<'ROUNDS'
+1 9000 6000 3000 4800 400 0
+2 9300 6000 3000 5100 410 0
+3 8400 6000 3000 4200 420 0
+10 9600 7500 3000 4800 430 1
+ROUNDS
+out=$("$PY" "$here/bench/bench_table.py" "$work" 200 380 tiny)
+echo "$out" | grep -q '^  tiny in 4 paired rounds' || fail "no paired-rounds table"
+got=$(echo "$out" | sed -n 's/^    tiny AVX-512: moet vs the fastest torch (torch-avx512) per round: \(.*\)/\1/p')
+[ "$got" = "1.50x, 1.55x, 1.40x, 1.28x" ] || fail "per-round ratios in round order: got '$got'"
+got=$(echo "$out" | sed -n 's/^  tiny AVX-512: moet vs the fastest torch (torch-avx512), median of 4 rounds *\([0-9.]*\)x  NOT met.*/\1/p')
+check "paired median, moet vs the fastest torch (NOT met)" "$got" 1.45
+got=$(echo "$out" | sed -n 's/^  tiny AVX2 path: moet-keep vs torch-plain, median of 3 rounds *\([0-9.]*\)x  met.*/\1/p')
+check "paired median, moet-keep vs torch-plain (a failed round left out)" "$got" 1.60
+got=$(echo "$out" | sed -n "s/^  tiny model FLOP\/s of moet over its kernels' sgemm peak (read beside), median of 4 rounds *\([0-9.]*\)%.*/\1/p")
+check "paired median MFU" "$got" "$("$PY" -c "import statistics; print('%.2f' % statistics.median(
+    100 * t * $fpt / p for t, p in ((9000, 400e9), (9300, 410e9), (8400, 420e9), (9600, 430e9))))")"
+echo "ok: paired rounds"
 
 # step_ceiling on a toy preset-like shape
 sc=${MOET_BUILD:-build}/step_ceiling

@@ -12,7 +12,9 @@
 # env: BENCH_CONFIGS ("tiny small small-lora"), BENCH_OUT (build/bench),
 #      BENCH_QUICK=1 (fewer steps, for a smoke run), BENCH_REUSE_TORCH=1 (keep the torch
 #      results already in BENCH_OUT: moet only, for a second moet run against the same torch
-#      numbers), BENCH_PTHREAD=0 (skip the pthread OpenBLAS run), PY (/usr/bin/python3).
+#      numbers), BENCH_PTHREAD=0 (skip the pthread OpenBLAS run), PY (/usr/bin/python3),
+#      BENCH_PAIRED (presets run again in paired rounds, below: "tiny"; "" for none),
+#      BENCH_ROUNDS (how many: 5).
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -222,8 +224,9 @@ run_ceiling() { # CONFIG N -> $OUT/ceiling-CONFIG.N.result (full fine-tuning pre
     peak_after "$res" "$ct512" "$p1"
 }
 
+SGEMM_PEAK="$OUT/sgemm_peak"
 peak_now() {    # CORETYPE -> the sgemm peak (GFLOP/s) read now, on those kernels
-    OPENBLAS_CORETYPE=$1 "$OUT/sgemm_peak" 2048 4096 | sed -n 's/^peak_gflops=//p'
+    OPENBLAS_CORETYPE=$1 "$SGEMM_PEAK" 2048 4096 | sed -n 's/^peak_gflops=//p'
 }
 
 peak_after() {  # RESULT CORETYPE PEAK_BEFORE: read the peak again after a run, print both and
@@ -252,6 +255,42 @@ for cfg in $CONFIGS; do
     run_moet "$cfg"
     run_ceiling "$cfg" 2
 done
+# ---- paired rounds. Issue 16's tiny targets sit inside this shared VM's drift from one minute
+# to the next (moet's tiny step moved 21% between two runs within an hour), and torch-avx512
+# runs tiny at one of two speeds from one process to the next (~5,500 or ~7,100 tok/s on the
+# Zen5 VM): one process per engine, minutes apart, decides a target by where each landed.
+# Here the engines the targets compare run back to back in short processes, BENCH_ROUNDS
+# times, the order reversed every other round (torch-plain, the fastest torch setup, moet-keep,
+# moet; then moet first), moet's runs with the sgemm peak read just before and after each.
+# bench_table.py prints each round's ratios and MFU and their medians (OUT/rounds/rN/).
+run_engine() {  # ENGINE CONFIG: one engine's run by its result name (torch-avx512, moet-keep, ...)
+    case $1 in
+        torch) run_torch "$2" ;;
+        torch-*) run_torch "$2" "${1#torch-}" ;;
+        moet) run_moet "$2" ;;
+        moet-*) run_moet "$2" "${1#moet-}" ;;
+    esac
+}
+run_round() {   # CONFIG N: one round into OUT/rounds/CONFIG.rN/ (its log: round.log), one line printed
+    local cfg=$1 n=$2 base=$OUT e line= engines="torch-plain torch moet"
+    [ $VARIANTS = 1 ] && engines="torch-plain torch-avx512 moet-keep moet"
+    [ $((n % 2)) = 0 ] && engines=$(echo "$engines" | tr ' ' '\n' | tac | tr '\n' ' ')
+    OUT="$base/rounds/$cfg.r$n"
+    rm -rf "$OUT"
+    mkdir -p "$OUT" || die "cannot create $OUT"
+    for e in $engines; do run_engine "$e" "$cfg" >>"$OUT/round.log" 2>&1; done
+    for e in $engines; do
+        line="$line, $e $(sed -n 's/^tok_s=//p' "$OUT/$e-$cfg.result" 2>/dev/null || true)"
+    done
+    echo "   round $n: ${line#, } tok/s"
+    OUT=$base
+}
+for cfg in ${BENCH_PAIRED-tiny}; do
+    case " $CONFIGS " in *" $cfg "*) ;; *) continue ;; esac
+    echo "== $cfg in ${BENCH_ROUNDS:-5} paired rounds (engines back to back in short runs, order reversed every other round)"
+    for n in $(seq 1 "${BENCH_ROUNDS:-5}"); do run_round "$cfg" "$n"; done
+done
+
 # the pthread build of OpenBLAS, once (tiny, or the first preset): its threads and
 # moet's OpenMP threads oversubscribe the cores
 first=${CONFIGS%% *}

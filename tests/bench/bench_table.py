@@ -3,8 +3,9 @@
     python3 bench_table.py OUT_DIR PEAK_GFLOPS PEAK_AVX512_GFLOPS CONFIG...
 
 Reads OUT_DIR/ENGINE-CONFIG.result (ENGINE = torch-plain, torch, torch-avx512, moet-keep,
-moet) and OUT_DIR/ceiling-CONFIG[.N].result (step_ceiling's products_ms, adamw_ms, core_gflop,
-sgemm_peak; optional; several readings merge into the fastest):
+moet), OUT_DIR/ceiling-CONFIG[.N].result (step_ceiling's products_ms, adamw_ms, core_gflop,
+sgemm_peak; optional; several readings merge into the fastest) and OUT_DIR/rounds/CONFIG.rN/
+ENGINE-CONFIG.result (paired rounds; optional): 
 `key=value` lines with
 tok_s, fwd_ms, bwd_ms, opt_ms (from the engine) and peak_rss_kib, exit (from
 run_rss.py). A missing file, a non-zero exit or no tok_s shows as n/a. MFU uses
@@ -95,6 +96,22 @@ def ceiling_of(out, cfg, default_peak):
     return step(c["products_ms"] + c["adamw_ms"] + core) + (pk, "sgemm_peak" in c, n, med)
 
 
+def paired_rounds(out, cfg):
+    """The paired rounds bench.sh ran for a preset (OUT/rounds/CONFIG.rN/, N = 1, 2, ...): a list
+    with one dict per round, engine -> its result (read_result; engines that failed are left
+    out), in round order; [] when there were none."""
+    d = os.path.join(out, "rounds")
+    try:
+        names = [f for f in os.listdir(d) if f.startswith(cfg + ".r") and f[len(cfg) + 2:].isdigit()]
+    except OSError:
+        return []
+    rounds = []
+    for f in sorted(names, key=lambda f: int(f[len(cfg) + 2:])):
+        res = {e: read_result(os.path.join(d, f, "%s-%s.result" % (e, cfg))) for e, _, _ in ENGINES}
+        rounds.append({e: r for e, r in res.items() if r})
+    return rounds
+
+
 def fmt(v, spec):
     return "n/a" if v is None else spec % v
 
@@ -170,7 +187,8 @@ def main(argv):
     print("moet-keep: OpenBLAS's configured kernels and moet's own kernels as AVX2 (MOET_BLAS=keep MOET_ISA=avx2): "
           "what an AVX2-only CPU runs")
     targets(results, configs, peak, peak512)
-    targets16(results, configs, peak, peak512, {cfg: ceiling_of(out, cfg, peak512) for cfg in configs})
+    targets16(results, configs, peak, peak512, {cfg: ceiling_of(out, cfg, peak512) for cfg in configs},
+              {cfg: paired_rounds(out, cfg) for cfg in configs})
     return 0
 
 
@@ -184,9 +202,10 @@ def peak_of(results, cfg, engine, default):
         return default
 
 
-def targets16(results, configs, peak, peak512, ceilings):
+def targets16(results, configs, peak, peak512, ceilings, rounds=None):
     """Issue 16's targets (speed where OpenBLAS is weakest), against this run's numbers and
-    each preset's ceiling (ceiling_of; None where step_ceiling did not run)."""
+    each preset's ceiling (ceiling_of; None where step_ceiling did not run), then against the
+    medians of the paired rounds (paired_rounds; none where absent)."""
     tok = {(e, cfg): float(r["tok_s"]) for cfg in configs for e, r in results[cfg].items() if r}
 
     def line(what, got, goal, unit="x"):
@@ -254,6 +273,53 @@ def targets16(results, configs, peak, peak512, ceilings):
                  % (cfg, pk_keep, beside(cfg, "moet-keep")), bc.mfu_pct(cfg, tok["moet-keep", cfg], pk_keep), goal,
                  "%")
             passes(cfg, "moet-keep", pk_keep)
+        if rounds and rounds.get(cfg):
+            paired(cfg, rounds[cfg], goal, avx512, line)
+
+
+def paired(cfg, rounds, goal, avx512, line):
+    """Issue 16's targets for one preset from its paired rounds: each round's ratios and MFU
+    (tok/s of engines run back to back; MFU over the peak read beside each moet run), then the
+    median over the rounds against each target."""
+    def tok(r, e):
+        return float(r[e]["tok_s"]) if e in r else None
+
+    def ratio(r, a, b):
+        return tok(r, a) / tok(r, b) if a in r and b in r else None
+
+    def mfu(r, e):
+        try:
+            return bc.mfu_pct(cfg, tok(r, e), float(r[e]["sgemm_peak"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    fast = "torch-avx512" if avx512 else "torch"
+    cols = []  # (what, target, unit, per-round values)
+    if avx512:
+        cols.append(("%s AVX2 path: moet-keep vs torch-plain" % cfg, 1.5, "x",
+                     [ratio(r, "moet-keep", "torch-plain") for r in rounds]))
+    else:
+        cols.append(("%s: moet vs torch-plain" % cfg, 1.5, "x", [ratio(r, "moet", "torch-plain") for r in rounds]))
+    cols.append(("%s%s: moet vs the fastest torch (%s)" % (cfg, " AVX-512" if avx512 else "", fast), 1.5, "x",
+                 [ratio(r, "moet", fast) for r in rounds]))
+    if goal:
+        cols.append(("%s model FLOP/s of moet over its kernels' sgemm peak (read beside)" % cfg, goal, "%",
+                     [mfu(r, "moet") for r in rounds]))
+        if avx512:
+            cols.append(("%s model FLOP/s of moet-keep (AVX2) over the AVX2 sgemm peak (read beside)" % cfg, goal,
+                         "%", [mfu(r, "moet-keep") for r in rounds]))
+    print("  %s in %d paired rounds (the engines back to back in short runs, the order reversed every other "
+          "round):" % (cfg, len(rounds)))
+    engines = [e for e in ("torch-plain", fast, "moet-keep", "moet") if any(e in r for r in rounds)]
+    print("    %-5s %s" % ("round", "".join("%14s" % e for e in engines)) + "   peak beside moet")
+    for i, r in enumerate(rounds):
+        pk = r.get("moet", {}).get("sgemm_peak", "n/a")
+        print("    %-5d %s" % (i + 1, "".join("%14s" % fmt(tok(r, e), "%.0f") for e in engines)) + "   %s" % pk)
+    for what, goal_, unit, vals in cols:
+        got = [v for v in vals if v is not None]
+        spec = "%.2f" if unit == "x" else "%.1f"
+        print("    %s per round: %s" % (what, ", ".join(fmt(v, spec + unit.replace("%", "%%")) for v in vals)))
+        line("%s, median of %d rounds" % (what, len(got)), statistics.median(got) if got else None, goal_, unit)
 
 
 def targets(results, configs, peak, peak512):
