@@ -74,7 +74,8 @@ check "70% over the median ceiling's MFU" "$gl" "$(want "100 * 70 / (100 * (2048
 echo "$out" | grep -q "1.5x of torch-avx512 is 6000 tok/s; the ceiling (below) is 11872 tok/s: within it" ||
     fail "no 'within the ceiling' verdict"
 res torch-avx512-tiny.result 8000
-"$PY" "$here/bench/bench_table.py" "$work" 200 380 tiny | grep -q "is 12000 tok/s; the ceiling (below) is 11872 tok/s: above it" ||
+out=$("$PY" "$here/bench/bench_table.py" "$work" 200 380 tiny)
+echo "$out" | grep -q "is 12000 tok/s; the ceiling (below) is 11872 tok/s: above it" ||
     fail "no 'above the ceiling' verdict"
 echo "ok: the 1.5x verdicts against the ceiling"
 
@@ -112,6 +113,11 @@ check "paired median, moet-keep vs torch-plain (a failed round left out)" "$got"
 got=$(echo "$out" | sed -n "s/^  tiny model FLOP\/s of moet over its kernels' sgemm peak (read beside), median of 4 rounds *\([0-9.]*\)%.*/\1/p")
 check "paired median MFU" "$got" "$("$PY" -c "import statistics; print('%.2f' % statistics.median(
     100 * t * $fpt / p for t, p in ((9000, 400e9), (9300, 410e9), (8400, 420e9), (9600, 430e9))))")"
+# 1.5x each round's torch-avx512 over the median ceiling's 2048000 / 195.5 tok/s (above)
+got=$(echo "$out" | sed -n 's/^    1.5x torch-avx512 per round as a share of the ceiling.s tok\/s from its median round (10476 tok\/s, above): \(.*\); median \([0-9.]*\)%$/\1 \2/p')
+[ -n "$got" ] || fail "no '1.5x torch-avx512 per round as a share of the ceiling' line"
+check "1.5x torch in round 10 over the median ceiling" "$(echo "$got" | cut -d' ' -f4 | tr -d '%;')" "$(want "100 * 1.5 * 7500 / (2048000 / 195.5)")"
+check "its median over the rounds" "${got##* }" "$(want "100 * 1.5 * 6000 / (2048000 / 195.5)")"
 echo "ok: paired rounds"
 
 # step_ceiling on a toy preset-like shape

@@ -274,13 +274,14 @@ def targets16(results, configs, peak, peak512, ceilings, rounds=None):
                  "%")
             passes(cfg, "moet-keep", pk_keep)
         if rounds and rounds.get(cfg):
-            paired(cfg, rounds[cfg], goal, avx512, line)
+            paired(cfg, rounds[cfg], goal, avx512, line, c)
 
 
-def paired(cfg, rounds, goal, avx512, line):
+def paired(cfg, rounds, goal, avx512, line, ceiling=None):
     """Issue 16's targets for one preset from its paired rounds: each round's ratios and MFU
     (tok/s of engines run back to back; MFU over the peak read beside each moet run), then the
-    median over the rounds against each target."""
+    median over the rounds against each target; with the preset's ceiling (ceiling_of, from
+    the main runs' readings), what 1.5x each round's fastest torch asks of it."""
     def tok(r, e):
         return float(r[e]["tok_s"]) if e in r else None
 
@@ -320,6 +321,13 @@ def paired(cfg, rounds, goal, avx512, line):
         spec = "%.2f" if unit == "x" else "%.1f"
         print("    %s per round: %s" % (what, ", ".join(fmt(v, spec + unit.replace("%", "%%")) for v in vals)))
         line("%s, median of %d rounds" % (what, len(got)), statistics.median(got) if got else None, goal_, unit)
+    if ceiling and ceiling[6]:
+        need = [100 * 1.5 * tok(r, fast) / ceiling[6][1] if fast in r else None for r in rounds]
+        got = [v for v in need if v is not None]
+        if got:
+            print("    1.5x %s per round as a share of the ceiling's tok/s from its median round (%.0f tok/s, above): "
+                  "%s; median %.1f%%" % (fast, ceiling[6][1], ", ".join(fmt(v, "%.1f%%") for v in need),
+                                         statistics.median(got)))
 
 
 def targets(results, configs, peak, peak512):
