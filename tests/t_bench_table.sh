@@ -104,6 +104,7 @@ done <<'ROUNDS'
 ROUNDS
 out=$("$PY" "$here/bench/bench_table.py" "$work" 200 380 tiny)
 echo "$out" | grep -q '^  tiny in 4 paired rounds' || fail "no paired-rounds table"
+echo "$out" | grep -Eq '^    10 +3000 +7500 +n/a +9600 +430$' || fail "round 10's row (its own number; moet-keep failed: n/a)"
 got=$(echo "$out" | sed -n 's/^    tiny AVX-512: moet vs the fastest torch (torch-avx512) per round: \(.*\)/\1/p')
 [ "$got" = "1.50x, 1.55x, 1.40x, 1.28x" ] || fail "per-round ratios in round order: got '$got'"
 got=$(echo "$out" | sed -n 's/^  tiny AVX-512: moet vs the fastest torch (torch-avx512), median of 4 rounds *\([0-9.]*\)x  NOT met.*/\1/p')

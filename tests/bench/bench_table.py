@@ -5,7 +5,7 @@
 Reads OUT_DIR/ENGINE-CONFIG.result (ENGINE = torch-plain, torch, torch-avx512, moet-keep,
 moet), OUT_DIR/ceiling-CONFIG[.N].result (step_ceiling's products_ms, adamw_ms, core_gflop,
 sgemm_peak; optional; several readings merge into the fastest) and OUT_DIR/rounds/CONFIG.rN/
-ENGINE-CONFIG.result (paired rounds; optional): 
+ENGINE-CONFIG.result (paired rounds; optional):
 `key=value` lines with
 tok_s, fwd_ms, bwd_ms, opt_ms (from the engine) and peak_rss_kib, exit (from
 run_rss.py). A missing file, a non-zero exit or no tok_s shows as n/a. MFU uses
@@ -98,8 +98,8 @@ def ceiling_of(out, cfg, default_peak):
 
 def paired_rounds(out, cfg):
     """The paired rounds bench.sh ran for a preset (OUT/rounds/CONFIG.rN/, N = 1, 2, ...): a list
-    with one dict per round, engine -> its result (read_result; engines that failed are left
-    out), in round order; [] when there were none."""
+    of (N, results) in round order, results an engine -> result dict (read_result; engines that
+    failed are left out); [] when there were none."""
     d = os.path.join(out, "rounds")
     try:
         names = [f for f in os.listdir(d) if f.startswith(cfg + ".r") and f[len(cfg) + 2:].isdigit()]
@@ -108,7 +108,7 @@ def paired_rounds(out, cfg):
     rounds = []
     for f in sorted(names, key=lambda f: int(f[len(cfg) + 2:])):
         res = {e: read_result(os.path.join(d, f, "%s-%s.result" % (e, cfg))) for e, _, _ in ENGINES}
-        rounds.append({e: r for e, r in res.items() if r})
+        rounds.append((int(f[len(cfg) + 2:]), {e: r for e, r in res.items() if r}))
     return rounds
 
 
@@ -277,11 +277,13 @@ def targets16(results, configs, peak, peak512, ceilings, rounds=None):
             paired(cfg, rounds[cfg], goal, avx512, line, c)
 
 
-def paired(cfg, rounds, goal, avx512, line, ceiling=None):
-    """Issue 16's targets for one preset from its paired rounds: each round's ratios and MFU
+def paired(cfg, numbered, goal, avx512, line, ceiling=None):
+    """Issue 16's targets for one preset from its paired rounds (paired_rounds): each round's ratios and MFU
     (tok/s of engines run back to back; MFU over the peak read beside each moet run), then the
     median over the rounds against each target; with the preset's ceiling (ceiling_of, from
     the main runs' readings), what 1.5x each round's fastest torch asks of it."""
+    rounds = [r for _, r in numbered]
+
     def tok(r, e):
         return float(r[e]["tok_s"]) if e in r else None
 
@@ -313,9 +315,9 @@ def paired(cfg, rounds, goal, avx512, line, ceiling=None):
           "round):" % (cfg, len(rounds)))
     engines = [e for e in ("torch-plain", fast, "moet-keep", "moet") if any(e in r for r in rounds)]
     print("    %-5s %s" % ("round", "".join("%14s" % e for e in engines)) + "   peak beside moet")
-    for i, r in enumerate(rounds):
+    for n, r in numbered:
         pk = r.get("moet", {}).get("sgemm_peak", "n/a")
-        print("    %-5d %s" % (i + 1, "".join("%14s" % fmt(tok(r, e), "%.0f") for e in engines)) + "   %s" % pk)
+        print("    %-5d %s" % (n, "".join("%14s" % fmt(tok(r, e), "%.0f") for e in engines)) + "   %s" % pk)
     for what, goal_, unit, vals in cols:
         got = [v for v in vals if v is not None]
         spec = "%.2f" if unit == "x" else "%.1f"
