@@ -272,7 +272,7 @@ run_engine() {  # ENGINE CONFIG: one engine's run by its result name (torch-avx5
     esac
 }
 run_round() {   # CONFIG N: one round into OUT/rounds/CONFIG.rN/ (its log: round.log), one line printed
-    local cfg=$1 n=$2 base=$OUT e line= engines="torch-plain torch moet"
+    local cfg=$1 n=$2 base=$OUT e v line='' engines="torch-plain torch moet"
     [ $VARIANTS = 1 ] && engines="torch-plain torch-avx512 moet-keep moet"
     [ $((n % 2)) = 0 ] && engines=$(echo "$engines" | tr ' ' '\n' | tac | tr '\n' ' ')
     OUT="$base/rounds/$cfg.r$n"
@@ -280,7 +280,8 @@ run_round() {   # CONFIG N: one round into OUT/rounds/CONFIG.rN/ (its log: round
     mkdir -p "$OUT" || die "cannot create $OUT"
     for e in $engines; do run_engine "$e" "$cfg" >>"$OUT/round.log" 2>&1; done
     for e in $engines; do
-        line="$line, $e $(sed -n 's/^tok_s=//p' "$OUT/$e-$cfg.result" 2>/dev/null || true)"
+        v=$(sed -n 's/^tok_s=//p' "$OUT/$e-$cfg.result" 2>/dev/null || true)
+        line="$line, $e ${v:-failed (see round.log)}"
     done
     echo "   round $n: ${line#, } tok/s"
     OUT=$base
