@@ -61,10 +61,11 @@ awk '$1 > 1.5 { print "   WARNING: load average " $1 " on a 2-core machine: numb
 
 # ---- sgemm peak: the MFU denominator
 echo "== sgemm peak (OpenBLAS OpenMP build, fp32)"
-gcc -O2 -std=c11 -D_GNU_SOURCE -I. $(pkg-config --cflags openblas) -o "$OUT/sgemm_peak" \
+SGEMM_PEAK="$OUT/sgemm_peak"   # by this path: the paired rounds below run with OUT set to their own folder
+gcc -O2 -std=c11 -D_GNU_SOURCE -I. $(pkg-config --cflags openblas) -o "$SGEMM_PEAK" \
     "$BENCH/sgemm_peak.c" $(pkg-config --libs openblas) \
     -Wl,--enable-new-dtags -Wl,-rpath,"$BLASDIR" || die "cannot build sgemm_peak"
-"$OUT/sgemm_peak" 2048 4096 | tee "$OUT/sgemm.txt" | sed 's/^/   /'
+"$SGEMM_PEAK" 2048 4096 | tee "$OUT/sgemm.txt" | sed 's/^/   /'
 PEAK=$(sed -n 's/^peak_gflops=//p' "$OUT/sgemm.txt")
 [ -n "$PEAK" ] || die "sgemm_peak printed no peak"
 # moet runs OpenBLAS's AVX-512 (SkylakeX) kernels on AVX-512 CPUs even when
@@ -78,7 +79,7 @@ case "${OPENBLAS_CORETYPE:-}" in [Ss]kylake[Xx]|[Cc]ooperlake|[Ss]apphire[Rr]api
     if grep -q ' avx512f ' /proc/cpuinfo && grep -q ' avx512bw ' /proc/cpuinfo && grep -q ' avx512vl ' /proc/cpuinfo; then
         VARIANTS=1
         echo "== sgemm peak with OPENBLAS_CORETYPE=SkylakeX (the AVX-512 kernels moet selects)"
-        OPENBLAS_CORETYPE=SkylakeX "$OUT/sgemm_peak" 2048 4096 | tee "$OUT/sgemm512.txt" | sed 's/^/   /'
+        OPENBLAS_CORETYPE=SkylakeX "$SGEMM_PEAK" 2048 4096 | tee "$OUT/sgemm512.txt" | sed 's/^/   /'
         PEAK512=$(sed -n 's/^peak_gflops=//p' "$OUT/sgemm512.txt")
     fi ;;
 esac
@@ -224,7 +225,6 @@ run_ceiling() { # CONFIG N -> $OUT/ceiling-CONFIG.N.result (full fine-tuning pre
     peak_after "$res" "$ct512" "$p1"
 }
 
-SGEMM_PEAK="$OUT/sgemm_peak"
 peak_now() {    # CORETYPE -> the sgemm peak (GFLOP/s) read now, on those kernels
     OPENBLAS_CORETYPE=$1 "$SGEMM_PEAK" 2048 4096 | sed -n 's/^peak_gflops=//p'
 }
@@ -262,7 +262,7 @@ done
 # Here the engines the targets compare run back to back in short processes, BENCH_ROUNDS
 # times, the order reversed every other round (torch-plain, the fastest torch setup, moet-keep,
 # moet; then moet first), moet's runs with the sgemm peak read just before and after each.
-# bench_table.py prints each round's ratios and MFU and their medians (OUT/rounds/rN/).
+# bench_table.py prints each round's ratios and MFU and their medians (OUT/rounds/CONFIG.rN/).
 run_engine() {  # ENGINE CONFIG: one engine's run by its result name (torch-avx512, moet-keep, ...)
     case $1 in
         torch) run_torch "$2" ;;
@@ -272,10 +272,10 @@ run_engine() {  # ENGINE CONFIG: one engine's run by its result name (torch-avx5
     esac
 }
 run_round() {   # CONFIG N: one round into OUT/rounds/CONFIG.rN/ (its log: round.log), one line printed
-    local cfg=$1 n=$2 base=$OUT e v line='' engines="torch-plain torch moet"
+    # (OUT is local here: run_torch and run_moet, called from here, write into the round's folder)
+    local cfg=$1 n=$2 OUT="$OUT/rounds/$1.r$2" e v line='' engines="torch-plain torch moet"
     [ $VARIANTS = 1 ] && engines="torch-plain torch-avx512 moet-keep moet"
     [ $((n % 2)) = 0 ] && engines=$(echo "$engines" | tr ' ' '\n' | tac | tr '\n' ' ')
-    OUT="$base/rounds/$cfg.r$n"
     rm -rf "$OUT"
     mkdir -p "$OUT" || die "cannot create $OUT"
     for e in $engines; do run_engine "$e" "$cfg" >>"$OUT/round.log" 2>&1; done
@@ -284,7 +284,6 @@ run_round() {   # CONFIG N: one round into OUT/rounds/CONFIG.rN/ (its log: round
         line="$line, $e ${v:-failed (see round.log)}"
     done
     echo "   round $n: ${line#, } tok/s"
-    OUT=$base
 }
 for cfg in ${BENCH_PAIRED-tiny}; do
     case " $CONFIGS " in *" $cfg "*) ;; *) continue ;; esac

@@ -102,13 +102,14 @@ def paired_rounds(out, cfg):
     failed are left out); [] when there were none."""
     d = os.path.join(out, "rounds")
     try:
-        names = [f for f in os.listdir(d) if f.startswith(cfg + ".r") and f[len(cfg) + 2:].isdigit()]
+        numbered = sorted((int(f[len(cfg) + 2:]), f) for f in os.listdir(d)
+                          if f.startswith(cfg + ".r") and f[len(cfg) + 2:].isdigit())
     except OSError:
         return []
     rounds = []
-    for f in sorted(names, key=lambda f: int(f[len(cfg) + 2:])):
+    for n, f in numbered:
         res = {e: read_result(os.path.join(d, f, "%s-%s.result" % (e, cfg))) for e, _, _ in ENGINES}
-        rounds.append((int(f[len(cfg) + 2:]), {e: r for e, r in res.items() if r}))
+        rounds.append((n, {e: r for e, r in res.items() if r}))
     return rounds
 
 
