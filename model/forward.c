@@ -476,7 +476,7 @@ static void forward_layer(model *m, model_acts *a, const model_batch *b, int l, 
     if (so) PROF(PROF_LORA, fwd, lora_forward(m->lora, so, 0, xmid, D, att, Hd, N, lora_xa(a, s, LORA_O)));
     PROF(PROF_NORM, fwd, model_rmsnorm_forward(xn2, a->rstd2 + (size_t)s * Na, xmid, W->ffn_norm, N, D, c->norm_eps));
     float *xout = a->x + (size_t)(l + 1) * Na * D;
-    par_copy(xout, xmid, (size_t)N * D);
+    if (!moe) par_copy(xout, xmid, (size_t)N * D); /* else the experts' combine starts from xmid */
     if (moe) {
         int *off = a->off + (size_t)s * (E + 1);
         float *rl = a->rlogits + (size_t)s * Na * E, *pr = a->probs + (size_t)s * Na * E;
@@ -490,7 +490,7 @@ static void forward_layer(model *m, model_acts *a, const model_batch *b, int l, 
         moe_lora ml, *mlp = moe_lora_of(m, a, l, LORA_W1, &ml);
         PROF(PROF_EXPERTS, fwd,
              moe_experts_forward(T, xout, a->h13 + nk * 2 * F, a->dys, a->xs, a->act, xn2, W->w13, W->w2, off,
-                                 a->row_tok + nk, a->slot_row + nk, a->topw + nk, N, D, F, E, k, mlp));
+                                 a->row_tok + nk, a->slot_row + nk, a->topw + nk, N, D, F, E, k, mlp, xmid));
     }
     if (Fs) { /* the dense MLP, weight 1 per row, or the shared expert, weight sigmoid(x . gate) */
         float *w = a->sw + (size_t)s * Na;
@@ -503,7 +503,7 @@ static void forward_layer(model *m, model_acts *a, const model_batch *b, int l, 
                 for (int n = 0; n < N; n++) w[n] = 1.0f;
             }
             moe_experts_forward(T, xout, a->sh13 + (size_t)s * Na * 2 * a->Fs, a->dys, a->xs, a->act, xn2, &W->sw13,
-                                &W->sw2, a->dense_off, a->ident, a->ident, w, N, D, Fs, 1, 1, mlp);
+                                &W->sw2, a->dense_off, a->ident, a->ident, w, N, D, Fs, 1, 1, mlp, NULL);
         });
     }
 }
@@ -716,13 +716,13 @@ static void backward_layer(model *m, model_acts *a, const model_batch *b, int l,
     size_t nk = (size_t)s * Na * k;
     /* a->dx holds dL/dx[l+1]: through the MLP block (residual passes it on unchanged) */
     PROF(PROF_NORM, bwd, model_rmsnorm_apply(xn2, xmid, a->rstd2 + (size_t)s * Na, W->ffn_norm, N, D));
-    par_zero(a->dxn, (size_t)N * D);
+    if (!moe) par_zero(a->dxn, (size_t)N * D); /* else the experts' combine sets it */
     if (moe) {
         moe_lora ml, *mlp = moe_lora_of(m, a, l, LORA_W1, &ml);
         PROF(PROF_EXPERTS, bwd, /* dL/dh13 overwrites h13 (each row read before it is written) */
              moe_experts_backward(T, a->dxn, G->w13, G->w2, a->dtopw, a->dx, a->h13 + nk * 2 * F, xn2, W->w13, W->w2,
                                   a->off + (size_t)s * (E + 1), a->row_tok + nk, a->slot_row + nk, a->topw + nk,
-                                  a->xs, a->act, a->dys, a->eg, a->erows, N, D, F, E, k, mlp));
+                                  a->xs, a->act, a->dys, a->eg, a->erows, N, D, F, E, k, mlp, 1));
         PROF(PROF_ROUTER, bwd,
              moe_router_backward(a->dxn, G->gate, a->drl, a->dtopw, a->rlogits + (size_t)s * Na * E,
                                  a->probs + (size_t)s * Na * E, a->topi + nk, a->topw + nk, aux_dp, z_w, xn2, W->gate,
@@ -734,7 +734,7 @@ static void backward_layer(model *m, model_acts *a, const model_batch *b, int l,
         PROF(PROF_EXPERTS, bwd, {
             moe_experts_backward(T, a->dxn, G->sw13, G->sw2, a->dsw, a->dx, a->sh13 + (size_t)s * Na * 2 * a->Fs, xn2,
                                  &W->sw13, &W->sw2, a->dense_off, a->ident, a->ident, w, a->xs, a->act, a->dys, a->eg,
-                                 a->erows, N, D, Fs, 1, 1, mlp);
+                                 a->erows, N, D, Fs, 1, 1, mlp, 0);
             if (W->sgate) { /* w = sigmoid(g): dg = dw w (1 - w) */
                 for (int n = 0; n < N; n++) a->dsw[n] *= w[n] * (1.0f - w[n]);
                 if (G->sgate) model_gemm(1, 0, 1, D, N, 1, a->dsw, 1, xn2, D, 1, G->sgate, D);

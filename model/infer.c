@@ -295,7 +295,7 @@ static void run_rows(struct infer *s, const int32_t *tokens, int n)
             moe_route(s->rl, s->probs, s->topi, s->topw, NULL, s->xn, Wl->gate, n, D, E, k, !c->topk_raw);
             moe_sort(s->off, s->row_tok, s->slot_row, s->topi, n, E, k);
             moe_experts_forward(T, s->x, s->h13, s->ye, s->xs, s->act, s->xn, Wl->w13, Wl->w2, s->off, s->row_tok,
-                                s->slot_row, s->topw, n, D, F, E, k, mlp);
+                                s->slot_row, s->topw, n, D, F, E, k, mlp, NULL);
         }
         int Fs = model_layer_dense_ffn(c, l);
         if (Fs) {
@@ -307,7 +307,7 @@ static void run_rows(struct infer *s, const int32_t *tokens, int n)
                 for (int i = 0; i < n; i++) s->sw[i] = 1.0f;
             }
             moe_experts_forward(T, s->x, s->h13, s->ye, s->xs, s->act, s->xn, &Wl->sw13, &Wl->sw2, s->dense_off,
-                                s->ident, s->ident, s->sw, n, D, Fs, 1, 1, mlp);
+                                s->ident, s->ident, s->sw, n, D, Fs, 1, 1, mlp, NULL);
         }
     }
     s->pos += n;

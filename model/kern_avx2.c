@@ -53,6 +53,7 @@ static inline V vpow2i(V n)
 {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
 }
+static inline V vscale2(V p, V n) { return vmul(p, vpow2i(n)); } /* p 2^n */
 static inline VM visnan(V x) { return _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)); }
 static inline VM vspan(int j0, int lo, int hi)
 {

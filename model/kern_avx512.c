@@ -40,10 +40,9 @@ static inline float vhsum(V x)
     b = _mm_add_ps(b, _mm_movehl_ps(b, b));
     return _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)));
 }
-static inline V vpow2i(V n) /* 2^n, n integral in [-126, 127] */
-{
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
-}
+/* p 2^n in one instruction: the same result as p times 2^n built in the exponent bits (both
+ * round the exact product once), four instructions fewer in every exponential */
+#define vscale2 _mm512_scalef_ps
 static inline VM visnan(V x) { return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q); }
 /* lanes j0 + l (l < 16) inside [lo, hi] */
 static inline VM vspan(int j0, int lo, int hi)

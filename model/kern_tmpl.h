@@ -8,6 +8,7 @@
  *                       a fixed tree (lane l + lane l + VL/2, then the same on the halves), one
  *                       order per ISA (a row of attention's scores is a few vectors: a sum
  *                       through memory cost as much as the row)
+ *   vscale2(p, n)       p 2^n for integral n in [-126, 127], exactly (one rounding)
  *   vwiden(p, dt)       VL 16-bit values (KERN_BF16 / KERN_F16) widened to fp32
  *   ROWS_MR(X), ROWS_MRN(X)   X(0) ... X(MR-1), X(0) ... X(MRN-1): the tiles' rows
  *   KN(name)            the set's name for name
@@ -388,7 +389,7 @@ static inline V vexp(V x)
     p = vfma(p, r, vset1(0.5f));
     p = vfma(p, r, vset1(1.0f));
     p = vfma(p, r, vset1(1.0f));
-    return vsel(visnan(x), x, vmul(p, vpow2i(n)));
+    return vsel(visnan(x), x, vscale2(p, n));
 }
 
 /* Attention forward, one block of scores S (m rows, ld apart; nk keys): row i sees keys

@@ -208,22 +208,24 @@ void moe_route(float *logits, float *probs, int *topi, float *topw, int *counts,
 void moe_sort(int *off, int *row_tok, int *slot_row, const int *topi, int N, int E, int k);
 /* Experts, one GEMM per expert over its contiguous rows: xs (Nk,D) gathered inputs,
  * h13 (Nk,2F) = xs W13^T (saved), act (Nk,F) = silu(h1)*h3 (scratch), ye (Nk,D) = act W2^T
- * (scratch); out (N,D) += sum_j topw[n,j] * ye[slot_row[n,j]]. w13, w2: [E] matrices
+ * (scratch); out (N,D) += sum_j topw[n,j] * ye[slot_row[n,j]], or out = res + that sum when
+ * res is not NULL (the residual, read instead of copied first). w13, w2: [E] matrices
  * (2F x D and D x F); T: their widening tiles. A dense MLP (or shared expert) is the case
  * E = k = 1 with off = {0, N}, identity row_tok / slot_row and topw its per-row weight. */
 void moe_experts_forward(const model_tiles *T, float *out, float *h13, float *ye, float *xs, float *act,
                          const float *xn, const model_mat *w13, const model_mat *w2, const int *off,
                          const int *row_tok, const int *slot_row, const float *topw, int N, int D, int F, int E, int k,
-                         const moe_lora *ml);
+                         const moe_lora *ml, const float *res);
 /* Backward of the experts and of the weighted combine, without the forward's ye (it is
  * scratch there): dL/dtopw = <dout, ye> is computed as <dout W2, act>. dtopw (N,k) =
- * dL/dtopw; dxn (N,D) += input gradient; dw13/dw2 += weight gradients (NULL: frozen; fp32
+ * dL/dtopw; dxn (N,D) += input gradient (= with set: dxn need not be zeroed first); dw13/dw2 += weight gradients (NULL: frozen; fp32
  * [E][2F,D] and [E][D,F]). h13 is OVERWRITTEN with dL/dh13 (it is not needed after this;
  * saves a (Nk,2F) buffer). Scratch: xs (Nk,D), act (Nk,F), dys (Nk,D), g (Nk,F), rows (2 Nk). */
 void moe_experts_backward(const model_tiles *T, float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout,
                           float *h13, const float *xn, const model_mat *w13, const model_mat *w2, const int *off,
                           const int *row_tok, const int *slot_row, const float *topw, float *xs, float *act,
-                          float *dys, float *g, float *rows, int N, int D, int F, int E, int k, const moe_lora *ml);
+                          float *dys, float *g, float *rows, int N, int D, int F, int E, int k, const moe_lora *ml,
+                          int set);
 /* Router backward: from dtopw through the renormalisation (norm_topk) and softmax, plus the aux loss
  * (dL/dprobs[n,e] += aux_dp[e] for every row) and z-loss (z_w * 2 * lse * p per row).
  * dlogits (N,E) scratch; dWg (E,D) += (NULL: frozen); dxn (N,D) += dlogits Wg. */

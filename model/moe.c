@@ -214,7 +214,7 @@ static void run_experts(const experts_ctx *c, int E, int backward)
 void moe_experts_forward(const model_tiles *T, float *out, float *h13, float *ye, float *xs, float *act,
                          const float *xn, const model_mat *w13, const model_mat *w2, const int *off,
                          const int *row_tok, const int *slot_row, const float *topw, int N, int D, int F, int E, int k,
-                         const moe_lora *ml)
+                         const moe_lora *ml, const float *res)
 {
     experts_ctx c = {.T = T, .h13 = h13, .ye = ye, .xs = xs, .act = act, .xn = xn, .w13 = w13, .w2 = w2, .off = off,
                      .row_tok = row_tok, .D = D, .F = F, .r = ml ? ml->lo->lc.r : 0, .ml = ml};
@@ -223,9 +223,9 @@ void moe_experts_forward(const model_tiles *T, float *out, float *h13, float *ye
     for (int n = 0; n < N; n++) {
         float *o = out + (size_t)n * D;
         for (int j = 0; j < k; j++) {
-            const float *y = ye + (size_t)slot_row[n * k + j] * D;
+            const float *y = ye + (size_t)slot_row[n * k + j] * D, *r = j || !res ? o : res + (size_t)n * D;
             float w = topw[n * k + j];
-            for (int d = 0; d < D; d++) o[d] += w * y[d];
+            for (int d = 0; d < D; d++) o[d] = r[d] + w * y[d];
         }
     }
 }
@@ -233,7 +233,8 @@ void moe_experts_forward(const model_tiles *T, float *out, float *h13, float *ye
 void moe_experts_backward(const model_tiles *T, float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout,
                           float *h13, const float *xn, const model_mat *w13, const model_mat *w2, const int *off,
                           const int *row_tok, const int *slot_row, const float *topw, float *xs, float *act,
-                          float *dys, float *g, float *rows, int N, int D, int F, int E, int k, const moe_lora *ml)
+                          float *dys, float *g, float *rows, int N, int D, int F, int E, int k, const moe_lora *ml,
+                          int set)
 {
     int Nk = N * k;
     float *roww = rows, *rowdw = rows + Nk;
@@ -256,7 +257,10 @@ void moe_experts_backward(const model_tiles *T, float *dxn, float *dw13, float *
         for (int j = 0; j < k; j++) {
             int r = slot_row[n * k + j];
             const float *gr = dys + (size_t)r * D;
-            for (int d = 0; d < D; d++) dx[d] += gr[d];
+            if (set && !j)
+                memcpy(dx, gr, (size_t)D * sizeof(float));
+            else
+                for (int d = 0; d < D; d++) dx[d] += gr[d];
             dtopw[n * k + j] = rowdw[r];
         }
     }

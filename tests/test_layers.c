@@ -318,7 +318,7 @@ static double moe_loss(moe_case *c, const float *xn, const float *Rr, const doub
     if (c->topi_ref && memcmp(ti, c->topi_ref, Nk * sizeof(int))) goto out;
     moe_sort(off, rt, sr, ti, N, E, k);
     moe_experts_forward(&no_tiles, out, h13, ye, xs, act, xn, mats(c->w13, E, 2 * F, D), mats(c->w2, E, D, F), off, rt,
-                        sr, tw, N, D, F, E, k, NULL);
+                        sr, tw, N, D, F, E, k, NULL, NULL);
     l = loss_dot(out, Rr, (size_t)N * D);
     for (int e = 0; e < E; e++) {
         double P = 0;
@@ -351,7 +351,7 @@ static void router_and_experts_case(int norm)
     moe_route(lg, pr, ti, tw, cnt, xn, c.Wg, N, D, E, k, norm);
     moe_sort(off, rt, sr, ti, N, E, k);
     moe_experts_forward(&no_tiles, out, h13, ye, xs, act, xn, mats(c.w13, E, 2 * F, D), mats(c.w2, E, D, F), off, rt,
-                        sr, tw, N, D, F, E, k, NULL);
+                        sr, tw, N, D, F, E, k, NULL, NULL);
     /* topw sum to 1 (renormalised) or are the top probabilities, counts add up, sorted rows
      * are grouped by expert */
     for (int n = 0; n < N; n++)
@@ -366,7 +366,7 @@ static void router_and_experts_case(int norm)
           *drl = malloc(N * E * 4);
     float *eg = malloc(Nk * F * 4), *erows = malloc(2 * Nk * 4);
     moe_experts_backward(&no_tiles, dxn, dw13, dw2, dtw, Rr, h13, xn, mats(c.w13, E, 2 * F, D), mats(c.w2, E, D, F),
-                         off, rt, sr, tw, xs, act, dys, eg, erows, N, D, F, E, k, NULL);
+                         off, rt, sr, tw, xs, act, dys, eg, erows, N, D, F, E, k, NULL, 0);
     free(eg), free(erows);
     moe_router_backward(dxn, dWg, drl, dtw, lg, pr, ti, tw, aux_dp, c.z_c / N, xn, c.Wg, N, D, E, k, norm);
     c.topi_ref = ti;
@@ -419,14 +419,18 @@ static void run_experts_case(const int *topi, const char *what)
           *dout = randn(N * D, 1), *tw = randn(Nk, 1);
     int off[E + 1], rt[Nk], sr[Nk];
     moe_sort(off, rt, sr, topi, N, E, k);
-    float *out = calloc(N * D, 4), *h13 = malloc(Nk * 2 * F * 4), *ye = malloc(Nk * D * 4), *xs = malloc(Nk * D * 4),
-          *act = malloc(Nk * F * 4), *dxn = calloc(N * D, 4), *dw13 = calloc(E * 2 * F * D, 4),
-          *dw2 = calloc(E * D * F, 4), *dtw = malloc(Nk * 4), *dys = malloc(Nk * D * 4);
+    float *out = malloc(N * D * 4), *h13 = malloc(Nk * 2 * F * 4), *ye = malloc(Nk * D * 4), *xs = malloc(Nk * D * 4),
+          *act = malloc(Nk * F * 4), *dxn = malloc(N * D * 4), *dw13 = calloc(E * 2 * F * D, 4),
+          *dw2 = calloc(E * D * F, 4), *dtw = malloc(Nk * 4), *dys = malloc(Nk * D * 4), *res = randn(N * D, 1);
+    /* as a training step calls them: out = the residual res + the experts' sum (out's old
+     * contents ignored), dxn set by the backward (its old contents ignored) */
+    for (int i = 0; i < N * D; i++) out[i] = dxn[i] = NAN;
     moe_experts_forward(&no_tiles, out, h13, ye, xs, act, xn, mats(w13, E, 2 * F, D), mats(w2, E, D, F), off, rt, sr,
-                        tw, N, D, F, E, k, NULL);
+                        tw, N, D, F, E, k, NULL, res);
+    for (int i = 0; i < N * D; i++) out[i] -= res[i];
     float *eg = malloc(Nk * F * 4), *erows = malloc(2 * Nk * 4);
     moe_experts_backward(&no_tiles, dxn, dw13, dw2, dtw, dout, h13, xn, mats(w13, E, 2 * F, D), mats(w2, E, D, F), off,
-                         rt, sr, tw, xs, act, dys, eg, erows, N, D, F, E, k, NULL);
+                         rt, sr, tw, xs, act, dys, eg, erows, N, D, F, E, k, NULL, 1);
     free(eg), free(erows);
     double *ro = calloc(N * D, 8), *rdx = calloc(N * D, 8), *rdw13 = calloc(E * 2 * F * D, 8),
            *rdw2 = calloc(E * D * F, 8), *rdtw = calloc(Nk, 8);
@@ -473,7 +477,7 @@ static void run_experts_case(const int *topi, const char *what)
     }
     free(w13), free(w2), free(xn), free(dout), free(tw), free(out), free(h13), free(ye), free(xs), free(act),
         free(dxn), free(dw13), free(dw2), free(dtw), free(dys), free(ro), free(rdx), free(rdw13), free(rdw2),
-        free(rdtw);
+        free(rdtw), free(res);
 }
 
 static void test_experts_agree_with_a_plain_evaluation_balanced_and_skewed(void **state)
