@@ -8,7 +8,8 @@
 # the table's rounding (0.05) against the formula (tests/bench/bench_configs.py). Then
 # step_ceiling itself on a toy shape: its parameter count and core FLOPs against the same
 # formulas, one error line and exit 1 on bad arguments. And the paired rounds' table: each
-# round's ratios in round order, the medians over rounds (a failed engine's round left out).
+# round's ratios in round order, the medians over rounds (a failed engine's round left out), the
+# sgemm peak and the memory bandwidth read beside each round's moet.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
@@ -19,6 +20,7 @@ res torch-tiny.result 3000
 res torch-avx512-tiny.result 4000
 res moet-keep-tiny.result 5000
 res moet-tiny.result 9000 "sgemm_peak=400.0
+membw_gbs=55.5
 "
 # two ceiling readings (before and after moet): the table keeps the smaller products_ms (150,
 # the second's) and adamw_ms (10, the first's) and the larger peak (320, the second's), and
@@ -36,6 +38,8 @@ check() {  # WHAT GOT WANT
     echo "ok: $1 = $2"
 }
 want() { "$PY" -c "print('%.2f' % ($1))"; }
+echo "$out" | grep -q "^memory bandwidth beside moet's runs (GB/s, STREAM triad, the larger of before and after): tiny moet 55.5$" ||
+    fail "no line with the memory bandwidth read beside moet's run"
 # moet: its own peak (400), not the start's AVX-512 peak (380)
 got=$(echo "$out" | sed -n "s/.*tiny model FLOP\/s of moet over its kernels' sgemm peak (400 GFLOP\/s, read beside) *\([0-9.]*\)%.*/\1/p")
 [ -n "$got" ] || fail "no moet MFU line over the peak read beside the run"
@@ -89,22 +93,24 @@ rres() {  # ROUND ENGINE TOK_S [EXTRA]
     printf 'tok_s=%s\nfwd_ms=1\nbwd_ms=1\nopt_ms=1\nexit=%s\n%s' "$3" "${5:-0}" "${4:-}" \
         > "$work/rounds/tiny.r$1/$2-tiny.result"
 }
-while read -r r moet t512 plain keep pk kexit; do
+while read -r r moet t512 plain keep pk kexit bw; do
     rres "$r" moet "$moet" "sgemm_peak=$pk
-"
+${bw:+membw_gbs=$bw
+}"
     rres "$r" torch-avx512 "$t512"
     rres "$r" torch-plain "$plain"
     rres "$r" moet-keep "$keep" "sgemm_peak=200
 " "$kexit"
 done <<'ROUNDS'
-1 9000 6000 3000 4800 400 0
-2 9300 6000 3000 5100 410 0
+1 9000 6000 3000 4800 400 0 51.0
+2 9300 6000 3000 5100 410 0 52.5
 3 8400 6000 3000 4200 420 0
-10 9600 7500 3000 4800 430 1
+10 9600 7500 3000 4800 430 1 60.0
 ROUNDS
 out=$("$PY" "$here/bench/bench_table.py" "$work" 200 380 tiny)
 echo "$out" | grep -q '^  tiny in 4 paired rounds' || fail "no paired-rounds table"
-echo "$out" | grep -Eq '^    10 +3000 +7500 +n/a +9600 +430$' || fail "round 10's row (its own number; moet-keep failed: n/a)"
+echo "$out" | grep -Eq '^    10 +3000 +7500 +n/a +9600 +430 +60.0$' || fail "round 10's row (its own number; moet-keep failed: n/a)"
+echo "$out" | grep -Eq '^    3 +3000 +6000 +4200 +8400 +420 +n/a$' || fail "round 3's row (no bandwidth read beside moet: n/a)"
 got=$(echo "$out" | sed -n 's/^    tiny AVX-512: moet vs the fastest torch (torch-avx512) per round: \(.*\)/\1/p')
 [ "$got" = "1.50x, 1.55x, 1.40x, 1.28x" ] || fail "per-round ratios in round order: got '$got'"
 got=$(echo "$out" | sed -n 's/^  tiny AVX-512: moet vs the fastest torch (torch-avx512), median of 4 rounds *\([0-9.]*\)x  NOT met.*/\1/p')

@@ -66,6 +66,9 @@ gcc -O2 -std=c11 -D_GNU_SOURCE -I. $(pkg-config --cflags openblas) -o "$SGEMM_PE
     "$BENCH/sgemm_peak.c" $(pkg-config --libs openblas) \
     -Wl,--enable-new-dtags -Wl,-rpath,"$BLASDIR" || die "cannot build sgemm_peak"
 "$SGEMM_PEAK" 2048 4096 | tee "$OUT/sgemm.txt" | sed 's/^/   /'
+MEMBW="$OUT/membw"   # memory bandwidth (STREAM triad), read beside moet's runs as the peak is
+gcc -O2 -march=native -fopenmp -o "$MEMBW" "$BENCH/membw.c" || die "cannot build membw"
+echo "== memory bandwidth (STREAM triad, $OMP_NUM_THREADS threads): $("$MEMBW" | sed -n 's/^membw_gbs=//p') GB/s"
 PEAK=$(sed -n 's/^peak_gflops=//p' "$OUT/sgemm.txt")
 [ -n "$PEAK" ] || die "sgemm_peak printed no peak"
 # moet runs OpenBLAS's AVX-512 (SkylakeX) kernels on AVX-512 CPUs even when
@@ -174,12 +177,13 @@ run_moet() {    # CONFIG [keep|pthread] -> $OUT/moet[-keep|-pthread]-CONFIG.resu
     # kept): on a shared VM the sgemm peak read at the start drifts by up to 10% over the
     # minutes the torch runs take, which would move MFU by as much with moet unchanged
     # (not for the pthread run: its MFU is no target)
-    local ct=$ct512 p1=
+    local ct=$ct512 p1='' m1=''
     [ -n "$keep" ] && ct=${OPENBLAS_CORETYPE:-}
-    [ "${2:-}" != pthread ] && p1=$(peak_now "$ct")
+    [ "${2:-}" != pthread ] && p1=$(peak_now "$ct") && m1=$(membw_now)
     LD_LIBRARY_PATH=$lib MOET_BLAS=$keep MOET_ISA=$isa "$PY" "$BENCH/run_rss.py" "$res" ./moet train \
         "$OUT/moet-$cfg.yaml" --profile >"$log" 2>&1
     peak_after "$res" "$ct" "$p1"
+    membw_after "$res" "$m1"
     grep -E '^(compute|kernels): ' "$log" | sed 's/^/   /'
     if [ "${2:-}" = pthread ] && ! grep -q "^compute: .*pthread build" "$log"; then
         echo "   WARNING: the pthread OpenBLAS was not loaded (apt install libopenblas0-pthread); not counted"
@@ -236,6 +240,19 @@ peak_after() {  # RESULT CORETYPE PEAK_BEFORE: read the peak again after a run, 
     p2=$(peak_now "$2")
     echo "   sgemm peak beside this run: $3 before, ${p2:-?} after (GFLOP/s, OpenBLAS ${2:-configured} kernels)"
     [ -n "$p2" ] && awk -v a="$3" -v b="$p2" 'BEGIN { printf "sgemm_peak=%s\n", (a + 0 > b + 0) ? a : b }' >>"$1"
+    return 0
+}
+
+membw_now() { "$MEMBW" | sed -n 's/^membw_gbs=//p'; }   # GB/s now (STREAM triad)
+
+membw_after() { # RESULT BW_BEFORE: read the bandwidth again after a run, print both and append
+    # the larger to RESULT as membw_gbs= (the step's memory-bound parts, AdamW, SwiGLU, the
+    # gathers, feel this VM's slow minutes where the compute-bound sgemm peak does not)
+    local m2
+    [ -n "$2" ] || return 0
+    m2=$(membw_now)
+    echo "   memory bandwidth beside this run: $2 before, ${m2:-?} after (GB/s, STREAM triad)"
+    [ -n "$m2" ] && awk -v a="$2" -v b="$m2" 'BEGIN { printf "membw_gbs=%s\n", (a + 0 > b + 0) ? a : b }' >>"$1"
     return 0
 }
 

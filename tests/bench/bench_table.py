@@ -8,7 +8,7 @@ sgemm_peak; optional; several readings merge into the fastest) and OUT_DIR/round
 ENGINE-CONFIG.result (paired rounds; optional):
 `key=value` lines with
 tok_s, fwd_ms, bwd_ms, opt_ms (from the engine) and peak_rss_kib, exit (from
-run_rss.py). A missing file, a non-zero exit or no tok_s shows as n/a. MFU uses
+run_rss.py); moet's also sgemm_peak and membw_gbs, read beside its run. A missing file, a non-zero exit or no tok_s shows as n/a. MFU uses
 bench_configs.flops_per_token for both engines; ratio = moet tok/s / torch tok/s.
 """
 import os
@@ -177,6 +177,11 @@ def main(argv):
            if peak_of(results, cfg, e, None) is not None]
     if own:
         print("moet's MFU uses the peak read just before and after its own run (the larger): " + ", ".join(own))
+    bw = ["%s %s %s" % (cfg, e, results[cfg][e]["membw_gbs"]) for cfg in configs for e in results[cfg]
+          if results[cfg][e] and "membw_gbs" in results[cfg][e]]
+    if bw:
+        print("memory bandwidth beside moet's runs (GB/s, STREAM triad, the larger of before and after): "
+              + ", ".join(bw))
     print(bc.FORMULA)
     for cfg in configs:
         p = bc.param_counts(cfg)
@@ -315,10 +320,12 @@ def paired(cfg, numbered, goal, avx512, line, ceiling=None):
     print("  %s in %d paired rounds (the engines back to back in short runs, the order reversed every other "
           "round):" % (cfg, len(rounds)))
     engines = [e for e in ("torch-plain", fast, "moet-keep", "moet") if any(e in r for r in rounds)]
-    print("    %-5s %s" % ("round", "".join("%14s" % e for e in engines)) + "   peak beside moet")
+    print("    %-5s %s" % ("round", "".join("%14s" % e for e in engines))
+          + "   peak beside moet  GB/s beside moet")
     for n, r in numbered:
-        pk = r.get("moet", {}).get("sgemm_peak", "n/a")
-        print("    %-5d %s" % (n, "".join("%14s" % fmt(tok(r, e), "%.0f") for e in engines)) + "   %s" % pk)
+        m = r.get("moet", {})
+        print("    %-5d %s" % (n, "".join("%14s" % fmt(tok(r, e), "%.0f") for e in engines))
+              + "   %16s  %s" % (m.get("sgemm_peak", "n/a"), m.get("membw_gbs", "n/a")))
     for what, goal_, unit, vals in cols:
         got = [v for v in vals if v is not None]
         spec = "%.2f" if unit == "x" else "%.1f"
