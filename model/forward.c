@@ -476,8 +476,7 @@ static void forward_layer(model *m, model_acts *a, const model_batch *b, int l, 
     if (so) PROF(PROF_LORA, fwd, lora_forward(m->lora, so, 0, xmid, D, att, Hd, N, lora_xa(a, s, LORA_O)));
     PROF(PROF_NORM, fwd, model_rmsnorm_forward(xn2, a->rstd2 + (size_t)s * Na, xmid, W->ffn_norm, N, D, c->norm_eps));
     float *xout = a->x + (size_t)(l + 1) * Na * D;
-    if (!moe) par_copy(xout, xmid, (size_t)N * D); /* else the experts' combine starts from xmid */
-    if (moe) {
+    if (moe) { /* the experts' combine starts from xmid */
         int *off = a->off + (size_t)s * (E + 1);
         float *rl = a->rlogits + (size_t)s * Na * E, *pr = a->probs + (size_t)s * Na * E;
         PROF(PROF_ROUTER, fwd, {
@@ -491,6 +490,8 @@ static void forward_layer(model *m, model_acts *a, const model_batch *b, int l, 
         PROF(PROF_EXPERTS, fwd,
              moe_experts_forward(T, xout, a->h13 + nk * 2 * F, a->dys, a->xs, a->act, xn2, W->w13, W->w2, off,
                                  a->row_tok + nk, a->slot_row + nk, a->topw + nk, N, D, F, E, k, mlp, xmid));
+    } else {
+        par_copy(xout, xmid, (size_t)N * D);
     }
     if (Fs) { /* the dense MLP, weight 1 per row, or the shared expert, weight sigmoid(x . gate) */
         float *w = a->sw + (size_t)s * Na;
@@ -716,8 +717,7 @@ static void backward_layer(model *m, model_acts *a, const model_batch *b, int l,
     size_t nk = (size_t)s * Na * k;
     /* a->dx holds dL/dx[l+1]: through the MLP block (residual passes it on unchanged) */
     PROF(PROF_NORM, bwd, model_rmsnorm_apply(xn2, xmid, a->rstd2 + (size_t)s * Na, W->ffn_norm, N, D));
-    if (!moe) par_zero(a->dxn, (size_t)N * D); /* else the experts' combine sets it */
-    if (moe) {
+    if (moe) { /* the experts' combine sets dxn */
         moe_lora ml, *mlp = moe_lora_of(m, a, l, LORA_W1, &ml);
         PROF(PROF_EXPERTS, bwd, /* dL/dh13 overwrites h13 (each row read before it is written) */
              moe_experts_backward(T, a->dxn, G->w13, G->w2, a->dtopw, a->dx, a->h13 + nk * 2 * F, xn2, W->w13, W->w2,
@@ -727,6 +727,8 @@ static void backward_layer(model *m, model_acts *a, const model_batch *b, int l,
              moe_router_backward(a->dxn, G->gate, a->drl, a->dtopw, a->rlogits + (size_t)s * Na * E,
                                  a->probs + (size_t)s * Na * E, a->topi + nk, a->topw + nk, aux_dp, z_w, xn2, W->gate,
                                  N, D, E, k, !c->topk_raw));
+    } else {
+        par_zero(a->dxn, (size_t)N * D);
     }
     if (Fs) {
         const float *w = a->sw + (size_t)s * Na;
