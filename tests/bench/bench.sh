@@ -233,27 +233,25 @@ peak_now() {    # CORETYPE -> the sgemm peak (GFLOP/s) read now, on those kernel
     OPENBLAS_CORETYPE=$1 "$SGEMM_PEAK" 2048 4096 | sed -n 's/^peak_gflops=//p'
 }
 
-peak_after() {  # RESULT CORETYPE PEAK_BEFORE: read the peak again after a run, print both and
-    # append the larger to RESULT as sgemm_peak= (nothing when either reading is missing)
-    local p2
-    [ -n "$3" ] || return 0
-    p2=$(peak_now "$2")
-    echo "   sgemm peak beside this run: $3 before, ${p2:-?} after (GFLOP/s, OpenBLAS ${2:-configured} kernels)"
-    [ -n "$p2" ] && awk -v a="$3" -v b="$p2" 'BEGIN { printf "sgemm_peak=%s\n", (a + 0 > b + 0) ? a : b }' >>"$1"
+keep_larger() { # RESULT KEY BEFORE AFTER WHAT UNITS: print both readings, append the larger to
+    # RESULT as KEY= (nothing when either is missing)
+    echo "   $5 beside this run: $3 before, ${4:-?} after ($6)"
+    [ -n "$4" ] && awk -v k="$2" -v a="$3" -v b="$4" 'BEGIN { printf "%s=%s\n", k, (a + 0 > b + 0) ? a : b }' >>"$1"
     return 0
+}
+
+peak_after() {  # RESULT CORETYPE PEAK_BEFORE: read the peak again after a run (sgemm_peak=)
+    [ -n "$3" ] || return 0
+    keep_larger "$1" sgemm_peak "$3" "$(peak_now "$2")" "sgemm peak" "GFLOP/s, OpenBLAS ${2:-configured} kernels"
 }
 
 membw_now() { "$MEMBW" | sed -n 's/^membw_gbs=//p'; }   # GB/s now (STREAM triad)
 
-membw_after() { # RESULT BW_BEFORE: read the bandwidth again after a run, print both and append
-    # the larger to RESULT as membw_gbs= (the step's memory-bound parts, AdamW, SwiGLU, the
-    # gathers, feel this VM's slow minutes where the compute-bound sgemm peak does not)
-    local m2
+membw_after() { # RESULT BW_BEFORE: read the bandwidth again after a run (membw_gbs=): the step's
+    # memory-bound parts, AdamW, SwiGLU, the gathers, feel this VM's slow minutes where the
+    # compute-bound sgemm peak does not
     [ -n "$2" ] || return 0
-    m2=$(membw_now)
-    echo "   memory bandwidth beside this run: $2 before, ${m2:-?} after (GB/s, STREAM triad)"
-    [ -n "$m2" ] && awk -v a="$2" -v b="$m2" 'BEGIN { printf "membw_gbs=%s\n", (a + 0 > b + 0) ? a : b }' >>"$1"
-    return 0
+    keep_larger "$1" membw_gbs "$2" "$(membw_now)" "memory bandwidth" "GB/s, STREAM triad"
 }
 
 bench_tokens() { "$PY" "$BENCH/bench_configs.py" tokens "$1"; }   # tokens per step

@@ -173,15 +173,13 @@ def main(argv):
             print("  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))))
     print("sgemm peak %.1f GFLOP/s with the configured OpenBLAS kernels%s (fp32, 2 threads); MFU uses the peak of "
           "the kernels each engine ran" % (peak, "" if peak512 == peak else ", %.1f with AVX-512 (SkylakeX)" % peak512))
-    own = ["%s %s %.1f" % (cfg, e, peak_of(results, cfg, e, None)) for cfg in configs for e in results[cfg]
-           if peak_of(results, cfg, e, None) is not None]
-    if own:
-        print("moet's MFU uses the peak read just before and after its own run (the larger): " + ", ".join(own))
-    bw = ["%s %s %s" % (cfg, e, results[cfg][e]["membw_gbs"]) for cfg in configs for e in results[cfg]
-          if results[cfg][e] and "membw_gbs" in results[cfg][e]]
-    if bw:
-        print("memory bandwidth beside moet's runs (GB/s, STREAM triad, the larger of before and after): "
-              + ", ".join(bw))
+    for key, what in (("sgemm_peak", "moet's MFU uses the peak read just before and after its own run (the larger)"),
+                      ("membw_gbs", "memory bandwidth beside moet's runs (GB/s, STREAM triad, the larger of before "
+                                    "and after)")):
+        got = [(cfg, e, reading_beside(results, cfg, e, key)) for cfg in configs for e in results[cfg]]
+        got = ["%s %s %.1f" % (cfg, e, v) for cfg, e, v in got if v is not None]
+        if got:
+            print(what + ": " + ", ".join(got))
     print(bc.FORMULA)
     for cfg in configs:
         p = bc.param_counts(cfg)
@@ -198,14 +196,19 @@ def main(argv):
     return 0
 
 
-def peak_of(results, cfg, engine, default):
-    """The sgemm peak read beside the engine's own run (bench.sh writes sgemm_peak= for moet's
-    runs), else the one read at the start."""
+def reading_beside(results, cfg, engine, key, default=None):
+    """A reading bench.sh took beside the engine's own run (sgemm_peak=, membw_gbs= for moet's
+    runs) as a float, else default."""
     r = results.get(cfg, {}).get(engine)
     try:
-        return float(r["sgemm_peak"])
+        return float(r[key])
     except (KeyError, TypeError, ValueError):
         return default
+
+
+def peak_of(results, cfg, engine, default):
+    """The sgemm peak read beside the engine's own run, else the one read at the start."""
+    return reading_beside(results, cfg, engine, "sgemm_peak", default)
 
 
 def targets16(results, configs, peak, peak512, ceilings, rounds=None):
