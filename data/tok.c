@@ -331,13 +331,17 @@ static int load_vocab(loader *ld, json_scan *j)
         }
         koff += (size_t)klen[i] + 1;
     }
-    free(klen);
-    if (n_other) {   /* rare: entries BPE on bytes never reaches, found only by their text */
-        if (map_alloc(&t->other, n_other, t->pool)) return err_set(err, "out of memory");
-        for (size_t i = 0; i < n; i++)
-            if (tok_to_bytes(e[i].s, e[i].n, bp) <= 0 && strmap_put(&t->other, (size_t)(e[i].s - t->pool), e[i].n, e[i].id))
-                return err_set(err, "vocab entry '%s' appears twice", err_q(e[i].s, e[i].n));
+    /* rare: entries BPE on bytes never reaches (klen -1), found only by their text */
+    if (n_other && map_alloc(&t->other, n_other, t->pool)) {
+        free(klen);
+        return err_set(err, "out of memory");
     }
+    for (size_t i = 0; n_other && i < n; i++)
+        if (klen[i] < 0 && strmap_put(&t->other, (size_t)(e[i].s - t->pool), e[i].n, e[i].id)) {
+            free(klen);
+            return err_set(err, "vocab entry '%s' appears twice", err_q(e[i].s, e[i].n));
+        }
+    free(klen);
     for (int b = 0; t->bytelevel && b < 256; b++) {
         char c = (char)b;
         t->byte_sym[b] = tok_strmap_get(&t->vocab, &c, 1);

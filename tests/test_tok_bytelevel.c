@@ -513,6 +513,29 @@ static void test_encode_is_thread_safe_on_a_shared_byte_level_tokenizer(void **s
 
 /* Keys in another order than Hugging Face writes them (model first, merges before vocab)
  * load to the same tokenizer. */
+/* Vocab entries that are not GPT-2 byte characters (here "\u20ac", and "") are found by their
+ * text only; a long byte-level entry after them must not be written into the room the byte
+ * pool keeps for them (the fuzzer's heap overflow, found 2026-12-03: make asan catches it). */
+static void test_vocab_entries_outside_the_byte_alphabet_beside_a_long_one(void **state)
+{
+    (void)state;
+    char extra[1024], *p = extra;
+    p += sprintf(p, "\"\u20ac\": 256, \"\": 257, \"");
+    for (int i = 0; i < 600; i++) *p++ = 'a';
+    sprintf(p, "\": 258");
+    tok *t = byte_tok("{\"type\": \"ByteLevel\", \"add_prefix_space\": false}", "null", "null", "[]", extra, "",
+                      NULL);
+    assert_int_equal(tok_vocab_size(t), 259);
+    assert_int_equal(tok_id_of(t, "\xe2\x82\xac"), 256);
+    assert_int_equal(tok_id_of(t, ""), 257);
+    char longkey[601];
+    memset(longkey, 'a', 600);
+    longkey[600] = 0;
+    assert_int_equal(tok_id_of(t, longkey), 258);
+    assert_int_equal(tok_id_of(t, "a"), 'a');
+    tok_free(t);
+}
+
 static void test_key_order_does_not_matter(void **state)
 {
     (void)state;
@@ -570,6 +593,7 @@ int main(void)
         cmocka_unit_test(test_unsupported_parts_and_bad_regexes_are_named),
         cmocka_unit_test(test_bad_model_type_and_bad_json_are_refused),
         cmocka_unit_test(test_encode_is_thread_safe_on_a_shared_byte_level_tokenizer),
+        cmocka_unit_test(test_vocab_entries_outside_the_byte_alphabet_beside_a_long_one),
         cmocka_unit_test(test_key_order_does_not_matter),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
