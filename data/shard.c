@@ -269,6 +269,9 @@ struct shard {
     shard_info info;
     hid_t file, dset[3], space[3], mspace;
     uint32_t *row;  /* [seq_len] scratch for the range check */
+    off_t file_size;
+    hsize_t chunk[3][2];     /* a chunked dataset's chunk dims; {0, 0}: not chunked */
+    int64_t checked[3];      /* the chunk row whose chunks read_into last found inside the file */
 };
 
 /* Integer attribute of "/", any integer type on disk; -1 if absent or not integer. */
@@ -381,6 +384,9 @@ static int check_stored(shard *s, int d, const hsize_t dims[2], off_t file_size,
         snprintf(why, sizeof why, "unknown storage layout");
     }
     H5Pclose(pl);
+    s->chunk[d][0] = why[0] ? 0 : chunk[0];
+    s->chunk[d][1] = why[0] ? 0 : chunk[1];
+    s->checked[d] = -1;
     if (why[0])
         return err_set(err, "%s: /%s declares [%llu, %llu] but %s (a sparse or forged dataset?)", s->path, DSET[d],
                        (unsigned long long)dims[0], (unsigned long long)dims[1], why);
@@ -474,6 +480,7 @@ int shard_open(shard **out, const char *path, int seq_len, int vocab_size, char 
                 (unsigned long long)dims[0][1]);
         goto fail;
     }
+    s->file_size = st.st_size;
     for (int d = 0; d < 3; d++)
         if (s->dset[d] >= 0 && check_stored(s, d, dims[0], st.st_size, err)) goto fail;
     s->info.rows = (int64_t)dims[0][0];
@@ -497,8 +504,32 @@ fail:
 const shard_info *shard_get_info(const shard *s) { return &s->info; }
 const char *shard_path(const shard *s) { return s->path; }
 
+/* The chunks holding row i lie inside the file. A chunk's stored size comes from the chunk
+ * index, which HDF5 trusts: a damaged record claiming 4 GB in a 40 KB file makes H5Dread
+ * allocate the 4 GB before it fails (found by make fuzz). Checked once per chunk row. */
+static int check_chunks(shard *s, int d, int64_t i, char *err)
+{
+    const hsize_t *c = s->chunk[d];
+    if (!c[0] || i / (int64_t)c[0] == s->checked[d]) return 0;
+    int64_t ci = i / (int64_t)c[0];
+    for (hsize_t col = 0; col < (hsize_t)s->info.seq_len; col += c[1]) {
+        hsize_t off[2] = {(hsize_t)ci * c[0], col}, size = 0;
+        unsigned mask;
+        haddr_t addr = HADDR_UNDEF;
+        if (H5Dget_chunk_info_by_coord(s->dset[d], off, &mask, &addr, &size) < 0 || addr == HADDR_UNDEF ||
+            addr > (haddr_t)s->file_size || size > (hsize_t)s->file_size - addr)
+            return err_set(err, "%s: /%s row %lld: its chunk claims %llu bytes at byte %llu of a %lld-byte file "
+                                "(truncated or corrupt file?)",
+                           s->path, DSET[d], (long long)i, (unsigned long long)size, (unsigned long long)addr,
+                           (long long)s->file_size);
+    }
+    s->checked[d] = ci;
+    return 0;
+}
+
 static int read_into(shard *s, int d, int64_t i, hid_t mtype, void *dst, char *err)
 {
+    if (check_chunks(s, d, i, err)) return -1;
     hsize_t start[2] = {(hsize_t)i, 0}, count[2] = {1, (hsize_t)s->info.seq_len};
     if (H5Sselect_hyperslab(s->space[d], H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
         H5Dread(s->dset[d], mtype, s->mspace, s->space[d], H5P_DEFAULT, dst) < 0)

@@ -404,6 +404,41 @@ static void test_rows_that_the_file_does_not_store_are_refused(void **state)
     }
 }
 
+/* A chunk index record that claims more bytes than the file holds: HDF5 would allocate them
+ * (4 GB here) before failing; moet refuses the row first. The file is the fuzzer's seed of a
+ * moet shard (byte 0 is the fuzz target's mode byte) with doc_start's one chunk record patched
+ * to 0xffffe005 bytes, filter mask 0xffffffff: what make fuzz found (2026-12-03). */
+static void test_a_chunk_that_claims_more_than_the_file_is_refused(void **state)
+{
+    (void)state;
+    FILE *f = fopen("tests/fuzz/corpus/shard/raw_moet", "rb");
+    assert_non_null(f);
+    static unsigned char buf[65536];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    assert_int_equal(n, 41917);
+    static const unsigned char rec[8] = {0x05, 0xe0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(buf[1 + 6556], 0x00);   /* the record as the seed has it: 8192 bytes, mask 0 */
+    assert_int_equal(buf[1 + 6557], 0x20);
+    memcpy(buf + 1 + 6556, rec, sizeof rec);
+    f = fopen(tmp_path("claims.h5"), "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(buf + 1, 1, n - 1, f), n - 1);
+    fclose(f);
+    char err[ERR_MAX];
+    shard *s;
+    if (shard_open(&s, tmp_path("claims.h5"), 0, 0, err)) fail_msg("%s", err);
+    int32_t tok[64];
+    uint8_t mask[64], ds[64];
+    assert_true(shard_get_info(s)->seq_len <= 64);
+    assert_int_equal(shard_read_row(s, 0, tok, mask, NULL, err), 0);   /* tokens and mask are intact */
+    assert_int_equal(shard_read_row(s, 0, tok, mask, ds, err), -1);
+    printf("    %s\n", err);
+    assert_non_null(strstr(err, "/doc_start row 0: its chunk claims 4294959109 bytes at byte "));
+    assert_non_null(strstr(err, "of a 41916-byte file (truncated or corrupt file?)"));
+    shard_close(s);
+}
+
 /* Overwrite one byte of dataset name (uint8) at (row, col). */
 static void poke_u8(const char *path, const char *name, hsize_t row, hsize_t col, uint8_t v)
 {
@@ -523,6 +558,7 @@ int main(void)
         cmocka_unit_test(test_files_that_are_not_shards_are_refused),
         cmocka_unit_test(test_mask_shape_must_match_tokens),
         cmocka_unit_test(test_rows_that_the_file_does_not_store_are_refused),
+        cmocka_unit_test(test_a_chunk_that_claims_more_than_the_file_is_refused),
         cmocka_unit_test(test_mask_and_doc_start_values_other_than_0_or_1_are_errors),
         cmocka_unit_test(test_tokenizer_sha256_must_be_hex_text),
         cmocka_unit_test(test_chat_template_is_written_read_back_and_checked),
