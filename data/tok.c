@@ -414,6 +414,12 @@ static int load_added(tok *t, const cJSON *added, long n_model, long *max_id, ch
 static int load_tables(tok *t, const cJSON *model, const entry *e, size_t n, long max_id, char *err)
 {
     if (max_id < 0) return err_set(err, "empty vocab");
+    /* Real vocabularies number their tokens nearly densely (a few unused ids at most); a lone
+     * id near 2^30 would make the tables below gigabytes (found by make fuzz). */
+    size_t known = n + (size_t)t->n_added;
+    if ((double)max_id >= 2.0 * (double)known + 65536.0)
+        return err_set(err, "vocab ids are sparse: the largest is %ld but there are only %zu tokens (corrupt tokenizer.json?)",
+                       max_id, known);
     t->n_vocab = (int)max_id + 1;
     t->piece = calloc((size_t)t->n_vocab, sizeof *t->piece);
     t->piece_len = calloc((size_t)t->n_vocab, sizeof *t->piece_len);

@@ -536,6 +536,23 @@ static void test_vocab_entries_outside_the_byte_alphabet_beside_a_long_one(void 
     tok_free(t);
 }
 
+/* A vocab id far beyond the number of tokens (the fuzzer's 777777249 among 257) is refused
+ * before any table of that size is allocated; a few unused ids are fine. */
+static void test_sparse_vocab_ids_are_refused(void **state)
+{
+    (void)state;
+    char err[ERR_MAX] = "";
+    const char *pre = "{\"type\": \"ByteLevel\", \"add_prefix_space\": false}";
+    assert_null(byte_tok(pre, "null", "null", "[]", "\"xyz\": 777777249", "", err));
+    assert_string_equal(strstr(err, "vocab ids are sparse"),
+                        "vocab ids are sparse: the largest is 777777249 but there are only 257 tokens "
+                        "(corrupt tokenizer.json?)");
+    tok *t = byte_tok(pre, "null", "null", "[]", "\"xyz\": 300", "", NULL);   /* 43 unused ids */
+    assert_int_equal(tok_vocab_size(t), 301);
+    assert_int_equal(tok_id_of(t, "xyz"), 300);
+    tok_free(t);
+}
+
 static void test_key_order_does_not_matter(void **state)
 {
     (void)state;
@@ -594,6 +611,7 @@ int main(void)
         cmocka_unit_test(test_bad_model_type_and_bad_json_are_refused),
         cmocka_unit_test(test_encode_is_thread_safe_on_a_shared_byte_level_tokenizer),
         cmocka_unit_test(test_vocab_entries_outside_the_byte_alphabet_beside_a_long_one),
+        cmocka_unit_test(test_sparse_vocab_ids_are_refused),
         cmocka_unit_test(test_key_order_does_not_matter),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
