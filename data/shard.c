@@ -271,6 +271,7 @@ struct shard {
     uint32_t *row;  /* [seq_len] scratch for the range check */
     off_t file_size;
     hsize_t chunk[3][2];     /* a chunked dataset's chunk dims; {0, 0}: not chunked */
+    int nfilters[3];         /* its filter pipeline's length (0: chunks stored as they are) */
     int64_t checked[3];      /* the chunk row whose chunks read_into last found inside the file */
 };
 
@@ -383,6 +384,7 @@ static int check_stored(shard *s, int d, const hsize_t dims[2], off_t file_size,
     } else if (layout != H5D_COMPACT) {
         snprintf(why, sizeof why, "unknown storage layout");
     }
+    s->nfilters[d] = layout == H5D_CHUNKED ? H5Pget_nfilters(pl) : 0;
     H5Pclose(pl);
     s->chunk[d][0] = why[0] ? 0 : chunk[0];
     s->chunk[d][1] = why[0] ? 0 : chunk[1];
@@ -504,9 +506,11 @@ fail:
 const shard_info *shard_get_info(const shard *s) { return &s->info; }
 const char *shard_path(const shard *s) { return s->path; }
 
-/* The chunks holding row i lie inside the file. A chunk's stored size comes from the chunk
- * index, which HDF5 trusts: a damaged record claiming 4 GB in a 40 KB file makes H5Dread
- * allocate the 4 GB before it fails (found by make fuzz). Checked once per chunk row. */
+/* The chunks holding row i lie inside the file, and one stored as it is (no filter applied)
+ * has exactly a chunk's bytes. A chunk's stored size comes from the chunk index, which HDF5
+ * trusts: a damaged record claiming 4 GB in a 40 KB file makes H5Dread allocate the 4 GB
+ * before it fails, and one claiming 0 bytes for an unfiltered chunk makes it copy past its
+ * buffer (both found by make fuzz). Checked once per chunk row. */
 static int check_chunks(shard *s, int d, int64_t i, char *err)
 {
     const hsize_t *c = s->chunk[d];
@@ -517,11 +521,17 @@ static int check_chunks(shard *s, int d, int64_t i, char *err)
         unsigned mask;
         haddr_t addr = HADDR_UNDEF;
         if (H5Dget_chunk_info_by_coord(s->dset[d], off, &mask, &addr, &size) < 0 || addr == HADDR_UNDEF ||
-            addr > (haddr_t)s->file_size || size > (hsize_t)s->file_size - addr)
+            addr > (haddr_t)s->file_size || size > (hsize_t)s->file_size - addr || !size)
             return err_set(err, "%s: /%s row %lld: its chunk claims %llu bytes at byte %llu of a %lld-byte file "
                                 "(truncated or corrupt file?)",
                            s->path, DSET[d], (long long)i, (unsigned long long)size, (unsigned long long)addr,
                            (long long)s->file_size);
+        unsigned all = s->nfilters[d] >= 32 ? ~0u : (1u << s->nfilters[d]) - 1;
+        hsize_t raw = c[0] * c[1] * (d == 0 ? (hsize_t)s->info.token_bytes : 1);
+        if ((mask & all) == all && size != raw)   /* no filter applied to it */
+            return err_set(err, "%s: /%s row %lld: its chunk claims %llu bytes, but unfiltered it must hold %llu "
+                                "(corrupt file?)",
+                           s->path, DSET[d], (long long)i, (unsigned long long)size, (unsigned long long)raw);
     }
     s->checked[d] = ci;
     return 0;

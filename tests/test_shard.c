@@ -404,38 +404,63 @@ static void test_rows_that_the_file_does_not_store_are_refused(void **state)
     }
 }
 
-/* A chunk index record that claims more bytes than the file holds: HDF5 would allocate them
- * (4 GB here) before failing; moet refuses the row first. The file is the fuzzer's seed of a
- * moet shard (byte 0 is the fuzz target's mode byte) with doc_start's one chunk record patched
- * to 0xffffe005 bytes, filter mask 0xffffffff: what make fuzz found (2026-12-03). */
-static void test_a_chunk_that_claims_more_than_the_file_is_refused(void **state)
+/* The fuzzer's seed of a moet shard (byte 0 is the fuzz target's mode byte) with bytes of its
+ * chunk records patched, written to tmp_path(name). */
+static void patched_seed(const char *name, const int *at, const unsigned char *to, int n_patch)
 {
-    (void)state;
     FILE *f = fopen("tests/fuzz/corpus/shard/raw_moet", "rb");
     assert_non_null(f);
     static unsigned char buf[65536];
     size_t n = fread(buf, 1, sizeof buf, f);
     fclose(f);
     assert_int_equal(n, 41917);
-    static const unsigned char rec[8] = {0x05, 0xe0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-    assert_int_equal(buf[1 + 6556], 0x00);   /* the record as the seed has it: 8192 bytes, mask 0 */
-    assert_int_equal(buf[1 + 6557], 0x20);
-    memcpy(buf + 1 + 6556, rec, sizeof rec);
-    f = fopen(tmp_path("claims.h5"), "wb");
+    for (int k = 0; k < n_patch; k++) buf[1 + at[k]] = to[k];
+    f = fopen(tmp_path(name), "wb");
     assert_non_null(f);
     assert_int_equal(fwrite(buf + 1, 1, n - 1, f), n - 1);
     fclose(f);
+}
+
+/* Chunk index records HDF5 trusts, as make fuzz found them (2026-12-03): doc_start's one chunk
+ * claiming 0xffffe005 bytes (filter mask 0xffffffff) in a 41,916-byte file, which HDF5 would
+ * allocate (4 GB) before failing; and the tokens chunk claiming 0 bytes (filter mask 8) for an
+ * unfiltered 16 KiB chunk, which HDF5 read past its buffer (heap overflow under ASan); and, made
+ * here, the same chunk claiming half its bytes. moet refuses the row first, with one line; the
+ * datasets left intact still read. */
+static void test_chunk_records_that_lie_about_their_size_are_refused(void **state)
+{
+    (void)state;
+    static const int big_at[8] = {6556, 6557, 6558, 6559, 6560, 6561, 6562, 6563};
+    static const unsigned char big_to[8] = {0x05, 0xe0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    static const int zero_at[2] = {1325, 1328};
+    static const unsigned char zero_to[2] = {0x00, 0x08};
+    patched_seed("claims_4gb.h5", big_at, big_to, 8);
+    patched_seed("claims_0.h5", zero_at, zero_to, 2);
+    static const unsigned char half_to[1] = {0x20};   /* tokens' chunk: 8192 bytes, filter mask 0 */
+    patched_seed("claims_half.h5", zero_at, half_to, 1);
     char err[ERR_MAX];
     shard *s;
-    if (shard_open(&s, tmp_path("claims.h5"), 0, 0, err)) fail_msg("%s", err);
     int32_t tok[64];
     uint8_t mask[64], ds[64];
+    if (shard_open(&s, tmp_path("claims_4gb.h5"), 0, 0, err)) fail_msg("%s", err);
     assert_true(shard_get_info(s)->seq_len <= 64);
     assert_int_equal(shard_read_row(s, 0, tok, mask, NULL, err), 0);   /* tokens and mask are intact */
     assert_int_equal(shard_read_row(s, 0, tok, mask, ds, err), -1);
     printf("    %s\n", err);
-    assert_non_null(strstr(err, "/doc_start row 0: its chunk claims 4294959109 bytes at byte "));
-    assert_non_null(strstr(err, "of a 41916-byte file (truncated or corrupt file?)"));
+    assert_non_null(strstr(err, "claims_4gb.h5: /doc_start row 0: its chunk claims 4294959109 bytes at byte 33724 "
+                                "of a 41916-byte file (truncated or corrupt file?)"));
+    shard_close(s);
+    if (shard_open(&s, tmp_path("claims_0.h5"), 0, 0, err)) fail_msg("%s", err);
+    assert_int_equal(shard_read_row(s, 2, tok, mask, ds, err), -1);
+    printf("    %s\n", err);
+    assert_non_null(strstr(err, "claims_0.h5: /tokens row 2: its chunk claims 0 bytes at byte 9148 of a 41916-byte "
+                                "file (truncated or corrupt file?)"));
+    shard_close(s);
+    if (shard_open(&s, tmp_path("claims_half.h5"), 0, 0, err)) fail_msg("%s", err);
+    assert_int_equal(shard_read_row(s, 1, tok, NULL, NULL, err), -1);
+    printf("    %s\n", err);
+    assert_non_null(strstr(err, "claims_half.h5: /tokens row 1: its chunk claims 8192 bytes, but unfiltered it must "
+                                "hold 16384 (corrupt file?)"));
     shard_close(s);
 }
 
@@ -558,7 +583,7 @@ int main(void)
         cmocka_unit_test(test_files_that_are_not_shards_are_refused),
         cmocka_unit_test(test_mask_shape_must_match_tokens),
         cmocka_unit_test(test_rows_that_the_file_does_not_store_are_refused),
-        cmocka_unit_test(test_a_chunk_that_claims_more_than_the_file_is_refused),
+        cmocka_unit_test(test_chunk_records_that_lie_about_their_size_are_refused),
         cmocka_unit_test(test_mask_and_doc_start_values_other_than_0_or_1_are_errors),
         cmocka_unit_test(test_tokenizer_sha256_must_be_hex_text),
         cmocka_unit_test(test_chat_template_is_written_read_back_and_checked),
