@@ -514,8 +514,9 @@ const char *shard_path(const shard *s) { return s->path; }
 static int check_chunks(shard *s, int d, int64_t i, char *err)
 {
     const hsize_t *c = s->chunk[d];
-    if (!c[0] || i / (int64_t)c[0] == s->checked[d]) return 0;
+    if (!c[0]) return 0;
     int64_t ci = i / (int64_t)c[0];
+    if (ci == s->checked[d]) return 0;
     for (hsize_t col = 0; col < (hsize_t)s->info.seq_len; col += c[1]) {
         hsize_t off[2] = {(hsize_t)ci * c[0], col}, size = 0;
         unsigned mask;

@@ -418,8 +418,8 @@ static int load_tables(tok *t, const cJSON *model, const entry *e, size_t n, lon
      * id near 2^30 would make the tables below gigabytes (found by make fuzz). */
     size_t known = n + (size_t)t->n_added;
     if ((double)max_id >= 2.0 * (double)known + 65536.0)
-        return err_set(err, "vocab ids are sparse: the largest is %ld but there are only %zu tokens (corrupt tokenizer.json?)",
-                       max_id, known);
+        return err_set(err, "vocab ids are sparse: the largest is %ld but there are only %zu tokens "
+                            "(corrupt tokenizer.json?)", max_id, known);
     t->n_vocab = (int)max_id + 1;
     t->piece = calloc((size_t)t->n_vocab, sizeof *t->piece);
     t->piece_len = calloc((size_t)t->n_vocab, sizeof *t->piece_len);
