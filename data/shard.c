@@ -357,14 +357,14 @@ static int open_dset(shard *s, int d, hsize_t dims[2], char *err)
  * SHARD_MAX_RATIO times the file's size (deflate, the strongest filter HDF5 has built in,
  * stays under 1032:1). Compact datasets live in the object header and are small. */
 #define SHARD_MAX_RATIO 1100.0
-static int check_stored(shard *s, int d, const hsize_t dims[2], off_t file_size, char *err)
+static int check_stored(shard *s, int d, const hsize_t dims[2], char *err)
 {
     double bytes = (double)dims[0] * (double)dims[1] * (d == 0 ? s->info.token_bytes : 1);
-    if (bytes > SHARD_MAX_RATIO * (double)file_size + 65536.0)
+    if (bytes > SHARD_MAX_RATIO * (double)s->file_size + 65536.0)
         return err_set(err, "%s: /%s declares [%llu, %llu] (%.3g bytes) in a file of %lld bytes: rows that are not "
                             "stored (a sparse or forged dataset?)",
                        s->path, DSET[d], (unsigned long long)dims[0], (unsigned long long)dims[1], bytes,
-                       (long long)file_size);
+                       (long long)s->file_size);
     hid_t pl = H5Dget_create_plist(s->dset[d]);
     if (pl < 0) return err_set(err, "%s: cannot read the layout of /%s (corrupt file?)", s->path, DSET[d]);
     H5D_layout_t layout = H5Pget_layout(pl);
@@ -484,7 +484,7 @@ int shard_open(shard **out, const char *path, int seq_len, int vocab_size, char 
     }
     s->file_size = st.st_size;
     for (int d = 0; d < 3; d++)
-        if (s->dset[d] >= 0 && check_stored(s, d, dims[0], st.st_size, err)) goto fail;
+        if (s->dset[d] >= 0 && check_stored(s, d, dims[0], err)) goto fail;
     s->info.rows = (int64_t)dims[0][0];
     s->info.seq_len = (int)dims[0][1];
     if (seq_len > 0 && s->info.seq_len != seq_len) {
@@ -517,6 +517,8 @@ static int check_chunks(shard *s, int d, int64_t i, char *err)
     if (!c[0]) return 0;
     int64_t ci = i / (int64_t)c[0];
     if (ci == s->checked[d]) return 0;
+    unsigned all = s->nfilters[d] >= 32 ? ~0u : (1u << s->nfilters[d]) - 1;   /* every filter skipped */
+    hsize_t raw = c[0] * c[1] * (d == 0 ? (hsize_t)s->info.token_bytes : 1);  /* a chunk's bytes */
     for (hsize_t col = 0; col < (hsize_t)s->info.seq_len; col += c[1]) {
         hsize_t off[2] = {(hsize_t)ci * c[0], col}, size = 0;
         unsigned mask;
@@ -527,8 +529,6 @@ static int check_chunks(shard *s, int d, int64_t i, char *err)
                                 "(truncated or corrupt file?)",
                            s->path, DSET[d], (long long)i, (unsigned long long)size, (unsigned long long)addr,
                            (long long)s->file_size);
-        unsigned all = s->nfilters[d] >= 32 ? ~0u : (1u << s->nfilters[d]) - 1;
-        hsize_t raw = c[0] * c[1] * (d == 0 ? (hsize_t)s->info.token_bytes : 1);
         if ((mask & all) == all && size != raw)   /* no filter applied to it */
             return err_set(err, "%s: /%s row %lld: its chunk claims %llu bytes, but unfiltered it must hold %llu "
                                 "(corrupt file?)",

@@ -219,8 +219,9 @@ void moe_experts_forward(const model_tiles *T, float *out, float *h13, float *ye
 /* Backward of the experts and of the weighted combine, without the forward's ye (it is
  * scratch there): dL/dtopw = <dout, ye> is computed as <dout W2, act>. dtopw (N,k) =
  * dL/dtopw; dxn (N,D) += input gradient (= with set: dxn need not be zeroed first); dw13/dw2 +=
- * weight gradients (NULL: frozen; fp32 [E][2F,D] and [E][D,F]). h13 is OVERWRITTEN with dL/dh13 (it is not needed after this;
- * saves a (Nk,2F) buffer). Scratch: xs (Nk,D), act (Nk,F), dys (Nk,D), g (Nk,F), rows (2 Nk). */
+ * weight gradients (NULL: frozen; fp32 [E][2F,D] and [E][D,F]). h13 is OVERWRITTEN with
+ * dL/dh13 (it is not needed after this; saves a (Nk,2F) buffer). Scratch: xs (Nk,D), act (Nk,F),
+ * dys (Nk,D), g (Nk,F), rows (2 Nk). */
 void moe_experts_backward(const model_tiles *T, float *dxn, float *dw13, float *dw2, float *dtopw, const float *dout,
                           float *h13, const float *xn, const model_mat *w13, const model_mat *w2, const int *off,
                           const int *row_tok, const int *slot_row, const float *topw, float *xs, float *act,

@@ -511,8 +511,6 @@ static void test_encode_is_thread_safe_on_a_shared_byte_level_tokenizer(void **s
     }
 }
 
-/* Keys in another order than Hugging Face writes them (model first, merges before vocab)
- * load to the same tokenizer. */
 /* Vocab entries that are not GPT-2 byte characters (here "\u20ac", and "") are found by their
  * text only; a long byte-level entry after them must not be written into the room the byte
  * pool keeps for them (the fuzzer's heap overflow, found 2026-12-03: make asan catches it). */
@@ -553,6 +551,8 @@ static void test_sparse_vocab_ids_are_refused(void **state)
     tok_free(t);
 }
 
+/* Keys in another order than Hugging Face writes them (model first, merges before vocab)
+ * load to the same tokenizer. */
 static void test_key_order_does_not_matter(void **state)
 {
     (void)state;
